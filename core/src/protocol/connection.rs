@@ -1,0 +1,135 @@
+//! A framed protocol connection over any byte stream (TLS or plaintext TCP): the preamble
+//! exchange, then message frames in both directions. Reading is cancel-safe, so a session can
+//! `select!` on it together with its timers and outbound queue.
+
+use std::io;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
+
+use super::frame::{self, Codec, ProtocolError, PREAMBLE_LEN};
+use super::message::{ErrorCode, Message};
+
+/// Why reading the next message failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Reading half of a connection.
+pub struct FrameReader<R> {
+    inner: FramedRead<R, LengthDelimitedCodec>,
+    codec: Codec,
+    max_frame: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(read: R, max_frame: usize) -> Self {
+        FrameReader { inner: FramedRead::new(read, frame::length_codec(max_frame)), codec: Codec::Json, max_frame }
+    }
+
+    /// The next message; `None` when the peer closed the connection cleanly. Cancel-safe.
+    pub async fn next(&mut self) -> Option<Result<Message, ReadError>> {
+        let item = self.inner.next().await?;
+        Some(match item {
+            Ok(bytes) => self.codec.decode(&bytes).map_err(ReadError::from),
+            Err(e) if e.get_ref().is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) => {
+                Err(ReadError::Protocol(ProtocolError::new(
+                    ErrorCode::FrameTooLarge,
+                    format!("frame exceeds the maximum of {} bytes", self.max_frame),
+                )))
+            }
+            Err(e) => Err(ReadError::Io(e)),
+        })
+    }
+
+    pub fn set_codec(&mut self, codec: Codec) {
+        self.codec = codec;
+    }
+}
+
+/// Writing half of a connection.
+pub struct FrameWriter<W> {
+    inner: FramedWrite<W, LengthDelimitedCodec>,
+    codec: Codec,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(write: W, max_frame: usize) -> Self {
+        // Our own outgoing frames (query results over a large fleet) may exceed the peer's
+        // inbound limit; the writer allows 64x the limit and the peer decides.
+        FrameWriter {
+            inner: FramedWrite::new(write, frame::length_codec(max_frame.saturating_mul(64))),
+            codec: Codec::Json,
+        }
+    }
+
+    /// Encodes and sends one message, flushing it.
+    pub async fn send(&mut self, msg: &Message) -> io::Result<()> {
+        self.inner.send(self.codec.encode(msg)).await
+    }
+
+    /// Queues a message without flushing; call `flush` after a batch.
+    pub async fn feed(&mut self, msg: &Message) -> io::Result<()> {
+        self.inner.feed(self.codec.encode(msg)).await
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        SinkExt::<Bytes>::flush(&mut self.inner).await
+    }
+
+    /// Flushes and shuts down the write side (TLS close_notify, then FIN).
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        SinkExt::<Bytes>::flush(&mut self.inner).await?;
+        self.inner.get_mut().shutdown().await
+    }
+
+    pub fn set_codec(&mut self, codec: Codec) {
+        self.codec = codec;
+    }
+}
+
+/// Both halves, after the preamble exchange.
+pub struct Connection<S> {
+    pub reader: FrameReader<ReadHalf<S>>,
+    pub writer: FrameWriter<WriteHalf<S>>,
+}
+
+impl<S: AsyncRead + AsyncWrite> Connection<S> {
+    pub fn new(stream: S, max_frame: usize) -> Self {
+        let (r, w) = tokio::io::split(stream);
+        Connection { reader: FrameReader::new(r, max_frame), writer: FrameWriter::new(w, max_frame) }
+    }
+}
+
+/// Client side of the preamble exchange: offers our version range and returns the version the
+/// registry picked. A registry that refuses the version answers with its own preamble followed
+/// by an error frame, which is returned as the error.
+pub async fn client_preamble<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    max_frame: usize,
+) -> Result<u16, ReadError> {
+    stream.write_all(&frame::encode_preamble(frame::PROTOCOL_MIN, frame::PROTOCOL_MAX)).await?;
+    stream.flush().await?;
+    let mut p = [0u8; PREAMBLE_LEN];
+    stream.read_exact(&mut p).await?;
+    let (_, picked) = frame::parse_preamble(&p)?;
+    if picked < frame::PROTOCOL_MIN || picked > frame::PROTOCOL_MAX {
+        // The registry sends its preamble then an error frame; surface that error.
+        let mut reader = FrameReader::new(&mut *stream, max_frame);
+        if let Some(Ok(Message::Error(e))) = reader.next().await {
+            return Err(ProtocolError::new(e.code, e.message).into());
+        }
+        return Err(ProtocolError::new(
+            ErrorCode::UnsupportedVersion,
+            format!("registry picked protocol version {picked}, which this client does not speak"),
+        )
+        .into());
+    }
+    Ok(picked)
+}
