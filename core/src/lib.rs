@@ -25,6 +25,9 @@ pub mod protocol;
 pub mod tls;
 
 #[cfg(feature = "server")]
+pub mod cli;
+
+#[cfg(feature = "server")]
 pub mod certs;
 #[cfg(feature = "server")]
 pub mod registry;

@@ -1,1 +1,305 @@
-//! Metrics (being written).
+//! Host and process sampling with sysinfo.
+//!
+//! A [`Sampler`] is created once per client and [`Sampler::sample`] is called on every report
+//! tick, so it is built to be cheap: static host facts are read once, and each tick refreshes
+//! only the figures that are reported (memory, global CPU, and one process), never the whole
+//! process table, disks or networks.
+//!
+//! measured: MEASURED_PLACEHOLDER
+//!
+//! CPU figures are rates, so they need two readings at least
+//! [`sysinfo::MINIMUM_CPU_UPDATE_INTERVAL`] (200 ms on Linux) apart: until such a window exists
+//! they are `None`, never a made-up 0. The baseline reading is taken in [`Sampler::new`], so a
+//! sample taken one report interval later already has real values.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use sysinfo::{
+    CpuRefreshKind, MemoryRefreshKind, Pid, ProcessRefreshKind, ProcessesToUpdate, System, Users,
+    MINIMUM_CPU_UPDATE_INTERVAL,
+};
+
+use crate::model::{HostMetrics, Metrics, ProcessMetrics};
+
+/// Samples host and process figures. Create once, call [`sample`](Sampler::sample) every
+/// report interval.
+///
+/// Refreshes only what is reported (memory, global CPU usage, and CPU and memory of one pid),
+/// because this runs in every client on every tick.
+pub struct Sampler {
+    pid: u32,
+    /// None only where sysinfo does not support the platform: host facts that need no
+    /// `System` are still reported.
+    sys: Option<System>,
+    /// Hostname, OS, kernel, arch and CPU count: read once, cloned into every sample.
+    static_host: HostMetrics,
+    /// Resolved once: looking users up means parsing the user database, too costly per tick.
+    user: Option<String>,
+    /// When the baseline `/proc/stat` reading was taken (after it, so sysinfo's own timer
+    /// is never later than ours).
+    host_cpu_baseline: Instant,
+    /// Set once sysinfo has read the global CPU times again a full interval after the
+    /// baseline; before that its global usage is meaningless.
+    host_cpu_ready: bool,
+    /// Start of the current process CPU window: (when, accumulated CPU ms).
+    proc_cpu_base: Option<(Instant, u64)>,
+    /// Last complete process CPU window, reported until the next one completes.
+    proc_cpu_percent: Option<f64>,
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sampler {
+    /// A sampler for the current process.
+    pub fn new() -> Self {
+        Self::for_pid(std::process::id())
+    }
+
+    /// A sampler for the process `pid` (which need not be ours; if it goes away its process
+    /// figures are reported as absent).
+    pub fn for_pid(pid: u32) -> Self {
+        let mut sys = System::new().ok();
+        let mut static_host = HostMetrics {
+            hostname: Some(hostname()),
+            os_name: System::name().ok(),
+            os_version: System::os_version().ok(),
+            kernel: System::kernel_version().ok(),
+            arch: Some(System::cpu_arch()),
+            ..Default::default()
+        };
+        let mut user = None;
+        let mut proc_cpu_base = None;
+        if let Some(sys) = sys.as_mut() {
+            // Baseline for the CPU rates; the first refresh also builds the CPU list.
+            sys.refresh_cpu_specifics(CpuRefreshKind::nothing().with_usage());
+            // The only place the user ids are read: a process's user does not change.
+            sys.refresh_processes_specifics(
+                ProcessesToUpdate::Some(&[Pid::from_u32(pid)]),
+                true,
+                process_kind().with_user(sysinfo::UpdateKind::OnlyIfNotSet),
+            );
+            if let Some(p) = sys.process(Pid::from_u32(pid)) {
+                proc_cpu_base = Some((Instant::now(), p.accumulated_cpu_time()));
+                let uid = p.effective_user_id().or(p.user_id());
+                user = uid.and_then(|uid| {
+                    let users = Users::new_with_refreshed_list().ok()?;
+                    users.get_user_by_id(uid).map(|u| u.name().to_string())
+                });
+            }
+            static_host.cpu_count = Some(sys.cpus().len() as u32).filter(|n| *n > 0);
+        }
+        if static_host.cpu_count.is_none() {
+            static_host.cpu_count = std::thread::available_parallelism()
+                .ok()
+                .map(|n| n.get() as u32);
+        }
+        if user.is_none() && pid == std::process::id() {
+            // Only meaningful for our own process: it is our environment.
+            user = std::env::var("USER")
+                .or_else(|_| std::env::var("USERNAME"))
+                .ok()
+                .filter(|u| !u.is_empty());
+        }
+        Sampler {
+            pid,
+            sys,
+            static_host,
+            user,
+            host_cpu_baseline: Instant::now(),
+            host_cpu_ready: false,
+            proc_cpu_base,
+            proc_cpu_percent: None,
+        }
+    }
+
+    /// Takes one sample. `runtime` and `custom` are left empty for the client to fill.
+    pub fn sample(&mut self) -> Metrics {
+        let mut host = self.static_host.clone();
+        let mut process = ProcessMetrics {
+            pid: Some(self.pid),
+            user: self.user.clone(),
+            ..Default::default()
+        };
+
+        host.uptime_seconds = System::uptime().ok();
+        // sysinfo does not implement the load average on Windows (it would report zeros).
+        if !cfg!(windows) {
+            host.load_average = System::load_average()
+                .ok()
+                .map(|l| [l.one, l.five, l.fifteen]);
+        }
+
+        if let Some(sys) = self.sys.as_mut() {
+            sys.refresh_memory_specifics(MemoryRefreshKind::everything());
+            // A process refresh with CPU also re-reads the global CPU line of /proc/stat (only
+            // when the minimum interval has passed), so no separate CPU refresh is needed.
+            let pid = Pid::from_u32(self.pid);
+            sys.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), true, process_kind());
+
+            if !self.host_cpu_ready
+                && self.host_cpu_baseline.elapsed() >= MINIMUM_CPU_UPDATE_INTERVAL
+            {
+                self.host_cpu_ready = true;
+            }
+            if self.host_cpu_ready {
+                host.cpu_percent = Some(round2(sys.global_cpu_usage() as f64));
+            }
+            host.memory_total_bytes = Some(sys.total_memory());
+            host.memory_used_bytes = Some(sys.used_memory());
+            host.memory_available_bytes = Some(sys.available_memory());
+            host.swap_total_bytes = Some(sys.total_swap());
+            host.swap_used_bytes = Some(sys.used_swap());
+
+            let cpu_ms = sys.process(pid).map(|p| {
+                process.resident_bytes = Some(p.memory());
+                process.virtual_bytes = Some(p.virtual_memory());
+                process.start_time = Some(p.start_time());
+                p.accumulated_cpu_time()
+            });
+            if let Some(cpu_ms) = cpu_ms {
+                process.cpu_percent = self.process_cpu(cpu_ms);
+            } else {
+                // Gone: its window must not be carried over to a reused pid.
+                self.proc_cpu_base = None;
+                self.proc_cpu_percent = None;
+            }
+        }
+
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            process.threads = count_dir(&format!("/proc/{}/task", self.pid)).map(|n| n as u32);
+            process.open_fds = count_dir(&format!("/proc/{}/fd", self.pid));
+        }
+
+        Metrics {
+            host,
+            process,
+            ..Default::default()
+        }
+    }
+
+    /// Process CPU in percent of one core (may exceed 100 on several cores), over windows of
+    /// at least the minimum interval. Computed from accumulated CPU time against our own
+    /// clock rather than sysinfo's per-process usage, which assumes the process and global
+    /// CPU times were read over the same window and is wrong for ticks under 200 ms.
+    fn process_cpu(&mut self, cpu_ms: u64) -> Option<f64> {
+        let now = Instant::now();
+        match self.proc_cpu_base {
+            Some((at, base_ms)) => {
+                let wall = now.duration_since(at);
+                if wall >= MINIMUM_CPU_UPDATE_INTERVAL {
+                    let max = self.static_host.cpu_count.unwrap_or(1) as f64 * 100.0;
+                    let pct = cpu_ms.saturating_sub(base_ms) as f64 / wall.as_secs_f64() / 10.0;
+                    self.proc_cpu_percent = Some(round2(pct.min(max)));
+                    self.proc_cpu_base = Some((now, cpu_ms));
+                }
+            }
+            None => self.proc_cpu_base = Some((now, cpu_ms)),
+        }
+        self.proc_cpu_percent
+    }
+}
+
+/// What a tick refreshes for the sampled process. Tasks are off: with them sysinfo lists
+/// `/proc/<pid>/task` into a set on every refresh; we count threads ourselves.
+fn process_kind() -> ProcessRefreshKind {
+    ProcessRefreshKind::nothing()
+        .without_tasks()
+        .with_cpu()
+        .with_memory()
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn count_dir(path: &str) -> Option<u64> {
+    std::fs::read_dir(path).ok().map(|d| d.count() as u64)
+}
+
+/// The machine's hostname (static, cached; falls back to "unknown").
+pub fn hostname() -> String {
+    static HOSTNAME: OnceLock<String> = OnceLock::new();
+    HOSTNAME
+        .get_or_init(|| {
+            System::host_name()
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "unknown".to_string())
+        })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn sample_has_host_and_process_figures() {
+        let mut s = Sampler::new();
+        let m = s.sample();
+        assert_eq!(m.host.hostname.as_deref(), Some(hostname().as_str()));
+        assert!(!hostname().is_empty());
+        assert!(m.host.cpu_count.unwrap() > 0);
+        assert!(m.host.memory_total_bytes.unwrap() > 0);
+        assert!(m.host.kernel.is_some() && m.host.arch.is_some());
+        assert_eq!(m.process.pid, Some(std::process::id()));
+        assert!(m.process.resident_bytes.unwrap() > 0);
+        assert!(m.process.start_time.unwrap() > 0);
+        assert!(m.runtime.is_empty() && m.custom.is_empty());
+        if cfg!(target_os = "linux") {
+            assert!(m.process.open_fds.unwrap() > 0);
+            assert!(m.process.threads.unwrap() >= 1);
+            assert!(m.host.load_average.is_some());
+            assert!(m.host.uptime_seconds.unwrap() > 0);
+        }
+    }
+
+    #[test]
+    fn cpu_is_none_until_a_full_window_then_some() {
+        let started = Instant::now();
+        let mut s = Sampler::new();
+        let first = s.sample();
+        // Only checkable if the machine did not stall us past the minimum interval.
+        if started.elapsed() < MINIMUM_CPU_UPDATE_INTERVAL {
+            assert_eq!(first.host.cpu_percent, None);
+            assert_eq!(first.process.cpu_percent, None);
+        }
+        // Burn a little CPU so the process figure is not trivially 0.
+        let until = Instant::now() + Duration::from_millis(100);
+        let mut x = 0u64;
+        while Instant::now() < until {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        std::hint::black_box(x);
+        std::thread::sleep(Duration::from_millis(200));
+        let second = s.sample();
+        let p = second.process.cpu_percent.expect("process cpu after 300ms");
+        assert!(
+            p >= 0.0 && p <= 100.0 * second.host.cpu_count.unwrap() as f64,
+            "{p}"
+        );
+        let h = second.host.cpu_percent.expect("host cpu after 300ms");
+        assert!((0.0..=100.0).contains(&h), "{h}");
+    }
+
+    #[test]
+    fn vanished_pid_has_no_process_figures() {
+        // pid_max is at most 2^22 on Linux, so this pid cannot exist.
+        let mut s = Sampler::for_pid(u32::MAX - 1);
+        let m = s.sample();
+        assert_eq!(m.process.pid, Some(u32::MAX - 1));
+        assert_eq!(m.process.resident_bytes, None);
+        assert_eq!(m.process.cpu_percent, None);
+        assert_eq!(m.process.user, None);
+        assert!(m.host.memory_total_bytes.unwrap() > 0);
+    }
+}

@@ -123,6 +123,10 @@ pub struct Watch {
     /// Also deliver a `report` event for every report of a matching instance.
     #[serde(default)]
     pub reports: bool,
+    /// Resume: also replay the history events after this cursor (from an earlier `result` or
+    /// `event`), so a reconnecting watcher misses nothing the registry still remembers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

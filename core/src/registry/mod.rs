@@ -1,1 +1,324 @@
-//! Registry (being written).
+//! The registry server.
+//!
+//! [`Registry`] holds the fleet state and answers queries, watches and commands; [`serve`]
+//! accepts connections on a listener until a shutdown future completes (tests bind
+//! `127.0.0.1:0`). Each connection runs in [`session`]; liveness is decided by the registry's
+//! own timers: a session with no frame for `missed_reports` x interval is closed and its
+//! instance goes offline with reason `missed-reports`, and a legacy instance (no connection)
+//! has a timer of its own.
+
+pub mod session;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, Semaphore};
+
+use crate::error::Error;
+use crate::model::{Event, Filter, InstanceRecord, OfflineReason, Status};
+use crate::protocol::{Command, CommandResult, ErrorCode};
+pub use state::Sample;
+use state::State;
+
+/// Registry settings. `Default` gives the documented defaults.
+#[derive(Clone)]
+pub struct RegistryConfig {
+    /// None means plaintext (`--insecure-plaintext`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub missed_reports: u32,
+    pub retention: Duration,
+    pub max_frame: usize,
+    pub handshake_timeout: Duration,
+    /// Interval for services that do not ask for one, and for observers.
+    pub default_interval: Duration,
+    pub max_connections: usize,
+    /// How many transitions the in-memory event history keeps.
+    pub event_history: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            tls: None,
+            missed_reports: 3,
+            retention: Duration::from_secs(24 * 3600),
+            max_frame: crate::protocol::DEFAULT_MAX_FRAME,
+            handshake_timeout: Duration::from_secs(10),
+            default_interval: Duration::from_secs(1),
+            max_connections: 100_000,
+            event_history: 10_000,
+        }
+    }
+}
+
+/// Counters for `/metrics` and the bench.
+#[derive(Default)]
+pub struct Stats {
+    pub connections_total: AtomicU64,
+    pub sessions_current: AtomicU64,
+    pub reports_total: AtomicU64,
+    pub legacy_reports_total: AtomicU64,
+    pub protocol_errors_total: AtomicU64,
+    pub commands_total: AtomicU64,
+    pub refused_connections_total: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    pub config: RegistryConfig,
+    pub state: Mutex<State>,
+    pub events_tx: broadcast::Sender<Arc<Event>>,
+    pub reports_tx: broadcast::Sender<Arc<Event>>,
+    pub next_session: AtomicU64,
+    pub next_command: AtomicU64,
+    pub stats: Stats,
+    pub started_at: u64,
+}
+
+/// A handle to one registry; cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Registry {
+    pub fn new(config: RegistryConfig) -> Registry {
+        let (events_tx, _) = broadcast::channel(4096);
+        let (reports_tx, _) = broadcast::channel(16384);
+        let state = State::new(config.event_history.max(1), events_tx.clone(), reports_tx.clone());
+        Registry {
+            shared: Arc::new(Shared {
+                config,
+                state: Mutex::new(state),
+                events_tx,
+                reports_tx,
+                next_session: AtomicU64::new(1),
+                next_command: AtomicU64::new(1),
+                stats: Stats::default(),
+                started_at: crate::model::now_ms(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.shared.config
+    }
+
+    /// When this registry started, Unix ms.
+    pub fn started_at(&self) -> u64 {
+        self.shared.started_at
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would poison it; the state is still consistent
+        // field by field, so keep serving rather than take the whole registry down.
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records matching `filter`, sorted by id.
+    pub fn query(&self, filter: &Filter) -> Vec<InstanceRecord> {
+        self.state().query(filter)
+    }
+
+    /// Records grouped by group (the original module's `getServiceFleetStatus` shape).
+    pub fn fleet(&self, filter: &Filter) -> BTreeMap<String, Vec<InstanceRecord>> {
+        self.state().fleet(filter)
+    }
+
+    pub fn get(&self, id: &str) -> Option<InstanceRecord> {
+        self.state().instances.get(id).map(|i| i.record.clone())
+    }
+
+    /// Recent samples of one instance, oldest first.
+    pub fn samples(&self, id: &str) -> Option<Vec<Sample>> {
+        self.state().instances.get(id).map(|i| i.samples.iter().copied().collect())
+    }
+
+    /// Transitions, as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.shared.events_tx.subscribe()
+    }
+
+    /// Per-report updates, as they happen.
+    pub fn subscribe_reports(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.shared.reports_tx.subscribe()
+    }
+
+    /// History after `cursor` (exclusive), oldest first, at most `limit`, and the newest cursor.
+    pub fn events_after(&self, cursor: u64, limit: usize) -> (Vec<Arc<Event>>, u64) {
+        let st = self.state();
+        (st.events_after(cursor, limit), st.cursor())
+    }
+
+    /// Number of sessions connected right now.
+    pub fn session_count(&self) -> u64 {
+        self.shared.stats.sessions_current.load(Ordering::Relaxed)
+    }
+
+    /// Sends a command to an online instance and waits up to `timeout` for its result.
+    pub async fn send_command(
+        &self,
+        id: &str,
+        name: &str,
+        reason: Option<String>,
+        payload: serde_json::Value,
+        issued_by: Option<String>,
+        timeout: Duration,
+    ) -> Result<CommandResult, Error> {
+        if name.is_empty() {
+            return Err(Error::invalid("command", "name must not be empty"));
+        }
+        let command_id = self.shared.next_command.fetch_add(1, Ordering::Relaxed);
+        let cmd = Command { command_id, name: name.to_string(), reason, payload, issued_by };
+        let rx = self.state().start_command(id, cmd).map_err(|code| Error::Remote {
+            code,
+            message: match code {
+                ErrorCode::UnknownInstance => format!("no instance {id:?}"),
+                _ => format!("instance {id:?} is not online"),
+            },
+        })?;
+        self.shared.stats.commands_total.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(Error::Remote {
+                code: ErrorCode::NotOnline,
+                message: format!("instance {id:?} went away before answering command {name:?}"),
+            }),
+            Err(_) => {
+                self.state().abandon_command(command_id);
+                Err(Error::Remote {
+                    code: ErrorCode::CommandTimeout,
+                    message: format!(
+                        "instance {id:?} did not answer command {name:?} within {}",
+                        crate::duration::format(timeout)
+                    ),
+                })
+            }
+        }
+    }
+
+    /// Removes a record that is offline or left. `by` names who asked, for the event history.
+    pub fn deregister(&self, id: &str, by: &str) -> Result<(), Error> {
+        self.state().deregister(id, by).map_err(|code| Error::Remote {
+            code,
+            message: match code {
+                ErrorCode::UnknownInstance => format!("no instance {id:?}"),
+                _ => format!("instance {id:?} is online; send it shutdown instead of deregistering it"),
+            },
+        })
+    }
+
+    /// Starts the registry's own timers (retention sweep). `serve` calls it.
+    fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
+        let reg = self.clone();
+        let retention = self.shared.config.retention;
+        let tick = (retention / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(tick);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                t.tick().await;
+                let n = reg.state().evict_expired(retention);
+                if n > 0 {
+                    tracing::info!(target: "sfc::registry", evicted = n, "evicted records past retention");
+                }
+            }
+        })
+    }
+
+    /// Arms the liveness timer of a legacy instance (one task per instance, reused while it
+    /// keeps reporting).
+    pub(crate) fn arm_legacy_timer(&self, id: String) {
+        let reg = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let deadline = {
+                    let mut st = reg.state();
+                    let Some(inst) = st.instances.get_mut(&id) else { return };
+                    match inst.legacy_deadline {
+                        Some(d) if inst.record.status == Status::Online && inst.session.is_none() => {
+                            if d <= tokio::time::Instant::now() {
+                                inst.legacy_timer = false;
+                                inst.legacy_deadline = None;
+                                st.mark_offline(&id, None, OfflineReason::MissedReports);
+                                return;
+                            }
+                            d
+                        }
+                        _ => {
+                            inst.legacy_timer = false;
+                            return;
+                        }
+                    }
+                };
+                tokio::time::sleep_until(deadline).await;
+            }
+        });
+    }
+}
+
+/// Serves connections from `listener` until `shutdown` completes, then asks every session to
+/// close and waits (bounded) for them.
+pub async fn serve(registry: Registry, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let sweeper = registry.spawn_sweeper();
+    let limit = Arc::new(Semaphore::new(registry.shared.config.max_connections));
+    let (stop_tx, _) = broadcast::channel::<()>(1);
+    let tracker = tokio_util::task::TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(target: "sfc::registry", error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        registry.shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        let reg = registry.clone();
+        let stop = stop_tx.subscribe();
+        match limit.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tracker.spawn(async move {
+                    session::run(reg, tcp, peer, stop).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                reg.shared.stats.refused_connections_total.fetch_add(1, Ordering::Relaxed);
+                tracker.spawn(session::refuse(reg, tcp, peer));
+            }
+        }
+    }
+    tracing::info!(target: "sfc::registry", "shutting down: closing sessions");
+    let _ = stop_tx.send(());
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+        tracing::warn!(target: "sfc::registry", "some sessions did not close within 5s");
+    }
+    sweeper.abort();
+}
+
+/// Binds `addr` and serves; returns the bound address through `on_bound` first.
+pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), Error> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::invalid("--listen", format!("cannot listen on {addr}: {e}")))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}

@@ -1,0 +1,141 @@
+//! Command-line surface of the `sfc` binary: argument definitions and one module per command.
+
+pub mod observe;
+pub mod registry;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::Result;
+
+#[derive(Parser)]
+#[command(name = "sfc", version, about = "Service Fleet Control: service discovery and health status for a fleet of microservices")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a registry.
+    Registry(registry::RegistryArgs),
+    /// Development certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Print the fleet: a table, or the records as a JSON array with --json.
+    Status(observe::StatusArgs),
+    /// Stream fleet events.
+    Watch(observe::WatchArgs),
+}
+
+#[derive(Subcommand)]
+pub enum CertsCommand {
+    /// Write a development CA, a server certificate and a client certificate.
+    Init {
+        /// Where to write ca.pem, server.pem, server-key.pem, client.pem, client-key.pem.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Names and addresses the server certificate covers.
+        #[arg(long, value_delimiter = ',', default_values_t = crate::certs::default_hosts())]
+        hosts: Vec<String>,
+    },
+}
+
+/// TLS and address options shared by every command that talks to a registry as a client.
+#[derive(Args, Clone, Debug)]
+pub struct ConnectArgs {
+    /// Registry address(es), host:port, comma-separated.
+    #[arg(long, env = "SFC_REGISTRY", value_delimiter = ',', default_value = crate::client::DEFAULT_REGISTRY)]
+    pub registry: Vec<String>,
+    /// CA to trust (PEM). Defaults to <data-dir>/tls/ca.pem when that exists.
+    #[arg(long, env = "SFC_CA")]
+    pub ca: Option<String>,
+    /// Client certificate for mutual TLS (PEM).
+    #[arg(long, env = "SFC_CERT")]
+    pub cert: Option<String>,
+    /// Key of the client certificate (PEM).
+    #[arg(long, env = "SFC_KEY")]
+    pub key: Option<String>,
+    /// Talk to a registry started with --insecure-plaintext.
+    #[arg(long, env = "SFC_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+    /// Where a local registry keeps its state (to find its development CA).
+    #[arg(long, env = "SFC_DATA_DIR", default_value = "./sfc-data")]
+    pub data_dir: PathBuf,
+    /// How long to wait for the registry.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+impl ConnectArgs {
+    /// An observer client builder with these options.
+    pub fn observer(&self) -> crate::client::ClientBuilder {
+        let mut b = crate::client::ClientBuilder::observer()
+            .ignore_env()
+            .registries(self.registry.clone())
+            .connect_timeout(self.timeout)
+            .sample_metrics(false)
+            .client_name(format!("sfc-cli/{}", crate::VERSION));
+        if self.insecure_plaintext {
+            return b.insecure_plaintext(true);
+        }
+        let dev_ca = self.data_dir.join("tls").join(crate::certs::CA);
+        match &self.ca {
+            Some(ca) => b = b.ca(ca),
+            None if dev_ca.exists() => b = b.ca(dev_ca.display().to_string()),
+            None => {}
+        }
+        if let Some(c) = &self.cert {
+            b = b.cert(c);
+        }
+        if let Some(k) = &self.key {
+            b = b.key(k);
+        }
+        b
+    }
+}
+
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    crate::duration::parse("duration", s).map_err(|e| e.to_string())
+}
+
+/// Logs to stderr; `RUST_LOG` filters by target (`RUST_LOG=sfc::registry=debug`). The
+/// registry logs at info by default, the operator commands only warnings.
+pub fn init_logging(cli: &Cli) {
+    use std::io::IsTerminal;
+    let default = match cli.command {
+        Command::Registry(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Registry(a) => registry::run(a),
+        Command::Certs(CertsCommand::Init { dir, hosts }) => {
+            let p = crate::certs::init(&dir, &hosts)?;
+            println!("wrote {}, {}, {}, {}, {}", p.ca.display(), p.server.display(), p.server_key.display(),
+                p.client.display(), p.client_key.display());
+            println!("server certificate covers: {}", hosts.join(", "));
+            Ok(())
+        }
+        Command::Status(a) => observe::status(a),
+        Command::Watch(a) => observe::watch(a),
+    }
+}
+
+/// A multi-threaded runtime for the commands.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| crate::Error::Io(std::io::Error::other(format!("cannot start the runtime: {e}"))))
+}

@@ -1,0 +1,165 @@
+//! `sfc status` and `sfc watch`: the fleet as an observer sees it over the protocol.
+
+use clap::Args;
+
+use super::ConnectArgs;
+use crate::client::{Client, ClientEvent};
+use crate::error::{Error, Result};
+use crate::model::{now_ms, Event, Filter, InstanceRecord};
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Only this group.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Print the records as a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Only this group.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Also print every report.
+    #[arg(long)]
+    pub reports: bool,
+    /// One JSON event per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Starts an observer and waits for its session; on failure says why, naming the registry.
+async fn connect(a: &ConnectArgs) -> Result<Client> {
+    let client = a.observer().start()?;
+    let mut events = client.subscribe();
+    if client.wait_connected(a.timeout).await.is_ok() {
+        return Ok(client);
+    }
+    let mut why = None;
+    while let Ok(ev) = events.try_recv() {
+        if let ClientEvent::Error { message, .. } = ev {
+            why = Some(message);
+        }
+    }
+    let _ = client.stop().await;
+    Err(Error::Unreachable(match why {
+        Some(w) => format!("{w} (is `sfc registry` running there? does --ca name its CA?)"),
+        None => format!("no session with {} within {:?}", a.registry.join(","), a.timeout),
+    }))
+}
+
+pub fn status(a: StatusArgs) -> Result<()> {
+    super::runtime()?.block_on(async {
+        let client = connect(&a.connect).await?;
+        let filter = Filter { group: a.group.clone(), ..Default::default() };
+        let records = client.query(filter).await;
+        let _ = client.stop().await;
+        let records = records?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&records).unwrap_or_default());
+        } else {
+            print!("{}", table(&records));
+        }
+        Ok(())
+    })
+}
+
+fn ago(ms: Option<u64>) -> String {
+    match ms {
+        None => "-".into(),
+        Some(t) => {
+            let d = now_ms().saturating_sub(t);
+            if d < 1000 { format!("{d}ms") } else if d < 120_000 { format!("{}s", d / 1000) } else { format!("{}m", d / 60_000) }
+        }
+    }
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map(|b| format!("{:.1}", b as f64 / 1048576.0)).unwrap_or_else(|| "-".into())
+}
+
+/// The human table of `sfc status`.
+pub fn table(records: &[InstanceRecord]) -> String {
+    let mut rows = vec![["ID", "SERVICE", "STATUS", "HEALTH", "HOST", "PID", "CPU%", "RSS MiB", "LAST"].map(String::from).to_vec()];
+    for r in records {
+        let status = match r.offline_reason {
+            Some(why) => format!("{} ({})", r.status.as_str(), why.as_str()),
+            None => r.status.as_str().to_string(),
+        };
+        rows.push(vec![
+            r.id.clone(),
+            r.service.clone(),
+            status,
+            r.health.as_str().to_string(),
+            r.hostname.clone(),
+            if r.pid == 0 { "-".into() } else { r.pid.to_string() },
+            r.metrics.process.cpu_percent.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into()),
+            mib(r.metrics.process.resident_bytes),
+            ago(r.last_report_at),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    if records.is_empty() {
+        out.push_str("(no instances)\n");
+    }
+    out
+}
+
+/// One human line per event.
+pub fn event_line(ev: &Event) -> String {
+    let mut line = format!("{} #{} {:<14} {}", humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ev.at)), ev.seq, ev.kind.as_str(), ev.id);
+    if let Some(r) = &ev.instance {
+        line.push_str(&format!(" status={} health={}", r.status.as_str(), r.health.as_str()));
+        if let Some(why) = r.offline_reason {
+            line.push_str(&format!(" reason={}", why.as_str()));
+        }
+    }
+    if !ev.detail.is_null() {
+        line.push_str(&format!(" {}", ev.detail));
+    }
+    line
+}
+
+pub fn watch(a: WatchArgs) -> Result<()> {
+    super::runtime()?.block_on(async {
+        let client = connect(&a.connect).await?;
+        let filter = Filter { group: a.group.clone(), ..Default::default() };
+        let mut stream = client.watch(filter, a.reports)?;
+        let mut events = client.subscribe();
+        loop {
+            tokio::select! {
+                ev = stream.next() => match ev {
+                    Some(ev) => {
+                        if a.json {
+                            println!("{}", serde_json::to_string(&ev).unwrap_or_default());
+                        } else {
+                            println!("{}", event_line(&ev));
+                        }
+                    }
+                    None => break,
+                },
+                ev = events.recv() => match ev {
+                    Ok(ClientEvent::Disconnected { registry, reason }) => eprintln!("disconnected from {registry}: {reason}; reconnecting"),
+                    Ok(ClientEvent::Connected { registry, .. }) => eprintln!("connected to {registry}"),
+                    _ => {}
+                },
+                _ = super::registry::shutdown_signal() => break,
+            }
+        }
+        let _ = client.stop().await;
+        Ok(())
+    })
+}

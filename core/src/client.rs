@@ -1,1 +1,0 @@
-//! Client library (being written).

@@ -1,0 +1,527 @@
+//! The client's connection task: connect (with failover and backoff), handshake, then one
+//! loop that reports on a timer, serves lookups, watches and queries, answers commands and
+//! notices a registry that stopped answering.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::either::Either;
+
+use super::{lock, ClientEvent, GroupCache, Shared};
+use crate::error::{Error, Result};
+use crate::model::{now_ms, Event, EventKind, Filter, InstanceRecord, Metrics};
+use crate::protocol::connection::{client_preamble, FrameWriter, ReadError};
+use crate::protocol::{
+    CommandResult, Connection, ErrorCode, Hello, Leave, Message, Ping, Query, Report, Role, Unwatch, Watch,
+    Welcome,
+};
+
+/// Requests from the [`super::Client`] handle to the task.
+pub(crate) enum Control {
+    /// Health changed: report now instead of at the next tick.
+    ReportNow,
+    /// Make sure the group is watched into the lookup cache; answer once its snapshot is in.
+    WatchGroup(String, oneshot::Sender<Result<()>>),
+    Query(Filter, oneshot::Sender<Result<Vec<InstanceRecord>>>),
+    Watch { id: u64, filter: Filter, reports: bool, tx: mpsc::UnboundedSender<Event> },
+    Unwatch(u64),
+    Respond(CommandResult),
+    Stop(oneshot::Sender<()>),
+}
+
+struct UserWatch {
+    filter: Filter,
+    reports: bool,
+    tx: mpsc::UnboundedSender<Event>,
+    /// Newest event seen, to resume after a reconnect.
+    cursor: Option<u64>,
+}
+
+/// State that survives reconnects.
+struct Task {
+    shared: Arc<Shared>,
+    watches: HashMap<u64, UserWatch>,
+    /// Requests that arrived while disconnected.
+    waiting: Vec<Control>,
+    sampler: Option<crate::metrics::Sampler>,
+    seq: u64,
+}
+
+type Stream = Either<tokio_rustls::client::TlsStream<TcpStream>, TcpStream>;
+
+enum End {
+    Stopped,
+    Lost(String),
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Control>) {
+    let sampler = (shared.config.sample_metrics && shared.config.role == Role::Service)
+        .then(crate::metrics::Sampler::new);
+    let mut task = Task { shared, watches: HashMap::new(), waiting: Vec::new(), sampler, seq: 0 };
+    let n = task.shared.config.registries.len();
+    let mut attempt: u32 = 0;
+    let mut next = 0usize;
+    loop {
+        let addr = task.shared.config.registries[next % n].clone();
+        next += 1;
+        let shared = task.shared.clone();
+        let connected = tokio::select! {
+            c = connect(&shared, &addr) => c,
+            stop = task.wait_for_stop(&mut ctl) => { let _ = stop.send(()); return; }
+        };
+        match connected {
+            Ok((conn, welcome)) => {
+                attempt = 0;
+                tracing::info!(target: "sfc::client", registry = %addr, session = welcome.session, "connected");
+                let _ = task.shared.connected.send(true);
+                let _ = task.shared.events.send(ClientEvent::Connected { registry: addr.clone(), session: welcome.session });
+                let end = task.session(conn, &welcome, &mut ctl).await;
+                let _ = task.shared.connected.send(false);
+                for gc in lock(&task.shared.cache).values_mut() {
+                    gc.fresh = false;
+                }
+                match end {
+                    End::Stopped => return,
+                    End::Lost(reason) => {
+                        tracing::info!(target: "sfc::client", registry = %addr, %reason, "disconnected");
+                        let _ = task.shared.events.send(ClientEvent::Disconnected { registry: addr.clone(), reason });
+                        // Try the same registry once more before failing over.
+                        next -= 1;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(target: "sfc::client", registry = %addr, error = %e, "connect failed");
+                let code = match &e {
+                    Error::Remote { code, .. } | Error::Protocol { code, .. } => Some(*code),
+                    _ => None,
+                };
+                // Report each failure streak once per registry list pass, not every retry.
+                if attempt as usize % n.max(1) == 0 {
+                    let _ = task.shared.events.send(ClientEvent::Error { code, message: format!("{addr}: {e}") });
+                }
+            }
+        }
+        let cfg = &task.shared.config;
+        let cap = cfg.reconnect_max.min(cfg.reconnect_min.saturating_mul(1u32 << attempt.min(16)));
+        attempt = attempt.saturating_add(1);
+        let delay = Duration::from_millis(rand::random_range(0..=cap.as_millis() as u64));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            stop = task.wait_for_stop(&mut ctl) => { let _ = stop.send(()); return; }
+        }
+    }
+}
+
+async fn connect(shared: &Shared, addr: &str) -> Result<(Connection<Stream>, Welcome)> {
+    let cfg = &shared.config;
+    let (host, port) = super::split_host_port(addr)?;
+    let tcp = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect((host.as_str(), port)))
+        .await
+        .map_err(|_| Error::Unreachable(format!("{addr}: connect timed out")))?
+        .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let handshake = async {
+        let mut stream: Stream = match &cfg.tls {
+            Some(opts) => {
+                let tls = crate::tls::client_config(opts)?;
+                let name = crate::tls::server_name(&host)?;
+                let s = tokio_rustls::TlsConnector::from(tls)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| Error::Tls(format!("handshake with {addr} failed: {e}")))?;
+                Either::Left(s)
+            }
+            None => Either::Right(tcp),
+        };
+        client_preamble(&mut stream, cfg.max_frame).await?;
+        let mut conn = Connection::new(stream, cfg.max_frame);
+        let hello = Message::Hello(Hello {
+            id: 1,
+            role: cfg.role,
+            codecs: vec!["json".into()],
+            interval_ms: Some(cfg.interval.as_millis() as u64),
+            registration: (cfg.role == Role::Service).then(|| cfg.registration.clone()),
+            client: Some(cfg.client_name.clone()),
+        });
+        conn.writer.send(&hello).await?;
+        match conn.reader.next().await {
+            Some(Ok(Message::Welcome(w))) => Ok((conn, w)),
+            Some(Ok(Message::Error(e))) => Err(Error::Remote { code: e.code, message: e.message }),
+            Some(Ok(other)) => Err(Error::Protocol {
+                code: ErrorCode::UnexpectedMessage,
+                message: format!("expected welcome, got {}", other.name()),
+            }),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(Error::Unreachable(format!("{addr} closed the connection during the handshake"))),
+        }
+    };
+    tokio::time::timeout(cfg.connect_timeout, handshake)
+        .await
+        .map_err(|_| Error::Timeout(format!("handshake with {addr}")))?
+}
+
+/// What a request id on the current connection is waiting for.
+enum Pending {
+    Query(oneshot::Sender<Result<Vec<InstanceRecord>>>),
+    Group(String, Vec<oneshot::Sender<Result<()>>>),
+    User(u64),
+    Ack,
+    Ping,
+}
+
+/// Where a watch id on the current connection delivers.
+#[derive(Clone)]
+enum Target {
+    Group(String),
+    User(u64),
+}
+
+struct Conn {
+    writer: FrameWriter<tokio::io::WriteHalf<Stream>>,
+    next_id: u64,
+    pending: HashMap<u64, Pending>,
+    targets: HashMap<u64, Target>,
+}
+
+impl Conn {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+}
+
+impl Task {
+    /// While disconnected: queue requests, return on stop.
+    async fn wait_for_stop(&mut self, ctl: &mut mpsc::UnboundedReceiver<Control>) -> oneshot::Sender<()> {
+        loop {
+            match ctl.recv().await {
+                Some(Control::Stop(tx)) => return tx,
+                Some(Control::Unwatch(id)) => {
+                    self.watches.remove(&id);
+                }
+                Some(Control::Watch { id, filter, reports, tx }) => {
+                    self.watches.insert(id, UserWatch { filter, reports, tx, cursor: None });
+                }
+                Some(Control::ReportNow) | Some(Control::Respond(_)) => {}
+                Some(other) => self.waiting.push(other),
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn build_report(&mut self) -> Report {
+        let s = &self.shared;
+        let mut metrics = self.sampler.as_mut().map(|x| x.sample()).unwrap_or_else(Metrics::default);
+        if !s.config.registration.hostname.is_empty() {
+            metrics.host.hostname = Some(s.config.registration.hostname.clone());
+        }
+        metrics.custom = lock(&s.gauges).clone();
+        metrics.runtime = lock(&s.runtime_metrics).clone();
+        let (health, note) = lock(&s.health).clone();
+        self.seq += 1;
+        Report { seq: self.seq, sent_at: Some(now_ms()), health: Some(health), health_note: note, metrics }
+    }
+
+    async fn send_watch(&mut self, c: &mut Conn, target: Target) -> std::io::Result<()> {
+        let id = c.id();
+        let (filter, reports, after) = match &target {
+            Target::Group(g) => (Filter::group(g.clone()), false, None),
+            Target::User(u) => match self.watches.get(u) {
+                Some(w) => (w.filter.clone(), w.reports, w.cursor),
+                None => return Ok(()),
+            },
+        };
+        c.pending.insert(id, match &target {
+            Target::Group(g) => Pending::Group(g.clone(), Vec::new()),
+            Target::User(u) => Pending::User(*u),
+        });
+        c.targets.insert(id, target);
+        c.writer.send(&Message::Watch(Watch { id, filter, reports, after })).await
+    }
+
+    /// Handles one request from the handle; errors are write failures.
+    async fn control(&mut self, c: &mut Conn, msg: Control) -> std::io::Result<Option<End>> {
+        match msg {
+            Control::ReportNow => {
+                if self.shared.config.role == Role::Service {
+                    let r = self.build_report();
+                    c.writer.send(&Message::Report(r)).await?;
+                }
+            }
+            Control::WatchGroup(group, reply) => {
+                let fresh = lock(&self.shared.cache).get(&group).is_some_and(|g| g.fresh);
+                if fresh {
+                    let _ = reply.send(Ok(()));
+                    return Ok(None);
+                }
+                // Join a watch already on its way for this group.
+                for p in c.pending.values_mut() {
+                    if let Pending::Group(g, waiters) = p {
+                        if *g == group {
+                            waiters.push(reply);
+                            return Ok(None);
+                        }
+                    }
+                }
+                self.send_watch(c, Target::Group(group.clone())).await?;
+                if let Some(Pending::Group(_, w)) = c.pending.get_mut(&c.next_id) {
+                    w.push(reply);
+                }
+            }
+            Control::Query(filter, reply) => {
+                let id = c.id();
+                c.pending.insert(id, Pending::Query(reply));
+                c.writer.send(&Message::Query(Query { id, filter })).await?;
+            }
+            Control::Watch { id, filter, reports, tx } => {
+                self.watches.insert(id, UserWatch { filter, reports, tx, cursor: None });
+                self.send_watch(c, Target::User(id)).await?;
+            }
+            Control::Unwatch(uid) => {
+                self.watches.remove(&uid);
+                let ids: Vec<u64> =
+                    c.targets.iter().filter(|(_, t)| matches!(t, Target::User(u) if *u == uid)).map(|(k, _)| *k).collect();
+                for w in ids {
+                    c.targets.remove(&w);
+                    let id = c.id();
+                    c.pending.insert(id, Pending::Ack);
+                    c.writer.send(&Message::Unwatch(Unwatch { id, watch: w })).await?;
+                }
+            }
+            Control::Respond(r) => c.writer.send(&Message::CommandResult(r)).await?,
+            Control::Stop(done) => {
+                let _ = c.writer.send(&Message::Leave(Leave { reason: Some("client stopped".into()) })).await;
+                let _ = c.writer.shutdown().await;
+                let _ = done.send(());
+                return Ok(Some(End::Stopped));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn session(
+        &mut self,
+        conn: Connection<Stream>,
+        welcome: &Welcome,
+        ctl: &mut mpsc::UnboundedReceiver<Control>,
+    ) -> End {
+        let Connection { mut reader, writer } = conn;
+        let mut c = Conn { writer, next_id: 1, pending: HashMap::new(), targets: HashMap::new() };
+        let interval = Duration::from_millis(welcome.interval_ms.max(1));
+        // A registry that sends nothing for this long gets a ping; no answer within as long
+        // again means it is gone (a hung host or a partition: no RST ever comes).
+        let quiet = Duration::from_millis(welcome.liveness_ms).max(Duration::from_secs(10));
+        let is_service = self.shared.config.role == Role::Service;
+        let res: std::io::Result<End> = async {
+            let groups: Vec<String> = lock(&self.shared.cache).keys().cloned().collect();
+            for g in groups {
+                self.send_watch(&mut c, Target::Group(g)).await?;
+            }
+            let users: Vec<u64> = self.watches.keys().copied().collect();
+            for u in users {
+                self.send_watch(&mut c, Target::User(u)).await?;
+            }
+            for m in std::mem::take(&mut self.waiting) {
+                if let Some(end) = self.control(&mut c, m).await? {
+                    return Ok(end);
+                }
+            }
+            // Reports start at once, so the registry has metrics from the first moment.
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_rx = Instant::now();
+            let mut ping_sent: Option<Instant> = None;
+            let mut check = tokio::time::interval(quiet / 2);
+            check.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if is_service {
+                            let r = self.build_report();
+                            c.writer.send(&Message::Report(r)).await?;
+                        } else if last_rx.elapsed() >= interval {
+                            let id = c.id();
+                            c.pending.insert(id, Pending::Ping);
+                            c.writer.send(&Message::Ping(Ping { id })).await?;
+                        }
+                    }
+                    _ = check.tick() => {
+                        if let Some(at) = ping_sent {
+                            if at.elapsed() >= quiet {
+                                return Ok(End::Lost(format!("registry did not answer a ping within {quiet:?}")));
+                            }
+                        } else if last_rx.elapsed() >= quiet {
+                            let id = c.id();
+                            c.pending.insert(id, Pending::Ping);
+                            c.writer.send(&Message::Ping(Ping { id })).await?;
+                            ping_sent = Some(Instant::now());
+                        }
+                    }
+                    m = ctl.recv() => match m {
+                        Some(m) => if let Some(end) = self.control(&mut c, m).await? { return Ok(end) },
+                        None => return Ok(End::Stopped),
+                    },
+                    m = reader.next() => {
+                        last_rx = Instant::now();
+                        ping_sent = None;
+                        match m {
+                            None => return Ok(End::Lost("registry closed the connection".into())),
+                            Some(Err(ReadError::Io(e))) => return Ok(End::Lost(format!("read failed: {e}"))),
+                            Some(Err(ReadError::Protocol(e))) => {
+                                let _ = c.writer.send(&Message::error(None, e.code, e.message.clone(), true)).await;
+                                return Ok(End::Lost(format!("protocol error from registry: {e}")));
+                            }
+                            Some(Ok(msg)) => if let Some(end) = self.incoming(&mut c, msg).await? { return Ok(end) },
+                        }
+                    }
+                }
+            }
+        }
+        .await;
+        let end = res.unwrap_or_else(|e| End::Lost(format!("write failed: {e}")));
+        // Requests in flight: queries fail now; group waiters retry on the next connection.
+        for (_, p) in c.pending.drain() {
+            match p {
+                Pending::Query(tx) => {
+                    let _ = tx.send(Err(Error::Unreachable("connection to the registry was lost".into())));
+                }
+                Pending::Group(g, waiters) => {
+                    for w in waiters {
+                        self.waiting.push(Control::WatchGroup(g.clone(), w));
+                    }
+                }
+                _ => {}
+            }
+        }
+        drop(reader);
+        end
+    }
+
+    async fn incoming(&mut self, c: &mut Conn, msg: Message) -> std::io::Result<Option<End>> {
+        match msg {
+            Message::Result(r) => match c.pending.remove(&r.id) {
+                Some(Pending::Query(tx)) => {
+                    let _ = tx.send(Ok(r.instances));
+                }
+                Some(Pending::Group(g, waiters)) => {
+                    let mut cache = lock(&self.shared.cache);
+                    let gc = cache.entry(g).or_insert_with(GroupCache::default);
+                    gc.instances = r.instances.into_iter().map(|i| (i.id.clone(), i)).collect();
+                    gc.fresh = true;
+                    drop(cache);
+                    for w in waiters {
+                        let _ = w.send(Ok(()));
+                    }
+                }
+                Some(Pending::User(u)) => {
+                    if let Some(w) = self.watches.get_mut(&u) {
+                        // Keep our cursor while the replay that follows advances it; a lower
+                        // registry cursor means the registry restarted and numbering began again.
+                        w.cursor = Some(match w.cursor {
+                            Some(c) if c <= r.cursor => c,
+                            _ => r.cursor,
+                        });
+                    }
+                }
+                _ => {}
+            },
+            Message::Event(e) => match c.targets.get(&e.watch).cloned() {
+                Some(Target::Group(g)) => {
+                    let mut cache = lock(&self.shared.cache);
+                    if let Some(gc) = cache.get_mut(&g) {
+                        apply_event(gc, &e.event);
+                    }
+                }
+                Some(Target::User(u)) => {
+                    let gone = match self.watches.get_mut(&u) {
+                        Some(w) => {
+                            if e.event.seq > 0 {
+                                w.cursor = Some(e.event.seq);
+                            }
+                            w.tx.send(e.event).is_err()
+                        }
+                        None => true,
+                    };
+                    if gone {
+                        self.control(c, Control::Unwatch(u)).await?;
+                    }
+                }
+                None => {}
+            },
+            Message::Command(cmd) => {
+                let id = cmd.command_id;
+                let name = cmd.name.clone();
+                if self.shared.events.send(ClientEvent::Command(cmd)).is_err() {
+                    let r = CommandResult {
+                        command_id: id,
+                        ok: false,
+                        result: serde_json::Value::Null,
+                        error: Some(format!("no command handler is installed for {name:?}")),
+                    };
+                    c.writer.send(&Message::CommandResult(r)).await?;
+                }
+            }
+            Message::Pong(p) => {
+                c.pending.remove(&p.id);
+            }
+            Message::Error(e) => {
+                let pending = e.id.and_then(|id| c.pending.remove(&id));
+                match pending {
+                    Some(Pending::Query(tx)) => {
+                        let _ = tx.send(Err(Error::Remote { code: e.code, message: e.message }));
+                    }
+                    Some(Pending::Group(_, waiters)) => {
+                        for w in waiters {
+                            let _ = w.send(Err(Error::Remote { code: e.code, message: e.message.clone() }));
+                        }
+                    }
+                    _ if e.code == ErrorCode::Lagged => {
+                        // We missed events: take fresh snapshots and resume the user watches.
+                        let old: Vec<u64> = c.targets.keys().copied().collect();
+                        for w in old {
+                            let target = c.targets.remove(&w);
+                            let id = c.id();
+                            c.pending.insert(id, Pending::Ack);
+                            c.writer.send(&Message::Unwatch(Unwatch { id, watch: w })).await?;
+                            if let Some(t) = target {
+                                self.send_watch(c, t).await?;
+                            }
+                        }
+                    }
+                    _ => {
+                        let _ = self.shared.events.send(ClientEvent::Error {
+                            code: Some(e.code),
+                            message: e.message.clone(),
+                        });
+                        if e.fatal {
+                            return Ok(Some(End::Lost(format!("registry closed the session: {}: {}", e.code, e.message))));
+                        }
+                    }
+                }
+            }
+            Message::Leave(_) => {}
+            other => {
+                tracing::debug!(target: "sfc::client", message = other.name(), "ignored unexpected message");
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn apply_event(gc: &mut GroupCache, ev: &Event) {
+    match (&ev.kind, &ev.instance) {
+        (EventKind::Evicted, _) => {
+            gc.instances.remove(&ev.id);
+        }
+        (_, Some(r)) => {
+            gc.instances.insert(ev.id.clone(), (**r).clone());
+        }
+        _ => {}
+    }
+}
+

@@ -1,0 +1,629 @@
+//! One connection to the registry: TLS, the preamble (or a legacy document), the handshake,
+//! then the session loop. The loop owns the session's liveness timer: every frame resets it,
+//! and when it fires the instance goes offline with reason `missed-reports`, without waiting
+//! for any other traffic.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
+
+use super::state::{Outbound, SessionRef};
+use super::Registry;
+use crate::model::{Event, Filter, OfflineReason};
+use crate::protocol::connection::{FrameWriter, ReadError};
+use crate::protocol::frame::{self, PREAMBLE_LEN};
+use crate::protocol::{
+    legacy, Codec, Connection, ErrorCode, Hello, Message, Pong, ProtocolError, QueryResult, Role,
+    Welcome,
+};
+
+/// Outbound queue length per session. A watcher that falls this far behind stalls its own
+/// session only; its event subscription then lags and it is told to resync.
+const OUTBOUND_QUEUE: usize = 1024;
+/// Default interval asked of observers that do not choose one.
+const OBSERVER_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Handles one accepted TCP connection until it ends.
+pub(crate) async fn run(reg: Registry, tcp: TcpStream, peer: SocketAddr, stop: broadcast::Receiver<()>) {
+    let deadline = Instant::now() + reg.shared.config.handshake_timeout;
+    let Some((stream, identity)) = accept_tls(&reg, tcp, peer, deadline).await else { return };
+    serve_stream(reg, stream, peer, identity, deadline, stop).await;
+}
+
+/// Answers a connection over `--max-connections` with an error frame, then closes it.
+pub(crate) async fn refuse(reg: Registry, tcp: TcpStream, peer: SocketAddr) {
+    tracing::warn!(target: "sfc::registry", %peer, "refused connection: over --max-connections");
+    let deadline = Instant::now() + Duration::from_secs(2).min(reg.shared.config.handshake_timeout);
+    let Some((mut stream, _)) = accept_tls(&reg, tcp, peer, deadline).await else { return };
+    let max = reg.shared.config.max_connections;
+    let _ = tokio::time::timeout_at(deadline, async {
+        let msg = Message::error(
+            None,
+            ErrorCode::TooManyConnections,
+            format!("the registry holds its maximum of {max} connections; try another registry or later"),
+            true,
+        );
+        send_preamble_and_close(&mut stream, &msg, reg.shared.config.max_frame).await
+    })
+    .await;
+}
+
+type Stream = Either<tokio_rustls::server::TlsStream<TcpStream>, TcpStream>;
+
+async fn accept_tls(
+    reg: &Registry,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<(Stream, Option<String>)> {
+    let Some(tls) = reg.shared.config.tls.clone() else { return Some((Either::Right(tcp), None)) };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => {
+            let identity = crate::tls::peer_subject(s.get_ref().1);
+            Some((Either::Left(s), identity))
+        }
+        Ok(Err(e)) => {
+            reg.shared.stats.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(target: "sfc::registry", %peer, error = %e, "tls handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(target: "sfc::registry", %peer, "tls handshake timed out");
+            None
+        }
+    }
+}
+
+/// Writes our preamble and one (fatal) message, then closes. For refusals before a session.
+async fn send_preamble_and_close<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    msg: &Message,
+    max_frame: usize,
+) -> std::io::Result<()> {
+    stream.write_all(&frame::encode_preamble(frame::PROTOCOL_MIN, frame::PROTOCOL_MAX)).await?;
+    let mut w = FrameWriter::new(&mut *stream, max_frame);
+    w.send(msg).await?;
+    w.shutdown().await
+}
+
+async fn serve_stream<S>(
+    reg: Registry,
+    mut stream: S,
+    peer: SocketAddr,
+    identity: Option<String>,
+    deadline: Instant,
+    stop: broadcast::Receiver<()>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let max_frame = reg.shared.config.max_frame;
+    let mut first = [0u8; PREAMBLE_LEN];
+    match tokio::time::timeout_at(deadline, stream.read_exact(&mut first[..1])).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => return, // closed before saying anything
+        Err(_) => {
+            tracing::info!(target: "sfc::registry", %peer, "connection sent nothing before the handshake timeout");
+            return;
+        }
+    }
+    if first[0] == b'{' || first[0].is_ascii_whitespace() {
+        return serve_legacy(&reg, stream, first[0], peer, identity, deadline).await;
+    }
+    let protocol_error = |e: ProtocolError| Message::error(None, e.code, e.message, true);
+    let version = match tokio::time::timeout_at(deadline, stream.read_exact(&mut first[1..])).await {
+        Ok(Ok(_)) => frame::parse_preamble(&first).and_then(|(lo, hi)| frame::negotiate_version(lo, hi)),
+        Ok(Err(_)) => Err(ProtocolError::new(ErrorCode::BadPreamble, "connection closed inside the preamble")),
+        Err(_) => Err(ProtocolError::new(
+            ErrorCode::HandshakeTimeout,
+            "the preamble did not arrive within the handshake timeout",
+        )),
+    };
+    let version = match version {
+        Ok(v) => v,
+        Err(e) => {
+            reg.shared.stats.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(target: "sfc::registry", %peer, error = %e, "refused connection");
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                send_preamble_and_close(&mut stream, &protocol_error(e), max_frame),
+            )
+            .await;
+            return;
+        }
+    };
+    if stream.write_all(&frame::encode_preamble(version, version)).await.is_err() {
+        return;
+    }
+    let Connection { mut reader, mut writer } = Connection::new(stream, max_frame);
+
+    // Handshake: the first frame must be hello, within the handshake timeout.
+    let hello = match tokio::time::timeout_at(deadline, reader.next()).await {
+        Ok(Some(Ok(Message::Hello(h)))) => Ok(h),
+        Ok(Some(Ok(other))) => Err(ProtocolError::new(
+            ErrorCode::UnexpectedMessage,
+            format!("expected hello as the first message, got {}", other.name()),
+        )),
+        Ok(Some(Err(ReadError::Protocol(e)))) => Err(e),
+        Ok(None) | Ok(Some(Err(ReadError::Io(_)))) => return,
+        Err(_) => Err(ProtocolError::new(
+            ErrorCode::HandshakeTimeout,
+            format!("no hello within {}", crate::duration::format(reg.shared.config.handshake_timeout)),
+        )),
+    };
+    let accepted = hello.and_then(|h| check_hello(&reg, h));
+    let (hello, codec, interval) = match accepted {
+        Ok(x) => x,
+        Err(e) => {
+            reg.shared.stats.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(target: "sfc::registry", %peer, error = %e, "refused handshake");
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                writer.send(&protocol_error(e)).await?;
+                writer.shutdown().await
+            })
+            .await;
+            return;
+        }
+    };
+
+    let session_id = reg.shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let missed = reg.shared.config.missed_reports;
+    let liveness = interval * missed;
+    let instance = hello.registration.as_ref().map(|r| crate::model::InstanceRecord::make_id(&r.group, &r.instance_id));
+    let welcome = Message::Welcome(Welcome {
+        id: hello.id,
+        protocol: version,
+        codec: codec.name().to_string(),
+        session: session_id,
+        registry: format!("sfc/{}", crate::VERSION),
+        interval_ms: interval.as_millis() as u64,
+        missed_reports: missed,
+        liveness_ms: liveness.as_millis() as u64,
+        max_frame: max_frame as u32,
+        server_time: crate::model::now_ms(),
+        instance: instance.clone(),
+    });
+    if let Some(reg_info) = hello.registration.clone() {
+        let detail = serde_json::json!({ "session": session_id, "peer": peer.to_string() });
+        let done = reg.state().register(
+            reg_info,
+            interval.as_millis() as u64,
+            Some(SessionRef { id: session_id, tx: tx.clone() }),
+            identity.clone(),
+            "v1",
+            detail,
+        );
+        if let Some(old) = done.superseded {
+            let id = instance.as_deref().unwrap_or_default();
+            tracing::warn!(target: "sfc::registry", id, old_session = old.id, new_session = session_id, %peer,
+                "session superseded by a new session for the same instance");
+            let _ = old.tx.try_send(Outbound::Close(Message::error(
+                None,
+                ErrorCode::Superseded,
+                format!("session {} for {id} was superseded by session {session_id} from {peer}", old.id),
+                true,
+            )));
+        }
+    }
+    if writer.send(&welcome).await.is_err() {
+        if let Some(id) = &instance {
+            reg.state().mark_offline(id, Some(session_id), OfflineReason::ConnectionLost);
+        }
+        return;
+    }
+    reg.shared.stats.sessions_current.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(target: "sfc::registry", session = session_id, %peer, instance = ?instance,
+        role = ?hello.role, client = ?hello.client, "session opened");
+
+    let writer_done = CancellationToken::new();
+    let writer_task = tokio::spawn(write_loop(writer, rx, writer_done.clone()));
+    let mut session = Session {
+        reg: reg.clone(),
+        id: session_id,
+        instance,
+        tx,
+        watches: Vec::new(),
+        events_rx: None,
+        reports_rx: None,
+    };
+    let end = session.run(reader, liveness, stop, writer_done).await;
+    let Session { instance, tx, .. } = session;
+    if let Some(id) = &instance {
+        let mut st = reg.state();
+        match end {
+            End::Lost => st.mark_offline(id, Some(session_id), OfflineReason::ConnectionLost),
+            End::Missed => st.mark_offline(id, Some(session_id), OfflineReason::MissedReports),
+            End::Left | End::Shutdown => {}
+        }
+    }
+    drop(tx);
+    reg.shared.stats.sessions_current.fetch_sub(1, Ordering::Relaxed);
+    // The writer ends once it has sent its last frame; don't let a stuck peer keep it forever.
+    let abort = writer_task.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(2), writer_task).await.is_err() {
+        abort.abort();
+    }
+    tracing::debug!(target: "sfc::registry", session = session_id, %peer, end = ?end, "session closed");
+}
+
+/// Validates hello; returns it with the chosen codec and interval.
+fn check_hello(reg: &Registry, h: Hello) -> Result<(Hello, Codec, Duration), ProtocolError> {
+    let codec = Codec::choose(&h.codecs).ok_or_else(|| {
+        ProtocolError::new(
+            ErrorCode::UnsupportedCodec,
+            format!("none of the offered codecs {:?} is supported (this registry speaks json)", h.codecs),
+        )
+    })?;
+    let invalid = |e: crate::Error| ProtocolError::new(ErrorCode::InvalidField, e.to_string());
+    let interval = match (h.role, h.interval_ms) {
+        (_, Some(ms)) => {
+            crate::limits::check_interval_ms(ms).map_err(invalid)?;
+            Duration::from_millis(ms)
+        }
+        (Role::Service, None) => reg.shared.config.default_interval,
+        (Role::Observer, None) => OBSERVER_INTERVAL,
+    };
+    match (&h.role, &h.registration) {
+        (Role::Service, None) => {
+            return Err(ProtocolError::new(ErrorCode::InvalidField, "hello with role service needs a registration"))
+        }
+        (Role::Service, Some(r)) => crate::limits::check_registration(r).map_err(invalid)?,
+        (Role::Observer, Some(_)) => {
+            return Err(ProtocolError::new(ErrorCode::InvalidField, "hello with role observer must not carry a registration"))
+        }
+        (Role::Observer, None) => {}
+    }
+    Ok((h, codec, interval))
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: FrameWriter<W>,
+    mut rx: mpsc::Receiver<Outbound>,
+    done: CancellationToken,
+) {
+    let _guard = done.drop_guard();
+    'outer: while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        // Batch whatever is already queued into one flush.
+        while let Some(ob) = next.take() {
+            let res = match ob {
+                Outbound::Send(m) => writer.feed(&m).await,
+                Outbound::Close(m) => {
+                    let _ = writer.feed(&m).await;
+                    let _ = writer.shutdown().await;
+                    break 'outer;
+                }
+            };
+            if res.is_err() {
+                break 'outer;
+            }
+            next = rx.try_recv().ok();
+        }
+        if writer.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum End {
+    Lost,
+    Missed,
+    Left,
+    Shutdown,
+}
+
+struct WatchSub {
+    id: u64,
+    filter: Filter,
+    reports: bool,
+    /// Events up to this sequence number were in the snapshot.
+    after: u64,
+}
+
+struct Session {
+    reg: Registry,
+    id: u64,
+    instance: Option<String>,
+    tx: mpsc::Sender<Outbound>,
+    watches: Vec<WatchSub>,
+    events_rx: Option<broadcast::Receiver<Arc<Event>>>,
+    reports_rx: Option<broadcast::Receiver<Arc<Event>>>,
+}
+
+async fn recv_opt(rx: &mut Option<broadcast::Receiver<Arc<Event>>>) -> Result<Arc<Event>, broadcast::error::RecvError> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        mut reader: crate::protocol::connection::FrameReader<R>,
+        liveness: Duration,
+        mut stop: broadcast::Receiver<()>,
+        writer_done: CancellationToken,
+    ) -> End {
+        let sleep = tokio::time::sleep(liveness);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = stop.recv() => {
+                    self.close(Message::error(None, ErrorCode::ShuttingDown, "the registry is shutting down", true)).await;
+                    return End::Shutdown;
+                }
+                _ = writer_done.cancelled() => return End::Lost,
+                _ = &mut sleep => {
+                    tracing::info!(target: "sfc::registry", session = self.id, instance = ?self.instance,
+                        "no frame within the liveness window: closing");
+                    self.close(Message::error(None, ErrorCode::LivenessTimeout,
+                        format!("no frame for {}", crate::duration::format(liveness)), true)).await;
+                    return End::Missed;
+                }
+                m = reader.next() => match m {
+                    None | Some(Err(ReadError::Io(_))) => return End::Lost,
+                    Some(Err(ReadError::Protocol(e))) => {
+                        self.reg.shared.stats.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(target: "sfc::registry", session = self.id, error = %e, "protocol error: closing");
+                        self.close(Message::error(None, e.code, e.message, true)).await;
+                        return End::Lost;
+                    }
+                    Some(Ok(msg)) => {
+                        sleep.as_mut().reset(Instant::now() + liveness);
+                        if let Some(end) = self.handle(msg).await {
+                            return end;
+                        }
+                    }
+                },
+                ev = recv_opt(&mut self.events_rx) => self.deliver(ev, false).await,
+                ev = recv_opt(&mut self.reports_rx) => self.deliver(ev, true).await,
+            }
+        }
+    }
+
+    async fn send(&self, msg: Message) {
+        // A full queue means the peer is not reading; the send waits, which holds back only
+        // this session.
+        let _ = self.tx.send(Outbound::Send(msg)).await;
+    }
+
+    async fn close(&self, msg: Message) {
+        let _ = self.tx.send(Outbound::Close(msg)).await;
+    }
+
+    async fn error(&self, id: Option<u64>, code: ErrorCode, message: impl Into<String>) {
+        self.send(Message::error(id, code, message, false)).await;
+    }
+
+    async fn handle(&mut self, msg: Message) -> Option<End> {
+        match msg {
+            Message::Report(report) => {
+                let Some(id) = self.instance.as_deref() else {
+                    self.error(None, ErrorCode::UnexpectedMessage, "observers do not send reports").await;
+                    return None;
+                };
+                if let Err(e) = check_report(&report) {
+                    self.error(None, ErrorCode::InvalidField, format!("report {} dropped: {e}", report.seq)).await;
+                    return None;
+                }
+                self.reg.shared.stats.reports_total.fetch_add(1, Ordering::Relaxed);
+                self.reg.state().apply_report(id, Some(self.id), report);
+            }
+            Message::Leave(l) => {
+                if let Some(id) = &self.instance {
+                    self.reg.state().mark_left(id, Some(self.id), l.reason);
+                }
+                let _ = self.tx.send(Outbound::Close(Message::Leave(Default::default()))).await;
+                return Some(End::Left);
+            }
+            Message::Ping(p) => {
+                self.send(Message::Pong(Pong { id: p.id, server_time: crate::model::now_ms() })).await;
+            }
+            Message::Query(q) => {
+                let (instances, cursor) = {
+                    let st = self.reg.state();
+                    (st.query(&q.filter), st.cursor())
+                };
+                self.send(Message::Result(QueryResult { id: q.id, instances, cursor })).await;
+            }
+            Message::Watch(w) => {
+                if self.watches.iter().any(|x| x.id == w.id) {
+                    self.error(Some(w.id), ErrorCode::InvalidField, format!("watch id {} is already in use", w.id)).await;
+                    return None;
+                }
+                // Subscribe and snapshot under the lock that orders events, so the watcher
+                // misses nothing between the two.
+                let (instances, cursor, replay) = {
+                    let st = self.reg.state();
+                    if self.events_rx.is_none() {
+                        self.events_rx = Some(self.reg.shared.events_tx.subscribe());
+                    }
+                    if w.reports && self.reports_rx.is_none() {
+                        self.reports_rx = Some(self.reg.shared.reports_tx.subscribe());
+                    }
+                    // A cursor beyond ours means the registry restarted: nothing to replay.
+                    let replay = match w.after {
+                        Some(after) if after < st.cursor() => st.events_after(after, usize::MAX),
+                        _ => Vec::new(),
+                    };
+                    (st.query(&w.filter), st.cursor(), replay)
+                };
+                self.send(Message::Result(QueryResult { id: w.id, instances, cursor })).await;
+                for ev in replay.iter().filter(|ev| matches_event(&w.filter, ev)) {
+                    self.send(Message::Event(crate::protocol::EventMessage { watch: w.id, event: (**ev).clone() })).await;
+                }
+                self.watches.push(WatchSub { id: w.id, filter: w.filter, reports: w.reports, after: cursor });
+            }
+            Message::Unwatch(u) => {
+                let before = self.watches.len();
+                self.watches.retain(|x| x.id != u.watch);
+                if self.watches.len() == before {
+                    self.error(Some(u.id), ErrorCode::UnknownWatch, format!("no watch with id {}", u.watch)).await;
+                    return None;
+                }
+                if self.watches.is_empty() {
+                    self.events_rx = None;
+                }
+                if !self.watches.iter().any(|x| x.reports) {
+                    self.reports_rx = None;
+                }
+                let cursor = self.reg.state().cursor();
+                self.send(Message::Result(QueryResult { id: u.id, instances: Vec::new(), cursor })).await;
+            }
+            Message::CommandResult(r) => {
+                let cid = r.command_id;
+                if !self.reg.state().finish_command(self.id, r) {
+                    self.error(None, ErrorCode::InvalidField,
+                        format!("command {cid} is unknown or no longer awaited")).await;
+                }
+            }
+            Message::Error(e) => {
+                tracing::info!(target: "sfc::registry", session = self.id, code = %e.code, message = %e.message, "client reported an error");
+            }
+            other => {
+                self.error(None, ErrorCode::UnexpectedMessage,
+                    format!("{} is not a message a client sends after the handshake", other.name())).await;
+            }
+        }
+        None
+    }
+
+    async fn deliver(&mut self, ev: Result<Arc<Event>, broadcast::error::RecvError>, reports: bool) {
+        match ev {
+            Ok(ev) => {
+                for w in &self.watches {
+                    let wanted = if reports { w.reports } else { ev.seq > w.after };
+                    if wanted && matches_event(&w.filter, &ev) {
+                        let msg = Message::Event(crate::protocol::EventMessage { watch: w.id, event: (*ev).clone() });
+                        let _ = self.tx.send(Outbound::Send(msg)).await;
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(target: "sfc::registry", session = self.id, missed = n, "watcher lagged");
+                let what = if reports { "report updates" } else { "events" };
+                self.error(None, ErrorCode::Lagged,
+                    format!("this session fell behind and missed {n} {what}; query again to resync")).await;
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                if reports { self.reports_rx = None } else { self.events_rx = None }
+            }
+        }
+    }
+}
+
+/// Event filters match the record carried by the event; `evicted` events carry none and match
+/// on group only.
+fn matches_event(f: &Filter, ev: &Event) -> bool {
+    match &ev.instance {
+        Some(r) => {
+            // A watcher filtering on status still wants to hear that an instance left the
+            // filtered state, so status is not applied to transitions.
+            let f = Filter { status: None, ..f.clone() };
+            f.matches(r)
+        }
+        None => f.group.as_deref().is_none_or(|g| g == ev.group),
+    }
+}
+
+fn check_report(r: &crate::protocol::Report) -> Result<(), crate::Error> {
+    if r.metrics.custom.len() > crate::limits::MAX_GAUGES {
+        return Err(crate::Error::invalid(
+            "metrics.custom",
+            format!("{} gauges; the limit is {}", r.metrics.custom.len(), crate::limits::MAX_GAUGES),
+        ));
+    }
+    if r.metrics.runtime.len() > crate::limits::MAX_GAUGES {
+        return Err(crate::Error::invalid("metrics.runtime", format!("more than {} entries", crate::limits::MAX_GAUGES)));
+    }
+    for name in r.metrics.custom.keys().chain(r.metrics.runtime.keys()) {
+        if name.is_empty() || name.len() > crate::limits::MAX_NAME_LEN {
+            return Err(crate::Error::invalid("gauge name", format!("{name:?} is empty or longer than {} bytes", crate::limits::MAX_NAME_LEN)));
+        }
+    }
+    if r.health_note.as_ref().is_some_and(|n| n.len() > crate::limits::MAX_NOTE_LEN) {
+        return Err(crate::Error::invalid("health_note", format!("longer than {} bytes", crate::limits::MAX_NOTE_LEN)));
+    }
+    Ok(())
+}
+
+/// Reads one legacy document to its end and applies it.
+async fn serve_legacy<S: AsyncRead + Unpin>(
+    reg: &Registry,
+    mut stream: S,
+    first: u8,
+    peer: SocketAddr,
+    identity: Option<String>,
+    deadline: Instant,
+) {
+    let max = reg.shared.config.max_frame;
+    let mut buf = vec![first];
+    let read = tokio::time::timeout_at(deadline, async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok::<bool, std::io::Error>(true);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > max {
+                return Ok(false);
+            }
+        }
+    })
+    .await;
+    let fail = |why: String| {
+        reg.shared.stats.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(target: "sfc::registry", %peer, "legacy report rejected: {why}");
+    };
+    match read {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => return fail(format!("document exceeds the maximum of {max} bytes")),
+        // A TLS peer that ends the TCP stream without close_notify still delivered its bytes.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
+        Ok(Err(e)) => return fail(format!("read failed: {e}")),
+        Err(_) => return fail("the document did not end within the handshake timeout".into()),
+    }
+    let doc = match legacy::parse(&buf) {
+        Ok(d) => d,
+        Err(e) => return fail(e.to_string()),
+    };
+    if let Err(e) = crate::limits::check_registration(&doc.registration) {
+        return fail(e.to_string());
+    }
+    reg.shared.stats.legacy_reports_total.fetch_add(1, Ordering::Relaxed);
+    reg.shared.stats.reports_total.fetch_add(1, Ordering::Relaxed);
+    let id = crate::model::InstanceRecord::make_id(&doc.registration.group, &doc.registration.instance_id);
+    let window = Duration::from_millis(doc.interval_ms) * reg.shared.config.missed_reports;
+    let arm = {
+        let mut st = reg.state();
+        if st.instances.get(&id).is_some_and(|i| i.session.is_some()) {
+            drop(st);
+            return fail(format!("{id} belongs to a live v1 session"));
+        }
+        if doc.action == legacy::LegacyAction::Leave {
+            st.mark_left(&id, None, Some("legacy LEAVE".into()));
+            return;
+        }
+        st.register(doc.registration, doc.interval_ms, None, identity, "legacy",
+            serde_json::json!({ "peer": peer.to_string(), "wire": "legacy" }));
+        st.apply_report(&id, None, doc.report);
+        let Some(inst) = st.instances.get_mut(&id) else { return };
+        inst.legacy_deadline = Some(Instant::now() + window);
+        !std::mem::replace(&mut inst.legacy_timer, true)
+    };
+    if arm {
+        reg.arm_legacy_timer(id);
+    }
+}

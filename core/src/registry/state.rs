@@ -1,0 +1,425 @@
+//! The fleet state: every instance record, which session owns it, the event history, and
+//! pending commands. One mutex guards it; every critical section is short and never awaits.
+//! Each transition goes through [`State::emit`], which numbers the event, keeps it in the
+//! history and broadcasts it while the lock is held, so watchers see transitions in order.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::model::{
+    now_ms, Event, EventKind, Filter, Health, InstanceRecord, OfflineReason, Registration, Status,
+};
+use crate::protocol::{CommandResult, Message, Report};
+
+/// What a session's writer is asked to do.
+#[derive(Debug)]
+pub enum Outbound {
+    Send(Message),
+    /// Send this frame, then close the connection.
+    Close(Message),
+}
+
+/// The live session that owns an instance.
+#[derive(Debug, Clone)]
+pub struct SessionRef {
+    pub id: u64,
+    pub tx: mpsc::Sender<Outbound>,
+}
+
+/// One point of an instance's recent history, for sparklines.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Sample {
+    pub at: u64,
+    pub cpu_percent: Option<f64>,
+    pub resident_bytes: Option<u64>,
+}
+
+/// How many samples each instance keeps (2 minutes at a 1 s interval).
+pub const SAMPLES_KEPT: usize = 120;
+
+pub struct Instance {
+    pub record: InstanceRecord,
+    pub session: Option<SessionRef>,
+    /// For legacy instances (no connection): when they go offline unless another report comes.
+    pub legacy_deadline: Option<tokio::time::Instant>,
+    pub legacy_timer: bool,
+    pub samples: VecDeque<Sample>,
+}
+
+struct PendingCommand {
+    instance: String,
+    session: u64,
+    name: String,
+    reply: oneshot::Sender<CommandResult>,
+}
+
+pub struct State {
+    pub instances: HashMap<String, Instance>,
+    history: VecDeque<Arc<Event>>,
+    history_cap: usize,
+    next_seq: u64,
+    pending: HashMap<u64, PendingCommand>,
+    events_tx: broadcast::Sender<Arc<Event>>,
+    reports_tx: broadcast::Sender<Arc<Event>>,
+}
+
+/// What registering a session did.
+pub struct Registered {
+    pub superseded: Option<SessionRef>,
+}
+
+impl State {
+    pub fn new(
+        history_cap: usize,
+        events_tx: broadcast::Sender<Arc<Event>>,
+        reports_tx: broadcast::Sender<Arc<Event>>,
+    ) -> Self {
+        State {
+            instances: HashMap::new(),
+            history: VecDeque::with_capacity(history_cap.min(4096)),
+            history_cap,
+            next_seq: 1,
+            pending: HashMap::new(),
+            events_tx,
+            reports_tx,
+        }
+    }
+
+    /// Sequence number of the newest event in the history (0 when there is none).
+    pub fn cursor(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Numbers, records and broadcasts one transition.
+    pub fn emit(&mut self, kind: EventKind, id: &str, detail: serde_json::Value) -> Arc<Event> {
+        let (group, service, instance) = match self.instances.get(id) {
+            Some(i) => (
+                i.record.group.clone(),
+                i.record.service.clone(),
+                (kind != EventKind::Evicted).then(|| Box::new(i.record.clone())),
+            ),
+            None => {
+                let (g, _) = id.split_once('/').unwrap_or((id, ""));
+                (g.to_string(), String::new(), None)
+            }
+        };
+        let ev = Arc::new(Event {
+            seq: self.next_seq,
+            at: now_ms(),
+            kind,
+            id: id.to_string(),
+            group,
+            service,
+            instance,
+            detail,
+        });
+        self.next_seq += 1;
+        if self.history.len() == self.history_cap {
+            self.history.pop_front();
+        }
+        self.history.push_back(ev.clone());
+        // No receivers is fine: nobody is watching.
+        let _ = self.events_tx.send(ev.clone());
+        tracing::debug!(target: "sfc::registry", seq = ev.seq, kind = kind.as_str(), id, "event");
+        ev
+    }
+
+    /// Events after `cursor`, oldest first, at most `limit`.
+    pub fn events_after(&self, cursor: u64, limit: usize) -> Vec<Arc<Event>> {
+        let start = self.history.partition_point(|e| e.seq <= cursor);
+        self.history.iter().skip(start).take(limit).cloned().collect()
+    }
+
+    pub fn query(&self, filter: &Filter) -> Vec<InstanceRecord> {
+        let mut v: Vec<InstanceRecord> = self
+            .instances
+            .values()
+            .filter(|i| filter.matches(&i.record))
+            .map(|i| i.record.clone())
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub fn fleet(&self, filter: &Filter) -> BTreeMap<String, Vec<InstanceRecord>> {
+        let mut out: BTreeMap<String, Vec<InstanceRecord>> = BTreeMap::new();
+        for r in self.query(filter) {
+            out.entry(r.group.clone()).or_default().push(r);
+        }
+        out
+    }
+
+    /// Registers (or re-registers) an identity for a session or a legacy report.
+    #[allow(clippy::too_many_arguments)]
+    pub fn register(
+        &mut self,
+        reg: Registration,
+        interval_ms: u64,
+        session: Option<SessionRef>,
+        tls_identity: Option<String>,
+        wire: &str,
+        detail: serde_json::Value,
+    ) -> Registered {
+        let id = InstanceRecord::make_id(&reg.group, &reg.instance_id);
+        let now = now_ms();
+        let connected_since = session.as_ref().map(|_| now);
+        let existing = self.instances.get_mut(&id);
+        let (kind, superseded) = match existing {
+            Some(inst) => {
+                let superseded = match (&inst.session, &session) {
+                    (Some(old), Some(new)) if old.id != new.id => Some(old.clone()),
+                    _ => None,
+                };
+                let was_online = inst.record.status == Status::Online;
+                let r = &mut inst.record;
+                r.service = reg.service;
+                r.hostname = reg.hostname;
+                r.pid = reg.pid;
+                r.endpoints = reg.endpoints;
+                r.tags = reg.tags;
+                r.metadata = reg.metadata;
+                r.version = reg.version;
+                r.api = reg.api;
+                r.interval_ms = interval_ms;
+                r.tls_identity = tls_identity;
+                r.wire = wire.to_string();
+                if session.is_some() || !was_online {
+                    r.connected_since = connected_since;
+                }
+                r.status = Status::Online;
+                r.offline_reason = None;
+                if !was_online {
+                    r.status_since = now;
+                }
+                // Legacy reports carry no session; the caller never lets one replace a live
+                // v1 session.
+                inst.session = session;
+                (if was_online && superseded.is_none() { None } else { Some(EventKind::Online) }, superseded)
+            }
+            None => {
+                let record = InstanceRecord {
+                    id: id.clone(),
+                    group: reg.group,
+                    service: reg.service,
+                    instance_id: reg.instance_id,
+                    hostname: reg.hostname,
+                    pid: reg.pid,
+                    status: Status::Online,
+                    offline_reason: None,
+                    health: Health::Passing,
+                    health_note: None,
+                    endpoints: reg.endpoints,
+                    tags: reg.tags,
+                    metadata: reg.metadata,
+                    version: reg.version,
+                    api: reg.api,
+                    interval_ms,
+                    connected_since,
+                    last_report_at: Some(now),
+                    tls_identity,
+                    metrics: Default::default(),
+                    wire: wire.to_string(),
+                    clock_skew_ms: None,
+                    status_since: now,
+                };
+                self.instances.insert(
+                    id.clone(),
+                    Instance {
+                        record,
+                        session,
+                        legacy_deadline: None,
+                        legacy_timer: false,
+                        samples: VecDeque::new(),
+                    },
+                );
+                (Some(EventKind::Joined), None)
+            }
+        };
+        if let Some(kind) = kind {
+            self.emit(kind, &id, detail);
+        }
+        Registered { superseded }
+    }
+
+    /// Applies a report. Returns false when the instance is not owned by `session`.
+    pub fn apply_report(&mut self, id: &str, session: Option<u64>, report: Report) -> bool {
+        let Some(inst) = self.instances.get_mut(id) else { return false };
+        if session.is_some() && inst.session.as_ref().map(|s| s.id) != session {
+            return false;
+        }
+        let now = now_ms();
+        let r = &mut inst.record;
+        r.last_report_at = Some(now);
+        r.clock_skew_ms = report.sent_at.map(|t| t as i64 - now as i64);
+        let mut health_changed = false;
+        if let Some(h) = report.health {
+            if h != r.health || report.health_note != r.health_note {
+                health_changed = h != r.health;
+                r.health = h;
+                r.health_note = report.health_note;
+            }
+        }
+        r.metrics = report.metrics;
+        if inst.samples.len() == SAMPLES_KEPT {
+            inst.samples.pop_front();
+        }
+        inst.samples.push_back(Sample {
+            at: now,
+            cpu_percent: r.metrics.process.cpu_percent,
+            resident_bytes: r.metrics.process.resident_bytes,
+        });
+        if health_changed {
+            let detail = serde_json::json!({ "health": r.health, "note": r.health_note });
+            self.emit(EventKind::HealthChanged, id, detail);
+        }
+        // Per-report events are built only when someone asked for them.
+        if self.reports_tx.receiver_count() > 0 {
+            if let Some(inst) = self.instances.get(id) {
+                let ev = Arc::new(Event {
+                    seq: 0,
+                    at: now,
+                    kind: EventKind::Report,
+                    id: id.to_string(),
+                    group: inst.record.group.clone(),
+                    service: inst.record.service.clone(),
+                    instance: Some(Box::new(inst.record.clone())),
+                    detail: serde_json::Value::Null,
+                });
+                let _ = self.reports_tx.send(ev);
+            }
+        }
+        true
+    }
+
+    /// Marks an instance offline if `session` still owns it (a superseded session's end
+    /// must not take the new session's record offline).
+    pub fn mark_offline(&mut self, id: &str, session: Option<u64>, reason: OfflineReason) {
+        let Some(inst) = self.instances.get_mut(id) else { return };
+        if session.is_some() && inst.session.as_ref().map(|s| s.id) != session {
+            return;
+        }
+        inst.session = None;
+        if inst.record.status != Status::Online {
+            return;
+        }
+        inst.record.status = Status::Offline;
+        inst.record.offline_reason = Some(reason);
+        inst.record.status_since = now_ms();
+        self.fail_pending_for(id, "instance went offline before answering");
+        self.emit(EventKind::Offline, id, serde_json::json!({ "reason": reason }));
+    }
+
+    /// Graceful leave.
+    pub fn mark_left(&mut self, id: &str, session: Option<u64>, reason: Option<String>) {
+        let Some(inst) = self.instances.get_mut(id) else { return };
+        if session.is_some() && inst.session.as_ref().map(|s| s.id) != session {
+            return;
+        }
+        inst.session = None;
+        inst.record.status = Status::Left;
+        inst.record.offline_reason = None;
+        inst.record.status_since = now_ms();
+        self.fail_pending_for(id, "instance left before answering");
+        self.emit(EventKind::Left, id, serde_json::json!({ "reason": reason }));
+    }
+
+    /// Removes records that have been offline or left for longer than `retention`.
+    pub fn evict_expired(&mut self, retention: Duration) -> usize {
+        let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
+        let expired: Vec<String> = self
+            .instances
+            .values()
+            .filter(|i| i.record.status != Status::Online && i.record.status_since <= cutoff)
+            .map(|i| i.record.id.clone())
+            .collect();
+        for id in &expired {
+            self.instances.remove(id);
+            self.emit(EventKind::Evicted, id, serde_json::json!({ "reason": "retention" }));
+        }
+        expired.len()
+    }
+
+    /// Operator deregistration of a record that is not online.
+    pub fn deregister(&mut self, id: &str, by: &str) -> Result<(), crate::protocol::ErrorCode> {
+        match self.instances.get(id) {
+            None => Err(crate::protocol::ErrorCode::UnknownInstance),
+            Some(i) if i.record.status == Status::Online => Err(crate::protocol::ErrorCode::InvalidField),
+            Some(_) => {
+                self.instances.remove(id);
+                self.emit(EventKind::Evicted, id, serde_json::json!({ "reason": "deregistered", "by": by }));
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues a command to an online instance's session.
+    pub fn start_command(
+        &mut self,
+        id: &str,
+        command: crate::protocol::Command,
+    ) -> Result<oneshot::Receiver<CommandResult>, crate::protocol::ErrorCode> {
+        let inst = self.instances.get(id).ok_or(crate::protocol::ErrorCode::UnknownInstance)?;
+        let session = match (&inst.session, inst.record.status) {
+            (Some(s), Status::Online) => s.clone(),
+            _ => return Err(crate::protocol::ErrorCode::NotOnline),
+        };
+        let (tx, rx) = oneshot::channel();
+        let detail = serde_json::json!({
+            "command_id": command.command_id,
+            "command": command.name,
+            "reason": command.reason,
+            "by": command.issued_by,
+        });
+        self.pending.insert(
+            command.command_id,
+            PendingCommand { instance: id.to_string(), session: session.id, name: command.name.clone(), reply: tx },
+        );
+        if session.tx.try_send(Outbound::Send(Message::Command(command.clone()))).is_err() {
+            self.pending.remove(&command.command_id);
+            return Err(crate::protocol::ErrorCode::NotOnline);
+        }
+        self.emit(EventKind::CommandSent, id, detail);
+        Ok(rx)
+    }
+
+    /// Delivers a command result from `session`. Returns false for an unknown command id.
+    pub fn finish_command(&mut self, session: u64, result: CommandResult) -> bool {
+        match self.pending.get(&result.command_id) {
+            Some(p) if p.session == session => {}
+            _ => return false,
+        }
+        let Some(p) = self.pending.remove(&result.command_id) else { return false };
+        let detail = serde_json::json!({
+            "command_id": result.command_id,
+            "command": p.name,
+            "ok": result.ok,
+            "result": result.result,
+            "error": result.error,
+        });
+        self.emit(EventKind::CommandResult, &p.instance, detail);
+        let _ = p.reply.send(result);
+        true
+    }
+
+    /// Forgets a command whose caller stopped waiting.
+    pub fn abandon_command(&mut self, command_id: u64) {
+        self.pending.remove(&command_id);
+    }
+
+    fn fail_pending_for(&mut self, id: &str, why: &str) {
+        let ids: Vec<u64> = self.pending.iter().filter(|(_, p)| p.instance == id).map(|(k, _)| *k).collect();
+        for cid in ids {
+            if let Some(p) = self.pending.remove(&cid) {
+                let _ = p.reply.send(CommandResult {
+                    command_id: cid,
+                    ok: false,
+                    result: serde_json::Value::Null,
+                    error: Some(why.to_string()),
+                });
+            }
+        }
+    }
+}
