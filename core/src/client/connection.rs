@@ -138,7 +138,9 @@ async fn connect(shared: &Shared, addr: &str) -> Result<(Connection<Stream>, Wel
             }
             None => Either::Right(tcp),
         };
-        client_preamble(&mut stream, cfg.max_frame).await?;
+        // With TLS 1.3 the registry's verdict on our certificate arrives as an alert on the
+        // first read, after the handshake seemed to succeed.
+        client_preamble(&mut stream, cfg.max_frame).await.map_err(|e| tls_refusal(addr, e))?;
         let mut conn = Connection::new(stream, cfg.max_frame);
         let hello = Message::Hello(Hello {
             id: 1,
@@ -163,6 +165,25 @@ async fn connect(shared: &Shared, addr: &str) -> Result<(Connection<Stream>, Wel
     tokio::time::timeout(cfg.connect_timeout, handshake)
         .await
         .map_err(|_| Error::Timeout(format!("handshake with {addr}")))?
+}
+
+/// Turns a TLS alert surfacing as an I/O error into a TLS error that says what to fix.
+fn tls_refusal(addr: &str, e: ReadError) -> Error {
+    if let ReadError::Io(io) = &e {
+        if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            let hint = match tls {
+                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+                    " (the registry requires a client certificate: set cert and key)"
+                }
+                rustls::Error::AlertReceived(
+                    rustls::AlertDescription::UnknownCA | rustls::AlertDescription::BadCertificate,
+                ) => " (the registry does not trust this client certificate)",
+                _ => "",
+            };
+            return Error::Tls(format!("{addr} refused the connection: {tls}{hint}"));
+        }
+    }
+    e.into()
 }
 
 /// What a request id on the current connection is waiting for.

@@ -1,0 +1,182 @@
+//! Shared harness for the integration tests: the real `sfc` binary on loopback ports the OS
+//! assigns, real TLS with the development certificates it creates, and child processes stopped
+//! by PID.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sfc::client::{Client, ClientBuilder};
+use sfc::model::{Filter, InstanceRecord};
+
+pub fn sfc_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sfc"))
+}
+
+/// The example service binary, built by `cargo build --workspace` (the Makefile does).
+pub fn example_bin() -> PathBuf {
+    let p = sfc_bin().with_file_name("sfc-example-service");
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
+    p
+}
+
+/// A registry process started by the test.
+pub struct RegistryProc {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl RegistryProc {
+    /// Starts `sfc registry` on 127.0.0.1:0 with a fresh data dir and extra flags.
+    pub fn start(extra: &[&str]) -> RegistryProc {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut r = Self::start_at("127.0.0.1:0", &dir, extra);
+        r._tmp = Some(tmp);
+        r
+    }
+
+    /// Starts on a given address and data dir (restarts reuse both).
+    pub fn start_at(listen: &str, data_dir: &Path, extra: &[&str]) -> RegistryProc {
+        let mut child = Command::new(sfc_bin())
+            .args(["registry", "--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "sfc=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sfc registry");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines.next().expect("registry printed nothing").expect("read stdout");
+        let addr = line
+            .strip_prefix("sfc registry listening on ")
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_string();
+        // Keep draining stdout so the registry never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        RegistryProc { child, addr, data_dir: data_dir.to_path_buf(), _tmp: None }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.data_dir.join("tls").join("ca.pem")
+    }
+
+    pub fn client_cert(&self) -> (PathBuf, PathBuf) {
+        (self.data_dir.join("tls").join("client.pem"), self.data_dir.join("tls").join("client-key.pem"))
+    }
+
+    /// A service client builder pointed at this registry, trusting its CA.
+    pub fn service(&self, group: &str, instance: &str) -> ClientBuilder {
+        Client::builder()
+            .ignore_env()
+            .registry(&self.addr)
+            .ca(self.ca().display().to_string())
+            .group(group)
+            .instance_id(instance)
+            .interval(Duration::from_millis(200))
+            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+    }
+
+    pub fn observer(&self) -> Client {
+        ClientBuilder::observer()
+            .ignore_env()
+            .registry(&self.addr)
+            .ca(self.ca().display().to_string())
+            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+            .start()
+            .expect("observer")
+    }
+
+    /// Stops the registry abruptly (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RegistryProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends a signal to a process this test started.
+pub fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("kill");
+    assert!(st.success(), "kill -{sig} {pid} failed");
+}
+
+/// Polls `f` until it returns Some, for at most `limit`.
+pub async fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Queries until `pred` holds on the record `id`, for at most `limit`.
+pub async fn wait_record(
+    obs: &Client,
+    id: &str,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(&InstanceRecord) -> bool,
+) -> InstanceRecord {
+    let start = Instant::now();
+    loop {
+        if let Ok(rs) = obs.query(Filter::default()).await {
+            if let Some(r) = rs.into_iter().find(|r| r.id == id) {
+                if pred(&r) {
+                    return r;
+                }
+            }
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {id} to be {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// An example service process (a real client in another process).
+pub struct ServiceProc {
+    pub child: Child,
+}
+
+impl ServiceProc {
+    pub fn start(reg: &RegistryProc, group: &str, instance: &str, interval: &str) -> ServiceProc {
+        let child = Command::new(example_bin())
+            .args(["--group", group, "--instance-id", instance, "--interval", interval])
+            .env("SFC_REGISTRY", &reg.addr)
+            .env("SFC_CA", reg.ca())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start example service");
+        ServiceProc { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServiceProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

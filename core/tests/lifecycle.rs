@@ -1,0 +1,296 @@
+//! Register, report, lookup, watch, liveness and restarts against the real `sfc` binary over
+//! real TLS on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sfc::client::{ClientEvent, LookupOptions};
+use sfc::model::{EventKind, Filter, Health, OfflineReason, Status};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_report_lookup() {
+    let reg = RegistryProc::start(&[]);
+    let a = reg
+        .service("billing", "b-1")
+        .tag("eu")
+        .metadata("zone", "a")
+        .endpoint(sfc::model::Endpoint { name: "http".into(), host: "127.0.0.1".into(), port: 8080, protocol: "http".into() })
+        .start()
+        .unwrap();
+    a.wait_connected(LIMIT).await.unwrap();
+    a.set_gauge("queue_depth", 7.0).unwrap();
+    a.set_health(Health::Warning, Some("disk 91%".into())).unwrap();
+    let b = reg.service("billing", "b-2").start().unwrap();
+    b.wait_connected(LIMIT).await.unwrap();
+
+    // A peer looks the group up: both instances, with what they registered and reported.
+    let peer = reg.service("frontend", "f-1").start().unwrap();
+    let obs = reg.observer();
+    let rec = wait_record(&obs, "billing/b-1", LIMIT, "reporting its gauge and health", |r| {
+        r.metrics.custom.get("queue_depth") == Some(&7.0) && r.health == Health::Warning
+    })
+    .await;
+    assert_eq!(rec.status, Status::Online);
+    assert_eq!(rec.health_note.as_deref(), Some("disk 91%"));
+    assert_eq!(rec.tags, vec!["eu".to_string()]);
+    assert_eq!(rec.metadata.get("zone").map(String::as_str), Some("a"));
+    assert_eq!(rec.endpoints[0].port, 8080);
+    assert_eq!(rec.pid, std::process::id());
+    assert!(rec.metrics.host.cpu_count.unwrap_or(0) > 0, "host metrics are sampled");
+    assert!(rec.metrics.process.resident_bytes.unwrap_or(0) > 0, "process metrics are sampled");
+    assert_eq!(rec.interval_ms, 200);
+
+    let all = peer.lookup("billing", &LookupOptions::default()).await.unwrap();
+    assert!(!all.stale);
+    let mut ids: Vec<_> = all.instances.iter().map(|r| r.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["billing/b-1", "billing/b-2"]);
+    // healthy_only leaves out the instance that reports warning.
+    let healthy = peer.lookup("billing", &LookupOptions { healthy_only: true, ..Default::default() }).await.unwrap();
+    assert_eq!(healthy.instances.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["billing/b-2"]);
+
+    // The cache follows transitions: b-2 leaves and the next lookup no longer counts it healthy.
+    b.stop().await.unwrap();
+    let left = eventually(LIMIT, "lookup cache to see b-2 leave", || {
+        let l = futures_block(peer.lookup("billing", &LookupOptions { healthy_only: true, ..Default::default() }));
+        l.ok().filter(|l| l.instances.is_empty())
+    })
+    .await;
+    assert!(!left.stale);
+
+    // The fleet grouped by group, as the original getServiceFleetStatus.
+    let fleet = obs.query(Filter::default()).await.unwrap();
+    assert_eq!(fleet.iter().filter(|r| r.group == "billing").count(), 2);
+    a.stop().await.unwrap();
+    peer.stop().await.unwrap();
+}
+
+/// Runs a future to completion from inside a sync closure on the test runtime.
+fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_answers_stale_from_cache_when_registry_is_gone() {
+    let mut reg = RegistryProc::start(&[]);
+    let a = reg.service("api", "a-1").start().unwrap();
+    a.wait_connected(LIMIT).await.unwrap();
+    let peer = reg.service("web", "w-1").start().unwrap();
+    let l = peer.lookup("api", &LookupOptions::default()).await.unwrap();
+    assert_eq!(l.instances.len(), 1);
+    assert!(!l.stale);
+    reg.kill();
+    let stale = eventually(LIMIT, "a stale lookup", || {
+        futures_block(peer.lookup("api", &LookupOptions::default())).ok().filter(|l| l.stale)
+    })
+    .await;
+    assert_eq!(stale.instances[0].id, "api/a-1", "the cached answer is kept");
+}
+
+#[tokio::test]
+async fn watch_sees_joined_offline_and_left() {
+    let reg = RegistryProc::start(&[]);
+    let obs = reg.observer();
+    obs.wait_connected(LIMIT).await.unwrap();
+    let mut w = obs.watch(Filter::group("orders"), false).unwrap();
+    // Make sure the watch is established before the first transition.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let c = reg.service("orders", "o-1").start().unwrap();
+    let joined = next_kind(&mut w, EventKind::Joined).await;
+    assert_eq!(joined.id, "orders/o-1");
+    assert_eq!(joined.instance.as_ref().unwrap().status, Status::Online);
+
+    c.stop().await.unwrap();
+    let left = next_kind(&mut w, EventKind::Left).await;
+    assert_eq!(left.instance.as_ref().unwrap().status, Status::Left);
+    assert!(left.seq > joined.seq);
+
+    // Back again, then the process disappears without a leave: offline.
+    let svc = ServiceProc::start(&reg, "orders", "o-1", "200ms");
+    let online = next_kind(&mut w, EventKind::Online).await;
+    assert_eq!(online.id, "orders/o-1");
+    drop(svc);
+    let off = next_kind(&mut w, EventKind::Offline).await;
+    assert_eq!(off.instance.as_ref().unwrap().offline_reason, Some(OfflineReason::ConnectionLost));
+}
+
+/// The next event of `kind`, skipping others.
+async fn next_kind(w: &mut sfc::client::WatchStream, kind: EventKind) -> sfc::model::Event {
+    loop {
+        let ev = tokio::time::timeout(LIMIT, w.next()).await.expect("event in time").expect("stream open");
+        if ev.kind == kind {
+            return ev;
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigkill_goes_offline_connection_lost() {
+    let reg = RegistryProc::start(&[]);
+    let obs = reg.observer();
+    let mut svc = ServiceProc::start(&reg, "pay", "p-1", "1s");
+    wait_record(&obs, "pay/p-1", LIMIT, "online", |r| r.status == Status::Online).await;
+    let mut w = obs.watch(Filter::group("pay"), false).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(svc.pid(), "KILL");
+    let _ = svc.child.wait();
+    let t0 = std::time::Instant::now();
+    let ev = loop {
+        let ev = tokio::time::timeout(LIMIT, w.next()).await.expect("offline event").expect("stream");
+        if ev.kind == EventKind::Offline {
+            break ev;
+        }
+    };
+    let r = ev.instance.unwrap();
+    assert_eq!(r.offline_reason, Some(OfflineReason::ConnectionLost));
+    // Detected from the closed connection, not after a liveness window (3 x 1 s); printed, not asserted.
+    eprintln!("connection-lost detected after {:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn sigstop_goes_offline_missed_reports_then_back_after_sigcont() {
+    // The only traffic is this one client: nothing else can trigger the check.
+    let reg = RegistryProc::start(&["--missed-reports", "3"]);
+    let svc = ServiceProc::start(&reg, "jobs", "j-1", "200ms");
+    let obs = reg.observer();
+    wait_record(&obs, "jobs/j-1", LIMIT, "online", |r| r.status == Status::Online).await;
+    let mut w = obs.watch(Filter::group("jobs"), false).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    signal(svc.pid(), "STOP");
+    let t0 = std::time::Instant::now();
+    let off = loop {
+        let ev = tokio::time::timeout(LIMIT, w.next()).await.expect("offline event").expect("stream");
+        if ev.kind == EventKind::Offline {
+            break ev;
+        }
+    };
+    let elapsed = t0.elapsed();
+    assert_eq!(off.instance.as_ref().unwrap().offline_reason, Some(OfflineReason::MissedReports));
+    // Never before the window (3 x 200 ms) has passed since the last report.
+    assert!(elapsed >= Duration::from_millis(350), "offline after only {elapsed:?}");
+    eprintln!("missed-reports detected {elapsed:?} after SIGSTOP (window 600ms)");
+    signal(svc.pid(), "CONT");
+    let back = loop {
+        let ev = tokio::time::timeout(LIMIT, w.next()).await.expect("online event").expect("stream");
+        if ev.kind == EventKind::Online {
+            break ev;
+        }
+    };
+    assert_eq!(back.instance.unwrap().status, Status::Online);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_come_back_after_registry_restart() {
+    let mut reg = RegistryProc::start(&[]);
+    let addr = reg.addr.clone();
+    let dir = tempfile::tempdir().unwrap();
+    // Restart on the same port with the same certificates.
+    reg.kill();
+    let mut reg = RegistryProc::start_at(&addr, dir.path(), &[]);
+    let c = reg.service("cart", "c-1").start().unwrap();
+    let mut events = c.subscribe();
+    c.wait_connected(LIMIT).await.unwrap();
+    reg.kill();
+    let reg2 = RegistryProc::start_at(&addr, dir.path(), &[]);
+    // The client reconnects by itself and registers again.
+    let reconnected = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Ok(ClientEvent::Connected { .. }) = events.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(reconnected.is_ok(), "client did not reconnect");
+    let obs = reg2.observer();
+    let r = wait_record(&obs, "cart/c-1", LIMIT, "online after restart", |r| r.status == Status::Online).await;
+    assert!(r.last_report_at.is_some());
+    c.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn mtls_required_rejects_a_client_without_certificate() {
+    let reg = RegistryProc::start(&["--mtls", "required"]);
+    // Without a certificate: the TLS handshake is refused and the client says so as an event.
+    let bare = reg.service("sec", "no-cert").start().unwrap();
+    let mut ev = bare.subscribe();
+    let err = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Ok(ClientEvent::Error { message, .. }) = ev.recv().await {
+                return message;
+            }
+        }
+    })
+    .await
+    .expect("an error event");
+    assert!(err.contains("tls"), "{err}");
+    assert!(!bare.is_connected());
+    bare.stop().await.unwrap();
+
+    // With the development client certificate: accepted, and its subject is recorded.
+    let (cert, key) = reg.client_cert();
+    let ok = reg
+        .service("sec", "with-cert")
+        .cert(cert.display().to_string())
+        .key(key.display().to_string())
+        .start()
+        .unwrap();
+    ok.wait_connected(LIMIT).await.unwrap();
+    let obs = sfc::client::ClientBuilder::observer()
+        .ignore_env()
+        .registry(&reg.addr)
+        .ca(reg.ca().display().to_string())
+        .cert(cert.display().to_string())
+        .key(key.display().to_string())
+        .start()
+        .unwrap();
+    let r = wait_record(&obs, "sec/with-cert", LIMIT, "online", |r| r.status == Status::Online).await;
+    assert!(r.tls_identity.as_deref().unwrap_or("").contains("CN=sfc-dev-client"), "{:?}", r.tls_identity);
+    assert!(obs.query(Filter::group("sec")).await.unwrap().iter().all(|r| r.instance_id != "no-cert"));
+}
+
+#[tokio::test]
+async fn superseded_session_is_told_and_closed() {
+    let reg = RegistryProc::start(&[]);
+    let first = reg.service("dup", "same").start().unwrap();
+    let mut ev = first.subscribe();
+    first.wait_connected(LIMIT).await.unwrap();
+    let second = reg.service("dup", "same").reconnect_backoff(Duration::from_secs(30), Duration::from_secs(30)).start().unwrap();
+    second.wait_connected(LIMIT).await.unwrap();
+    let msg = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Ok(ClientEvent::Error { code: Some(code), message }) = ev.recv().await {
+                return (code, message);
+            }
+        }
+    })
+    .await
+    .expect("superseded error");
+    assert_eq!(msg.0, sfc::protocol::ErrorCode::Superseded, "{}", msg.1);
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn records_are_evicted_after_retention() {
+    let reg = RegistryProc::start(&["--retention", "300ms"]);
+    let obs = reg.observer();
+    let mut w = obs.watch(Filter::group("tmp"), false).unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let c = reg.service("tmp", "t-1").start().unwrap();
+    c.wait_connected(LIMIT).await.unwrap();
+    c.stop().await.unwrap();
+    let ev = loop {
+        let ev = tokio::time::timeout(LIMIT, w.next()).await.expect("evicted event").expect("stream");
+        if ev.kind == EventKind::Evicted {
+            break ev;
+        }
+    };
+    assert_eq!(ev.id, "tmp/t-1");
+    assert!(obs.query(Filter::group("tmp")).await.unwrap().is_empty());
+}
