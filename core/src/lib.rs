@@ -9,9 +9,11 @@
 //! - [`metrics`]: host and process sampling with sysinfo.
 //! - [`registry`]: the registry server: sessions, liveness timers, events and commands
 //!   (feature `server`).
+//! - [`http`]: the registry's HTTP API, Prometheus metrics and dashboard (feature `server`).
 //! - [`client`]: the client library every language binding wraps.
 //! - [`limits`]: the documented limits on names, tags, metadata and gauges.
 //! - [`duration`]: the `500ms` / `1s` / `24h` duration syntax.
+//! - [`bench`]: `sfc bench`, simulated fleets against a registry (feature `server`).
 //!
 //! The `sfc` binary (`src/main.rs`, feature `server`) is a thin command-line layer over this crate.
 
@@ -28,9 +30,15 @@ pub mod tls;
 pub mod cli;
 
 #[cfg(feature = "server")]
+pub mod bench;
+#[cfg(feature = "server")]
 pub mod certs;
 #[cfg(feature = "server")]
 pub mod registry;
+#[cfg(feature = "server")]
+pub mod store;
+#[cfg(feature = "server")]
+pub mod http;
 
 pub use error::{Error, Result};
 

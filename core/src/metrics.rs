@@ -5,7 +5,13 @@
 //! only the figures that are reported (memory, global CPU, and one process), never the whole
 //! process table, disks or networks.
 //!
-//! measured: MEASURED_PLACEHOLDER
+//! measured: 35 µs per sample on a 2-core machine, `cargo bench -p sfc-core --bench metrics`
+//! (29-48 µs over five runs, with the machine's load; samples back to back: warm caches, and
+//! the /proc/stat re-read, ~5 µs, only every 200 ms).
+//! With 250 ms between samples, thread CPU time per sample on that machine (a firecracker VM)
+//! was 0.4-1.5 ms, but there a lone /proc/loadavg read after idling costs 120-360 µs against
+//! 3 µs warm: that is the machine's cost of waking up, paid by any work per tick. A sample
+//! makes 9 /proc accesses and no allocation-heavy work; users are resolved once, in `new`.
 //!
 //! CPU figures are rates, so they need two readings at least
 //! [`sysinfo::MINIMUM_CPU_UPDATE_INTERVAL`] (200 ms on Linux) apart: until such a window exists
@@ -36,8 +42,8 @@ pub struct Sampler {
     static_host: HostMetrics,
     /// Resolved once: looking users up means parsing the user database, too costly per tick.
     user: Option<String>,
-    /// When the baseline `/proc/stat` reading was taken (after it, so sysinfo's own timer
-    /// is never later than ours).
+    /// Taken just after the baseline `/proc/stat` reading, so once a full interval has passed
+    /// by this clock it has by sysinfo's too, and its next refresh really re-reads.
     host_cpu_baseline: Instant,
     /// Set once sysinfo has read the global CPU times again a full interval after the
     /// baseline; before that its global usage is meaningless.
@@ -126,7 +132,6 @@ impl Sampler {
             ..Default::default()
         };
 
-        host.uptime_seconds = System::uptime().ok();
         // sysinfo does not implement the load average on Windows (it would report zeros).
         if !cfg!(windows) {
             host.load_average = System::load_average()
@@ -135,17 +140,15 @@ impl Sampler {
         }
 
         if let Some(sys) = self.sys.as_mut() {
+            // Checked before the refresh: only a refresh made after a full interval re-reads.
+            let host_cpu_due = self.host_cpu_baseline.elapsed() >= MINIMUM_CPU_UPDATE_INTERVAL;
             sys.refresh_memory_specifics(MemoryRefreshKind::everything());
             // A process refresh with CPU also re-reads the global CPU line of /proc/stat (only
             // when the minimum interval has passed), so no separate CPU refresh is needed.
             let pid = Pid::from_u32(self.pid);
             sys.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), true, process_kind());
 
-            if !self.host_cpu_ready
-                && self.host_cpu_baseline.elapsed() >= MINIMUM_CPU_UPDATE_INTERVAL
-            {
-                self.host_cpu_ready = true;
-            }
+            self.host_cpu_ready |= host_cpu_due;
             if self.host_cpu_ready {
                 host.cpu_percent = Some(round2(sys.global_cpu_usage() as f64));
             }
@@ -169,6 +172,8 @@ impl Sampler {
                 self.proc_cpu_percent = None;
             }
         }
+
+        host.uptime_seconds = System::uptime().ok();
 
         #[cfg(any(target_os = "linux", target_os = "android"))]
         {

@@ -260,7 +260,7 @@ async fn superseded_session_is_told_and_closed() {
     let first = reg.service("dup", "same").start().unwrap();
     let mut ev = first.subscribe();
     first.wait_connected(LIMIT).await.unwrap();
-    let second = reg.service("dup", "same").reconnect_backoff(Duration::from_secs(30), Duration::from_secs(30)).start().unwrap();
+    let second = reg.service("dup", "same").start().unwrap();
     second.wait_connected(LIMIT).await.unwrap();
     let msg = tokio::time::timeout(LIMIT, async {
         loop {
@@ -272,6 +272,11 @@ async fn superseded_session_is_told_and_closed() {
     .await
     .expect("superseded error");
     assert_eq!(msg.0, sfc::protocol::ErrorCode::Superseded, "{}", msg.1);
+    // The superseded client stays down instead of taking the identity back (no flapping),
+    // well past its reconnect backoff (at most 500 ms here).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!first.is_connected());
+    assert!(second.is_connected());
     first.stop().await.unwrap();
     second.stop().await.unwrap();
 }

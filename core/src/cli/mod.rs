@@ -1,5 +1,6 @@
 //! Command-line surface of the `sfc` binary: argument definitions and one module per command.
 
+pub mod admin;
 pub mod observe;
 pub mod registry;
 
@@ -27,6 +28,16 @@ pub enum Command {
     Status(observe::StatusArgs),
     /// Stream fleet events.
     Watch(observe::WatchArgs),
+    /// Load a registry with simulated clients and measure it.
+    Bench(crate::bench::BenchArgs),
+    /// Ask an instance to shut down (HTTP API, admin token from SFC_ADMIN_TOKEN) and print its result.
+    Shutdown(admin::ShutdownArgs),
+    /// Send a custom command to an instance (HTTP API, admin token) and print its result.
+    Command(admin::CommandArgs),
+    /// Remove an offline or left instance's record (HTTP API, admin token).
+    Deregister(admin::DeregisterArgs),
+    /// Print the registry's event history (HTTP API).
+    Events(admin::EventsArgs),
 }
 
 #[derive(Subcommand)]
@@ -129,6 +140,11 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Status(a) => observe::status(a),
         Command::Watch(a) => observe::watch(a),
+        Command::Bench(a) => crate::bench::run(a),
+        Command::Shutdown(a) => admin::shutdown(a),
+        Command::Command(a) => admin::command(a),
+        Command::Deregister(a) => admin::deregister(a),
+        Command::Events(a) => admin::events(a),
     }
 }
 

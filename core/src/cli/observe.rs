@@ -2,6 +2,7 @@
 
 use clap::Args;
 
+use super::admin::{query_string, HttpArgs, HttpClient};
 use super::ConnectArgs;
 use crate::client::{Client, ClientEvent};
 use crate::error::{Error, Result};
@@ -17,6 +18,10 @@ pub struct StatusArgs {
     /// Print the records as a JSON array.
     #[arg(long)]
     pub json: bool,
+    /// Read the fleet from the registry's HTTP API at this URL (e.g. http://127.0.0.1:7481)
+    /// instead of the protocol.
+    #[arg(long, value_name = "URL")]
+    pub http: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -32,6 +37,10 @@ pub struct WatchArgs {
     /// One JSON event per line.
     #[arg(long)]
     pub json: bool,
+    /// Stream from the registry's HTTP API at this URL (Server-Sent Events) instead of the
+    /// protocol.
+    #[arg(long, value_name = "URL")]
+    pub http: Option<String>,
 }
 
 /// Starts an observer and waits for its session; on failure says why, naming the registry.
@@ -55,6 +64,9 @@ async fn connect(a: &ConnectArgs) -> Result<Client> {
 }
 
 pub fn status(a: StatusArgs) -> Result<()> {
+    if let Some(url) = &a.http {
+        return status_http(&a, url);
+    }
     super::runtime()?.block_on(async {
         let client = connect(&a.connect).await?;
         let filter = Filter { group: a.group.clone(), ..Default::default() };
@@ -134,6 +146,9 @@ pub fn event_line(ev: &Event) -> String {
 }
 
 pub fn watch(a: WatchArgs) -> Result<()> {
+    if let Some(url) = &a.http {
+        return watch_http(&a, url);
+    }
     super::runtime()?.block_on(async {
         let client = connect(&a.connect).await?;
         let filter = Filter { group: a.group.clone(), ..Default::default() };
@@ -161,5 +176,50 @@ pub fn watch(a: WatchArgs) -> Result<()> {
         }
         let _ = client.stop().await;
         Ok(())
+    })
+}
+
+/// The HTTP client for `--http URL`, trusting what the protocol options say.
+fn http_client(c: &ConnectArgs, url: &str) -> Result<HttpClient> {
+    HttpClient::new(&HttpArgs {
+        url: url.to_string(),
+        ca: c.ca.clone(),
+        cert: c.cert.clone(),
+        key: c.key.clone(),
+        data_dir: c.data_dir.clone(),
+        timeout: c.timeout,
+        json: false,
+    })
+}
+
+fn status_http(a: &StatusArgs, url: &str) -> Result<()> {
+    let client = http_client(&a.connect, url)?;
+    let v = client.get(&format!("/v1/instances{}", query_string(&[("group", a.group.clone())])))?;
+    let records: Vec<InstanceRecord> = serde_json::from_value(v).map_err(|e| Error::Remote {
+        code: crate::protocol::ErrorCode::BadJson,
+        message: format!("{url} answered records in an unexpected shape: {e}"),
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&records).unwrap_or_default());
+    } else {
+        print!("{}", table(&records));
+    }
+    Ok(())
+}
+
+fn watch_http(a: &WatchArgs, url: &str) -> Result<()> {
+    let client = http_client(&a.connect, url)?;
+    let reports = a.reports.then(|| "true".to_string());
+    let q = query_string(&[("group", a.group.clone()), ("reports", reports)]);
+    client.watch(&q, |kind, data| {
+        if a.json {
+            println!("{data}");
+        } else {
+            match serde_json::from_str::<Event>(data) {
+                Ok(ev) => println!("{}", event_line(&ev)),
+                Err(_) => println!("{kind} {data}"),
+            }
+        }
+        true
     })
 }

@@ -49,6 +49,36 @@ pub struct RegistryArgs {
     /// Most connections held at once; more are refused with an error frame.
     #[arg(long, env = "SFC_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
+    /// Where state survives restarts: sqlite (<data-dir>/registry.db) or memory.
+    #[arg(long, env = "SFC_STORE", default_value = "sqlite")]
+    pub store: String,
+    /// How often metric snapshots are written to the store (never once per report).
+    #[arg(long, env = "SFC_SNAPSHOT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub snapshot_interval: Duration,
+    /// How long the event history is kept in the store.
+    #[arg(long, env = "SFC_HISTORY_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub history_retention: Duration,
+    /// Address of the HTTP API, /metrics and the dashboard (default 127.0.0.1:7481), or `off`.
+    /// When the default address is taken, the registry runs without HTTP and says so.
+    #[arg(long, env = "SFC_HTTP_LISTEN", value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Serve the HTTP API over TLS with the registry's certificates (and its --mtls setting).
+    #[arg(long, env = "SFC_HTTP_TLS")]
+    pub http_tls: bool,
+    /// Token that operators send as `Authorization: Bearer <token>` to send commands and
+    /// deregister instances. Without it (or --admin-subject) those calls are refused.
+    #[arg(long, env = "SFC_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Client-certificate subject (full, or just the CN) that counts as an admin over HTTPS
+    /// with --mtls optional|required. Repeatable or comma-separated.
+    #[arg(long, env = "SFC_ADMIN_SUBJECTS", value_delimiter = ',')]
+    pub admin_subject: Vec<String>,
+    /// How long an HTTP command waits for the instance's result unless the request says.
+    #[arg(long, env = "SFC_COMMAND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub command_timeout: Duration,
+    /// How often /v1/watch sends a heartbeat comment.
+    #[arg(long, env = "SFC_HTTP_HEARTBEAT", default_value = "15s", value_parser = parse_duration, hide = true)]
+    pub http_heartbeat: Duration,
 }
 
 fn parse_max_frame(s: &str) -> std::result::Result<usize, String> {
@@ -103,6 +133,9 @@ pub fn config(a: &RegistryArgs) -> Result<RegistryConfig> {
         max_frame: a.max_frame,
         handshake_timeout: a.handshake_timeout,
         max_connections: a.max_connections,
+        store: crate::store::open(&a.store, &a.data_dir)?,
+        snapshot_interval: a.snapshot_interval,
+        history_retention: a.history_retention,
         ..RegistryConfig::default()
     })
 }
@@ -128,6 +161,36 @@ pub async fn shutdown_signal() {
     tracing::info!(target: "sfc::registry", "signal received: shutting down");
 }
 
+/// Binds the HTTP API's address. An explicit address that cannot be bound is an error; the
+/// default one (127.0.0.1:7481) only a warning, so several registries can run side by side.
+async fn http_listener(a: &RegistryArgs, tls: bool) -> Result<Option<(tokio::net::TcpListener, std::net::SocketAddr)>> {
+    if a.http_tls && !tls {
+        return Err(Error::invalid("--http-tls", "needs the registry's TLS; it cannot be used with --insecure-plaintext"));
+    }
+    match a.http.as_deref() {
+        Some("off") => Ok(None),
+        Some(addr) => crate::http::bind(addr).await.map(Some),
+        None => match crate::http::bind(crate::http::DEFAULT_HTTP_ADDR).await {
+            Ok(l) => Ok(Some(l)),
+            Err(e) => {
+                tracing::warn!(target: "sfc::http", error = %e,
+                    "the HTTP API is off: pass --http ADDR (127.0.0.1:0 picks a free port) to serve it");
+                Ok(None)
+            }
+        },
+    }
+}
+
+fn http_config(a: &RegistryArgs, tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> crate::http::HttpConfig {
+    crate::http::HttpConfig {
+        tls: if a.http_tls { tls } else { None },
+        access: crate::http::Access::new(a.admin_token.clone(), a.admin_subject.clone()),
+        command_timeout: a.command_timeout,
+        heartbeat: a.http_heartbeat,
+        ..Default::default()
+    }
+}
+
 pub fn run(a: RegistryArgs) -> Result<()> {
     raise_nofile();
     std::fs::create_dir_all(&a.data_dir).map_err(|e| Error::write_file(&a.data_dir, e))?;
@@ -136,10 +199,28 @@ pub fn run(a: RegistryArgs) -> Result<()> {
     let rt = super::runtime()?;
     rt.block_on(async {
         let (listener, addr) = crate::registry::bind(&a.listen).await?;
-        let registry = Registry::new(cfg);
+        let http = http_listener(&a, cfg.tls.is_some()).await?;
+        let registry = Registry::open(cfg)?;
         // This line is the contract tests and scripts wait for.
         println!("sfc registry listening on {addr} ({})", if secure { "tls" } else { "plaintext" });
-        crate::registry::serve(registry, listener, shutdown_signal()).await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let http_task = http.map(|(listener, haddr)| {
+            let hcfg = http_config(&a, registry.config().tls.clone());
+            crate::http::warn_about_exposure(haddr, &hcfg);
+            // The second line: where the HTTP API, /metrics and the dashboard are.
+            println!("sfc http listening on {haddr} ({})", if hcfg.tls.is_some() { "tls" } else { "plaintext" });
+            tokio::spawn(crate::http::serve(registry.clone(), listener, hcfg, stop.clone().cancelled_owned()))
+        });
+        let signalled = stop.clone();
+        crate::registry::serve(registry, listener, async move {
+            shutdown_signal().await;
+            signalled.cancel();
+        })
+        .await;
+        stop.cancel();
+        if let Some(t) = http_task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
         Ok(())
     })
 }

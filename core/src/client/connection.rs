@@ -27,7 +27,7 @@ pub(crate) enum Control {
     /// Make sure the group is watched into the lookup cache; answer once its snapshot is in.
     WatchGroup(String, oneshot::Sender<Result<()>>),
     Query(Filter, oneshot::Sender<Result<Vec<InstanceRecord>>>),
-    Watch { id: u64, filter: Filter, reports: bool, tx: mpsc::UnboundedSender<Event> },
+    Watch { id: u64, filter: Filter, reports: bool, tx: mpsc::UnboundedSender<Event>, cursor: Option<u64> },
     Unwatch(u64),
     Respond(CommandResult),
     Stop(oneshot::Sender<()>),
@@ -56,6 +56,9 @@ type Stream = Either<tokio_rustls::client::TlsStream<TcpStream>, TcpStream>;
 enum End {
     Stopped,
     Lost(String),
+    /// Another session took over our identity: reconnecting would take it back, and the two
+    /// would flap forever. The client stays down and says so.
+    Superseded(String),
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Control>) {
@@ -77,15 +80,23 @@ pub(crate) async fn run(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Co
             Ok((conn, welcome)) => {
                 attempt = 0;
                 tracing::info!(target: "sfc::client", registry = %addr, session = welcome.session, "connected");
-                let _ = task.shared.connected.send(true);
+                let _ = task.shared.connected.send_replace(true);
                 let _ = task.shared.events.send(ClientEvent::Connected { registry: addr.clone(), session: welcome.session });
                 let end = task.session(conn, &welcome, &mut ctl).await;
-                let _ = task.shared.connected.send(false);
+                let _ = task.shared.connected.send_replace(false);
                 for gc in lock(&task.shared.cache).values_mut() {
                     gc.fresh = false;
                 }
                 match end {
                     End::Stopped => return,
+                    End::Superseded(reason) => {
+                        tracing::warn!(target: "sfc::client", registry = %addr, %reason,
+                            "superseded by another session with the same identity: not reconnecting");
+                        let _ = task.shared.events.send(ClientEvent::Disconnected { registry: addr.clone(), reason });
+                        let stop = task.wait_for_stop(&mut ctl).await;
+                        let _ = stop.send(());
+                        return;
+                    }
                     End::Lost(reason) => {
                         tracing::info!(target: "sfc::client", registry = %addr, %reason, "disconnected");
                         let _ = task.shared.events.send(ClientEvent::Disconnected { registry: addr.clone(), reason });
@@ -141,7 +152,8 @@ async fn connect(shared: &Shared, addr: &str) -> Result<(Connection<Stream>, Wel
         // With TLS 1.3 the registry's verdict on our certificate arrives as an alert on the
         // first read, after the handshake seemed to succeed.
         client_preamble(&mut stream, cfg.max_frame).await.map_err(|e| tls_refusal(addr, e))?;
-        let mut conn = Connection::new(stream, cfg.max_frame);
+        // Answers (query results over a large fleet) may be far larger than what we send.
+        let mut conn = Connection::new(stream, cfg.max_frame.saturating_mul(64));
         let hello = Message::Hello(Hello {
             id: 1,
             role: cfg.role,
@@ -225,8 +237,8 @@ impl Task {
                 Some(Control::Unwatch(id)) => {
                     self.watches.remove(&id);
                 }
-                Some(Control::Watch { id, filter, reports, tx }) => {
-                    self.watches.insert(id, UserWatch { filter, reports, tx, cursor: None });
+                Some(Control::Watch { id, filter, reports, tx, cursor }) => {
+                    self.watches.insert(id, UserWatch { filter, reports, tx, cursor });
                 }
                 Some(Control::ReportNow) | Some(Control::Respond(_)) => {}
                 Some(other) => self.waiting.push(other),
@@ -299,8 +311,8 @@ impl Task {
                 c.pending.insert(id, Pending::Query(reply));
                 c.writer.send(&Message::Query(Query { id, filter })).await?;
             }
-            Control::Watch { id, filter, reports, tx } => {
-                self.watches.insert(id, UserWatch { filter, reports, tx, cursor: None });
+            Control::Watch { id, filter, reports, tx, cursor } => {
+                self.watches.insert(id, UserWatch { filter, reports, tx, cursor });
                 self.send_watch(c, Target::User(id)).await?;
             }
             Control::Unwatch(uid) => {
@@ -365,7 +377,9 @@ impl Task {
                         if is_service {
                             let r = self.build_report();
                             c.writer.send(&Message::Report(r)).await?;
-                        } else if last_rx.elapsed() >= interval {
+                        } else {
+                            // Observers ping every interval: the registry's liveness timer only
+                            // counts frames it receives, however busy our watch is.
                             let id = c.id();
                             c.pending.insert(id, Pending::Ping);
                             c.writer.send(&Message::Ping(Ping { id })).await?;
@@ -519,6 +533,9 @@ impl Task {
                             code: Some(e.code),
                             message: e.message.clone(),
                         });
+                        if e.fatal && e.code == ErrorCode::Superseded {
+                            return Ok(Some(End::Superseded(format!("{}: {}", e.code, e.message))));
+                        }
                         if e.fatal {
                             return Ok(Some(End::Lost(format!("registry closed the session: {}: {}", e.code, e.message))));
                         }

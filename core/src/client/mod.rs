@@ -367,10 +367,20 @@ impl Client {
     /// instance. Across reconnects the watch resumes from the last event it saw, so nothing the
     /// registry still remembers is missed.
     pub fn watch(&self, filter: Filter, reports: bool) -> Result<WatchStream> {
+        self.watch_from(filter, reports, None)
+    }
+
+    /// Like [`Client::watch`], but first replays the history events after `cursor` (an event
+    /// `seq` the application saved earlier), as far as the registry still remembers them.
+    pub fn watch_after(&self, filter: Filter, reports: bool, cursor: u64) -> Result<WatchStream> {
+        self.watch_from(filter, reports, Some(cursor))
+    }
+
+    fn watch_from(&self, filter: Filter, reports: bool, cursor: Option<u64>) -> Result<WatchStream> {
         self.check_running()?;
         let id = self.shared.next_watch.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = self.shared.ctl.send(connection::Control::Watch { id, filter, reports, tx });
+        let _ = self.shared.ctl.send(connection::Control::Watch { id, filter, reports, tx, cursor });
         Ok(WatchStream { rx, _cancel: WatchGuard { id, ctl: self.shared.ctl.clone() } })
     }
 
@@ -429,7 +439,7 @@ impl Client {
         if let Some(t) = task {
             t.abort();
         }
-        let _ = self.shared.connected.send(false);
+        let _ = self.shared.connected.send_replace(false);
         match left {
             Ok(_) => Ok(()),
             Err(_) => Err(Error::Timeout(format!("leave not confirmed within {timeout:?}; closed anyway"))),

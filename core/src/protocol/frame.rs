@@ -47,7 +47,10 @@ pub fn parse_preamble(p: &[u8; PREAMBLE_LEN]) -> Result<(u16, u16), ProtocolErro
     if p[..4] != MAGIC {
         return Err(ProtocolError::new(
             ErrorCode::BadPreamble,
-            format!("connection does not start with the SFCP preamble (got bytes {:02x?})", &p[..4]),
+            format!(
+                "connection does not start with the SFCP preamble (got bytes {})",
+                p[..4].iter().map(|b| format!("0x{b:02x}")).collect::<Vec<_>>().join(" ")
+            ),
         ));
     }
     let min = u16::from_be_bytes([p[4], p[5]]);

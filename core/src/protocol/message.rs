@@ -24,7 +24,8 @@ pub struct Hello {
     /// Codecs the client can speak, most preferred first. v1 registries speak `json`.
     #[serde(default = "default_codecs")]
     pub codecs: Vec<String>,
-    /// Requested report interval in ms (services). The registry may clamp it.
+    /// Requested report interval in ms. Outside the documented limits the registry refuses the
+    /// hello with `invalid-field`.
     #[serde(default)]
     pub interval_ms: Option<u64>,
     /// Identity and description; required for `role: service`.

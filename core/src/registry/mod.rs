@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, Semaphore};
 
 use crate::error::Error;
-use crate::model::{Event, Filter, InstanceRecord, OfflineReason, Status};
+use crate::model::{Event, Filter, InstanceRecord, Status};
 use crate::protocol::{Command, CommandResult, ErrorCode};
 pub use state::Sample;
 use state::State;
@@ -40,6 +40,12 @@ pub struct RegistryConfig {
     pub max_connections: usize,
     /// How many transitions the in-memory event history keeps.
     pub event_history: usize,
+    /// Where state survives restarts (`memory` keeps nothing).
+    pub store: Arc<dyn crate::store::Store>,
+    /// How often metric snapshots of reporting instances are written to the store.
+    pub snapshot_interval: Duration,
+    /// How long the store keeps the event history.
+    pub history_retention: Duration,
 }
 
 impl Default for RegistryConfig {
@@ -53,6 +59,9 @@ impl Default for RegistryConfig {
             default_interval: Duration::from_secs(1),
             max_connections: 100_000,
             event_history: 10_000,
+            store: Arc::new(crate::store::MemoryStore),
+            snapshot_interval: Duration::from_secs(5),
+            history_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -87,10 +96,33 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// A registry with the state its store holds. Instances that were online are held online
+    /// for one liveness window, waiting for their clients; those that do not come back go
+    /// offline with reason `registry-restart`. Must be called inside a tokio runtime.
+    pub fn open(config: RegistryConfig) -> Result<Registry, Error> {
+        let snap = config.store.load(config.event_history.max(1))?;
+        let (n, last) = (snap.instances.len(), snap.last_seq);
+        let reg = Registry::new(config);
+        let missed = reg.shared.config.missed_reports;
+        let held = reg.state().restore(snap, |interval_ms| Duration::from_millis(interval_ms) * missed);
+        if n > 0 || last > 0 {
+            tracing::info!(target: "sfc::store", instances = n, held_online = held.len(), last_event = last,
+                store = reg.shared.config.store.kind(), "state loaded");
+        }
+        for id in held {
+            if let Some(i) = reg.state().instances.get_mut(&id) {
+                i.timer_armed = true;
+            }
+            reg.arm_deadline(id);
+        }
+        Ok(reg)
+    }
+
+    /// A registry with empty state (the store, if any, is written to but not read).
     pub fn new(config: RegistryConfig) -> Registry {
         let (events_tx, _) = broadcast::channel(4096);
         let (reports_tx, _) = broadcast::channel(16384);
-        let state = State::new(config.event_history.max(1), events_tx.clone(), reports_tx.clone());
+        let state = State::new(config.event_history.max(1), events_tx.clone(), reports_tx.clone(), config.store.clone());
         Registry {
             shared: Arc::new(Shared {
                 config,
@@ -118,7 +150,9 @@ impl Registry {
         &self.shared.stats
     }
 
-    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+    /// The state behind its lock. Public only for the benches in core/benches; not an API.
+    #[doc(hidden)]
+    pub fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would poison it; the state is still consistent
         // field by field, so keep serving rather than take the whole registry down.
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -220,42 +254,62 @@ impl Registry {
     /// Starts the registry's own timers (retention sweep). `serve` calls it.
     fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
         let reg = self.clone();
-        let retention = self.shared.config.retention;
+        let cfg = &self.shared.config;
+        let retention = cfg.retention;
         let tick = (retention / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let snapshot_every = cfg.snapshot_interval.max(Duration::from_millis(50));
+        let history_retention = cfg.history_retention;
         tokio::spawn(async move {
             let mut t = tokio::time::interval(tick);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut snap = tokio::time::interval(snapshot_every);
+            snap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut prune = tokio::time::interval(Duration::from_secs(60));
             loop {
-                t.tick().await;
-                let n = reg.state().evict_expired(retention);
-                if n > 0 {
-                    tracing::info!(target: "sfc::registry", evicted = n, "evicted records past retention");
+                tokio::select! {
+                    _ = t.tick() => {
+                        let n = reg.state().evict_expired(retention);
+                        if n > 0 {
+                            tracing::info!(target: "sfc::registry", evicted = n, "evicted records past retention");
+                        }
+                    }
+                    _ = snap.tick() => reg.flush_snapshots().await,
+                    _ = prune.tick() => {
+                        let store = reg.state().store();
+                        let before = crate::model::now_ms().saturating_sub(history_retention.as_millis() as u64);
+                        match tokio::task::spawn_blocking(move || store.prune_events(before)).await {
+                            Ok(Ok(n)) if n > 0 => tracing::info!(target: "sfc::store", pruned = n, "pruned old events"),
+                            Ok(Err(e)) => tracing::warn!(target: "sfc::store", error = %e, "pruning events failed"),
+                            _ => {}
+                        }
+                    }
                 }
             }
         })
     }
 
-    /// Arms the liveness timer of a legacy instance (one task per instance, reused while it
-    /// keeps reporting).
-    pub(crate) fn arm_legacy_timer(&self, id: String) {
+    /// Arms the liveness timer of an instance that has no session (a legacy instance, or one
+    /// held online after a restart): one task per instance, reused while its deadline moves.
+    pub(crate) fn arm_deadline(&self, id: String) {
         let reg = self.clone();
         tokio::spawn(async move {
             loop {
                 let deadline = {
                     let mut st = reg.state();
                     let Some(inst) = st.instances.get_mut(&id) else { return };
-                    match inst.legacy_deadline {
-                        Some(d) if inst.record.status == Status::Online && inst.session.is_none() => {
+                    match inst.deadline {
+                        Some((d, reason)) if inst.record.status == Status::Online && inst.session.is_none() => {
                             if d <= tokio::time::Instant::now() {
-                                inst.legacy_timer = false;
-                                inst.legacy_deadline = None;
-                                st.mark_offline(&id, None, OfflineReason::MissedReports);
+                                inst.timer_armed = false;
+                                inst.deadline = None;
+                                st.mark_offline(&id, None, reason);
                                 return;
                             }
                             d
                         }
                         _ => {
-                            inst.legacy_timer = false;
+                            inst.timer_armed = false;
+                            inst.deadline = None;
                             return;
                         }
                     }
@@ -263,6 +317,28 @@ impl Registry {
                 tokio::time::sleep_until(deadline).await;
             }
         });
+    }
+
+    /// Kind of store and, while it fails, its error (for `/readyz` and `/metrics`).
+    pub fn store_status(&self) -> (&'static str, Option<String>) {
+        self.state().store_status()
+    }
+
+    /// Writes the metric snapshots of instances that reported since the last call.
+    pub async fn flush_snapshots(&self) {
+        let (dirty, store) = {
+            let mut st = self.state();
+            (st.take_dirty(), st.store())
+        };
+        if dirty.is_empty() {
+            return;
+        }
+        let n = dirty.len();
+        match tokio::task::spawn_blocking(move || store.snapshot(&dirty)).await {
+            Ok(Ok(())) => tracing::trace!(target: "sfc::store", records = n, "metric snapshot written"),
+            Ok(Err(e)) => tracing::warn!(target: "sfc::store", error = %e, "metric snapshot failed"),
+            Err(e) => tracing::warn!(target: "sfc::store", error = %e, "metric snapshot task failed"),
+        }
     }
 }
 
@@ -312,6 +388,8 @@ pub async fn serve(registry: Registry, listener: TcpListener, shutdown: impl Fut
         tracing::warn!(target: "sfc::registry", "some sessions did not close within 5s");
     }
     sweeper.abort();
+    // The latest metrics go to the store before we exit.
+    registry.flush_snapshots().await;
 }
 
 /// Binds `addr` and serves; returns the bound address through `on_bound` first.

@@ -528,9 +528,9 @@ impl Session {
 fn matches_event(f: &Filter, ev: &Event) -> bool {
     match &ev.instance {
         Some(r) => {
-            // A watcher filtering on status still wants to hear that an instance left the
-            // filtered state, so status is not applied to transitions.
-            let f = Filter { status: None, ..f.clone() };
+            // A watcher filtering on status or health still wants to hear that an instance
+            // left the filtered state, so neither is applied to transitions.
+            let f = Filter { status: None, health: None, ..f.clone() };
             f.matches(r)
         }
         None => f.group.as_deref().is_none_or(|g| g == ev.group),
@@ -599,7 +599,9 @@ async fn serve_legacy<S: AsyncRead + Unpin>(
         Ok(d) => d,
         Err(e) => return fail(e.to_string()),
     };
-    if let Err(e) = crate::limits::check_registration(&doc.registration) {
+    if let Err(e) = crate::limits::check_registration(&doc.registration)
+        .and_then(|_| crate::limits::check_interval_ms(doc.interval_ms))
+    {
         return fail(e.to_string());
     }
     reg.shared.stats.legacy_reports_total.fetch_add(1, Ordering::Relaxed);
@@ -620,10 +622,10 @@ async fn serve_legacy<S: AsyncRead + Unpin>(
             serde_json::json!({ "peer": peer.to_string(), "wire": "legacy" }));
         st.apply_report(&id, None, doc.report);
         let Some(inst) = st.instances.get_mut(&id) else { return };
-        inst.legacy_deadline = Some(Instant::now() + window);
-        !std::mem::replace(&mut inst.legacy_timer, true)
+        inst.deadline = Some((Instant::now() + window, OfflineReason::MissedReports));
+        !std::mem::replace(&mut inst.timer_armed, true)
     };
     if arm {
-        reg.arm_legacy_timer(id);
+        reg.arm_deadline(id);
     }
 }

@@ -13,6 +13,7 @@ use crate::model::{
     now_ms, Event, EventKind, Filter, Health, InstanceRecord, OfflineReason, Registration, Status,
 };
 use crate::protocol::{CommandResult, Message, Report};
+use crate::store::{Snapshot, Store};
 
 /// What a session's writer is asked to do.
 #[derive(Debug)]
@@ -43,10 +44,19 @@ pub const SAMPLES_KEPT: usize = 120;
 pub struct Instance {
     pub record: InstanceRecord,
     pub session: Option<SessionRef>,
-    /// For legacy instances (no connection): when they go offline unless another report comes.
-    pub legacy_deadline: Option<tokio::time::Instant>,
-    pub legacy_timer: bool,
+    /// For instances with no session (legacy instances, and online instances loaded at
+    /// start that have not reconnected yet): when they go offline, and with which reason.
+    pub deadline: Option<(tokio::time::Instant, OfflineReason)>,
+    pub timer_armed: bool,
     pub samples: VecDeque<Sample>,
+    /// Reported since the last metric snapshot was written.
+    pub dirty: bool,
+}
+
+impl Instance {
+    fn new(record: InstanceRecord, session: Option<SessionRef>) -> Self {
+        Instance { record, session, deadline: None, timer_armed: false, samples: VecDeque::new(), dirty: false }
+    }
 }
 
 struct PendingCommand {
@@ -64,6 +74,11 @@ pub struct State {
     pending: HashMap<u64, PendingCommand>,
     events_tx: broadcast::Sender<Arc<Event>>,
     reports_tx: broadcast::Sender<Arc<Event>>,
+    store: Arc<dyn Store>,
+    /// Set while the store fails; the registry keeps serving from memory.
+    pub store_error: Option<String>,
+    /// Newest event the store holds; on recovery, what came after is written again.
+    persisted_seq: u64,
 }
 
 /// What registering a session did.
@@ -76,6 +91,7 @@ impl State {
         history_cap: usize,
         events_tx: broadcast::Sender<Arc<Event>>,
         reports_tx: broadcast::Sender<Arc<Event>>,
+        store: Arc<dyn Store>,
     ) -> Self {
         State {
             instances: HashMap::new(),
@@ -85,7 +101,89 @@ impl State {
             pending: HashMap::new(),
             events_tx,
             reports_tx,
+            store,
+            store_error: None,
+            persisted_seq: 0,
         }
+    }
+
+    /// Restores what the store had. Records that were online are held online, without a
+    /// session, for one liveness window (`hold(interval)`), waiting for their clients to
+    /// reconnect; then they go offline with reason `registry-restart`. Returns their ids.
+    pub fn restore(&mut self, snap: Snapshot, hold: impl Fn(u64) -> Duration) -> Vec<String> {
+        self.next_seq = snap.last_seq + 1;
+        self.persisted_seq = snap.last_seq;
+        for ev in snap.events {
+            if self.history.len() == self.history_cap {
+                self.history.pop_front();
+            }
+            self.history.push_back(Arc::new(ev));
+        }
+        let now = tokio::time::Instant::now();
+        let mut held = Vec::new();
+        for r in snap.instances {
+            let mut inst = Instance::new(r, None);
+            if inst.record.status == Status::Online {
+                inst.deadline = Some((now + hold(inst.record.interval_ms), OfflineReason::RegistryRestart));
+                held.push(inst.record.id.clone());
+            }
+            self.instances.insert(inst.record.id.clone(), inst);
+        }
+        held
+    }
+
+    /// Kind of store, and its error while it fails.
+    pub fn store_status(&self) -> (&'static str, Option<String>) {
+        (self.store.kind(), self.store_error.clone())
+    }
+
+    /// Makes a transition durable before anyone hears of it. A failing store does not stop
+    /// the registry: it keeps serving from memory, says so loudly, and writes what it missed
+    /// once the store works again.
+    fn persist(&mut self, ev: &Event, record: Option<&InstanceRecord>) {
+        let result = if self.store_error.is_some() {
+            self.catch_up(ev.seq).and_then(|_| self.store.transition(ev, record))
+        } else {
+            self.store.transition(ev, record)
+        };
+        match result {
+            Ok(()) => {
+                if self.store_error.take().is_some() {
+                    tracing::warn!(target: "sfc::store", seq = ev.seq, "store recovered; writing resumed");
+                }
+                self.persisted_seq = ev.seq;
+            }
+            Err(e) => {
+                if self.store_error.is_none() {
+                    tracing::error!(target: "sfc::store", error = %e,
+                        "STORE FAILING: transitions are kept in memory only until it recovers");
+                }
+                self.store_error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// After an outage: the history events and records the store missed.
+    fn catch_up(&mut self, upto: u64) -> crate::Result<()> {
+        let missed: Vec<Arc<Event>> = self.history.iter().filter(|e| e.seq > self.persisted_seq && e.seq < upto).cloned().collect();
+        for ev in missed {
+            let rec = self.instances.get(&ev.id).map(|i| i.record.clone());
+            self.store.transition(&ev, rec.as_ref())?;
+            self.persisted_seq = ev.seq;
+        }
+        Ok(())
+    }
+
+    /// Records reported since the last snapshot; clears their flag.
+    pub fn take_dirty(&mut self) -> Vec<InstanceRecord> {
+        self.instances
+            .values_mut()
+            .filter_map(|i| std::mem::take(&mut i.dirty).then(|| i.record.clone()))
+            .collect()
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
     }
 
     /// Sequence number of the newest event in the history (0 when there is none).
@@ -117,6 +215,8 @@ impl State {
             detail,
         });
         self.next_seq += 1;
+        // The event carries the record after the transition (none once evicted).
+        self.persist(&ev, ev.instance.as_deref());
         if self.history.len() == self.history_cap {
             self.history.pop_front();
         }
@@ -225,19 +325,13 @@ impl State {
                     clock_skew_ms: None,
                     status_since: now,
                 };
-                self.instances.insert(
-                    id.clone(),
-                    Instance {
-                        record,
-                        session,
-                        legacy_deadline: None,
-                        legacy_timer: false,
-                        samples: VecDeque::new(),
-                    },
-                );
+                self.instances.insert(id.clone(), Instance::new(record, session));
                 (Some(EventKind::Joined), None)
             }
         };
+        if superseded.is_some() {
+            self.fail_pending_for(&id, "the session that received the command was superseded");
+        }
         if let Some(kind) = kind {
             self.emit(kind, &id, detail);
         }
@@ -263,6 +357,7 @@ impl State {
             }
         }
         r.metrics = report.metrics;
+        inst.dirty = true;
         if inst.samples.len() == SAMPLES_KEPT {
             inst.samples.pop_front();
         }
@@ -336,8 +431,8 @@ impl State {
             .map(|i| i.record.id.clone())
             .collect();
         for id in &expired {
-            self.instances.remove(id);
             self.emit(EventKind::Evicted, id, serde_json::json!({ "reason": "retention" }));
+            self.instances.remove(id);
         }
         expired.len()
     }
@@ -348,8 +443,8 @@ impl State {
             None => Err(crate::protocol::ErrorCode::UnknownInstance),
             Some(i) if i.record.status == Status::Online => Err(crate::protocol::ErrorCode::InvalidField),
             Some(_) => {
-                self.instances.remove(id);
                 self.emit(EventKind::Evicted, id, serde_json::json!({ "reason": "deregistered", "by": by }));
+                self.instances.remove(id);
                 Ok(())
             }
         }

@@ -1,0 +1,654 @@
+//! `sfc bench`: what a registry carries on this hardware.
+//!
+//! N simulated service instances ([`sim`]), each a real TLS connection speaking protocol v1,
+//! run as tasks in this process against a registry ([`target`]: one spawned as a child
+//! process, or one already running), while an observer session ([`observer`]) watches every
+//! transition and the per-report updates of a sample of the fleet. The run has phases: the
+//! fleet connects at `--connect-rate`, then `--duration` is measured (with the scenario's
+//! action part way through), then every client confirms what the registry processed with a
+//! ping. Timings are printed, never asserted.
+
+pub mod observer;
+pub mod sim;
+pub mod target;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::cli::parse_duration;
+use crate::error::{Error, Result};
+use crate::protocol::{Codec, Message, Report};
+use crate::tls::{ClientTlsOptions, PemSource};
+use sim::{Action, Fleet, Phase};
+use target::{ProcSample, ProcWatch, Spawned};
+
+/// What the run does besides reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Every client reports once per interval.
+    Steady,
+    /// Every client sends reports back to back (windows of 16, each confirmed by a ping):
+    /// the registry's maximum throughput.
+    Max,
+    /// A batch of clients drops its connections abruptly half way through.
+    Crash,
+    /// A batch of clients stops sending a quarter of the way through, sockets left open.
+    Hang,
+    /// The spawned registry is killed and restarted a third of the way through.
+    Storm,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Simulated clients, one connection each.
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// Report interval of every client (100ms ..= 1h).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Length of the measured phase, after the whole fleet has connected.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// New connections per second while the fleet connects.
+    #[arg(long, default_value_t = 2000)]
+    pub connect_rate: u32,
+    /// Pad every report with custom gauges to about this many bytes of JSON (0: a sampled
+    /// report as it is).
+    #[arg(long, default_value_t = 0)]
+    pub payload_bytes: usize,
+    #[arg(long, value_enum, default_value_t = Scenario::Steady)]
+    pub scenario: Scenario,
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Start `sfc registry` as a child process (on 127.0.0.1, a fresh data directory).
+    #[arg(long, conflicts_with = "registry")]
+    pub spawn: bool,
+    /// Address of a running registry (host:port).
+    #[arg(long, required_unless_present = "spawn")]
+    pub registry: Option<String>,
+    /// CA that signed the running registry's certificate (PEM file).
+    #[arg(long, requires = "registry")]
+    pub ca: Option<String>,
+    /// PID of the running registry, to read its CPU and memory from /proc.
+    #[arg(long, requires = "registry")]
+    pub registry_pid: Option<u32>,
+    /// Loopback source addresses (127.0.0.2, 127.0.0.3, ...) to spread connections over;
+    /// 0: one per 10,000 clients.
+    #[arg(long, default_value_t = 0)]
+    pub source_addrs: usize,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Steady => "steady",
+            Scenario::Max => "max",
+            Scenario::Crash => "crash",
+            Scenario::Hang => "hang",
+            Scenario::Storm => "storm",
+        }
+    }
+}
+
+/// Clients per loopback source address: well inside the ~28,000 ephemeral ports of one.
+const CLIENTS_PER_SOURCE: usize = 10_000;
+
+impl BenchArgs {
+    fn check(&self) -> Result<()> {
+        if self.clients == 0 || self.clients > 1_000_000 {
+            return Err(Error::invalid("--clients", format!("{} is outside 1 ..= 1000000", self.clients)));
+        }
+        crate::limits::check_interval_ms(self.interval.as_millis() as u64)
+            .map_err(|_| Error::invalid("--interval", format!("{} is outside 100ms ..= 1h", crate::duration::format(self.interval))))?;
+        if self.duration.is_zero() {
+            return Err(Error::invalid("--duration", "must be longer than 0s"));
+        }
+        if self.connect_rate == 0 {
+            return Err(Error::invalid("--connect-rate", "must be at least 1 connection per second"));
+        }
+        if self.payload_bytes > crate::protocol::DEFAULT_MAX_FRAME / 2 {
+            return Err(Error::invalid("--payload-bytes", format!("{} is over the limit of {}", self.payload_bytes, crate::protocol::DEFAULT_MAX_FRAME / 2)));
+        }
+        if self.source_addrs > 250 {
+            return Err(Error::invalid("--source-addrs", format!("{} is over 250 (127.0.0.2 ..= 127.0.0.251)", self.source_addrs)));
+        }
+        if self.scenario == Scenario::Storm && !self.spawn {
+            return Err(Error::invalid("--scenario", "storm restarts the registry, so it needs --spawn"));
+        }
+        Ok(())
+    }
+
+    /// Clients that crash or hang: a tenth of the fleet, at most 1,000.
+    fn batch(&self) -> usize {
+        match self.scenario {
+            Scenario::Crash | Scenario::Hang => (self.clients / 10).clamp(1, 1000),
+            _ => 0,
+        }
+    }
+}
+
+/// Raises this process's open-file limit so that it holds `want` descriptors: the hard limit
+/// too when allowed (root), which a spawned registry inherits. Returns the soft limit reached.
+fn raise_nofile(want: u64) -> u64 {
+    use rlimit::Resource;
+    let (soft, hard) = rlimit::getrlimit(Resource::NOFILE).unwrap_or((1024, 1024));
+    if hard < want {
+        if let Err(e) = rlimit::setrlimit(Resource::NOFILE, want, want) {
+            tracing::warn!(target: "sfc::bench", hard, want, error = %e, "cannot raise the hard open-file limit");
+        }
+    }
+    rlimit::increase_nofile_limit(want.max(soft)).unwrap_or(soft)
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    a.check()?;
+    // Each client is one socket here and one in the registry; leave room for the rest.
+    let nofile = raise_nofile(a.clients as u64 + 4096);
+    if nofile < a.clients as u64 + 64 {
+        eprintln!("warning: open-file limit is {nofile}, below {} clients; expect connect errors", a.clients);
+    }
+    let rt = crate::cli::runtime()?;
+    let results = rt.block_on(bench(&a, nofile))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results).map_err(|e| Error::Io(std::io::Error::other(e)))?);
+    } else {
+        print!("{}", results.render());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    fn of(mut v: Vec<u64>) -> Option<Latency> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let pick = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1000.0;
+        Some(Latency { samples: v.len(), p50_ms: pick(0.50), p99_ms: pick(0.99), max_ms: pick(1.0) })
+    }
+
+    fn render(&self) -> String {
+        format!("p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)", self.p50_ms, self.p99_ms, self.max_ms, self.samples)
+    }
+}
+
+/// Time from a batch's crash or hang to the registry's `offline` event at the observer.
+#[derive(Debug, Serialize)]
+pub struct Detection {
+    pub batch: usize,
+    pub detected: usize,
+    /// For `hang`: missed-reports x interval, from the welcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_ms: Option<u64>,
+    pub latency: Option<Latency>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Storm {
+    /// From the kill to the new registry's listening line.
+    pub restart_ms: u64,
+    /// Clients connected again (counted at the clients).
+    pub reconnected: usize,
+    /// From the new registry listening to the last client's welcome.
+    pub all_online_ms: Option<u64>,
+    /// Most welcomes within any one second after the restart.
+    pub peak_connects_per_s: usize,
+    pub connect_errors: u64,
+    /// Online in the registry's view (the observer's) at the end.
+    pub online_at_end: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub scenario: Scenario,
+    pub clients: usize,
+    pub interval_ms: u64,
+    pub measured_ms: u64,
+    pub registry: String,
+    pub registry_pid: Option<u32>,
+    pub open_file_limit: u64,
+    pub source_addrs: usize,
+    /// Connected when the ramp ended.
+    pub connected: u64,
+    pub connected_at_end: u64,
+    pub connect_errors: u64,
+    pub ramp_ms: u64,
+    pub online_seen: u64,
+    pub reports_offered: u64,
+    pub offered_per_s: f64,
+    pub reports_accepted: u64,
+    pub accepted_per_s: f64,
+    pub registry_cpu_percent: Option<f64>,
+    pub registry_rss_bytes: Option<u64>,
+    pub registry_rss_baseline_bytes: Option<u64>,
+    pub memory_per_instance_bytes: Option<f64>,
+    pub bench_cpu_percent: Option<f64>,
+    pub latency: Option<Latency>,
+    pub report_frame_bytes: usize,
+    pub wire_bytes_per_report: Option<f64>,
+    pub false_offline: usize,
+    pub lost_connections: u64,
+    pub error_frames: u64,
+    pub observer_lagged: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crash: Option<Detection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hang: Option<Detection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm: Option<Storm>,
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+impl Results {
+    fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let secs = self.measured_ms as f64 / 1000.0;
+        let _ = writeln!(s, "sfc bench: scenario {}, {} clients, interval {} ms, measured {:.1} s",
+            self.scenario.name(), self.clients, self.interval_ms, secs);
+        let _ = writeln!(s, "  registry             {} (pid {}), open-file limit {}, {} source address(es)",
+            self.registry, self.registry_pid.map_or("unknown".into(), |p| p.to_string()), self.open_file_limit, self.source_addrs);
+        let _ = writeln!(s, "  connected            {}/{} in {:.2} s, {} connect errors; at the end {} connected, {} online as watched",
+            self.connected, self.clients, self.ramp_ms as f64 / 1000.0, self.connect_errors, self.connected_at_end, self.online_seen);
+        let _ = writeln!(s, "  reports/s offered    {:.0} ({} reports)", self.offered_per_s, self.reports_offered);
+        let _ = writeln!(s, "  reports/s accepted   {:.0} ({} reports confirmed processed by the registry)",
+            self.accepted_per_s, self.reports_accepted);
+        match &self.latency {
+            Some(l) => { let _ = writeln!(s, "  report->watcher      {}", l.render()); }
+            None => { let _ = writeln!(s, "  report->watcher      no samples"); }
+        }
+        match (self.registry_cpu_percent, self.registry_rss_bytes) {
+            (Some(cpu), Some(rss)) => {
+                let _ = writeln!(s, "  registry cpu         {cpu:.1} % of one core");
+                let _ = writeln!(s, "  registry rss         {:.1} MiB (baseline {:.1} MiB), {} per connected instance",
+                    mib(rss), mib(self.registry_rss_baseline_bytes.unwrap_or(0)),
+                    self.memory_per_instance_bytes.map_or("n/a".into(), |b| format!("{:.1} KiB", b / 1024.0)));
+            }
+            _ => { let _ = writeln!(s, "  registry cpu, rss    unknown (give --registry-pid)"); }
+        }
+        if let Some(c) = self.bench_cpu_percent {
+            let _ = writeln!(s, "  bench cpu            {c:.1} % of one core (load generator, same machine)");
+        }
+        let _ = writeln!(s, "  bytes per report     {} on the wire (frame {} bytes, TLS records included)",
+            self.wire_bytes_per_report.map_or("n/a".into(), |b| format!("{b:.0}")), self.report_frame_bytes);
+        let _ = writeln!(s, "  false offline        {} (lost connections {}, error frames {}, observer lagged {})",
+            self.false_offline, self.lost_connections, self.error_frames, self.observer_lagged);
+        for (name, d) in [("crash", &self.crash), ("hang", &self.hang)] {
+            if let Some(d) = d {
+                let _ = writeln!(s, "  {name:<5} detection      {}/{} offline{}: {}", d.detected, d.batch,
+                    d.expected_ms.map_or(String::new(), |e| format!(" (expected {e} ms)")),
+                    d.latency.as_ref().map_or("no samples".into(), Latency::render));
+            }
+        }
+        if let Some(st) = &self.storm {
+            let _ = writeln!(s, "  storm                restart {} ms; {} clients back, all online {} after listening; peak {} connects/s; {} connect errors; {} online as watched",
+                st.restart_ms, st.reconnected,
+                st.all_online_ms.map_or("never".into(), |ms| format!("{:.2} s", ms as f64 / 1000.0)),
+                st.peak_connects_per_s, st.connect_errors, st.online_at_end);
+        }
+        s
+    }
+}
+
+/// A sampled report, padded with custom gauges to about `bytes` of JSON.
+fn payload(bytes: usize) -> crate::model::Metrics {
+    let mut sampler = crate::metrics::Sampler::new();
+    // CPU figures need two readings 200 ms apart; a real client's reports have them.
+    std::thread::sleep(Duration::from_millis(250));
+    let mut metrics = sampler.sample();
+    metrics.custom.insert(sim::SENT_GAUGE.to_string(), sim::now_us() as f64);
+    let mut n = 0;
+    while encoded_len(&metrics) < bytes && n < 100_000 {
+        metrics.custom.insert(format!("pad_{n:05}"), 1234.5678);
+        n += 1;
+    }
+    metrics
+}
+
+fn encoded_len(metrics: &crate::model::Metrics) -> usize {
+    let msg = Message::Report(Report { seq: 1, sent_at: Some(1), health: Some(crate::model::Health::Passing), health_note: None, metrics: metrics.clone() });
+    Codec::Json.encode(&msg).len()
+}
+
+/// Waits until `done` holds or `limit` passes; polls every 20 ms. True if it held.
+async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn cpu_between(a: Option<ProcSample>, b: Option<ProcSample>) -> Option<f64> {
+    Some(target::cpu_percent(&a?, &b?))
+}
+
+async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
+    let epoch = Instant::now();
+    let mut spawned = None;
+    let (addr, server_name, ca, pid) = if a.spawn {
+        let dir = std::env::temp_dir().join(format!("sfc-bench-{}-{}", std::process::id(), crate::model::now_ms()));
+        let s = tokio::task::spawn_blocking(move || Spawned::start("127.0.0.1:0", dir))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let out = (s.addr, "127.0.0.1".to_string(), Some(s.ca().display().to_string()), Some(s.pid()));
+        spawned = Some(s);
+        out
+    } else {
+        let text = a.registry.clone().unwrap_or_default();
+        let (host, port) = crate::client::split_host_port(&text)?;
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| Error::invalid("--registry", format!("cannot resolve {text:?}: {e}")))?
+            .find(|a| a.is_ipv4())
+            .ok_or_else(|| Error::invalid("--registry", format!("{text:?} has no IPv4 address")))?;
+        (addr, host, a.ca.clone(), a.registry_pid)
+    };
+    let tls = crate::tls::client_config(&ClientTlsOptions { ca: ca.as_deref().map(PemSource::parse), cert: None, key: None })?;
+    let server_name = crate::tls::server_name(&server_name)?;
+
+    // Loopback source addresses only make sense for a loopback target.
+    let sources: Vec<IpAddr> = if addr.ip().is_loopback() {
+        let n = if a.source_addrs > 0 { a.source_addrs } else { a.clients.div_ceil(CLIENTS_PER_SOURCE) };
+        (0..n.min(250)).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8))).collect()
+    } else {
+        Vec::new()
+    };
+    let metrics = tokio::task::spawn_blocking({
+        let bytes = a.payload_bytes;
+        move || payload(bytes)
+    })
+    .await
+    .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    let report_frame_bytes = encoded_len(&metrics) + crate::protocol::frame::FRAME_HEADER_LEN;
+    // Time about 500 report updates a second at the observer, at least one client; `max`
+    // clients each send hundreds a second, so one of them is timed.
+    let per_second = (a.clients as f64 / a.interval.as_secs_f64()).max(1.0);
+    let lat_stride = match a.scenario {
+        Scenario::Max => a.clients,
+        _ => ((per_second / 500.0).ceil() as usize).max(1),
+    };
+    let batch = a.batch();
+    let fleet = Arc::new(Fleet {
+        addr,
+        tls,
+        server_name,
+        sources: sources.clone(),
+        interval: a.interval,
+        blast: a.scenario == Scenario::Max,
+        action: match a.scenario {
+            Scenario::Crash => Action::Crash,
+            Scenario::Hang => Action::Hang,
+            _ => Action::None,
+        },
+        batch: a.clients - batch..a.clients,
+        lat_stride,
+        metrics,
+        connect_timeout: Duration::from_secs(10),
+        epoch,
+        counters: Default::default(),
+        marks: Default::default(),
+    });
+    let mut proc_watch = pid.map(ProcWatch::new);
+    let mut own = ProcWatch::new(std::process::id());
+    let (phase_tx, phase_rx) = watch::channel(Phase::Ramp);
+
+    // The observer first, so it sees every join.
+    let seen = Arc::new(observer::Observed::default());
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let observer = tokio::spawn(observer::run(fleet.clone(), seen.clone(), phase_rx.clone(), ready_tx));
+    match tokio::time::timeout(Duration::from_secs(15), ready_rx).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(e),
+        _ => return Err(Error::Timeout(format!("observer could not watch {addr}"))),
+    }
+    let baseline = proc_watch.as_mut().and_then(ProcWatch::sample);
+
+    // Ramp: start clients at --connect-rate.
+    let ramp_start = Instant::now();
+    let mut tasks = Vec::with_capacity(a.clients);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let per_tick = a.connect_rate as f64 / 100.0;
+    let mut budget = 0.0;
+    while tasks.len() < a.clients {
+        tick.tick().await;
+        budget += per_tick;
+        while budget >= 1.0 && tasks.len() < a.clients {
+            budget -= 1.0;
+            tasks.push(tokio::spawn(sim::run(fleet.clone(), tasks.len(), phase_rx.clone())));
+        }
+        if per_tick < 1.0 && budget < 1.0 {
+            continue;
+        }
+    }
+    let c = &fleet.counters;
+    let n = a.clients as u64;
+    let ramp_limit = Duration::from_secs_f64(a.clients as f64 / a.connect_rate as f64 + 30.0);
+    wait_until(ramp_limit, || c.connected.load(Ordering::Relaxed) >= n).await;
+    let ramp_ms = ramp_start.elapsed().as_millis() as u64;
+    let connected_after_ramp = c.connected.load(Ordering::Relaxed);
+    // One interval so every client is on its own schedule before measuring.
+    tokio::time::sleep(a.interval).await;
+
+    // Measure.
+    let liveness = Duration::from_millis(c.liveness_ms.load(Ordering::Relaxed).max(a.interval.as_millis() as u64 * 3));
+    let mut measured = a.duration;
+    let act_at = match a.scenario {
+        Scenario::Crash => Some(a.duration / 2),
+        Scenario::Hang => Some(a.duration / 4),
+        Scenario::Storm => Some(a.duration / 3),
+        _ => None,
+    };
+    if a.scenario == Scenario::Hang {
+        // The hung batch must be able to go offline inside the measured phase.
+        measured = measured.max(act_at.unwrap_or_default() + liveness.mul_f64(1.5) + Duration::from_secs(1));
+    }
+    let _ = phase_tx.send(Phase::Run);
+    let t0 = Instant::now();
+    let cpu0 = proc_watch.as_mut().and_then(ProcWatch::sample);
+    let own0 = own.sample();
+    let bytes0 = c.bytes_written.load(Ordering::Relaxed);
+    let sent0 = c.sent_in_phase.load(Ordering::Relaxed);
+    let errors0 = c.connect_errors.load(Ordering::Relaxed);
+    let mut storm = None;
+    if let Some(at) = act_at {
+        tokio::time::sleep_until(t0 + at).await;
+        if a.scenario == Scenario::Storm {
+            let mut s = spawned.take().ok_or_else(|| Error::invalid("--scenario", "storm needs --spawn"))?;
+            let kill_at = Instant::now();
+            let (s, restarted) = tokio::task::spawn_blocking(move || {
+                let r = s.restart();
+                (s, r)
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            restarted?;
+            let ready_at = Instant::now();
+            proc_watch = Some(ProcWatch::new(s.pid()));
+            spawned = Some(s);
+            let storm_errors0 = c.connect_errors.load(Ordering::Relaxed);
+            let limit = Duration::from_secs(60).max(Duration::from_secs_f64(a.clients as f64 / 500.0));
+            // Connected again means a welcome after the restart, counted at the clients.
+            let back = || fleet.marks.welcomes.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|w| **w >= kill_at).count();
+            wait_until(limit, || back() >= a.clients).await;
+            let mut welcomes: Vec<Instant> =
+                fleet.marks.welcomes.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().filter(|w| *w >= kill_at).collect();
+            welcomes.sort_unstable();
+            let mut peak = 0;
+            let mut lo = 0;
+            for hi in 0..welcomes.len() {
+                while welcomes[hi].duration_since(welcomes[lo]) >= Duration::from_secs(1) {
+                    lo += 1;
+                }
+                peak = peak.max(hi - lo + 1);
+            }
+            // The observer reconnects with its own backoff; give it a moment to catch up.
+            wait_until(Duration::from_secs(5), || seen.online.load(Ordering::Relaxed) >= n).await;
+            storm = Some(Storm {
+                restart_ms: ready_at.duration_since(kill_at).as_millis() as u64,
+                reconnected: welcomes.len(),
+                all_online_ms: (welcomes.len() >= a.clients)
+                    .then(|| welcomes.last().map(|w| w.saturating_duration_since(ready_at).as_millis() as u64))
+                    .flatten(),
+                peak_connects_per_s: peak,
+                connect_errors: c.connect_errors.load(Ordering::Relaxed) - storm_errors0,
+                online_at_end: seen.online.load(Ordering::Relaxed),
+            });
+            // The new registry's CPU is measured from here.
+            measured = measured.max(t0.elapsed() + Duration::from_secs(1));
+        } else {
+            let _ = phase_tx.send(Phase::Act);
+        }
+    }
+    let cpu0 = if a.scenario == Scenario::Storm { proc_watch.as_mut().and_then(ProcWatch::sample) } else { cpu0 };
+    let t_cpu0 = if a.scenario == Scenario::Storm { Instant::now() } else { t0 };
+    let end_at = (t0 + measured).max(t_cpu0 + Duration::from_secs(1));
+    tokio::time::sleep_until(end_at).await;
+    let t1 = Instant::now();
+    let cpu1 = proc_watch.as_mut().and_then(ProcWatch::sample);
+    let own1 = own.sample();
+    // Drain: every live client confirms its reports with a ping.
+    let _ = phase_tx.send(Phase::Drain);
+    let bytes = c.bytes_written.load(Ordering::Relaxed) - bytes0;
+    let sent_for_bytes = c.sent_in_phase.load(Ordering::Relaxed) - sent0;
+    let connected_at_end = c.connected.load(Ordering::Relaxed);
+    let online_seen = seen.online.load(Ordering::Relaxed);
+    let drain_limit = Duration::from_secs(20) + Duration::from_millis(a.clients as u64 / 10);
+    wait_until(drain_limit, || c.drained.load(Ordering::Relaxed) >= c.connected.load(Ordering::Relaxed)).await;
+    let _ = phase_tx.send(Phase::Stop);
+    let finish = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+        let _ = observer.await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), finish).await;
+
+    // Clients count what they sent until they saw the phase end, as they count confirmations.
+    let sent_in_phase = c.sent_in_phase.load(Ordering::Relaxed) - sent0;
+    let confirmed = c.confirmed.load(Ordering::Relaxed);
+    let last_confirm = epoch + Duration::from_micros(c.last_confirm_us.load(Ordering::Relaxed));
+    let accepted_window = last_confirm.saturating_duration_since(t0).max(t1.duration_since(t0));
+    let measured_s = t1.duration_since(t0).as_secs_f64();
+
+    let offline = std::mem::take(&mut *seen.offline.lock().unwrap_or_else(|e| e.into_inner()));
+    let in_batch = |i: usize| fleet.batch.contains(&i);
+    let false_offline = offline.iter().filter(|(i, _, _)| !in_batch(*i)).count();
+    let detect = |marks: &[(usize, Instant)], expected_ms: Option<u64>| {
+        let delays: Vec<u64> = marks
+            .iter()
+            .filter_map(|(i, at)| {
+                offline.iter().find(|(j, seen, _)| j == i && seen >= at).map(|(_, seen, _)| seen.duration_since(*at).as_micros() as u64)
+            })
+            .collect();
+        Detection { batch, detected: delays.len(), expected_ms, latency: Latency::of(delays) }
+    };
+    let crash = (a.scenario == Scenario::Crash)
+        .then(|| detect(&fleet.marks.crashed_at.lock().unwrap_or_else(|e| e.into_inner()), None));
+    let hang = (a.scenario == Scenario::Hang).then(|| {
+        detect(&fleet.marks.hung_last_sent.lock().unwrap_or_else(|e| e.into_inner()), Some(liveness.as_millis() as u64))
+    });
+    let latencies = std::mem::take(&mut *seen.latencies_us.lock().unwrap_or_else(|e| e.into_inner()));
+    let rss = cpu1.map(|s| s.rss_bytes);
+    let base_rss = baseline.map(|s| s.rss_bytes);
+    let per_instance = match (rss, base_rss) {
+        (Some(r), Some(b)) if connected_at_end > 0 && a.scenario != Scenario::Storm => {
+            Some(r.saturating_sub(b) as f64 / connected_at_end as f64)
+        }
+        // After a restart there is no baseline of the new process.
+        (Some(r), _) if connected_at_end > 0 => Some(r as f64 / connected_at_end as f64),
+        _ => None,
+    };
+    let results = Results {
+        scenario: a.scenario,
+        clients: a.clients,
+        interval_ms: a.interval.as_millis() as u64,
+        measured_ms: (measured_s * 1000.0) as u64,
+        registry: addr.to_string(),
+        registry_pid: spawned.as_ref().map(Spawned::pid).or(pid),
+        open_file_limit: nofile,
+        source_addrs: sources.len(),
+        connected: connected_after_ramp,
+        connected_at_end,
+        connect_errors: errors0,
+        ramp_ms,
+        online_seen,
+        reports_offered: sent_in_phase,
+        offered_per_s: sent_in_phase as f64 / measured_s,
+        reports_accepted: confirmed,
+        accepted_per_s: confirmed as f64 / accepted_window.as_secs_f64(),
+        registry_cpu_percent: cpu_between(cpu0, cpu1),
+        registry_rss_bytes: rss,
+        registry_rss_baseline_bytes: base_rss,
+        memory_per_instance_bytes: per_instance,
+        bench_cpu_percent: cpu_between(own0, own1),
+        latency: Latency::of(latencies),
+        report_frame_bytes,
+        wire_bytes_per_report: (sent_for_bytes > 0).then(|| bytes as f64 / sent_for_bytes as f64),
+        false_offline,
+        lost_connections: c.lost.load(Ordering::Relaxed),
+        error_frames: c.error_frames.load(Ordering::Relaxed),
+        observer_lagged: seen.lagged.load(Ordering::Relaxed),
+        crash,
+        hang,
+        storm,
+    };
+    drop(spawned);
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_ranks() {
+        let l = Latency::of((1..=100).map(|v| v * 1000).collect()).unwrap();
+        assert_eq!((l.p50_ms, l.p99_ms, l.max_ms, l.samples), (50.0, 99.0, 100.0, 100));
+        assert!(Latency::of(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn arguments_are_checked() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            b: BenchArgs,
+        }
+        let parse = |args: &[&str]| T::try_parse_from(std::iter::once("t").chain(args.iter().copied())).map(|t| t.b);
+        let e = parse(&["--spawn", "--clients", "0"]).unwrap().check().unwrap_err().to_string();
+        assert!(e.contains("--clients"), "{e}");
+        let e = parse(&["--spawn", "--interval", "10ms"]).unwrap().check().unwrap_err().to_string();
+        assert!(e.contains("--interval") && e.contains("10ms"), "{e}");
+        let e = parse(&["--registry", "127.0.0.1:1", "--scenario", "storm"]).unwrap().check().unwrap_err().to_string();
+        assert!(e.contains("storm") && e.contains("--spawn"), "{e}");
+        assert!(parse(&["--clients", "5"]).is_err(), "needs --spawn or --registry");
+        assert!(parse(&["--spawn", "--duration", "soon"]).is_err());
+    }
+}

@@ -1,0 +1,404 @@
+//! Handlers of the JSON API v1, the SSE watch and the registry's own endpoints. Records and
+//! events are serialized exactly as in the protocol (`crate::model`).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use super::error::{ApiCode, ApiError};
+use super::{AppState, Peer};
+use crate::model::{Event, Filter, InstanceRecord};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Largest page of `/v1/events`.
+pub const MAX_EVENTS_PAGE: usize = 1000;
+/// Events in an instance's detail view.
+const DETAIL_EVENTS: usize = 20;
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(ApiCode::NotFound, "no such route; GET /v1/openapi.json lists them")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(ApiCode::MethodNotAllowed, "this route does not take that method; GET /v1/openapi.json lists them")
+}
+
+pub async fn healthz(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "version": crate::VERSION,
+        "uptime_seconds": crate::model::now_ms().saturating_sub(s.registry.started_at()) / 1000,
+    }))
+}
+
+pub async fn readyz(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    if !s.ready.load(Ordering::Relaxed) || s.shutdown.is_cancelled() {
+        return Err(ApiError::new(ApiCode::ShuttingDown, "the registry is shutting down"));
+    }
+    Ok(Json(json!({
+        "ready": true,
+        "sessions": s.registry.session_count(),
+        "instances": s.registry.query(&Filter::default()).len(),
+    })))
+}
+
+pub async fn metrics(State(s): State<AppState>) -> Response {
+    let body = super::prometheus::render(&s.registry, &s.figures());
+    ([(header::CONTENT_TYPE, super::prometheus::CONTENT_TYPE)], body).into_response()
+}
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], super::OPENAPI).into_response()
+}
+
+/// The registry itself: version, figures, and whether mutating calls are possible.
+pub async fn registry_info(State(s): State<AppState>) -> Json<Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let st = s.registry.stats();
+    let records = s.registry.query(&Filter::default());
+    let (_, cursor) = s.registry.events_after(u64::MAX, 0);
+    Json(json!({
+        "version": crate::VERSION,
+        "started_at": s.registry.started_at(),
+        "tls": s.config.tls.is_some(),
+        "admin_enabled": s.config.access.enabled(),
+        "sessions": st.sessions_current.load(Relaxed),
+        "reports_total": st.reports_total.load(Relaxed),
+        "commands_total": st.commands_total.load(Relaxed),
+        "events_cursor": cursor,
+        "instances": records.len(),
+        "online": records.iter().filter(|r| r.status == crate::model::Status::Online).count(),
+        "process": s.figures(),
+    }))
+}
+
+/// Query parameters that select instances; empty values select everything.
+#[derive(Debug, Default, Deserialize)]
+pub struct FilterQuery {
+    group: Option<String>,
+    service: Option<String>,
+    status: Option<String>,
+    health: Option<String>,
+    tag: Option<String>,
+}
+
+impl FilterQuery {
+    fn filter(self) -> ApiResult<Filter> {
+        let some = |v: Option<String>| v.filter(|s| !s.is_empty());
+        Ok(Filter {
+            group: some(self.group),
+            service: some(self.service),
+            status: some(self.status)
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(|e: String| ApiError::invalid(format!("query parameter status: {e}")))?,
+            health: some(self.health)
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(|e: String| ApiError::invalid(format!("query parameter health: {e}")))?,
+            tag: some(self.tag),
+        })
+    }
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(t)| t).map_err(|e| ApiError::invalid(format!("bad query string: {}", e.body_text())))
+}
+
+pub async fn fleet(
+    State(s): State<AppState>,
+    q: Result<Query<FilterQuery>, QueryRejection>,
+) -> ApiResult<Json<BTreeMap<String, Vec<InstanceRecord>>>> {
+    Ok(Json(s.registry.fleet(&query(q)?.filter()?)))
+}
+
+pub async fn instances(
+    State(s): State<AppState>,
+    q: Result<Query<FilterQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<InstanceRecord>>> {
+    Ok(Json(s.registry.query(&query(q)?.filter()?)))
+}
+
+/// Recent samples of every selected instance, by id (the dashboard's sparklines).
+pub async fn samples(
+    State(s): State<AppState>,
+    q: Result<Query<FilterQuery>, QueryRejection>,
+) -> ApiResult<Json<BTreeMap<String, Vec<crate::registry::Sample>>>> {
+    let filter = query(q)?.filter()?;
+    let out = s
+        .registry
+        .query(&filter)
+        .into_iter()
+        .filter_map(|r| s.registry.samples(&r.id).map(|v| (r.id, v)))
+        .collect();
+    Ok(Json(out))
+}
+
+fn unknown(id: &str) -> ApiError {
+    ApiError::new(ApiCode::UnknownInstance, format!("no instance {id:?}"))
+}
+
+pub async fn instance(State(s): State<AppState>, Path((group, instance_id)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let id = InstanceRecord::make_id(&group, &instance_id);
+    let record = s.registry.get(&id).ok_or_else(|| unknown(&id))?;
+    let samples = s.registry.samples(&id).unwrap_or_default();
+    let (history, _) = s.registry.events_after(0, usize::MAX);
+    let mut recent: Vec<Arc<Event>> = history.into_iter().rev().filter(|e| e.id == id).take(DETAIL_EVENTS).collect();
+    recent.reverse();
+    Ok(Json(json!({ "instance": record, "samples": samples, "events": recent })))
+}
+
+pub async fn deregister(
+    State(s): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Path((group, instance_id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let by = s.config.access.authorize(&headers, &peer)?;
+    let id = InstanceRecord::make_id(&group, &instance_id);
+    s.registry.deregister(&id, &by).map_err(|e| match ApiError::from(e) {
+        e if e.code == ApiCode::UnknownInstance => unknown(&id),
+        e => e,
+    })?;
+    tracing::info!(target: "sfc::http", id, by, "deregistered");
+    Ok(Json(json!({ "deregistered": id, "by": by })))
+}
+
+/// Body of `POST /v1/instances/{group}/{instance_id}/commands`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRequest {
+    /// `shutdown`, or any name the instance handles.
+    pub command: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub payload: Value,
+    /// How long to wait for the result, e.g. `5s` (default 10s).
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+pub async fn command(
+    State(s): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Path((group, instance_id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    // Credentials first: an unauthorized caller learns nothing about the fleet.
+    let by = s.config.access.authorize(&headers, &peer)?;
+    let req: CommandRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid(format!(
+            "bad command body: {e}; expected {{\"command\":\"shutdown\",\"reason\":\"...\"}} or {{\"command\":NAME,\"payload\":{{...}}}}"
+        ))
+    })?;
+    let timeout = match &req.timeout {
+        None => s.config.command_timeout,
+        Some(t) => {
+            let t = crate::duration::parse("timeout", t).map_err(|e| ApiError::invalid(e.to_string()))?;
+            if t.is_zero() || t > s.config.max_command_timeout {
+                return Err(ApiError::invalid(format!(
+                    "timeout {} is outside (0, {}]",
+                    crate::duration::format(t),
+                    crate::duration::format(s.config.max_command_timeout)
+                )));
+            }
+            t
+        }
+    };
+    let id = InstanceRecord::make_id(&group, &instance_id);
+    tracing::info!(target: "sfc::http", id, command = req.command, by, "command");
+    let result = s
+        .registry
+        .send_command(&id, &req.command, req.reason.clone(), req.payload, Some(by.clone()), timeout)
+        .await
+        .map_err(|e| match ApiError::from(e) {
+            e if e.code == ApiCode::UnknownInstance => unknown(&id),
+            e => e,
+        })?;
+    Ok(Json(json!({
+        "id": id,
+        "command": req.command,
+        "command_id": result.command_id,
+        "ok": result.ok,
+        "result": result.result,
+        "error": result.error,
+        "by": by,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+pub async fn events(State(s): State<AppState>, q: Result<Query<EventsQuery>, QueryRejection>) -> ApiResult<Json<Value>> {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_EVENTS_PAGE {
+        return Err(ApiError::invalid(format!("limit {limit} is outside 1..={MAX_EVENTS_PAGE}")));
+    }
+    let after = q.after.unwrap_or(0);
+    let (page, latest) = s.registry.events_after(after, limit);
+    let next = page.last().map(|e| e.seq).unwrap_or(after.min(latest));
+    Ok(Json(json!({
+        "events": page,
+        // Pass as `after` to get the next page.
+        "next": next,
+        "latest": latest,
+        "more": next < latest,
+    })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct WatchQuery {
+    #[serde(flatten)]
+    filter: FilterQuery,
+    /// Replay history after this cursor first (the `Last-Event-ID` header wins over it).
+    after: Option<u64>,
+    /// Also send a `report` event per report (no id: they are not in the history).
+    #[serde(default)]
+    reports: Option<bool>,
+}
+
+fn event_matches(f: &Filter, ev: &Event) -> bool {
+    match &ev.instance {
+        Some(r) => f.matches(r),
+        None => {
+            f.group.as_deref().is_none_or(|g| g == ev.group)
+                && f.service.as_deref().is_none_or(|sv| ev.service.is_empty() || sv == ev.service)
+                && f.status.is_none()
+                && f.health.is_none()
+                && f.tag.is_none()
+        }
+    }
+}
+
+fn sse_event(ev: &Event) -> SseEvent {
+    let data = serde_json::to_string(ev).unwrap_or_else(|_| "{}".into());
+    let e = SseEvent::default().event(ev.kind.as_str()).data(data);
+    if ev.seq > 0 { e.id(ev.seq.to_string()) } else { e }
+}
+
+/// The state of one SSE watch.
+struct Watch {
+    state: AppState,
+    filter: Filter,
+    events: broadcast::Receiver<Arc<Event>>,
+    reports: Option<broadcast::Receiver<Arc<Event>>>,
+    backlog: VecDeque<Arc<Event>>,
+    /// Newest history position already looked at.
+    last: u64,
+    /// Sent before anything else (a resume point older than the history).
+    notice: Option<SseEvent>,
+}
+
+/// Tells the watcher that events it asked for are gone from the history.
+fn lagged() -> SseEvent {
+    SseEvent::default()
+        .event("lagged")
+        .data(r#"{"message":"some events are no longer in the registry's history; reload the fleet"}"#)
+}
+
+impl Watch {
+    /// Fills the backlog from the history after `self.last` (resume and lag recovery).
+    /// Returns false when the history no longer holds the event right after `last`.
+    fn replay(&mut self) -> bool {
+        let (page, _) = self.state.registry.events_after(self.last, usize::MAX);
+        let complete = page.first().is_none_or(|e| e.seq == self.last + 1);
+        self.backlog.extend(page.into_iter().filter(|e| event_matches(&self.filter, e)));
+        complete
+    }
+
+    async fn next(&mut self) -> Option<SseEvent> {
+        if let Some(n) = self.notice.take() {
+            return Some(n);
+        }
+        loop {
+            if let Some(ev) = self.backlog.pop_front() {
+                self.last = self.last.max(ev.seq);
+                return Some(sse_event(&ev));
+            }
+            let reports = async {
+                match self.reports.as_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.state.shutdown.cancelled() => return None,
+                r = self.events.recv() => match r {
+                    Ok(ev) => {
+                        if ev.seq <= self.last {
+                            continue;
+                        }
+                        self.last = ev.seq;
+                        if event_matches(&self.filter, &ev) {
+                            return Some(sse_event(&ev));
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if !self.replay() {
+                            return Some(lagged());
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                r = reports => match r {
+                    Ok(ev) if event_matches(&self.filter, &ev) => return Some(sse_event(&ev)),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => self.reports = None,
+                },
+            }
+        }
+    }
+}
+
+pub async fn watch(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<WatchQuery>, QueryRejection>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let q = query(q)?;
+    let filter = q.filter.filter()?;
+    let resume = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::invalid("Last-Event-ID must be an event sequence number"))?,
+        ),
+        None => q.after,
+    };
+    // Subscribe before reading the history, so nothing falls between the two.
+    let events = s.registry.subscribe();
+    let reports = q.reports.unwrap_or(false).then(|| s.registry.subscribe_reports());
+    let (_, latest) = s.registry.events_after(u64::MAX, 0);
+    let heartbeat = s.config.heartbeat;
+    let mut w = Watch { state: s, filter, events, reports, backlog: VecDeque::new(), last: latest, notice: None };
+    if let Some(after) = resume {
+        w.last = after.min(latest);
+        if !w.replay() {
+            w.notice = Some(lagged());
+        }
+    }
+    let stream = futures_util::stream::unfold(w, |mut w| async move { w.next().await.map(|e| (Ok(e), w)) });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(heartbeat.max(Duration::from_millis(10))).text("heartbeat")))
+}

@@ -1,0 +1,324 @@
+//! The registry's HTTP surface (feature `server`): the JSON API v1 with a Server-Sent Events
+//! watch, Prometheus `/metrics`, `/healthz` and `/readyz`, and the embedded dashboard at `/`.
+//!
+//! [`serve`] takes a bound listener and a shutdown future, like [`crate::registry::serve`], so
+//! tests bind `127.0.0.1:0`. Plain HTTP or, with [`HttpConfig::tls`], HTTPS with the registry's
+//! certificates; with mTLS the client certificate's subject can make a caller an admin
+//! ([`access`]). The routes and the committed OpenAPI description (`openapi.json`) come from
+//! one table, [`route_table`], which a test compares with the description.
+//!
+//! - [`api`]: the JSON and SSE handlers.
+//! - [`access`]: who may send commands and deregister.
+//! - [`prometheus`]: the text exposition.
+//! - [`dashboard`]: the page and its script, compiled into the binary.
+//! - [`error`]: the error body and status codes.
+
+pub mod access;
+pub mod api;
+pub mod dashboard;
+pub mod error;
+pub mod prometheus;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::handler::Handler;
+use axum::http::{Method, Request};
+use axum::routing::{on, MethodFilter};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::registry::Registry;
+pub use access::{Access, Peer};
+pub use error::{ApiCode, ApiError};
+
+/// The default address of the HTTP API.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7481";
+
+/// The OpenAPI 3 description, committed next to this file and served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// HTTP settings. `Default` gives plain HTTP, no admin credential, the documented timeouts.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// None: plain HTTP. The registry's rustls config is reused with ALPN `http/1.1`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub access: Access,
+    /// How long a command waits for the instance's result unless the request asks otherwise.
+    pub command_timeout: Duration,
+    /// The longest wait a request may ask for.
+    pub max_command_timeout: Duration,
+    /// How often `/v1/watch` sends a heartbeat comment.
+    pub heartbeat: Duration,
+    /// Most HTTP connections held at once.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            tls: None,
+            access: Access::default(),
+            command_timeout: Duration::from_secs(10),
+            max_command_timeout: Duration::from_secs(120),
+            heartbeat: Duration::from_secs(15),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// The registry's own figures, sampled once a second for `/metrics` and the dashboard.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SelfFigures {
+    pub reports_per_second: f64,
+    pub cpu_percent: Option<f64>,
+    pub resident_bytes: Option<u64>,
+}
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Registry,
+    pub config: Arc<HttpConfig>,
+    pub figures: Arc<Mutex<SelfFigures>>,
+    /// Cancelled at shutdown: watches end and `/readyz` answers 503.
+    pub shutdown: CancellationToken,
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(registry: Registry, config: HttpConfig) -> AppState {
+        AppState {
+            registry,
+            config: Arc::new(config),
+            figures: Arc::default(),
+            shutdown: CancellationToken::new(),
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn figures(&self) -> SelfFigures {
+        self.figures.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Builds the router and, from the same calls, the table of (method, path) it serves.
+struct Routes {
+    router: Router<AppState>,
+    table: Vec<(Method, &'static str)>,
+}
+
+impl Routes {
+    fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+        self.router = self.router.route(path, on(filter, handler));
+        self.table.push((method, path));
+        self
+    }
+}
+
+fn routes() -> Routes {
+    use api::*;
+    Routes { router: Router::new(), table: Vec::new() }
+        .add(Method::GET, "/", dashboard::page)
+        .add(Method::GET, "/dashboard.js", dashboard::script)
+        .add(Method::GET, "/dashboard.css", dashboard::style)
+        .add(Method::GET, "/healthz", healthz)
+        .add(Method::GET, "/readyz", readyz)
+        .add(Method::GET, "/metrics", metrics)
+        .add(Method::GET, "/v1/openapi.json", openapi)
+        .add(Method::GET, "/v1/registry", registry_info)
+        .add(Method::GET, "/v1/fleet", fleet)
+        .add(Method::GET, "/v1/instances", instances)
+        .add(Method::GET, "/v1/samples", samples)
+        .add(Method::GET, "/v1/instances/{group}/{instance_id}", instance)
+        .add(Method::DELETE, "/v1/instances/{group}/{instance_id}", deregister)
+        .add(Method::POST, "/v1/instances/{group}/{instance_id}/commands", command)
+        .add(Method::GET, "/v1/events", events)
+        .add(Method::GET, "/v1/watch", watch)
+}
+
+/// Every (method, path) the router serves, in the OpenAPI path syntax.
+pub fn route_table() -> Vec<(String, String)> {
+    routes().table.into_iter().map(|(m, p)| (m.as_str().to_string(), p.to_string())).collect()
+}
+
+/// The whole HTTP application for `state`.
+pub fn router(state: AppState) -> Router {
+    routes()
+        .router
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .with_state(state)
+}
+
+/// Binds `addr` for the HTTP API.
+pub async fn bind(addr: &str) -> crate::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| crate::Error::invalid("--http", format!("cannot listen on {addr}: {e}")))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Logs what a bind means for who can reach the API.
+pub fn warn_about_exposure(addr: SocketAddr, config: &HttpConfig) {
+    if !addr.ip().is_loopback() && config.tls.is_none() {
+        tracing::warn!(target: "sfc::http", %addr,
+            "the HTTP API listens on a non-loopback address without TLS: anyone on the network can read \
+             the fleet, and the admin token travels in clear text; use --http-tls or bind 127.0.0.1");
+    }
+    if !config.access.enabled() {
+        tracing::info!(target: "sfc::http", "no admin credential: commands and deregistration over HTTP are disabled \
+            (set --admin-token or SFC_ADMIN_TOKEN)");
+    }
+}
+
+/// Serves the HTTP API on `listener` until `shutdown` completes.
+pub async fn serve(registry: Registry, listener: TcpListener, config: HttpConfig, shutdown: impl Future<Output = ()>) {
+    let state = AppState::new(registry, config);
+    serve_state(state, listener, shutdown).await
+}
+
+/// [`serve`] with a prepared state (tests keep a handle on it).
+pub async fn serve_state(state: AppState, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let sampler = tokio::spawn(sample_figures(state.clone()));
+    let tls = state.config.tls.as_ref().map(|c| {
+        let mut c = (**c).clone();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(c))
+    });
+    let limit = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
+    let app = router(state.clone());
+    let tracker = tokio_util::task::TaskTracker::new();
+    state.ready.store(true, Ordering::Relaxed);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => match a {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(target: "sfc::http", error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(target: "sfc::http", %addr, "too many HTTP connections; closing this one");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (app, tls, stop) = (app.clone(), tls.clone(), state.shutdown.clone());
+        tracker.spawn(async move {
+            match tls {
+                None => connection(tcp, Peer { addr, subject: None }, app, stop).await,
+                Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let subject = crate::tls::peer_subject(stream.get_ref().1);
+                        connection(stream, Peer { addr, subject }, app, stop).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(target: "sfc::http", %addr, error = %e, "tls handshake failed"),
+                    Err(_) => tracing::debug!(target: "sfc::http", %addr, "tls handshake timed out"),
+                },
+            }
+            drop(permit);
+        });
+    }
+    state.ready.store(false, Ordering::Relaxed);
+    state.shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await.is_err() {
+        tracing::debug!(target: "sfc::http", "some HTTP connections did not close within 3s");
+    }
+    sampler.abort();
+}
+
+/// Serves one connection; every request carries the [`Peer`] it came from.
+async fn connection<I>(io: I, peer: Peer, app: Router, stop: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = app.map_request(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        req
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(target: "sfc::http", error = %e, "connection ended with an error");
+            }
+        }
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+        }
+    }
+}
+
+/// Keeps [`SelfFigures`] current: the report rate over a 5 s window, and the registry
+/// process's CPU and memory.
+async fn sample_figures(state: AppState) {
+    let mut sampler = crate::metrics::Sampler::new();
+    let mut window: VecDeque<(Instant, u64)> = VecDeque::with_capacity(8);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let total = state.registry.stats().reports_total.load(Ordering::Relaxed);
+        window.push_back((Instant::now(), total));
+        if window.len() > 6 {
+            window.pop_front();
+        }
+        let rate = match (window.front(), window.back()) {
+            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => (n1 - n0) as f64 / (*t1 - *t0).as_secs_f64(),
+            _ => 0.0,
+        };
+        let m = sampler.sample();
+        let mut f = state.figures.lock().unwrap_or_else(|e| e.into_inner());
+        f.reports_per_second = rate;
+        f.cpu_percent = m.process.cpu_percent;
+        f.resident_bytes = m.process.resident_bytes;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The committed OpenAPI description lists exactly the routes the router serves.
+    #[test]
+    fn openapi_matches_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("openapi.json is JSON");
+        assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3."), "not an OpenAPI 3 document");
+        let mut documented = BTreeSet::new();
+        for (path, ops) in doc["paths"].as_object().expect("paths") {
+            for method in ops.as_object().expect("operations").keys() {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        let served: BTreeSet<(String, String)> = super::route_table().into_iter().collect();
+        let missing: Vec<_> = served.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&served).collect();
+        assert!(missing.is_empty() && extra.is_empty(), "served but undocumented: {missing:?}; documented but not served: {extra:?}");
+    }
+}

@@ -1,0 +1,70 @@
+//! Durable registry state. One interface, chosen with `--store`:
+//! - `sqlite` (default): `<data-dir>/registry.db`, instance records and the event history;
+//! - `memory`: nothing survives a restart.
+//!
+//! The registry calls [`Store::transition`] for every state transition *before* it broadcasts
+//! it, so whatever a watcher or an operator has seen is on disk. Metric snapshots are written
+//! in batches on a timer ([`Store::snapshot`]), never on the report path.
+
+mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use sqlite::SqliteStore;
+
+use crate::error::{Error, Result};
+use crate::model::{Event, InstanceRecord};
+
+/// What a store hands back at start.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub instances: Vec<InstanceRecord>,
+    /// The newest events, oldest first.
+    pub events: Vec<Event>,
+    /// Highest event sequence number ever written (0 when none).
+    pub last_seq: u64,
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite`, `memory`, ...
+    fn kind(&self) -> &'static str;
+    /// Loads the records and the newest `history` events.
+    fn load(&self, history: usize) -> Result<Snapshot>;
+    /// Durably records one transition and the record after it (None: the record is gone).
+    fn transition(&self, event: &Event, record: Option<&InstanceRecord>) -> Result<()>;
+    /// Writes the latest state of these records, in one batch.
+    fn snapshot(&self, records: &[InstanceRecord]) -> Result<()>;
+    /// Deletes history events older than `before_ms` (Unix ms); returns how many.
+    fn prune_events(&self, before_ms: u64) -> Result<usize>;
+}
+
+/// State kept in memory only.
+pub struct MemoryStore;
+
+impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+    fn load(&self, _: usize) -> Result<Snapshot> {
+        Ok(Snapshot::default())
+    }
+    fn transition(&self, _: &Event, _: Option<&InstanceRecord>) -> Result<()> {
+        Ok(())
+    }
+    fn snapshot(&self, _: &[InstanceRecord]) -> Result<()> {
+        Ok(())
+    }
+    fn prune_events(&self, _: u64) -> Result<usize> {
+        Ok(0)
+    }
+}
+
+/// Opens the store named by `--store`.
+pub fn open(kind: &str, data_dir: &Path) -> Result<Arc<dyn Store>> {
+    match kind {
+        "memory" => Ok(Arc::new(MemoryStore)),
+        "sqlite" => Ok(Arc::new(SqliteStore::open(&data_dir.join("registry.db"))?)),
+        other => Err(Error::invalid("--store", format!("{other:?} is not a store (expected sqlite or memory)"))),
+    }
+}

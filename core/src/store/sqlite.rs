@@ -1,0 +1,213 @@
+//! The SQLite store (rusqlite, bundled SQLite). WAL journal with `synchronous=NORMAL`: a
+//! committed transition survives a crash of the registry process (SIGKILL), which is the
+//! promise we make; surviving power loss would need `synchronous=FULL` and an fsync per
+//! transition.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{Snapshot, Store};
+use crate::error::{Error, Result};
+use crate::model::{Event, InstanceRecord};
+
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+fn db_err(path: &Path, what: &str, e: rusqlite::Error) -> Error {
+    Error::File {
+        action: "database error",
+        path: path.display().to_string(),
+        source: std::io::Error::other(format!("{what}: {e}")),
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS instances (
+    id TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    event TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_at ON events(at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', '1');
+";
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::write_file(dir, e))?;
+        }
+        let conn = Connection::open(path).map_err(|e| db_err(path, "open", e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| db_err(path, "busy_timeout", e))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| db_err(path, "journal_mode", e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| db_err(path, "synchronous", e))?;
+        conn.execute_batch(SCHEMA).map_err(|e| db_err(path, "schema", e))?;
+        let version: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| db_err(path, "schema version", e))?;
+        if version.as_deref() != Some("1") {
+            return Err(Error::invalid(
+                "registry database",
+                format!("{} has schema {version:?}; this registry reads schema 1", path.display()),
+            ));
+        }
+        Ok(SqliteStore { path: path.to_path_buf(), conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn err(&self, what: &str, e: rusqlite::Error) -> Error {
+        db_err(&self.path, what, e)
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn load(&self, history: usize) -> Result<Snapshot> {
+        let conn = self.conn();
+        let mut instances = Vec::new();
+        let mut stmt = conn.prepare("SELECT id, record FROM instances").map_err(|e| self.err("load", e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.err("load instances", e))?;
+        for row in rows {
+            let (id, json) = row.map_err(|e| self.err("load instances", e))?;
+            match serde_json::from_str::<InstanceRecord>(&json) {
+                Ok(r) => instances.push(r),
+                // One unreadable row must not cost the rest of the fleet.
+                Err(e) => tracing::error!(target: "sfc::store", id, error = %e, "skipping unreadable instance record"),
+            }
+        }
+        let mut stmt = conn
+            .prepare("SELECT event FROM (SELECT seq, event FROM events ORDER BY seq DESC LIMIT ?1) ORDER BY seq ASC")
+            .map_err(|e| self.err("load", e))?;
+        let rows = stmt
+            .query_map([history as i64], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err("load events", e))?;
+        let mut events = Vec::new();
+        for row in rows {
+            let json = row.map_err(|e| self.err("load events", e))?;
+            match serde_json::from_str::<Event>(&json) {
+                Ok(ev) => events.push(ev),
+                Err(e) => tracing::error!(target: "sfc::store", error = %e, "skipping unreadable event"),
+            }
+        }
+        let last_seq: i64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
+            .map_err(|e| self.err("load", e))?;
+        Ok(Snapshot { instances, events, last_seq: last_seq as u64 })
+    }
+
+    fn transition(&self, event: &Event, record: Option<&InstanceRecord>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err("begin", e))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO events(seq, at, kind, id, event) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![event.seq as i64, event.at as i64, event.kind.as_str(), event.id, to_json(event)],
+        )
+        .map_err(|e| self.err("write event", e))?;
+        match record {
+            Some(r) => tx.execute(
+                "INSERT OR REPLACE INTO instances(id, record, updated_at) VALUES (?1, ?2, ?3)",
+                params![r.id, to_json(r), event.at as i64],
+            ),
+            None => tx.execute("DELETE FROM instances WHERE id = ?1", params![event.id]),
+        }
+        .map_err(|e| self.err("write instance", e))?;
+        tx.commit().map_err(|e| self.err("commit", e))
+    }
+
+    fn snapshot(&self, records: &[InstanceRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err("begin", e))?;
+        {
+            let now = crate::model::now_ms() as i64;
+            let mut stmt = tx
+                .prepare_cached("INSERT OR REPLACE INTO instances(id, record, updated_at) VALUES (?1, ?2, ?3)")
+                .map_err(|e| self.err("snapshot", e))?;
+            for r in records {
+                stmt.execute(params![r.id, to_json(r), now]).map_err(|e| self.err("snapshot", e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err("commit", e))
+    }
+
+    fn prune_events(&self, before_ms: u64) -> Result<usize> {
+        self.conn()
+            .execute("DELETE FROM events WHERE at < ?1", params![before_ms as i64])
+            .map_err(|e| self.err("prune events", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EventKind;
+
+    fn record(id: &str) -> InstanceRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "group": "g", "service": "s", "instance_id": id.split('/').nth(1).unwrap(),
+            "hostname": "h", "pid": 1, "status": "online", "offline_reason": null, "health": "passing",
+            "health_note": null, "endpoints": [], "tags": [], "metadata": {}, "version": null, "api": null,
+            "interval_ms": 1000, "connected_since": 1, "last_report_at": 1, "tls_identity": null,
+            "metrics": {}
+        }))
+        .unwrap()
+    }
+
+    fn event(seq: u64, kind: EventKind, id: &str) -> Event {
+        Event { seq, at: seq * 10, kind, id: id.into(), group: "g".into(), service: "s".into(), instance: None, detail: serde_json::Value::Null }
+    }
+
+    #[test]
+    fn transitions_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.db");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.transition(&event(1, EventKind::Joined, "g/a"), Some(&record("g/a"))).unwrap();
+            s.transition(&event(2, EventKind::Joined, "g/b"), Some(&record("g/b"))).unwrap();
+            s.transition(&event(3, EventKind::Evicted, "g/b"), None).unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let snap = s.load(10).unwrap();
+        assert_eq!(snap.instances.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["g/a"]);
+        assert_eq!(snap.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(snap.last_seq, 3);
+        assert_eq!(s.load(2).unwrap().events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(s.prune_events(25).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_directory_that_cannot_hold_a_database_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let e = SqliteStore::open(&file.join("registry.db")).err().unwrap().to_string();
+        assert!(e.contains("not-a-dir"), "{e}");
+    }
+}
