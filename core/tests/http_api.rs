@@ -30,7 +30,14 @@ impl Reg {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let mut child = Command::new(common::sfc_bin())
-            .args(["registry", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "registry",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(&dir)
             .args(extra)
             .env_remove("SFC_ADMIN_TOKEN")
@@ -41,7 +48,10 @@ impl Reg {
             .expect("start sfc registry");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let mut next = |prefix: &str| {
-            let line = lines.next().expect("registry printed too little").expect("read stdout");
+            let line = lines
+                .next()
+                .expect("registry printed too little")
+                .expect("read stdout");
             line.strip_prefix(prefix)
                 .and_then(|r| r.split(' ').next())
                 .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
@@ -50,7 +60,13 @@ impl Reg {
         let addr = next("sfc registry listening on ");
         let http = next("sfc http listening on ");
         std::thread::spawn(move || for _ in lines {});
-        Reg { child, addr, http, dir, _tmp: tmp }
+        Reg {
+            child,
+            addr,
+            http,
+            dir,
+            _tmp: tmp,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -95,7 +111,10 @@ fn call(req: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Val
     let mut r = req.expect("http request");
     let status = r.status().as_u16();
     let text = r.body_mut().read_to_string().expect("body");
-    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")),
+    )
 }
 
 fn get(url: &str) -> (u16, Value) {
@@ -119,7 +138,9 @@ fn delete(url: &str, token: Option<&str>) -> (u16, Value) {
 }
 
 fn error_code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error body: {v}"))
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error body: {v}"))
 }
 
 /// Polls `f` until it returns Some, for at most `limit`.
@@ -129,18 +150,28 @@ fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn status_of(reg: &Reg, id: &str) -> Option<String> {
     let (_, list) = get(&reg.url("/v1/instances"));
-    list.as_array()?.iter().find(|r| r["id"] == id).map(|r| r["status"].as_str().unwrap_or("").to_string())
+    list.as_array()?
+        .iter()
+        .find(|r| r["id"] == id)
+        .map(|r| r["status"].as_str().unwrap_or("").to_string())
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 #[test]
@@ -148,17 +179,29 @@ fn reads_filters_commands_and_deregistration_with_who_issued_them() {
     let reg = Reg::start(&["--admin-token", TOKEN]);
     let rt = rt();
     let _g = rt.enter();
-    let a = reg.service("web", "frontend", "a").tag("blue").start().expect("client a");
+    let a = reg
+        .service("web", "frontend", "a")
+        .tag("blue")
+        .start()
+        .expect("client a");
     a.on_command(|c| Ok(json!({ "echo": c.payload, "name": c.name })));
-    let b = reg.service("web", "frontend", "b").start().expect("client b");
+    let b = reg
+        .service("web", "frontend", "b")
+        .start()
+        .expect("client b");
     b.on_command(|_| Err("not today".into()));
-    let mute = reg.service("jobs", "worker", "mute").start().expect("client mute");
+    let mute = reg
+        .service("jobs", "worker", "mute")
+        .start()
+        .expect("client mute");
     // Subscribed but never answering: commands to it time out.
     let _mute_events = mute.subscribe();
     for c in [&a, &b, &mute] {
-        rt.block_on(c.wait_connected(Duration::from_secs(10))).expect("connected");
+        rt.block_on(c.wait_connected(Duration::from_secs(10)))
+            .expect("connected");
     }
-    a.set_health(Health::Warning, Some("slow disk".into())).unwrap();
+    a.set_health(Health::Warning, Some("slow disk".into()))
+        .unwrap();
 
     let (s, h) = get(&reg.url("/healthz"));
     assert_eq!((s, h["status"].as_str()), (200, Some("ok")));
@@ -171,7 +214,15 @@ fn reads_filters_commands_and_deregistration_with_who_issued_them() {
     assert_eq!(fleet["jobs"].as_array().map(Vec::len), Some(1), "{fleet}");
 
     let (_, tagged) = get(&reg.url("/v1/instances?tag=blue"));
-    assert_eq!(tagged.as_array().unwrap().iter().map(|r| r["id"].clone()).collect::<Vec<_>>(), vec![json!("web/a")]);
+    assert_eq!(
+        tagged
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!("web/a")]
+    );
     let (_, svc) = get(&reg.url("/v1/instances?service=worker&status=online"));
     assert_eq!(svc[0]["id"], "jobs/mute");
     eventually(Duration::from_secs(10), "health warning visible", || {
@@ -180,7 +231,13 @@ fn reads_filters_commands_and_deregistration_with_who_issued_them() {
     });
     let (s, bad) = get(&reg.url("/v1/instances?status=sleeping"));
     assert_eq!((s, error_code(&bad)), (400, "invalid-request"));
-    assert!(bad["error"]["message"].as_str().unwrap().contains("sleeping"), "{bad}");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sleeping"),
+        "{bad}"
+    );
 
     // The detail carries the sample ring, filled by reports.
     let detail = eventually(Duration::from_secs(10), "samples of web/a", || {
@@ -188,11 +245,26 @@ fn reads_filters_commands_and_deregistration_with_who_issued_them() {
         (d["samples"].as_array()?.len() >= 2).then_some(d)
     });
     assert_eq!(detail["instance"]["id"], "web/a");
-    assert!(detail["events"].as_array().unwrap().iter().any(|e| e["kind"] == "joined"), "{detail}");
+    assert!(
+        detail["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "joined"),
+        "{detail}"
+    );
     let (s, missing) = get(&reg.url("/v1/instances/web/nobody"));
     assert_eq!((s, error_code(&missing)), (404, "unknown-instance"));
     let (_, samples) = get(&reg.url("/v1/samples?group=web"));
-    assert_eq!(samples.as_object().unwrap().keys().cloned().collect::<Vec<_>>(), vec!["web/a", "web/b"]);
+    assert_eq!(
+        samples
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>(),
+        vec!["web/a", "web/b"]
+    );
 
     // Mutating calls need the token.
     let cmd = reg.url("/v1/instances/web/a/commands");
@@ -200,30 +272,70 @@ fn reads_filters_commands_and_deregistration_with_who_issued_them() {
     assert_eq!((s, error_code(&e)), (401, "unauthorized"));
     let (s, e) = post(&cmd, Some("wrong"), json!({ "command": "ping" }));
     assert_eq!((s, error_code(&e)), (401, "unauthorized"));
-    assert!(e["error"]["message"].as_str().unwrap().contains("wrong admin token"), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("wrong admin token"),
+        "{e}"
+    );
     let (s, e) = post(&cmd, Some(TOKEN), json!({ "cmd": "ping" }));
     assert_eq!((s, error_code(&e)), (400, "invalid-request"));
 
-    let (s, ok) = post(&cmd, Some(TOKEN), json!({ "command": "ping", "payload": { "n": 7 } }));
+    let (s, ok) = post(
+        &cmd,
+        Some(TOKEN),
+        json!({ "command": "ping", "payload": { "n": 7 } }),
+    );
     assert_eq!(s, 200, "{ok}");
-    assert_eq!((ok["ok"].as_bool(), &ok["result"]["echo"]["n"]), (Some(true), &json!(7)));
+    assert_eq!(
+        (ok["ok"].as_bool(), &ok["result"]["echo"]["n"]),
+        (Some(true), &json!(7))
+    );
     assert_eq!(ok["by"], "token@127.0.0.1");
-    let (s, refused) = post(&reg.url("/v1/instances/web/b/commands"), Some(TOKEN), json!({ "command": "x" }));
-    assert_eq!((s, refused["ok"].as_bool(), refused["error"].as_str()), (200, Some(false), Some("not today")));
+    let (s, refused) = post(
+        &reg.url("/v1/instances/web/b/commands"),
+        Some(TOKEN),
+        json!({ "command": "x" }),
+    );
+    assert_eq!(
+        (s, refused["ok"].as_bool(), refused["error"].as_str()),
+        (200, Some(false), Some("not today"))
+    );
 
     // An instance that never answers: a bounded wait and a clear error.
-    let (s, slow) = post(&reg.url("/v1/instances/jobs/mute/commands"), Some(TOKEN), json!({ "command": "x", "timeout": "300ms" }));
+    let (s, slow) = post(
+        &reg.url("/v1/instances/jobs/mute/commands"),
+        Some(TOKEN),
+        json!({ "command": "x", "timeout": "300ms" }),
+    );
     assert_eq!((s, error_code(&slow)), (504, "command-timeout"));
-    assert!(slow["error"]["message"].as_str().unwrap().contains("jobs/mute"), "{slow}");
-    let (s, unknown) = post(&reg.url("/v1/instances/jobs/ghost/commands"), Some(TOKEN), json!({ "command": "x" }));
+    assert!(
+        slow["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("jobs/mute"),
+        "{slow}"
+    );
+    let (s, unknown) = post(
+        &reg.url("/v1/instances/jobs/ghost/commands"),
+        Some(TOKEN),
+        json!({ "command": "x" }),
+    );
     assert_eq!((s, error_code(&unknown)), (404, "unknown-instance"));
 
     // Deregistration: refused while online, accepted once the instance left.
     let (s, e) = delete(&reg.url("/v1/instances/web/b"), Some(TOKEN));
     assert_eq!((s, error_code(&e)), (409, "instance-online"));
     rt.block_on(b.stop()).unwrap();
-    eventually(Duration::from_secs(10), "web/b left", || (status_of(&reg, "web/b")? == "left").then_some(()));
-    let (s, e) = post(&reg.url("/v1/instances/web/b/commands"), Some(TOKEN), json!({ "command": "x" }));
+    eventually(Duration::from_secs(10), "web/b left", || {
+        (status_of(&reg, "web/b")? == "left").then_some(())
+    });
+    let (s, e) = post(
+        &reg.url("/v1/instances/web/b/commands"),
+        Some(TOKEN),
+        json!({ "command": "x" }),
+    );
     assert_eq!((s, error_code(&e)), (409, "not-online"));
     let (s, e) = delete(&reg.url("/v1/instances/web/b"), None);
     assert_eq!((s, error_code(&e)), (401, "unauthorized"));
@@ -243,10 +355,19 @@ fn reads_filters_commands_and_deregistration_with_who_issued_them() {
         }
     }
     let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "pages skip or repeat: {seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "pages skip or repeat: {seqs:?}"
+    );
     let sent: Vec<&Value> = all.iter().filter(|e| e["kind"] == "command-sent").collect();
-    assert!(sent.len() >= 3 && sent.iter().all(|e| e["detail"]["by"] == "token@127.0.0.1"), "{sent:?}");
-    let evicted = all.iter().find(|e| e["kind"] == "evicted" && e["id"] == "web/b").expect("evicted event");
+    assert!(
+        sent.len() >= 3 && sent.iter().all(|e| e["detail"]["by"] == "token@127.0.0.1"),
+        "{sent:?}"
+    );
+    let evicted = all
+        .iter()
+        .find(|e| e["kind"] == "evicted" && e["id"] == "web/b")
+        .expect("evicted event");
     assert_eq!(evicted["detail"]["by"], "token@127.0.0.1");
     let (s, e) = get(&reg.url("/v1/events?limit=0"));
     assert_eq!((s, error_code(&e)), (400, "invalid-request"));
@@ -264,10 +385,17 @@ fn reads_filters_commands_and_deregistration_with_who_issued_them() {
 #[test]
 fn mutating_calls_are_forbidden_until_an_admin_credential_is_configured() {
     let reg = Reg::start(&[]);
-    let (s, e) = post(&reg.url("/v1/instances/web/a/commands"), Some("anything"), json!({ "command": "shutdown" }));
+    let (s, e) = post(
+        &reg.url("/v1/instances/web/a/commands"),
+        Some("anything"),
+        json!({ "command": "shutdown" }),
+    );
     assert_eq!((s, error_code(&e)), (403, "admin-disabled"));
     let msg = e["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("--admin-token") && msg.contains("SFC_ADMIN_TOKEN"), "{msg}");
+    assert!(
+        msg.contains("--admin-token") && msg.contains("SFC_ADMIN_TOKEN"),
+        "{msg}"
+    );
     let (s, e) = delete(&reg.url("/v1/instances/web/a"), None);
     assert_eq!((s, error_code(&e)), (403, "admin-disabled"));
     let (_, info) = get(&reg.url("/v1/registry"));
@@ -281,17 +409,23 @@ fn metrics_stay_parseable_with_quotes_backslashes_and_newlines_in_labels() {
     let _g = rt.enter();
     let service = "we\"b\\svc";
     let gauge = "line one\nline \"two\" \\ end";
-    let c = reg.service("metrics-\"g\"", service, "i\\1").start().expect("client");
-    rt.block_on(c.wait_connected(Duration::from_secs(10))).expect("connected");
+    let c = reg
+        .service("metrics-\"g\"", service, "i\\1")
+        .start()
+        .expect("client");
+    rt.block_on(c.wait_connected(Duration::from_secs(10)))
+        .expect("connected");
     c.set_gauge(gauge, 42.5).unwrap();
-    c.set_runtime_metrics(BTreeMap::from([("heap_used_bytes".to_string(), 1234.0)])).unwrap();
+    c.set_runtime_metrics(BTreeMap::from([("heap_used_bytes".to_string(), 1234.0)]))
+        .unwrap();
 
     let text = eventually(Duration::from_secs(10), "the gauge in /metrics", || {
         let mut r = agent().get(&reg.url("/metrics")).call().ok()?;
         let ct = r.headers().get("content-type")?.to_str().ok()?.to_string();
         assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
         let text = r.body_mut().read_to_string().ok()?;
-        text.contains("sfc_instance_heap_used_bytes").then_some(text)
+        text.contains("sfc_instance_heap_used_bytes")
+            .then_some(text)
     });
     let parsed = openmetrics_parser::prometheus::parse_prometheus(&text)
         .unwrap_or_else(|e| panic!("the exposition does not parse: {e:?}\n{text}"));
@@ -299,38 +433,77 @@ fn metrics_stay_parseable_with_quotes_backslashes_and_newlines_in_labels() {
         let fam = parsed.families.get(family)?;
         fam.iter_samples().find_map(|s| {
             let ls = s.get_labelset().ok()?;
-            labels.iter().all(|(k, v)| ls.get_label_value(k) == Some(*v)).then(|| match &s.value {
-                openmetrics_parser::PrometheusValue::Gauge(n) | openmetrics_parser::PrometheusValue::Unknown(n) => n.as_f64(),
-                openmetrics_parser::PrometheusValue::Counter(c) => c.value.as_f64(),
-                _ => f64::NAN,
-            })
+            labels
+                .iter()
+                .all(|(k, v)| ls.get_label_value(k) == Some(*v))
+                .then(|| match &s.value {
+                    openmetrics_parser::PrometheusValue::Gauge(n)
+                    | openmetrics_parser::PrometheusValue::Unknown(n) => n.as_f64(),
+                    openmetrics_parser::PrometheusValue::Counter(c) => c.value.as_f64(),
+                    _ => f64::NAN,
+                })
         })
     };
-    let me = [("group", "metrics-\"g\""), ("service", service), ("instance", "i\\1")];
+    let me = [
+        ("group", "metrics-\"g\""),
+        ("service", service),
+        ("instance", "i\\1"),
+    ];
     assert_eq!(value("sfc_instance_up", &me), Some(1.0), "{text}");
-    assert_eq!(value("sfc_instance_custom", &[me[0], me[1], me[2], ("name", gauge)]), Some(42.5), "{text}");
+    assert_eq!(
+        value(
+            "sfc_instance_custom",
+            &[me[0], me[1], me[2], ("name", gauge)]
+        ),
+        Some(42.5),
+        "{text}"
+    );
     assert_eq!(value("sfc_instance_heap_used_bytes", &me), Some(1234.0));
-    assert_eq!(value("sfc_instance_health", &[me[0], me[1], me[2], ("health", "passing")]), Some(1.0));
-    assert!(value("sfc_instance_resident_bytes", &me).is_some_and(|v| v > 0.0), "{text}");
+    assert_eq!(
+        value(
+            "sfc_instance_health",
+            &[me[0], me[1], me[2], ("health", "passing")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        value("sfc_instance_resident_bytes", &me).is_some_and(|v| v > 0.0),
+        "{text}"
+    );
     assert_eq!(value("sfc_registry_sessions", &[]), Some(1.0));
     assert!(value("sfc_registry_reports_total", &[]).is_some_and(|v| v >= 1.0));
     assert!(value("sfc_registry_events_total", &[]).is_some_and(|v| v >= 1.0));
-    assert_eq!(value("sfc_registry_instances", &[("status", "online")]), Some(1.0));
+    assert_eq!(
+        value("sfc_registry_instances", &[("status", "online")]),
+        Some(1.0)
+    );
     let _ = rt.block_on(c.stop());
 }
 
 /// Reads SSE lines from `/v1/watch` until `until` says stop; returns the lines seen.
-fn read_sse(url: &str, last_event_id: Option<&str>, until: impl Fn(&[String]) -> bool) -> Vec<String> {
+fn read_sse(
+    url: &str,
+    last_event_id: Option<&str>,
+    until: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
     let mut req = agent().get(url);
     if let Some(id) = last_event_id {
         req = req.header("Last-Event-ID", id);
     }
     let resp = req.call().expect("watch");
     assert_eq!(resp.status().as_u16(), 200);
-    let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     assert!(ct.starts_with("text/event-stream"), "{ct}");
     let mut lines = Vec::new();
-    for line in BufReader::new(resp.into_body().into_reader()).lines().take(10_000) {
+    for line in BufReader::new(resp.into_body().into_reader())
+        .lines()
+        .take(10_000)
+    {
         lines.push(line.expect("sse line"));
         if until(&lines) {
             break;
@@ -345,37 +518,74 @@ fn watch_streams_events_resumes_with_last_event_id_and_sends_heartbeats() {
     let rt = rt();
     let _g = rt.enter();
     let a = reg.service("w", "svc", "a").start().expect("a");
-    rt.block_on(a.wait_connected(Duration::from_secs(10))).unwrap();
+    rt.block_on(a.wait_connected(Duration::from_secs(10)))
+        .unwrap();
     let b = reg.service("w", "svc", "b").start().expect("b");
-    rt.block_on(b.wait_connected(Duration::from_secs(10))).unwrap();
+    rt.block_on(b.wait_connected(Duration::from_secs(10)))
+        .unwrap();
     let other = reg.service("elsewhere", "svc", "c").start().expect("c");
-    rt.block_on(other.wait_connected(Duration::from_secs(10))).unwrap();
+    rt.block_on(other.wait_connected(Duration::from_secs(10)))
+        .unwrap();
 
     // From the start of the history, only group w, then at least one heartbeat comment.
     let lines = read_sse(&reg.url("/v1/watch?group=w&after=0"), None, |l| {
-        l.iter().filter(|x| x.starts_with("id:")).count() >= 2 && l.iter().any(|x| x.starts_with(": heartbeat"))
+        l.iter().filter(|x| x.starts_with("id:")).count() >= 2
+            && l.iter().any(|x| x.starts_with(": heartbeat"))
     });
-    let ids: Vec<u64> = lines.iter().filter_map(|l| l.strip_prefix("id:")).map(|v| v.trim().parse().unwrap()).collect();
+    let ids: Vec<u64> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("id:"))
+        .map(|v| v.trim().parse().unwrap())
+        .collect();
     assert_eq!(ids.len(), 2, "{lines:?}");
-    assert!(lines.iter().any(|l| l == "event: joined" || l == "event:joined"), "{lines:?}");
-    assert!(!lines.iter().any(|l| l.contains("elsewhere/c")), "the group filter let another group through");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "event: joined" || l == "event:joined"),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("elsewhere/c")),
+        "the group filter let another group through"
+    );
 
     // Resuming after the first id replays the second event first, then goes live.
-    let resumed = read_sse(&reg.url("/v1/watch?group=w"), Some(&ids[0].to_string()), |l| l.iter().any(|x| x.starts_with("id:")));
-    let first: u64 = resumed.iter().find_map(|l| l.strip_prefix("id:")).unwrap().trim().parse().unwrap();
+    let resumed = read_sse(
+        &reg.url("/v1/watch?group=w"),
+        Some(&ids[0].to_string()),
+        |l| l.iter().any(|x| x.starts_with("id:")),
+    );
+    let first: u64 = resumed
+        .iter()
+        .find_map(|l| l.strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(first, ids[1]);
 
     // A live transition reaches a watcher that joined before it.
     let url = reg.url("/v1/watch?group=w");
     let watcher = std::thread::spawn(move || {
-        read_sse(&url, None, |l| l.iter().any(|x| x.starts_with("data:") && x.contains("\"kind\":\"left\"")))
+        read_sse(&url, None, |l| {
+            l.iter()
+                .any(|x| x.starts_with("data:") && x.contains("\"kind\":\"left\""))
+        })
     });
     std::thread::sleep(Duration::from_millis(300));
     rt.block_on(b.stop()).unwrap();
     let live = watcher.join().expect("watcher");
-    assert!(live.iter().any(|l| l.contains("\"id\":\"w/b\"")), "{live:?}");
+    assert!(
+        live.iter().any(|l| l.contains("\"id\":\"w/b\"")),
+        "{live:?}"
+    );
 
-    let (s, e) = call(agent().get(&reg.url("/v1/watch")).header("Last-Event-ID", "yesterday").call());
+    let (s, e) = call(
+        agent()
+            .get(&reg.url("/v1/watch"))
+            .header("Last-Event-ID", "yesterday")
+            .call(),
+    );
     assert_eq!((s, error_code(&e)), (400, "invalid-request"));
     for c in [&a, &other] {
         let _ = rt.block_on(c.stop());
@@ -399,15 +609,26 @@ fn every_documented_route_is_served() {
                     continue;
                 }
                 "get" => agent().get(&url).call(),
-                "post" => agent().post(&url).header("Authorization", &format!("Bearer {TOKEN}")).send_json(json!({ "command": "x" })),
-                "delete" => agent().delete(&url).header("Authorization", &format!("Bearer {TOKEN}")).call(),
+                "post" => agent()
+                    .post(&url)
+                    .header("Authorization", &format!("Bearer {TOKEN}"))
+                    .send_json(json!({ "command": "x" })),
+                "delete" => agent()
+                    .delete(&url)
+                    .header("Authorization", &format!("Bearer {TOKEN}"))
+                    .call(),
                 m => panic!("unexpected method {m} in openapi.json"),
             };
             let mut r = resp.expect("request");
             let body = r.body_mut().read_to_string().unwrap_or_default();
-            let code = serde_json::from_str::<Value>(&body).ok().and_then(|v| v["error"]["code"].as_str().map(String::from));
+            let code = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_str().map(String::from));
             assert!(
-                !matches!(code.as_deref(), Some("not-found") | Some("method-not-allowed")),
+                !matches!(
+                    code.as_deref(),
+                    Some("not-found") | Some("method-not-allowed")
+                ),
                 "{} {path} is documented but not served: {body}",
                 method.to_uppercase()
             );
@@ -415,21 +636,36 @@ fn every_documented_route_is_served() {
     }
     // The dashboard is self-contained: the page loads only its own script and style.
     let mut page = agent().get(&reg.url("/")).call().unwrap();
-    let csp = page.headers().get("content-security-policy").unwrap().to_str().unwrap().to_string();
+    let csp = page
+        .headers()
+        .get("content-security-policy")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(csp.contains("default-src 'self'"), "{csp}");
     let html = page.body_mut().read_to_string().unwrap();
-    assert!(html.contains("/dashboard.js") && !html.contains("http://") && !html.contains("https://"));
+    assert!(
+        html.contains("/dashboard.js") && !html.contains("http://") && !html.contains("https://")
+    );
 }
 
 /// Runs `sfc ARGS` with `env`; returns (success, stdout, stderr).
 fn sfc(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut cmd = Command::new(common::sfc_bin());
-    cmd.args(args).env_remove("SFC_ADMIN_TOKEN").env_remove("SFC_HTTP").env("NO_COLOR", "1");
+    cmd.args(args)
+        .env_remove("SFC_ADMIN_TOKEN")
+        .env_remove("SFC_HTTP")
+        .env("NO_COLOR", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run sfc");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -437,47 +673,103 @@ fn operator_cli_shuts_down_deregisters_and_explains_failures() {
     let reg = Reg::start(&["--admin-token", TOKEN]);
     let base = format!("http://{}", reg.http);
     let mut svc = Command::new(common::example_bin())
-        .args(["--group", "cli", "--instance-id", "one", "--interval", "200ms"])
+        .args([
+            "--group",
+            "cli",
+            "--instance-id",
+            "one",
+            "--interval",
+            "200ms",
+        ])
         .env("SFC_REGISTRY", &reg.addr)
         .env("SFC_CA", reg.ca())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("example service");
-    eventually(Duration::from_secs(20), "cli/one online", || (status_of(&reg, "cli/one")? == "online").then_some(()));
+    eventually(Duration::from_secs(20), "cli/one online", || {
+        (status_of(&reg, "cli/one")? == "online").then_some(())
+    });
 
     let (ok, out, _) = sfc(&["status", "--http", &base], &[]);
-    assert!(ok && out.contains("cli/one") && out.contains("online"), "{out}");
+    assert!(
+        ok && out.contains("cli/one") && out.contains("online"),
+        "{out}"
+    );
     let (ok, out, _) = sfc(&["status", "--http", &base, "--json"], &[]);
     let records: Value = serde_json::from_str(&out).expect("status --json is JSON");
     assert!(ok && records[0]["id"] == "cli/one");
 
-    let (ok, _, err) = sfc(&["shutdown", "cli/one", "--http", &base], &[("SFC_ADMIN_TOKEN", "nope")]);
-    assert!(!ok && err.contains("wrong admin token") && err.contains("SFC_ADMIN_TOKEN"), "{err}");
+    let (ok, _, err) = sfc(
+        &["shutdown", "cli/one", "--http", &base],
+        &[("SFC_ADMIN_TOKEN", "nope")],
+    );
+    assert!(
+        !ok && err.contains("wrong admin token") && err.contains("SFC_ADMIN_TOKEN"),
+        "{err}"
+    );
     let (ok, _, err) = sfc(&["shutdown", "cli/one", "--http", &base], &[]);
-    assert!(!ok && err.contains("Bearer") && err.contains("SFC_ADMIN_TOKEN"), "{err}");
-    let (ok, _, err) = sfc(&["shutdown", "cli/ghost", "--http", &base], &[("SFC_ADMIN_TOKEN", TOKEN)]);
-    assert!(!ok && err.contains("no instance \"cli/ghost\"") && err.contains("sfc status"), "{err}");
-    let (ok, _, err) = sfc(&["shutdown", "noslash", "--http", &base], &[("SFC_ADMIN_TOKEN", TOKEN)]);
+    assert!(
+        !ok && err.contains("Bearer") && err.contains("SFC_ADMIN_TOKEN"),
+        "{err}"
+    );
+    let (ok, _, err) = sfc(
+        &["shutdown", "cli/ghost", "--http", &base],
+        &[("SFC_ADMIN_TOKEN", TOKEN)],
+    );
+    assert!(
+        !ok && err.contains("no instance \"cli/ghost\"") && err.contains("sfc status"),
+        "{err}"
+    );
+    let (ok, _, err) = sfc(
+        &["shutdown", "noslash", "--http", &base],
+        &[("SFC_ADMIN_TOKEN", TOKEN)],
+    );
     assert!(!ok && err.contains("<group>/<instance_id>"), "{err}");
     // A port nobody listens on: bind one, note it, close it.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let (ok, _, err) = sfc(&["events", "--http", &format!("http://{dead}")], &[]);
-    assert!(!ok && err.contains("unreachable") && err.contains("--http"), "{err}");
+    assert!(
+        !ok && err.contains("unreachable") && err.contains("--http"),
+        "{err}"
+    );
 
-    let (ok, out, err) = sfc(&["shutdown", "cli/one", "--reason", "cli test", "--http", &base], &[("SFC_ADMIN_TOKEN", TOKEN)]);
+    let (ok, out, err) = sfc(
+        &[
+            "shutdown", "cli/one", "--reason", "cli test", "--http", &base,
+        ],
+        &[("SFC_ADMIN_TOKEN", TOKEN)],
+    );
     assert!(ok, "{err}");
     assert!(out.contains("ok") && out.contains("stopping"), "{out}");
-    let exited = eventually(Duration::from_secs(20), "the example service to exit", || svc.try_wait().ok().flatten());
+    let exited = eventually(
+        Duration::from_secs(20),
+        "the example service to exit",
+        || svc.try_wait().ok().flatten(),
+    );
     assert!(exited.success(), "the example service exited with {exited}");
-    eventually(Duration::from_secs(10), "cli/one left", || (status_of(&reg, "cli/one")? == "left").then_some(()));
+    eventually(Duration::from_secs(10), "cli/one left", || {
+        (status_of(&reg, "cli/one")? == "left").then_some(())
+    });
 
-    let (ok, out, err) = sfc(&["deregister", "cli/one", "--http", &base, "--json"], &[("SFC_ADMIN_TOKEN", TOKEN)]);
+    let (ok, out, err) = sfc(
+        &["deregister", "cli/one", "--http", &base, "--json"],
+        &[("SFC_ADMIN_TOKEN", TOKEN)],
+    );
     assert!(ok, "{err}");
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["deregistered"], "cli/one");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["deregistered"],
+        "cli/one"
+    );
 
     let (ok, out, _) = sfc(&["events", "--http", &base], &[]);
-    assert!(ok && out.contains("command-sent") && out.contains("cli test") && out.contains("evicted"), "{out}");
+    assert!(
+        ok && out.contains("command-sent") && out.contains("cli test") && out.contains("evicted"),
+        "{out}"
+    );
     let (ok, out, _) = sfc(&["events", "--http", &base, "--json", "--after", "1"], &[]);
     let page: Value = serde_json::from_str(&out).unwrap();
     assert!(ok && page["events"][0]["seq"] == 2, "{page}");
@@ -485,31 +777,70 @@ fn operator_cli_shuts_down_deregisters_and_explains_failures() {
 
 #[test]
 fn https_with_an_admin_client_certificate() {
-    let reg = Reg::start(&["--http-tls", "--mtls", "optional", "--admin-subject", "sfc-dev-client"]);
+    let reg = Reg::start(&[
+        "--http-tls",
+        "--mtls",
+        "optional",
+        "--admin-subject",
+        "sfc-dev-client",
+    ]);
     let base = format!("https://{}", reg.http);
     let ca = reg.ca();
-    let (cert, key) = (reg.dir.join("tls/client.pem"), reg.dir.join("tls/client-key.pem"));
+    let (cert, key) = (
+        reg.dir.join("tls/client.pem"),
+        reg.dir.join("tls/client-key.pem"),
+    );
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
 
     // Reads work over TLS with the CA; a client without the CA is told to pass --ca.
     let (ok, out, err) = sfc(&["events", "--http", &base, "--ca", &ca, "--json"], &[]);
     assert!(ok, "{err}");
     assert!(serde_json::from_str::<Value>(&out).unwrap()["events"].is_array());
-    let (ok, _, err) = sfc(&["events", "--http", &base, "--data-dir", "/nonexistent"], &[]);
+    let (ok, _, err) = sfc(
+        &["events", "--http", &base, "--data-dir", "/nonexistent"],
+        &[],
+    );
     assert!(!ok && err.contains("--ca"), "{err}");
 
     // No token accepted here; the certificate is the admin credential.
     let (ok, _, err) = sfc(&["deregister", "x/y", "--http", &base, "--ca", &ca], &[]);
     assert!(!ok && err.contains("admin client certificate"), "{err}");
-    let (ok, _, err) = sfc(&["deregister", "x/y", "--http", &base, "--ca", &ca, "--cert", &cert, "--key", &key], &[]);
-    assert!(!ok && err.contains("no instance \"x/y\""), "authorized, then unknown: {err}");
+    let (ok, _, err) = sfc(
+        &[
+            "deregister",
+            "x/y",
+            "--http",
+            &base,
+            "--ca",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ],
+        &[],
+    );
+    assert!(
+        !ok && err.contains("no instance \"x/y\""),
+        "authorized, then unknown: {err}"
+    );
 
     let rt = rt();
     let _g = rt.enter();
     let c = reg.service("tls", "svc", "a").start().expect("client");
-    rt.block_on(c.wait_connected(Duration::from_secs(10))).unwrap();
+    rt.block_on(c.wait_connected(Duration::from_secs(10)))
+        .unwrap();
     c.on_command(|_| Ok(json!("bye")));
-    let (ok, out, err) = sfc(&["command", "tls/a", "hello", "--http", &base, "--ca", &ca, "--cert", &cert, "--key", &key], &[]);
-    assert!(ok && out.contains("by cert:CN=sfc-dev-client"), "{out} {err}");
+    let (ok, out, err) = sfc(
+        &[
+            "command", "tls/a", "hello", "--http", &base, "--ca", &ca, "--cert", &cert, "--key",
+            &key,
+        ],
+        &[],
+    );
+    assert!(
+        ok && out.contains("by cert:CN=sfc-dev-client"),
+        "{out} {err}"
+    );
     let _ = rt.block_on(c.stop());
 }

@@ -40,7 +40,7 @@ fn index_of(ev: &Event) -> Option<usize> {
 
 type Conn = Connection<tokio_rustls::client::TlsStream<TcpStream>>;
 
-async fn connect(fleet: &Fleet) -> Result<Conn> {
+async fn connect(fleet: &Fleet, reports: bool) -> Result<Conn> {
     let addr = fleet.addr;
     let handshake = async {
         let tcp = TcpStream::connect(addr).await.map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?;
@@ -76,9 +76,11 @@ async fn connect(fleet: &Fleet) -> Result<Conn> {
         conn.writer
             .send(&Message::Watch(Watch { id: TRANSITIONS, filter: Filter::default(), reports: false, after: None }))
             .await?;
-        conn.writer
-            .send(&Message::Watch(Watch { id: REPORTS, filter: Filter::group(LAT_GROUP), reports: true, after: None }))
-            .await?;
+        if reports {
+            conn.writer
+                .send(&Message::Watch(Watch { id: REPORTS, filter: Filter::group(LAT_GROUP), reports: true, after: None }))
+                .await?;
+        }
         Ok(conn)
     };
     tokio::time::timeout(fleet.connect_timeout, handshake)
@@ -87,10 +89,13 @@ async fn connect(fleet: &Fleet) -> Result<Conn> {
 }
 
 /// Watches until the phase is `Stop`, reconnecting when the registry goes away. `ready` fires
-/// once both watches are in place.
+/// once the watches are in place. With `reports`, per-report updates of [`LAT_GROUP`] are
+/// timed; that watch makes the registry build an update for every report, so `max` runs
+/// without it.
 pub(super) async fn run(
     fleet: Arc<Fleet>,
     seen: Arc<Observed>,
+    reports: bool,
     mut phase: watch::Receiver<Phase>,
     ready: oneshot::Sender<Result<()>>,
 ) {
@@ -99,7 +104,7 @@ pub(super) async fn run(
     let mut attempt: u32 = 0;
     loop {
         let conn = tokio::select! {
-            c = connect(&fleet) => c,
+            c = connect(&fleet, reports) => c,
             _ = phase.wait_for(|p| *p == Phase::Stop) => return,
         };
         let mut conn = match conn {
@@ -116,7 +121,7 @@ pub(super) async fn run(
             }
         };
         attempt = 0;
-        let mut pending_results = 2;
+        let mut pending_results = if reports { 2 } else { 1 };
         loop {
             let msg = tokio::select! {
                 m = conn.reader.next() => m,

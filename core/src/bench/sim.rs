@@ -402,16 +402,20 @@ async fn session(
             c.sent_in_phase.fetch_add(WINDOW, Ordering::Relaxed);
             window_ping = Some(ping_id);
         }
-        if cur == Phase::Drain && drain_ping.is_none() && !hung {
-            ping_id += 1;
-            if writer.send(Codec::Json.encode(&Message::Ping(Ping { id: ping_id }))).await.is_err() {
-                return End::Lost;
-            }
-            drain_ping = Some(ping_id);
-        }
+        // The drain ping takes the place of the next report, so the registry sees the usual
+        // rate rather than a burst of pings.
+        let draining = cur == Phase::Drain && drain_ping.is_none() && !hung;
         let ticking = !blasting && !hung && matches!(cur, Phase::Ramp | Phase::Run | Phase::Act);
         tokio::select! {
-            _ = tick.tick(), if ticking => {
+            _ = tick.tick(), if ticking || draining => {
+                if draining {
+                    ping_id += 1;
+                    if writer.send(Codec::Json.encode(&Message::Ping(Ping { id: ping_id }))).await.is_err() {
+                        return End::Lost;
+                    }
+                    drain_ping = Some(ping_id);
+                    continue;
+                }
                 if writer.send(encode_report(report)).await.is_err() {
                     return End::Lost;
                 }

@@ -22,14 +22,16 @@ pub(super) struct Spawned {
     child: Child,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    extra: Vec<String>,
 }
 
 impl Spawned {
     /// Starts `sfc registry` from this very binary on `listen` with a fresh data directory.
-    pub fn start(listen: &str, data_dir: PathBuf) -> Result<Spawned> {
+    /// `extra` flags are passed on (`--store memory`, `--missed-reports 2`, ...).
+    pub fn start(listen: &str, data_dir: PathBuf, extra: Vec<String>) -> Result<Spawned> {
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::write_file(&data_dir, e))?;
-        let (child, addr) = launch(listen, &data_dir)?;
-        Ok(Spawned { child, addr, data_dir })
+        let (child, addr) = launch(listen, &data_dir, &extra)?;
+        Ok(Spawned { child, addr, data_dir, extra })
     }
 
     pub fn pid(&self) -> u32 {
@@ -44,7 +46,7 @@ impl Spawned {
     /// Returns when the new one is listening.
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
-        let (child, addr) = launch(&self.addr.to_string(), &self.data_dir)?;
+        let (child, addr) = launch(&self.addr.to_string(), &self.data_dir, &self.extra)?;
         if addr != self.addr {
             return Err(Error::invalid("--spawn", format!("restarted registry listens on {addr}, not {}", self.addr)));
         }
@@ -65,7 +67,7 @@ impl Drop for Spawned {
     }
 }
 
-fn launch(listen: &str, data_dir: &std::path::Path) -> Result<(Child, SocketAddr)> {
+fn launch(listen: &str, data_dir: &std::path::Path, extra: &[String]) -> Result<(Child, SocketAddr)> {
     let exe = std::env::current_exe()?;
     let log = data_dir.join("registry.log");
     let log_file = std::fs::OpenOptions::new()
@@ -79,6 +81,7 @@ fn launch(listen: &str, data_dir: &std::path::Path) -> Result<(Child, SocketAddr
         .arg(listen)
         .arg("--data-dir")
         .arg(data_dir)
+        .args(extra)
         // Per-connection logging would be measured along with the registry.
         .env("RUST_LOG", std::env::var("SFC_BENCH_REGISTRY_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())

@@ -19,7 +19,11 @@ use crate::tls::PemSource;
 #[derive(Args, Clone, Debug)]
 pub struct HttpArgs {
     /// Base URL of the registry's HTTP API (`sfc registry --http`).
-    #[arg(long = "http", env = "SFC_HTTP", default_value = "http://127.0.0.1:7481")]
+    #[arg(
+        long = "http",
+        env = "SFC_HTTP",
+        default_value = "http://127.0.0.1:7481"
+    )]
     pub url: String,
     /// CA to trust for https (PEM). Defaults to <data-dir>/tls/ca.pem when that exists.
     #[arg(long, env = "SFC_CA")]
@@ -115,21 +119,35 @@ fn read_pem(what: &str, s: &str) -> Result<Vec<u8>> {
         PemSource::File(p) => std::fs::read(&p).map_err(|e| Error::read_file(&p, e)),
         PemSource::Text(t) => Ok(t.into_bytes()),
     }
-    .and_then(|b| if b.is_empty() { Err(Error::invalid(what, "is empty")) } else { Ok(b) })
+    .and_then(|b| {
+        if b.is_empty() {
+            Err(Error::invalid(what, "is empty"))
+        } else {
+            Ok(b)
+        }
+    })
 }
 
 impl HttpClient {
     pub fn new(a: &HttpArgs) -> Result<HttpClient> {
         let base = a.url.trim_end_matches('/').to_string();
-        let uri: axum::http::Uri =
-            base.parse().map_err(|e| Error::invalid("--http", format!("{base:?} is not a URL: {e}")))?;
+        let uri: axum::http::Uri = base
+            .parse()
+            .map_err(|e| Error::invalid("--http", format!("{base:?} is not a URL: {e}")))?;
         match uri.scheme_str() {
             Some("http") | Some("https") => {}
-            _ => return Err(Error::invalid("--http", format!("{base:?} must start with http:// or https://"))),
+            _ => {
+                return Err(Error::invalid(
+                    "--http",
+                    format!("{base:?} must start with http:// or https://"),
+                ))
+            }
         }
         let mut tls = ureq::tls::TlsConfig::builder();
         let dev_ca = a.data_dir.join("tls").join(crate::certs::CA);
-        let ca = a.ca.clone().or_else(|| dev_ca.exists().then(|| dev_ca.display().to_string()));
+        let ca =
+            a.ca.clone()
+                .or_else(|| dev_ca.exists().then(|| dev_ca.display().to_string()));
         if let Some(ca) = ca {
             let pem = read_pem("--ca", &ca)?;
             let roots: Vec<_> = ureq::tls::parse_pem(&pem)
@@ -139,7 +157,10 @@ impl HttpClient {
                 })
                 .collect();
             if roots.is_empty() {
-                return Err(Error::invalid("--ca", format!("{ca} holds no PEM certificate")));
+                return Err(Error::invalid(
+                    "--ca",
+                    format!("{ca} holds no PEM certificate"),
+                ));
             }
             tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&roots));
         }
@@ -168,7 +189,11 @@ impl HttpClient {
                 .build()
                 .new_agent()
         };
-        Ok(HttpClient { base, agent: agent(Some(a.timeout)), stream_agent: agent(None) })
+        Ok(HttpClient {
+            base,
+            agent: agent(Some(a.timeout)),
+            stream_agent: agent(None),
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -180,7 +205,10 @@ impl HttpClient {
         // rustls errors arrive either as such or wrapped in an io error.
         let tls = match &e {
             ureq::Error::Rustls(t) => Some(t.to_string()),
-            ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()).map(|t| t.to_string()),
+            ureq::Error::Io(io) => io
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .map(|t| t.to_string()),
             _ => None,
         };
         if let Some(t) = tls {
@@ -203,9 +231,15 @@ impl HttpClient {
     fn api_error(status: u16, body: &str) -> Error {
         let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
         let code = v["error"]["code"].as_str().unwrap_or("");
-        let message = v["error"]["message"].as_str().map(String::from).unwrap_or_else(|| {
-            format!("http status {status}: {}", body.chars().take(200).collect::<String>())
-        });
+        let message = v["error"]["message"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| {
+                format!(
+                    "http status {status}: {}",
+                    body.chars().take(200).collect::<String>()
+                )
+            });
         let (code, hint) = match code {
             "unauthorized" => (
                 ErrorCode::NotAuthorized,
@@ -222,14 +256,27 @@ impl HttpClient {
             _ => (ErrorCode::Internal, ""),
         };
         // The registry's own message may already say how to fix it.
-        let hint = if message.contains("SFC_ADMIN_TOKEN") { "" } else { hint };
-        Error::Remote { code, message: format!("{message}{hint}") }
+        let hint = if message.contains("SFC_ADMIN_TOKEN") {
+            ""
+        } else {
+            hint
+        };
+        Error::Remote {
+            code,
+            message: format!("{message}{hint}"),
+        }
     }
 
-    fn finish(&self, resp: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value> {
+    fn finish(
+        &self,
+        resp: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value> {
         let mut resp = resp.map_err(|e| self.transport(e))?;
         let status = resp.status().as_u16();
-        let body = resp.body_mut().read_to_string().map_err(|e| self.transport(e))?;
+        let body = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| self.transport(e))?;
         if !(200..300).contains(&status) {
             return Err(Self::api_error(status, &body));
         }
@@ -261,7 +308,11 @@ impl HttpClient {
     /// Reads `/v1/watch` (with `query`, e.g. `?group=a`) and calls `on_event` for every event
     /// until the stream ends or `on_event` returns false.
     pub fn watch(&self, query: &str, mut on_event: impl FnMut(&str, &str) -> bool) -> Result<()> {
-        let mut resp = self.stream_agent.get(&self.url(&format!("/v1/watch{query}"))).call().map_err(|e| self.transport(e))?;
+        let mut resp = self
+            .stream_agent
+            .get(&self.url(&format!("/v1/watch{query}")))
+            .call()
+            .map_err(|e| self.transport(e))?;
         let status = resp.status().as_u16();
         if status != 200 {
             let body = resp.body_mut().read_to_string().unwrap_or_default();
@@ -270,7 +321,9 @@ impl HttpClient {
         let reader = std::io::BufReader::new(resp.into_body().into_reader());
         let (mut kind, mut data) = (String::new(), String::new());
         for line in reader.lines() {
-            let line = line.map_err(|e| Error::Unreachable(format!("{}: the watch stream broke: {e}", self.base)))?;
+            let line = line.map_err(|e| {
+                Error::Unreachable(format!("{}: the watch stream broke: {e}", self.base))
+            })?;
             if line.is_empty() {
                 if !data.is_empty() && !on_event(&kind, &data) {
                     return Ok(());
@@ -296,7 +349,10 @@ fn instance_path(id: &str) -> Result<String> {
         Some((g, i)) if !g.is_empty() && !i.is_empty() && !i.contains('/') => {
             Ok(format!("/v1/instances/{}/{}", encode(g), encode(i)))
         }
-        _ => Err(Error::invalid("instance id", format!("{id:?} is not <group>/<instance_id> (`sfc status` lists the ids)"))),
+        _ => Err(Error::invalid(
+            "instance id",
+            format!("{id:?} is not <group>/<instance_id> (`sfc status` lists the ids)"),
+        )),
     }
 }
 
@@ -315,9 +371,15 @@ fn encode(s: &str) -> String {
 
 /// A query string from optional pairs (`?a=1&b=2`, or empty).
 pub fn query_string(pairs: &[(&str, Option<String>)]) -> String {
-    let parts: Vec<String> =
-        pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v)))).collect();
-    if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
 }
 
 fn token(a: &AdminArgs) -> Option<&str> {
@@ -327,19 +389,30 @@ fn token(a: &AdminArgs) -> Option<&str> {
 fn run_command(admin: &AdminArgs, id: &str, body: Value) -> Result<()> {
     let client = HttpClient::new(&admin.http)?;
     let name = body["command"].as_str().unwrap_or_default().to_string();
-    let out = client.post(&format!("{}/commands", instance_path(id)?), token(admin), &body)?;
+    let out = client.post(
+        &format!("{}/commands", instance_path(id)?),
+        token(admin),
+        &body,
+    )?;
     if admin.http.json {
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     }
     if out["ok"].as_bool() == Some(true) {
         if !admin.http.json {
-            println!("{name} -> {id}: ok {} (by {})", out["result"], out["by"].as_str().unwrap_or("-"));
+            println!(
+                "{name} -> {id}: ok {} (by {})",
+                out["result"],
+                out["by"].as_str().unwrap_or("-")
+            );
         }
         Ok(())
     } else {
         Err(Error::Remote {
             code: ErrorCode::Internal,
-            message: format!("instance {id} answered {name} with an error: {}", out["error"].as_str().unwrap_or("(none given)")),
+            message: format!(
+                "instance {id} answered {name} with an error: {}",
+                out["error"].as_str().unwrap_or("(none given)")
+            ),
         })
     }
 }
@@ -350,8 +423,8 @@ pub fn shutdown(a: ShutdownArgs) -> Result<()> {
 }
 
 pub fn command(a: CommandArgs) -> Result<()> {
-    let payload: Value =
-        serde_json::from_str(&a.payload).map_err(|e| Error::invalid("--payload", format!("not JSON: {e}")))?;
+    let payload: Value = serde_json::from_str(&a.payload)
+        .map_err(|e| Error::invalid("--payload", format!("not JSON: {e}")))?;
     let body = json!({ "command": a.name, "reason": a.reason, "payload": payload, "timeout": crate::duration::format(a.wait) });
     run_command(&a.admin, &a.id, body)
 }
@@ -362,7 +435,11 @@ pub fn deregister(a: DeregisterArgs) -> Result<()> {
     if a.admin.http.json {
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
-        println!("deregistered {} (by {})", a.id, out["by"].as_str().unwrap_or("-"));
+        println!(
+            "deregistered {} (by {})",
+            a.id,
+            out["by"].as_str().unwrap_or("-")
+        );
     }
     Ok(())
 }
@@ -374,10 +451,11 @@ pub fn events(a: EventsArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(());
     }
-    let events: Vec<Event> = serde_json::from_value(out["events"].clone()).map_err(|e| Error::Remote {
-        code: ErrorCode::BadJson,
-        message: format!("events in an unexpected shape: {e}"),
-    })?;
+    let events: Vec<Event> =
+        serde_json::from_value(out["events"].clone()).map_err(|e| Error::Remote {
+            code: ErrorCode::BadJson,
+            message: format!("events in an unexpected shape: {e}"),
+        })?;
     for ev in &events {
         let mut line = super::observe::event_line(ev);
         if let Some(by) = ev.detail.get("by").and_then(Value::as_str) {
@@ -403,15 +481,24 @@ mod tests {
     #[test]
     fn instance_ids_become_paths() {
         assert_eq!(instance_path("a b/x").unwrap(), "/v1/instances/a%20b/x");
-        assert!(instance_path("nogroup").unwrap_err().to_string().contains("<group>/<instance_id>"));
+        assert!(instance_path("nogroup")
+            .unwrap_err()
+            .to_string()
+            .contains("<group>/<instance_id>"));
         assert!(instance_path("a/b/c").is_err());
     }
 
     #[test]
     fn api_errors_carry_a_hint() {
-        let e = HttpClient::api_error(401, r#"{"error":{"code":"unauthorized","message":"wrong admin token"}}"#);
+        let e = HttpClient::api_error(
+            401,
+            r#"{"error":{"code":"unauthorized","message":"wrong admin token"}}"#,
+        );
         assert!(e.to_string().contains("SFC_ADMIN_TOKEN"), "{e}");
-        let e = HttpClient::api_error(404, r#"{"error":{"code":"unknown-instance","message":"no instance \"a/b\""}}"#);
+        let e = HttpClient::api_error(
+            404,
+            r#"{"error":{"code":"unknown-instance","message":"no instance \"a/b\""}}"#,
+        );
         assert!(e.to_string().contains("sfc status"), "{e}");
         let e = HttpClient::api_error(502, "<html>bad gateway</html>");
         assert!(e.to_string().contains("502"), "{e}");

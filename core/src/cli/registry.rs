@@ -49,9 +49,25 @@ pub struct RegistryArgs {
     /// Most connections held at once; more are refused with an error frame.
     #[arg(long, env = "SFC_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
-    /// Where state survives restarts: sqlite (<data-dir>/registry.db) or memory.
+    /// Where state survives restarts: sqlite (<data-dir>/registry.db), memory, or etcd
+    /// (several registries share one fleet; needs --etcd-endpoints).
     #[arg(long, env = "SFC_STORE", default_value = "sqlite")]
     pub store: String,
+    /// etcd endpoints for --store etcd (http://host:port or https://host:port), comma-separated.
+    #[arg(long, env = "SFC_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// CA (PEM file or text) that signs the etcd servers' certificates.
+    #[arg(long, env = "SFC_ETCD_CA")]
+    pub etcd_ca: Option<String>,
+    /// Client certificate (PEM) for etcd, with --etcd-key.
+    #[arg(long, env = "SFC_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<String>,
+    /// Client key (PEM) for etcd, with --etcd-cert.
+    #[arg(long, env = "SFC_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<String>,
+    /// With --store etcd: how long this registry's records outlive it in etcd when it dies.
+    #[arg(long, env = "SFC_ETCD_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub etcd_lease_ttl: Duration,
     /// How often metric snapshots are written to the store (never once per report).
     #[arg(long, env = "SFC_SNAPSHOT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub snapshot_interval: Duration,
@@ -133,11 +149,36 @@ pub fn config(a: &RegistryArgs) -> Result<RegistryConfig> {
         max_frame: a.max_frame,
         handshake_timeout: a.handshake_timeout,
         max_connections: a.max_connections,
-        store: crate::store::open(&a.store, &a.data_dir)?,
+        store: open_store(a)?,
         snapshot_interval: a.snapshot_interval,
         history_retention: a.history_retention,
         ..RegistryConfig::default()
     })
+}
+
+/// The store named by --store, with its options.
+fn open_store(a: &RegistryArgs) -> Result<std::sync::Arc<dyn crate::store::Store>> {
+    let etcd_flags = !a.etcd_endpoints.is_empty() || a.etcd_ca.is_some() || a.etcd_cert.is_some();
+    if a.store != "etcd" {
+        if etcd_flags {
+            return Err(Error::invalid("--etcd-endpoints", format!("needs --store etcd (the store is {})", a.store)));
+        }
+        return crate::store::open(&a.store, &a.data_dir);
+    }
+    #[cfg(feature = "etcd")]
+    {
+        let opts = crate::store::etcd::EtcdOptions {
+            endpoints: a.etcd_endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect(),
+            ca: a.etcd_ca.as_deref().map(PemSource::parse),
+            cert: a.etcd_cert.as_deref().map(PemSource::parse),
+            key: a.etcd_key.as_deref().map(PemSource::parse),
+            lease_ttl: a.etcd_lease_ttl,
+            ..Default::default()
+        };
+        Ok(std::sync::Arc::new(crate::store::etcd::EtcdStore::connect(&opts)?))
+    }
+    #[cfg(not(feature = "etcd"))]
+    Err(Error::invalid("--store", "this sfc was built without the etcd feature"))
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.

@@ -204,6 +204,7 @@ impl Client {
             tracing::warn!(target: "sfc::client", "insecure plaintext: reports and commands are not encrypted");
         }
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let shared_for_task;
         let (events, _) = broadcast::channel(1024);
         let (connected, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -218,7 +219,19 @@ impl Client {
             next_watch: AtomicU64::new(1),
             stopped: AtomicBool::new(false),
         });
-        let task = handle.spawn(connection::run(shared.clone(), ctl_rx));
+        shared_for_task = shared.clone();
+        let events = shared.events.clone();
+        let task = handle.spawn(async move {
+            use futures_util::FutureExt;
+            // A bug here must not pass silently as a lost connection.
+            if let Err(p) = std::panic::AssertUnwindSafe(connection::run(shared_for_task, ctl_rx)).catch_unwind().await {
+                let what = p.downcast_ref::<&str>().map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(target: "sfc::client", panic = %what, "client connection task panicked; the client is stopped");
+                let _ = events.send(ClientEvent::Error { code: Some(ErrorCode::Internal), message: format!("client task panicked: {what}") });
+            }
+        });
         Ok(Client { shared, handle, guard: Arc::new(Guard { task: Mutex::new(Some(task)), runtime }) })
     }
 

@@ -35,7 +35,8 @@ impl std::fmt::Debug for Access {
 }
 
 /// How to enable mutating calls, for the 403 message and the CLI.
-pub const HOW_TO_ENABLE: &str = "mutating calls are disabled: start the registry with --admin-token TOKEN \
+pub const HOW_TO_ENABLE: &str =
+    "mutating calls are disabled: start the registry with --admin-token TOKEN \
      (or SFC_ADMIN_TOKEN=TOKEN), or with --http-tls --mtls optional --admin-subject SUBJECT, \
      then send Authorization: Bearer TOKEN or present that client certificate";
 
@@ -44,7 +45,11 @@ impl Access {
     pub fn new(token: Option<String>, subjects: Vec<String>) -> Access {
         Access {
             token: token.filter(|t| !t.trim().is_empty()),
-            subjects: subjects.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            subjects: subjects
+                .into_iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
         }
     }
 
@@ -67,10 +72,15 @@ impl Access {
             None => None,
             Some(v) => {
                 let v = v.to_str().map_err(|_| {
-                    ApiError::new(ApiCode::Unauthorized, "the authorization header is not valid text")
+                    ApiError::new(
+                        ApiCode::Unauthorized,
+                        "the authorization header is not valid text",
+                    )
                 })?;
                 match v.split_once(' ') {
-                    Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim()),
+                    Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                        Some(token.trim())
+                    }
                     _ => {
                         return Err(ApiError::new(
                             ApiCode::Unauthorized,
@@ -109,7 +119,9 @@ impl Access {
             .split(',')
             .map(str::trim)
             .find_map(|part| part.strip_prefix("CN="));
-        self.subjects.iter().any(|s| s == subject || Some(s.as_str()) == cn || s.strip_prefix("CN=") == cn)
+        self.subjects
+            .iter()
+            .any(|s| s == subject || Some(s.as_str()) == cn || s.strip_prefix("CN=") == cn)
     }
 }
 
@@ -118,18 +130,26 @@ mod tests {
     use super::*;
 
     fn peer(subject: Option<&str>) -> Peer {
-        Peer { addr: "127.0.0.1:1".parse().unwrap(), subject: subject.map(String::from) }
+        Peer {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            subject: subject.map(String::from),
+        }
     }
 
     fn bearer(t: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {t}").parse().unwrap(),
+        );
         h
     }
 
     #[test]
     fn disabled_without_credentials_says_how_to_enable() {
-        let e = Access::new(Some("  ".into()), vec![]).authorize(&bearer(""), &peer(None)).unwrap_err();
+        let e = Access::new(Some("  ".into()), vec![])
+            .authorize(&bearer(""), &peer(None))
+            .unwrap_err();
         assert_eq!(e.code, ApiCode::AdminDisabled);
         assert!(e.message.contains("--admin-token"), "{}", e.message);
     }
@@ -137,18 +157,38 @@ mod tests {
     #[test]
     fn token_must_match() {
         let a = Access::new(Some("s3cret".into()), vec![]);
-        assert_eq!(a.authorize(&bearer("s3cret"), &peer(None)).unwrap(), "token@127.0.0.1");
-        assert_eq!(a.authorize(&bearer("s3cre"), &peer(None)).unwrap_err().code, ApiCode::Unauthorized);
-        assert_eq!(a.authorize(&HeaderMap::new(), &peer(None)).unwrap_err().code, ApiCode::Unauthorized);
+        assert_eq!(
+            a.authorize(&bearer("s3cret"), &peer(None)).unwrap(),
+            "token@127.0.0.1"
+        );
+        assert_eq!(
+            a.authorize(&bearer("s3cre"), &peer(None)).unwrap_err().code,
+            ApiCode::Unauthorized
+        );
+        assert_eq!(
+            a.authorize(&HeaderMap::new(), &peer(None))
+                .unwrap_err()
+                .code,
+            ApiCode::Unauthorized
+        );
     }
 
     #[test]
     fn admin_subject_by_full_subject_or_common_name() {
         let a = Access::new(None, vec!["sfc-dev-client".into()]);
-        let by = a.authorize(&HeaderMap::new(), &peer(Some("CN=sfc-dev-client, O=sfc dev"))).unwrap();
+        let by = a
+            .authorize(
+                &HeaderMap::new(),
+                &peer(Some("CN=sfc-dev-client, O=sfc dev")),
+            )
+            .unwrap();
         assert_eq!(by, "cert:CN=sfc-dev-client, O=sfc dev");
         let a = Access::new(None, vec!["CN=ops, O=acme".into()]);
-        assert!(a.authorize(&HeaderMap::new(), &peer(Some("CN=ops, O=acme"))).is_ok());
-        assert!(a.authorize(&HeaderMap::new(), &peer(Some("CN=intruder, O=acme"))).is_err());
+        assert!(a
+            .authorize(&HeaderMap::new(), &peer(Some("CN=ops, O=acme")))
+            .is_ok());
+        assert!(a
+            .authorize(&HeaderMap::new(), &peer(Some("CN=intruder, O=acme")))
+            .is_err());
     }
 }

@@ -31,11 +31,17 @@ pub const MAX_EVENTS_PAGE: usize = 1000;
 const DETAIL_EVENTS: usize = 20;
 
 pub async fn not_found() -> ApiError {
-    ApiError::new(ApiCode::NotFound, "no such route; GET /v1/openapi.json lists them")
+    ApiError::new(
+        ApiCode::NotFound,
+        "no such route; GET /v1/openapi.json lists them",
+    )
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(ApiCode::MethodNotAllowed, "this route does not take that method; GET /v1/openapi.json lists them")
+    ApiError::new(
+        ApiCode::MethodNotAllowed,
+        "this route does not take that method; GET /v1/openapi.json lists them",
+    )
 }
 
 pub async fn healthz(State(s): State<AppState>) -> Json<Value> {
@@ -48,7 +54,10 @@ pub async fn healthz(State(s): State<AppState>) -> Json<Value> {
 
 pub async fn readyz(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     if !s.ready.load(Ordering::Relaxed) || s.shutdown.is_cancelled() {
-        return Err(ApiError::new(ApiCode::ShuttingDown, "the registry is shutting down"));
+        return Err(ApiError::new(
+            ApiCode::ShuttingDown,
+            "the registry is shutting down",
+        ));
     }
     Ok(Json(json!({
         "ready": true,
@@ -59,7 +68,11 @@ pub async fn readyz(State(s): State<AppState>) -> ApiResult<Json<Value>> {
 
 pub async fn metrics(State(s): State<AppState>) -> Response {
     let body = super::prometheus::render(&s.registry, &s.figures());
-    ([(header::CONTENT_TYPE, super::prometheus::CONTENT_TYPE)], body).into_response()
+    (
+        [(header::CONTENT_TYPE, super::prometheus::CONTENT_TYPE)],
+        body,
+    )
+        .into_response()
 }
 
 pub async fn openapi() -> Response {
@@ -117,7 +130,8 @@ impl FilterQuery {
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
-    q.map(|Query(t)| t).map_err(|e| ApiError::invalid(format!("bad query string: {}", e.body_text())))
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::invalid(format!("bad query string: {}", e.body_text())))
 }
 
 pub async fn fleet(
@@ -153,14 +167,24 @@ fn unknown(id: &str) -> ApiError {
     ApiError::new(ApiCode::UnknownInstance, format!("no instance {id:?}"))
 }
 
-pub async fn instance(State(s): State<AppState>, Path((group, instance_id)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+pub async fn instance(
+    State(s): State<AppState>,
+    Path((group, instance_id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
     let id = InstanceRecord::make_id(&group, &instance_id);
     let record = s.registry.get(&id).ok_or_else(|| unknown(&id))?;
     let samples = s.registry.samples(&id).unwrap_or_default();
     let (history, _) = s.registry.events_after(0, usize::MAX);
-    let mut recent: Vec<Arc<Event>> = history.into_iter().rev().filter(|e| e.id == id).take(DETAIL_EVENTS).collect();
+    let mut recent: Vec<Arc<Event>> = history
+        .into_iter()
+        .rev()
+        .filter(|e| e.id == id)
+        .take(DETAIL_EVENTS)
+        .collect();
     recent.reverse();
-    Ok(Json(json!({ "instance": record, "samples": samples, "events": recent })))
+    Ok(Json(
+        json!({ "instance": record, "samples": samples, "events": recent }),
+    ))
 }
 
 pub async fn deregister(
@@ -171,10 +195,12 @@ pub async fn deregister(
 ) -> ApiResult<Json<Value>> {
     let by = s.config.access.authorize(&headers, &peer)?;
     let id = InstanceRecord::make_id(&group, &instance_id);
-    s.registry.deregister(&id, &by).map_err(|e| match ApiError::from(e) {
-        e if e.code == ApiCode::UnknownInstance => unknown(&id),
-        e => e,
-    })?;
+    s.registry
+        .deregister(&id, &by)
+        .map_err(|e| match ApiError::from(e) {
+            e if e.code == ApiCode::UnknownInstance => unknown(&id),
+            e => e,
+        })?;
     tracing::info!(target: "sfc::http", id, by, "deregistered");
     Ok(Json(json!({ "deregistered": id, "by": by })))
 }
@@ -211,7 +237,8 @@ pub async fn command(
     let timeout = match &req.timeout {
         None => s.config.command_timeout,
         Some(t) => {
-            let t = crate::duration::parse("timeout", t).map_err(|e| ApiError::invalid(e.to_string()))?;
+            let t = crate::duration::parse("timeout", t)
+                .map_err(|e| ApiError::invalid(e.to_string()))?;
             if t.is_zero() || t > s.config.max_command_timeout {
                 return Err(ApiError::invalid(format!(
                     "timeout {} is outside (0, {}]",
@@ -226,7 +253,14 @@ pub async fn command(
     tracing::info!(target: "sfc::http", id, command = req.command, by, "command");
     let result = s
         .registry
-        .send_command(&id, &req.command, req.reason.clone(), req.payload, Some(by.clone()), timeout)
+        .send_command(
+            &id,
+            &req.command,
+            req.reason.clone(),
+            req.payload,
+            Some(by.clone()),
+            timeout,
+        )
         .await
         .map_err(|e| match ApiError::from(e) {
             e if e.code == ApiCode::UnknownInstance => unknown(&id),
@@ -249,11 +283,16 @@ pub struct EventsQuery {
     limit: Option<usize>,
 }
 
-pub async fn events(State(s): State<AppState>, q: Result<Query<EventsQuery>, QueryRejection>) -> ApiResult<Json<Value>> {
+pub async fn events(
+    State(s): State<AppState>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
     let q = query(q)?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_EVENTS_PAGE {
-        return Err(ApiError::invalid(format!("limit {limit} is outside 1..={MAX_EVENTS_PAGE}")));
+        return Err(ApiError::invalid(format!(
+            "limit {limit} is outside 1..={MAX_EVENTS_PAGE}"
+        )));
     }
     let after = q.after.unwrap_or(0);
     let (page, latest) = s.registry.events_after(after, limit);
@@ -283,7 +322,9 @@ fn event_matches(f: &Filter, ev: &Event) -> bool {
         Some(r) => f.matches(r),
         None => {
             f.group.as_deref().is_none_or(|g| g == ev.group)
-                && f.service.as_deref().is_none_or(|sv| ev.service.is_empty() || sv == ev.service)
+                && f.service
+                    .as_deref()
+                    .is_none_or(|sv| ev.service.is_empty() || sv == ev.service)
                 && f.status.is_none()
                 && f.health.is_none()
                 && f.tag.is_none()
@@ -294,7 +335,11 @@ fn event_matches(f: &Filter, ev: &Event) -> bool {
 fn sse_event(ev: &Event) -> SseEvent {
     let data = serde_json::to_string(ev).unwrap_or_else(|_| "{}".into());
     let e = SseEvent::default().event(ev.kind.as_str()).data(data);
-    if ev.seq > 0 { e.id(ev.seq.to_string()) } else { e }
+    if ev.seq > 0 {
+        e.id(ev.seq.to_string())
+    } else {
+        e
+    }
 }
 
 /// The state of one SSE watch.
@@ -312,9 +357,9 @@ struct Watch {
 
 /// Tells the watcher that events it asked for are gone from the history.
 fn lagged() -> SseEvent {
-    SseEvent::default()
-        .event("lagged")
-        .data(r#"{"message":"some events are no longer in the registry's history; reload the fleet"}"#)
+    SseEvent::default().event("lagged").data(
+        r#"{"message":"some events are no longer in the registry's history; reload the fleet"}"#,
+    )
 }
 
 impl Watch {
@@ -323,7 +368,8 @@ impl Watch {
     fn replay(&mut self) -> bool {
         let (page, _) = self.state.registry.events_after(self.last, usize::MAX);
         let complete = page.first().is_none_or(|e| e.seq == self.last + 1);
-        self.backlog.extend(page.into_iter().filter(|e| event_matches(&self.filter, e)));
+        self.backlog
+            .extend(page.into_iter().filter(|e| event_matches(&self.filter, e)));
         complete
     }
 
@@ -383,22 +429,40 @@ pub async fn watch(
             v.to_str()
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| ApiError::invalid("Last-Event-ID must be an event sequence number"))?,
+                .ok_or_else(|| {
+                    ApiError::invalid("Last-Event-ID must be an event sequence number")
+                })?,
         ),
         None => q.after,
     };
     // Subscribe before reading the history, so nothing falls between the two.
     let events = s.registry.subscribe();
-    let reports = q.reports.unwrap_or(false).then(|| s.registry.subscribe_reports());
+    let reports = q
+        .reports
+        .unwrap_or(false)
+        .then(|| s.registry.subscribe_reports());
     let (_, latest) = s.registry.events_after(u64::MAX, 0);
     let heartbeat = s.config.heartbeat;
-    let mut w = Watch { state: s, filter, events, reports, backlog: VecDeque::new(), last: latest, notice: None };
+    let mut w = Watch {
+        state: s,
+        filter,
+        events,
+        reports,
+        backlog: VecDeque::new(),
+        last: latest,
+        notice: None,
+    };
     if let Some(after) = resume {
         w.last = after.min(latest);
         if !w.replay() {
             w.notice = Some(lagged());
         }
     }
-    let stream = futures_util::stream::unfold(w, |mut w| async move { w.next().await.map(|e| (Ok(e), w)) });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(heartbeat.max(Duration::from_millis(10))).text("heartbeat")))
+    let stream =
+        futures_util::stream::unfold(w, |mut w| async move { w.next().await.map(|e| (Ok(e), w)) });
+    Ok(Sse::new(stream).keep_alive(
+        KeepAlive::new()
+            .interval(heartbeat.max(Duration::from_millis(10)))
+            .text("heartbeat"),
+    ))
 }

@@ -64,7 +64,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ApiCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into() }
+        ApiError {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -95,10 +98,14 @@ impl From<crate::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code.as_str(), "message": self.message } });
+        let body =
+            serde_json::json!({ "error": { "code": self.code.as_str(), "message": self.message } });
         let mut resp = (self.code.status(), axum::Json(body)).into_response();
         if self.code == ApiCode::Unauthorized {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
         }
         resp
     }

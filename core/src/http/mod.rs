@@ -108,7 +108,10 @@ impl AppState {
     }
 
     pub fn figures(&self) -> SelfFigures {
-        self.figures.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.figures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -133,28 +136,43 @@ impl Routes {
 
 fn routes() -> Routes {
     use api::*;
-    Routes { router: Router::new(), table: Vec::new() }
-        .add(Method::GET, "/", dashboard::page)
-        .add(Method::GET, "/dashboard.js", dashboard::script)
-        .add(Method::GET, "/dashboard.css", dashboard::style)
-        .add(Method::GET, "/healthz", healthz)
-        .add(Method::GET, "/readyz", readyz)
-        .add(Method::GET, "/metrics", metrics)
-        .add(Method::GET, "/v1/openapi.json", openapi)
-        .add(Method::GET, "/v1/registry", registry_info)
-        .add(Method::GET, "/v1/fleet", fleet)
-        .add(Method::GET, "/v1/instances", instances)
-        .add(Method::GET, "/v1/samples", samples)
-        .add(Method::GET, "/v1/instances/{group}/{instance_id}", instance)
-        .add(Method::DELETE, "/v1/instances/{group}/{instance_id}", deregister)
-        .add(Method::POST, "/v1/instances/{group}/{instance_id}/commands", command)
-        .add(Method::GET, "/v1/events", events)
-        .add(Method::GET, "/v1/watch", watch)
+    Routes {
+        router: Router::new(),
+        table: Vec::new(),
+    }
+    .add(Method::GET, "/", dashboard::page)
+    .add(Method::GET, "/dashboard.js", dashboard::script)
+    .add(Method::GET, "/dashboard.css", dashboard::style)
+    .add(Method::GET, "/healthz", healthz)
+    .add(Method::GET, "/readyz", readyz)
+    .add(Method::GET, "/metrics", metrics)
+    .add(Method::GET, "/v1/openapi.json", openapi)
+    .add(Method::GET, "/v1/registry", registry_info)
+    .add(Method::GET, "/v1/fleet", fleet)
+    .add(Method::GET, "/v1/instances", instances)
+    .add(Method::GET, "/v1/samples", samples)
+    .add(Method::GET, "/v1/instances/{group}/{instance_id}", instance)
+    .add(
+        Method::DELETE,
+        "/v1/instances/{group}/{instance_id}",
+        deregister,
+    )
+    .add(
+        Method::POST,
+        "/v1/instances/{group}/{instance_id}/commands",
+        command,
+    )
+    .add(Method::GET, "/v1/events", events)
+    .add(Method::GET, "/v1/watch", watch)
 }
 
 /// Every (method, path) the router serves, in the OpenAPI path syntax.
 pub fn route_table() -> Vec<(String, String)> {
-    routes().table.into_iter().map(|(m, p)| (m.as_str().to_string(), p.to_string())).collect()
+    routes()
+        .table
+        .into_iter()
+        .map(|(m, p)| (m.as_str().to_string(), p.to_string()))
+        .collect()
 }
 
 /// The whole HTTP application for `state`.
@@ -189,13 +207,22 @@ pub fn warn_about_exposure(addr: SocketAddr, config: &HttpConfig) {
 }
 
 /// Serves the HTTP API on `listener` until `shutdown` completes.
-pub async fn serve(registry: Registry, listener: TcpListener, config: HttpConfig, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    registry: Registry,
+    listener: TcpListener,
+    config: HttpConfig,
+    shutdown: impl Future<Output = ()>,
+) {
     let state = AppState::new(registry, config);
     serve_state(state, listener, shutdown).await
 }
 
 /// [`serve`] with a prepared state (tests keep a handle on it).
-pub async fn serve_state(state: AppState, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+pub async fn serve_state(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
     let sampler = tokio::spawn(sample_figures(state.clone()));
     let tls = state.config.tls.as_ref().map(|c| {
         let mut c = (**c).clone();
@@ -243,7 +270,10 @@ pub async fn serve_state(state: AppState, listener: TcpListener, shutdown: impl 
     state.ready.store(false, Ordering::Relaxed);
     state.shutdown.cancel();
     tracker.close();
-    if tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(3), tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::debug!(target: "sfc::http", "some HTTP connections did not close within 3s");
     }
     sampler.abort();
@@ -259,7 +289,9 @@ where
         req
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
     let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
     tokio::pin!(conn);
     tokio::select! {
@@ -290,7 +322,9 @@ async fn sample_figures(state: AppState) {
             window.pop_front();
         }
         let rate = match (window.front(), window.back()) {
-            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => (n1 - n0) as f64 / (*t1 - *t0).as_secs_f64(),
+            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
+                (n1 - n0) as f64 / (*t1 - *t0).as_secs_f64()
+            }
             _ => 0.0,
         };
         let m = sampler.sample();
@@ -308,8 +342,12 @@ mod tests {
     /// The committed OpenAPI description lists exactly the routes the router serves.
     #[test]
     fn openapi_matches_the_routes() {
-        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("openapi.json is JSON");
-        assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3."), "not an OpenAPI 3 document");
+        let doc: serde_json::Value =
+            serde_json::from_str(super::OPENAPI).expect("openapi.json is JSON");
+        assert!(
+            doc["openapi"].as_str().unwrap_or("").starts_with("3."),
+            "not an OpenAPI 3 document"
+        );
         let mut documented = BTreeSet::new();
         for (path, ops) in doc["paths"].as_object().expect("paths") {
             for method in ops.as_object().expect("operations").keys() {
@@ -319,6 +357,9 @@ mod tests {
         let served: BTreeSet<(String, String)> = super::route_table().into_iter().collect();
         let missing: Vec<_> = served.difference(&documented).collect();
         let extra: Vec<_> = documented.difference(&served).collect();
-        assert!(missing.is_empty() && extra.is_empty(), "served but undocumented: {missing:?}; documented but not served: {extra:?}");
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "served but undocumented: {missing:?}; documented but not served: {extra:?}"
+        );
     }
 }

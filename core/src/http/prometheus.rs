@@ -32,7 +32,11 @@ fn value(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else {
         format!("{v}")
     }
@@ -73,38 +77,120 @@ pub fn render(registry: &Registry, figures: &SelfFigures) -> String {
     let records = registry.query(&Default::default());
     let (_, events_total) = registry.events_after(u64::MAX, 0);
 
-    Family::new(&mut out, "sfc_registry_info", "gauge", "Registry build information.")
-        .sample("sfc_registry_info", &[("version", crate::VERSION)], 1.0);
-    Family::new(&mut out, "sfc_registry_start_time_seconds", "gauge", "When the registry started, Unix seconds.")
-        .sample("sfc_registry_start_time_seconds", &[], registry.started_at() as f64 / 1000.0);
+    Family::new(
+        &mut out,
+        "sfc_registry_info",
+        "gauge",
+        "Registry build information.",
+    )
+    .sample("sfc_registry_info", &[("version", crate::VERSION)], 1.0);
+    Family::new(
+        &mut out,
+        "sfc_registry_start_time_seconds",
+        "gauge",
+        "When the registry started, Unix seconds.",
+    )
+    .sample(
+        "sfc_registry_start_time_seconds",
+        &[],
+        registry.started_at() as f64 / 1000.0,
+    );
     for (name, kind, help, v) in [
-        ("sfc_registry_sessions", "gauge", "Protocol sessions connected now.", stats.sessions_current.load(Relaxed)),
-        ("sfc_registry_connections_total", "counter", "Connections accepted.", stats.connections_total.load(Relaxed)),
-        ("sfc_registry_refused_connections_total", "counter", "Connections refused at the connection limit.", stats.refused_connections_total.load(Relaxed)),
-        ("sfc_registry_reports_total", "counter", "Reports received (v1 and legacy).", stats.reports_total.load(Relaxed)),
-        ("sfc_registry_legacy_reports_total", "counter", "Reports received in the legacy format.", stats.legacy_reports_total.load(Relaxed)),
-        ("sfc_registry_protocol_errors_total", "counter", "Protocol errors.", stats.protocol_errors_total.load(Relaxed)),
-        ("sfc_registry_events_total", "counter", "Events recorded in the history.", events_total),
-        ("sfc_registry_commands_total", "counter", "Commands sent to instances.", stats.commands_total.load(Relaxed)),
+        (
+            "sfc_registry_sessions",
+            "gauge",
+            "Protocol sessions connected now.",
+            stats.sessions_current.load(Relaxed),
+        ),
+        (
+            "sfc_registry_connections_total",
+            "counter",
+            "Connections accepted.",
+            stats.connections_total.load(Relaxed),
+        ),
+        (
+            "sfc_registry_refused_connections_total",
+            "counter",
+            "Connections refused at the connection limit.",
+            stats.refused_connections_total.load(Relaxed),
+        ),
+        (
+            "sfc_registry_reports_total",
+            "counter",
+            "Reports received (v1 and legacy).",
+            stats.reports_total.load(Relaxed),
+        ),
+        (
+            "sfc_registry_legacy_reports_total",
+            "counter",
+            "Reports received in the legacy format.",
+            stats.legacy_reports_total.load(Relaxed),
+        ),
+        (
+            "sfc_registry_protocol_errors_total",
+            "counter",
+            "Protocol errors.",
+            stats.protocol_errors_total.load(Relaxed),
+        ),
+        (
+            "sfc_registry_events_total",
+            "counter",
+            "Events recorded in the history.",
+            events_total,
+        ),
+        (
+            "sfc_registry_commands_total",
+            "counter",
+            "Commands sent to instances.",
+            stats.commands_total.load(Relaxed),
+        ),
     ] {
         Family::new(&mut out, name, kind, help).sample(name, &[], v as f64);
     }
-    Family::new(&mut out, "sfc_registry_reports_per_second", "gauge", "Reports per second over the last few seconds.")
-        .sample("sfc_registry_reports_per_second", &[], figures.reports_per_second);
+    Family::new(
+        &mut out,
+        "sfc_registry_reports_per_second",
+        "gauge",
+        "Reports per second over the last few seconds.",
+    )
+    .sample(
+        "sfc_registry_reports_per_second",
+        &[],
+        figures.reports_per_second,
+    );
     {
-        let mut f = Family::new(&mut out, "sfc_registry_instances", "gauge", "Known instances by status.");
+        let mut f = Family::new(
+            &mut out,
+            "sfc_registry_instances",
+            "gauge",
+            "Known instances by status.",
+        );
         for s in [Status::Online, Status::Offline, Status::Left] {
             let n = records.iter().filter(|r| r.status == s).count();
-            f.sample("sfc_registry_instances", &[("status", s.as_str())], n as f64);
+            f.sample(
+                "sfc_registry_instances",
+                &[("status", s.as_str())],
+                n as f64,
+            );
         }
     }
     if let Some(c) = figures.cpu_percent {
-        Family::new(&mut out, "sfc_registry_process_cpu_percent", "gauge", "CPU used by the registry process, percent of one core.")
-            .sample("sfc_registry_process_cpu_percent", &[], c);
+        Family::new(
+            &mut out,
+            "sfc_registry_process_cpu_percent",
+            "gauge",
+            "CPU used by the registry process, percent of one core.",
+        )
+        .sample("sfc_registry_process_cpu_percent", &[], c);
     }
     if let Some(r) = figures.resident_bytes {
-        Family::new(&mut out, "sfc_registry_process_resident_bytes", "gauge", "Resident memory of the registry process.")
-            .sample("sfc_registry_process_resident_bytes", &[], r as f64);
+        Family::new(
+            &mut out,
+            "sfc_registry_process_resident_bytes",
+            "gauge",
+            "Resident memory of the registry process.",
+        )
+        .sample("sfc_registry_process_resident_bytes", &[], r as f64);
     }
 
     instance_families(&mut out, &records);
@@ -112,24 +198,63 @@ pub fn render(registry: &Registry, figures: &SelfFigures) -> String {
 }
 
 fn labels(r: &InstanceRecord) -> [(&'static str, &str); 3] {
-    [("group", &r.group), ("service", &r.service), ("instance", &r.instance_id)]
+    [
+        ("group", &r.group),
+        ("service", &r.service),
+        ("instance", &r.instance_id),
+    ]
 }
 
 /// One family per figure, every instance that has the figure in it.
 fn instance_families(out: &mut String, records: &[InstanceRecord]) {
     type Get = fn(&InstanceRecord) -> Option<f64>;
     let simple: [(&str, &str, Get); 8] = [
-        ("sfc_instance_up", "1 when the instance is online, 0 otherwise.", |r| Some(if r.status == Status::Online { 1.0 } else { 0.0 })),
-        ("sfc_instance_cpu_percent", "CPU used by the instance's process, percent of one core.", |r| r.metrics.process.cpu_percent),
-        ("sfc_instance_resident_bytes", "Resident memory of the instance's process.", |r| r.metrics.process.resident_bytes.map(|v| v as f64)),
-        ("sfc_instance_host_cpu_percent", "CPU used on the instance's host, percent of all cores.", |r| r.metrics.host.cpu_percent),
-        ("sfc_instance_host_memory_used_bytes", "Memory used on the instance's host.", |r| r.metrics.host.memory_used_bytes.map(|v| v as f64)),
-        ("sfc_instance_last_report_timestamp_seconds", "When the last report arrived, Unix seconds (registry clock).", |r| r.last_report_at.map(|t| t as f64 / 1000.0)),
-        ("sfc_instance_heap_used_bytes", "JavaScript heap in use (Node.js instances).", |r| r.metrics.runtime.get("heap_used_bytes").copied()),
-        ("sfc_instance_heap_total_bytes", "JavaScript heap reserved (Node.js instances).", |r| r.metrics.runtime.get("heap_total_bytes").copied()),
+        (
+            "sfc_instance_up",
+            "1 when the instance is online, 0 otherwise.",
+            |r| Some(if r.status == Status::Online { 1.0 } else { 0.0 }),
+        ),
+        (
+            "sfc_instance_cpu_percent",
+            "CPU used by the instance's process, percent of one core.",
+            |r| r.metrics.process.cpu_percent,
+        ),
+        (
+            "sfc_instance_resident_bytes",
+            "Resident memory of the instance's process.",
+            |r| r.metrics.process.resident_bytes.map(|v| v as f64),
+        ),
+        (
+            "sfc_instance_host_cpu_percent",
+            "CPU used on the instance's host, percent of all cores.",
+            |r| r.metrics.host.cpu_percent,
+        ),
+        (
+            "sfc_instance_host_memory_used_bytes",
+            "Memory used on the instance's host.",
+            |r| r.metrics.host.memory_used_bytes.map(|v| v as f64),
+        ),
+        (
+            "sfc_instance_last_report_timestamp_seconds",
+            "When the last report arrived, Unix seconds (registry clock).",
+            |r| r.last_report_at.map(|t| t as f64 / 1000.0),
+        ),
+        (
+            "sfc_instance_heap_used_bytes",
+            "JavaScript heap in use (Node.js instances).",
+            |r| r.metrics.runtime.get("heap_used_bytes").copied(),
+        ),
+        (
+            "sfc_instance_heap_total_bytes",
+            "JavaScript heap reserved (Node.js instances).",
+            |r| r.metrics.runtime.get("heap_total_bytes").copied(),
+        ),
     ];
     for (name, help, get) in simple {
-        let present: Vec<(&InstanceRecord, f64)> = records.iter().filter_map(|r| get(r).map(|v| (r, v))).collect();
+        let present: Vec<(&InstanceRecord, f64)> = records
+            .iter()
+            .filter_map(|r| get(r).map(|v| (r, v)))
+            .collect();
         if present.is_empty() {
             continue;
         }
@@ -139,17 +264,35 @@ fn instance_families(out: &mut String, records: &[InstanceRecord]) {
         }
     }
     if !records.is_empty() {
-        let mut f = Family::new(out, "sfc_instance_health", "gauge", "Health the instance reports: 1 for its current state.");
+        let mut f = Family::new(
+            out,
+            "sfc_instance_health",
+            "gauge",
+            "Health the instance reports: 1 for its current state.",
+        );
         for r in records {
             for h in [Health::Passing, Health::Warning, Health::Critical] {
                 let [g, s, i] = labels(r);
-                f.sample("sfc_instance_health", &[g, s, i, ("health", h.as_str())], if r.health == h { 1.0 } else { 0.0 });
+                f.sample(
+                    "sfc_instance_health",
+                    &[g, s, i, ("health", h.as_str())],
+                    if r.health == h { 1.0 } else { 0.0 },
+                );
             }
         }
     }
     for (name, help, pick) in [
-        ("sfc_instance_custom", "Gauges the application sets by name.", (|r| &r.metrics.custom) as fn(&InstanceRecord) -> &std::collections::BTreeMap<String, f64>),
-        ("sfc_instance_runtime", "Figures the language runtime supplies (Node.js heap, Go GC...).", |r| &r.metrics.runtime),
+        (
+            "sfc_instance_custom",
+            "Gauges the application sets by name.",
+            (|r| &r.metrics.custom)
+                as fn(&InstanceRecord) -> &std::collections::BTreeMap<String, f64>,
+        ),
+        (
+            "sfc_instance_runtime",
+            "Figures the language runtime supplies (Node.js heap, Go GC...).",
+            |r| &r.metrics.runtime,
+        ),
     ] {
         if records.iter().all(|r| pick(r).is_empty()) {
             continue;

@@ -7,6 +7,8 @@
 //! instance goes offline with reason `missed-reports`, and a legacy instance (no connection)
 //! has a timer of its own.
 
+#[cfg(feature = "etcd")]
+pub(crate) mod cluster;
 pub mod session;
 pub mod state;
 
@@ -87,6 +89,9 @@ pub(crate) struct Shared {
     pub next_command: AtomicU64,
     pub stats: Stats,
     pub started_at: u64,
+    /// `--store etcd`: the watch, the lease and command forwarding.
+    #[cfg(feature = "etcd")]
+    pub(crate) cluster: std::sync::OnceLock<Arc<cluster::Cluster>>,
 }
 
 /// A handle to one registry; cheap to clone.
@@ -100,6 +105,12 @@ impl Registry {
     /// for one liveness window, waiting for their clients; those that do not come back go
     /// offline with reason `registry-restart`. Must be called inside a tokio runtime.
     pub fn open(config: RegistryConfig) -> Result<Registry, Error> {
+        if !config.store.available() {
+            // Nothing to load; everything is written once the store opens.
+            let reg = Registry::new(config);
+            reg.state().store_error = Some("the store could not be opened at start".into());
+            return Ok(reg);
+        }
         let snap = config.store.load(config.event_history.max(1))?;
         let (n, last) = (snap.instances.len(), snap.last_seq);
         let reg = Registry::new(config);
@@ -114,6 +125,12 @@ impl Registry {
                 i.timer_armed = true;
             }
             reg.arm_deadline(id);
+        }
+        // `--store etcd`: the rest of the fleet, kept current by a watch.
+        #[cfg(feature = "etcd")]
+        if let Some(etcd) = reg.shared.config.store.etcd() {
+            let cluster = cluster::start(&reg, etcd)?;
+            let _ = reg.shared.cluster.set(cluster);
         }
         Ok(reg)
     }
@@ -133,6 +150,8 @@ impl Registry {
                 next_command: AtomicU64::new(1),
                 stats: Stats::default(),
                 started_at: crate::model::now_ms(),
+                #[cfg(feature = "etcd")]
+                cluster: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -200,6 +219,33 @@ impl Registry {
 
     /// Sends a command to an online instance and waits up to `timeout` for its result.
     pub async fn send_command(
+        &self,
+        id: &str,
+        name: &str,
+        reason: Option<String>,
+        payload: serde_json::Value,
+        issued_by: Option<String>,
+        timeout: Duration,
+    ) -> Result<CommandResult, Error> {
+        // `--store etcd`: an instance connected to another registry is reached through etcd.
+        #[cfg(feature = "etcd")]
+        if let Some(cluster) = self.shared.cluster.get() {
+            let owner = self.state().remote_owner(id);
+            if let Some((owner, Status::Online)) = owner {
+                if name.is_empty() {
+                    return Err(Error::invalid("command", "name must not be empty"));
+                }
+                let command_id = self.shared.next_command.fetch_add(1, Ordering::Relaxed);
+                let cmd = Command { command_id, name: name.to_string(), reason, payload, issued_by };
+                self.shared.stats.commands_total.fetch_add(1, Ordering::Relaxed);
+                return cluster.forward(&owner, id, cmd, timeout).await;
+            }
+        }
+        self.send_command_here(id, name, reason, payload, issued_by, timeout).await
+    }
+
+    /// Sends a command to an instance whose session is connected to this registry.
+    pub(crate) async fn send_command_here(
         &self,
         id: &str,
         name: &str,

@@ -255,8 +255,10 @@ async fn serve_stream<S>(
     tracing::debug!(target: "sfc::registry", session = session_id, %peer, end = ?end, "session closed");
 }
 
-/// Validates hello; returns it with the chosen codec and interval.
-fn check_hello(reg: &Registry, h: Hello) -> Result<(Hello, Codec, Duration), ProtocolError> {
+/// Validates hello; returns it with the chosen codec and interval. Public only for the fuzz
+/// targets in `fuzz/`; not a stable API.
+#[doc(hidden)]
+pub fn check_hello(reg: &Registry, h: Hello) -> Result<(Hello, Codec, Duration), ProtocolError> {
     let codec = Codec::choose(&h.codecs).ok_or_else(|| {
         ProtocolError::new(
             ErrorCode::UnsupportedCodec,

@@ -51,11 +51,22 @@ pub struct Instance {
     pub samples: VecDeque<Sample>,
     /// Reported since the last metric snapshot was written.
     pub dirty: bool,
+    /// `--store etcd`: the registry that owns this record (its session is connected there).
+    /// None for records this registry owns. Local liveness timers never touch remote records.
+    pub remote: Option<String>,
 }
 
 impl Instance {
     fn new(record: InstanceRecord, session: Option<SessionRef>) -> Self {
-        Instance { record, session, deadline: None, timer_armed: false, samples: VecDeque::new(), dirty: false }
+        Instance {
+            record,
+            session,
+            deadline: None,
+            timer_armed: false,
+            samples: VecDeque::new(),
+            dirty: false,
+            remote: None,
+        }
     }
 }
 
@@ -79,6 +90,19 @@ pub struct State {
     pub store_error: Option<String>,
     /// Newest event the store holds; on recovery, what came after is written again.
     persisted_seq: u64,
+    /// Events that other registries wrote (`--store etcd`) while the store failed: never
+    /// written again by this one.
+    remote_seqs: std::collections::HashSet<u64>,
+}
+
+/// A transition another registry made (`--store etcd`), as it travels through etcd.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RemoteTransition {
+    pub kind: EventKind,
+    /// When the owner made it, Unix ms.
+    pub at: u64,
+    #[serde(default)]
+    pub detail: serde_json::Value,
 }
 
 /// What registering a session did.
@@ -104,6 +128,7 @@ impl State {
             store,
             store_error: None,
             persisted_seq: 0,
+            remote_seqs: Default::default(),
         }
     }
 
@@ -165,7 +190,13 @@ impl State {
 
     /// After an outage: the history events and records the store missed.
     fn catch_up(&mut self, upto: u64) -> crate::Result<()> {
-        let missed: Vec<Arc<Event>> = self.history.iter().filter(|e| e.seq > self.persisted_seq && e.seq < upto).cloned().collect();
+        let missed: Vec<Arc<Event>> = self
+            .history
+            .iter()
+            .filter(|e| e.seq > self.persisted_seq && e.seq < upto && !self.remote_seqs.contains(&e.seq))
+            .cloned()
+            .collect();
+        self.remote_seqs.retain(|s| *s >= upto);
         for ev in missed {
             let rec = self.instances.get(&ev.id).map(|i| i.record.clone());
             self.store.transition(&ev, rec.as_ref())?;
@@ -193,6 +224,14 @@ impl State {
 
     /// Numbers, records and broadcasts one transition.
     pub fn emit(&mut self, kind: EventKind, id: &str, detail: serde_json::Value) -> Arc<Event> {
+        let ev = self.number_event(kind, id, now_ms(), detail);
+        // The event carries the record after the transition (none once evicted).
+        self.persist(&ev, ev.instance.as_deref());
+        self.publish(ev)
+    }
+
+    /// Builds the next event of the history, with the record as it is now.
+    fn number_event(&mut self, kind: EventKind, id: &str, at: u64, detail: serde_json::Value) -> Arc<Event> {
         let (group, service, instance) = match self.instances.get(id) {
             Some(i) => (
                 i.record.group.clone(),
@@ -204,19 +243,15 @@ impl State {
                 (g.to_string(), String::new(), None)
             }
         };
-        let ev = Arc::new(Event {
-            seq: self.next_seq,
-            at: now_ms(),
-            kind,
-            id: id.to_string(),
-            group,
-            service,
-            instance,
-            detail,
-        });
+        let ev = Arc::new(Event { seq: self.next_seq, at, kind, id: id.to_string(), group, service, instance, detail });
         self.next_seq += 1;
-        // The event carries the record after the transition (none once evicted).
-        self.persist(&ev, ev.instance.as_deref());
+        ev
+    }
+
+    /// Keeps an event in the history and broadcasts it.
+    fn publish(&mut self, ev: Arc<Event>) -> Arc<Event> {
+        let kind = ev.kind;
+        let id = ev.id.as_str();
         if self.history.len() == self.history_cap {
             self.history.pop_front();
         }
@@ -274,6 +309,9 @@ impl State {
                     _ => None,
                 };
                 let was_online = inst.record.status == Status::Online;
+                // `--store etcd`: a client that failed over from another registry; this one
+                // owns it now, and says so (the event writes the record under its lease).
+                let taken_over = inst.remote.take().is_some();
                 let r = &mut inst.record;
                 r.service = reg.service;
                 r.hostname = reg.hostname;
@@ -297,7 +335,8 @@ impl State {
                 // Legacy reports carry no session; the caller never lets one replace a live
                 // v1 session.
                 inst.session = session;
-                (if was_online && superseded.is_none() { None } else { Some(EventKind::Online) }, superseded)
+                let quiet = was_online && superseded.is_none() && !taken_over;
+                (if quiet { None } else { Some(EventKind::Online) }, superseded)
             }
             None => {
                 let record = InstanceRecord {
@@ -427,7 +466,8 @@ impl State {
         let expired: Vec<String> = self
             .instances
             .values()
-            .filter(|i| i.record.status != Status::Online && i.record.status_since <= cutoff)
+            // Remote records are evicted by the registry that owns them.
+            .filter(|i| i.remote.is_none() && i.record.status != Status::Online && i.record.status_since <= cutoff)
             .map(|i| i.record.id.clone())
             .collect();
         for id in &expired {
@@ -502,6 +542,115 @@ impl State {
     /// Forgets a command whose caller stopped waiting.
     pub fn abandon_command(&mut self, command_id: u64) {
         self.pending.remove(&command_id);
+    }
+
+    // --- `--store etcd`: records that other registries own ---------------------------------
+
+    /// Applies a record that the registry `owner` wrote to etcd, with the transition that
+    /// came with it (None for a metric snapshot). A record this registry has not seen is
+    /// announced as `joined` when `announce` (the initial load is silent). Nothing is written
+    /// to the store: the owner did that. Returns this registry's session for the instance,
+    /// which the owner's newer write supersedes; the caller closes it.
+    pub fn apply_remote(
+        &mut self,
+        owner: &str,
+        record: InstanceRecord,
+        transition: Option<RemoteTransition>,
+        announce: bool,
+    ) -> Option<SessionRef> {
+        let id = record.id.clone();
+        let is_new = !self.instances.contains_key(&id);
+        let inst = self.instances.entry(id.clone()).or_insert_with(|| Instance::new(record.clone(), None));
+        let superseded = inst.session.take();
+        inst.deadline = None;
+        inst.dirty = false;
+        inst.remote = Some(owner.to_string());
+        let reported = record.last_report_at.filter(|at| is_new || inst.record.last_report_at != Some(*at));
+        inst.record = record;
+        if let Some(at) = reported {
+            if inst.samples.len() == SAMPLES_KEPT {
+                inst.samples.pop_front();
+            }
+            inst.samples.push_back(Sample {
+                at,
+                cpu_percent: inst.record.metrics.process.cpu_percent,
+                resident_bytes: inst.record.metrics.process.resident_bytes,
+            });
+        }
+        if superseded.is_some() {
+            self.fail_pending_for(&id, "the instance moved to another registry");
+        }
+        let transition = match transition {
+            Some(t) => Some(t),
+            None if is_new && announce => {
+                Some(RemoteTransition { kind: EventKind::Joined, at: now_ms(), detail: serde_json::json!({}) })
+            }
+            None => None,
+        };
+        match transition {
+            Some(t) => {
+                let mut detail = t.detail;
+                match &mut detail {
+                    serde_json::Value::Object(o) => {
+                        o.insert("registry".into(), owner.into());
+                    }
+                    v @ serde_json::Value::Null => *v = serde_json::json!({ "registry": owner }),
+                    _ => {}
+                }
+                self.emit_remote(t.kind, &id, t.at, detail);
+            }
+            // A metric snapshot: per-report watchers (dashboards) hear of it.
+            None if self.reports_tx.receiver_count() > 0 => {
+                if let Some(inst) = self.instances.get(&id) {
+                    let _ = self.reports_tx.send(Arc::new(Event {
+                        seq: 0,
+                        at: inst.record.last_report_at.unwrap_or_else(now_ms),
+                        kind: EventKind::Report,
+                        id: id.clone(),
+                        group: inst.record.group.clone(),
+                        service: inst.record.service.clone(),
+                        instance: Some(Box::new(inst.record.clone())),
+                        detail: serde_json::Value::Null,
+                    }));
+                }
+            }
+            None => {}
+        }
+        superseded
+    }
+
+    /// Removes a record that disappeared from etcd: a remote one (its owner evicted it, or
+    /// the owner's lease expired), or one of ours that is not online (deregistered through
+    /// another registry). Returns false when the record stays (one of ours, online).
+    pub fn remove_remote(&mut self, id: &str, detail: serde_json::Value) -> bool {
+        match self.instances.get(id) {
+            Some(i) if i.remote.is_some() || i.record.status != Status::Online => {}
+            _ => return false,
+        }
+        self.emit_remote(EventKind::Evicted, id, now_ms(), detail);
+        self.instances.remove(id);
+        true
+    }
+
+    /// The registry that owns `id`, when another one does, and the record's status.
+    pub fn remote_owner(&self, id: &str) -> Option<(String, Status)> {
+        self.instances.get(id).and_then(|i| i.remote.clone().map(|o| (o, i.record.status)))
+    }
+
+    /// Records this registry owns.
+    pub fn local_records(&self) -> Vec<InstanceRecord> {
+        self.instances.values().filter(|i| i.remote.is_none()).map(|i| i.record.clone()).collect()
+    }
+
+    /// An event another registry already made durable: kept and broadcast, never written.
+    fn emit_remote(&mut self, kind: EventKind, id: &str, at: u64, detail: serde_json::Value) -> Arc<Event> {
+        let ev = self.number_event(kind, id, at, detail);
+        if self.store_error.is_none() {
+            self.persisted_seq = ev.seq;
+        } else {
+            self.remote_seqs.insert(ev.seq);
+        }
+        self.publish(ev)
     }
 
     fn fail_pending_for(&mut self, id: &str, why: &str) {

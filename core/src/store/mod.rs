@@ -1,11 +1,14 @@
 //! Durable registry state. One interface, chosen with `--store`:
 //! - `sqlite` (default): `<data-dir>/registry.db`, instance records and the event history;
-//! - `memory`: nothing survives a restart.
+//! - `memory`: nothing survives a restart;
+//! - `etcd` (feature `etcd`): several registries share one fleet; see [`etcd`].
 //!
 //! The registry calls [`Store::transition`] for every state transition *before* it broadcasts
 //! it, so whatever a watcher or an operator has seen is on disk. Metric snapshots are written
 //! in batches on a timer ([`Store::snapshot`]), never on the report path.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod sqlite;
 
 use std::path::Path;
@@ -37,6 +40,15 @@ pub trait Store: Send + Sync + 'static {
     fn snapshot(&self, records: &[InstanceRecord]) -> Result<()>;
     /// Deletes history events older than `before_ms` (Unix ms); returns how many.
     fn prune_events(&self, before_ms: u64) -> Result<usize>;
+    /// False while the store could not be opened (the registry then serves from memory).
+    fn available(&self) -> bool {
+        true
+    }
+    /// `--store etcd`: what the registry's cluster tasks share with the store.
+    #[cfg(feature = "etcd")]
+    fn etcd(&self) -> Option<Arc<etcd::EtcdInner>> {
+        None
+    }
 }
 
 /// State kept in memory only.
@@ -64,7 +76,7 @@ impl Store for MemoryStore {
 pub fn open(kind: &str, data_dir: &Path) -> Result<Arc<dyn Store>> {
     match kind {
         "memory" => Ok(Arc::new(MemoryStore)),
-        "sqlite" => Ok(Arc::new(SqliteStore::open(&data_dir.join("registry.db"))?)),
+        "sqlite" => Ok(Arc::new(SqliteStore::open_or_wait(&data_dir.join("registry.db")))),
         other => Err(Error::invalid("--store", format!("{other:?} is not a store (expected sqlite or memory)"))),
     }
 }

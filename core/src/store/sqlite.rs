@@ -14,7 +14,9 @@ use crate::model::{Event, InstanceRecord};
 
 pub struct SqliteStore {
     path: PathBuf,
-    conn: Mutex<Connection>,
+    /// None while the database cannot be opened (a read-only or missing data directory):
+    /// every operation tries again, so the store recovers when the disk does.
+    conn: Mutex<Option<Connection>>,
 }
 
 fn db_err(path: &Path, what: &str, e: rusqlite::Error) -> Error {
@@ -44,7 +46,25 @@ INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', '1');
 ";
 
 impl SqliteStore {
+    /// Opens the database, or fails.
     pub fn open(path: &Path) -> Result<SqliteStore> {
+        Ok(SqliteStore { path: path.to_path_buf(), conn: Mutex::new(Some(Self::connect(path)?)) })
+    }
+
+    /// Opens the database if it can; otherwise returns a store that is unavailable until a
+    /// later operation manages to open it.
+    pub fn open_or_wait(path: &Path) -> SqliteStore {
+        match Self::connect(path) {
+            Ok(c) => SqliteStore { path: path.to_path_buf(), conn: Mutex::new(Some(c)) },
+            Err(e) => {
+                tracing::error!(target: "sfc::store", error = %e,
+                    "STORE UNAVAILABLE: serving from memory until {} can be opened", path.display());
+                SqliteStore { path: path.to_path_buf(), conn: Mutex::new(None) }
+            }
+        }
+    }
+
+    fn connect(path: &Path) -> Result<Connection> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::write_file(dir, e))?;
         }
@@ -63,11 +83,20 @@ impl SqliteStore {
                 format!("{} has schema {version:?}; this registry reads schema 1", path.display()),
             ));
         }
-        Ok(SqliteStore { path: path.to_path_buf(), conn: Mutex::new(conn) })
+        Ok(conn)
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs `f` on the connection, opening it first if it is not open yet.
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = Some(Self::connect(&self.path)?);
+            tracing::warn!(target: "sfc::store", path = %self.path.display(), "store opened");
+        }
+        match guard.as_mut() {
+            Some(c) => f(c),
+            None => Err(Error::invalid("store", "not open")),
+        }
     }
 
     fn err(&self, what: &str, e: rusqlite::Error) -> Error {
@@ -84,8 +113,35 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    fn available(&self) -> bool {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
     fn load(&self, history: usize) -> Result<Snapshot> {
-        let conn = self.conn();
+        self.with(|conn| self.load_from(conn, history))
+    }
+
+    fn transition(&self, event: &Event, record: Option<&InstanceRecord>) -> Result<()> {
+        self.with(|conn| self.write_transition(conn, event, record))
+    }
+
+    fn snapshot(&self, records: &[InstanceRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.with(|conn| self.write_snapshot(conn, records))
+    }
+
+    fn prune_events(&self, before_ms: u64) -> Result<usize> {
+        self.with(|conn| {
+            conn.execute("DELETE FROM events WHERE at < ?1", params![before_ms as i64])
+                .map_err(|e| self.err("prune events", e))
+        })
+    }
+}
+
+impl SqliteStore {
+    fn load_from(&self, conn: &mut Connection, history: usize) -> Result<Snapshot> {
         let mut instances = Vec::new();
         let mut stmt = conn.prepare("SELECT id, record FROM instances").map_err(|e| self.err("load", e))?;
         let rows = stmt
@@ -119,8 +175,7 @@ impl Store for SqliteStore {
         Ok(Snapshot { instances, events, last_seq: last_seq as u64 })
     }
 
-    fn transition(&self, event: &Event, record: Option<&InstanceRecord>) -> Result<()> {
-        let mut conn = self.conn();
+    fn write_transition(&self, conn: &mut Connection, event: &Event, record: Option<&InstanceRecord>) -> Result<()> {
         let tx = conn.transaction().map_err(|e| self.err("begin", e))?;
         tx.execute(
             "INSERT OR REPLACE INTO events(seq, at, kind, id, event) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -138,11 +193,7 @@ impl Store for SqliteStore {
         tx.commit().map_err(|e| self.err("commit", e))
     }
 
-    fn snapshot(&self, records: &[InstanceRecord]) -> Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.conn();
+    fn write_snapshot(&self, conn: &mut Connection, records: &[InstanceRecord]) -> Result<()> {
         let tx = conn.transaction().map_err(|e| self.err("begin", e))?;
         {
             let now = crate::model::now_ms() as i64;
@@ -154,12 +205,6 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().map_err(|e| self.err("commit", e))
-    }
-
-    fn prune_events(&self, before_ms: u64) -> Result<usize> {
-        self.conn()
-            .execute("DELETE FROM events WHERE at < ?1", params![before_ms as i64])
-            .map_err(|e| self.err("prune events", e))
     }
 }
 

@@ -1,0 +1,473 @@
+//! `--store etcd`: how one registry takes part in a fleet served by several.
+//!
+//! - **Reads.** At start the registry loads every instance record from etcd, then an etcd
+//!   watch on `/sfc/v1/` keeps its cache current. Records other registries own live in
+//!   [`State`](super::state::State) as remote instances (no session, no local liveness timer);
+//!   their transitions are emitted to local watchers with local sequence numbers.
+//! - **Ownership.** Records this registry owns are written under its lease, which a task
+//!   keeps alive. If the lease is lost anyway (etcd unreachable for longer than its TTL), the
+//!   task takes a new one and writes every record it owns again. The newest write of a key
+//!   wins: when another registry writes a record this one holds a session for, the client
+//!   has moved there, and the session here is closed as superseded.
+//! - **Commands** for an instance another registry owns go through etcd: this registry puts
+//!   `commands/<owner>/<self>/<id>`, the owner sends the command to its session and puts
+//!   `results/<self>/<id>`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions, WatchResponse};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::state::Outbound;
+use super::{Registry, Shared};
+use crate::error::{Error, Result};
+use crate::model::Status;
+use crate::protocol::{Command, CommandResult, ErrorCode, Message};
+use crate::store::etcd::{EtcdInner, InstanceValue, COMMANDS, INSTANCES, PREFIX, REGISTRIES, RESULTS};
+
+/// A command on its way to the registry that owns the instance.
+#[derive(Debug, Serialize, Deserialize)]
+struct CommandValue {
+    instance: String,
+    command: Command,
+    timeout_ms: u64,
+}
+
+/// What the owner answers.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Outcome {
+    Ok(CommandResult),
+    Err { code: ErrorCode, message: String },
+}
+
+pub(crate) struct Cluster {
+    etcd: Arc<EtcdInner>,
+    /// The registry's runtime: commands run there (they write to the store, which waits on
+    /// the etcd runtime).
+    main: tokio::runtime::Handle,
+    shared: Weak<Shared>,
+    /// Registries whose `registries/` key exists.
+    live: Mutex<HashSet<String>>,
+    /// Forwarded commands waiting for their result, by local command id.
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Loads the fleet and starts the watch and the lease keepalive. Called by
+/// [`Registry::open`] inside the registry's runtime.
+pub(crate) fn start(reg: &Registry, etcd: Arc<EtcdInner>) -> Result<Arc<Cluster>> {
+    let cluster = Arc::new(Cluster {
+        etcd: etcd.clone(),
+        main: tokio::runtime::Handle::current(),
+        shared: Arc::downgrade(&reg.shared),
+        live: Mutex::new(HashSet::new()),
+        waiting: Mutex::new(HashMap::new()),
+    });
+    let c = cluster.clone();
+    let rev = crate::store::etcd::wait(&etcd.handle, etcd.op_timeout * 2, &etcd.endpoints, "load the fleet", async move {
+        c.load(false).await
+    })?;
+    etcd.handle.spawn(cluster.clone().watch_loop(rev + 1));
+    etcd.handle.spawn(cluster.clone().keepalive_loop());
+    Ok(cluster)
+}
+
+impl Cluster {
+    fn registry(&self) -> Option<Registry> {
+        self.shared.upgrade().map(|shared| Registry { shared })
+    }
+
+    /// Reads every record and live registry; records that are gone from etcd are removed.
+    /// Returns the revision read.
+    async fn load(&self, announce: bool) -> Result<i64, etcd_client::Error> {
+        let mut c = self.etcd.client.clone();
+        let regs = c.get(REGISTRIES, Some(GetOptions::new().with_prefix())).await?;
+        let resp = c.get(INSTANCES, Some(GetOptions::new().with_prefix())).await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        {
+            let mut live = lock(&self.live);
+            live.clear();
+            for kv in regs.kvs() {
+                if let Ok(k) = kv.key_str() {
+                    live.insert(k.trim_start_matches(REGISTRIES).to_string());
+                }
+            }
+        }
+        let Some(reg) = self.registry() else { return Ok(rev) };
+        let me = self.etcd.id.as_str();
+        let mut present = HashSet::new();
+        let mut closes = Vec::new();
+        {
+            let mut st = reg.state();
+            for kv in resp.kvs() {
+                let Some(v) = parse_value(kv.key(), kv.value()) else { continue };
+                present.insert(v.record.id.clone());
+                if v.owner == me {
+                    continue;
+                }
+                if lock(&self.etcd.own_rev).get(&v.record.id).is_some_and(|r| *r >= kv.mod_revision()) {
+                    continue;
+                }
+                lock(&self.etcd.own_rev).remove(&v.record.id);
+                let (owner, id) = (v.owner.clone(), v.record.id.clone());
+                if let Some(s) = st.apply_remote(&v.owner, v.record, None, announce) {
+                    closes.push((id, owner, s));
+                }
+            }
+            let gone: Vec<String> = st
+                .instances
+                .iter()
+                .filter(|(id, i)| i.remote.is_some() && !present.contains(*id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in gone {
+                st.remove_remote(&id, serde_json::json!({ "reason": "gone-from-etcd" }));
+            }
+        }
+        close_superseded(closes);
+        tracing::info!(target: "sfc::store", revision = rev, records = present.len(), "fleet loaded from etcd");
+        Ok(rev)
+    }
+
+    async fn watch_loop(self: Arc<Self>, mut from: i64) {
+        let mut backoff = Duration::from_millis(100);
+        while self.shared.strong_count() > 0 {
+            let mut c = self.etcd.client.clone();
+            let opts = WatchOptions::new().with_prefix().with_start_revision(from).with_prev_key();
+            match c.watch(PREFIX, Some(opts)).await {
+                Ok(mut stream) => loop {
+                    match stream.message().await {
+                        Ok(Some(resp)) => {
+                            backoff = Duration::from_millis(100);
+                            if resp.canceled() || resp.compact_revision() > 0 {
+                                // Fell behind a compaction (or etcd dropped the watch): read
+                                // everything again and watch from there.
+                                tracing::warn!(target: "sfc::store", reason = resp.cancel_reason(),
+                                    compact_revision = resp.compact_revision(), "etcd watch restarted; reloading the fleet");
+                                match self.load(true).await {
+                                    Ok(rev) => from = rev + 1,
+                                    Err(e) => tracing::warn!(target: "sfc::store", error = %e, "reloading the fleet failed"),
+                                }
+                                break;
+                            }
+                            if let Some(next) = self.apply(&resp) {
+                                from = from.max(next);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(target: "sfc::store", error = %e, revision = from, "etcd watch broke; watching again");
+                            break;
+                        }
+                    }
+                },
+                Err(e) => tracing::warn!(target: "sfc::store", error = %e, "cannot watch etcd; retrying"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Applies one batch of watch events; returns the next revision to watch from.
+    fn apply(self: &Arc<Self>, resp: &WatchResponse) -> Option<i64> {
+        let me = self.etcd.id.clone();
+        let mut next = None;
+        // Registries first: a lease that expired deletes the registry key and its records in
+        // the same revision, and the records' reason depends on it.
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            next = Some(kv.mod_revision() + 1);
+            let Ok(key) = kv.key_str() else { continue };
+            if let Some(id) = key.strip_prefix(REGISTRIES) {
+                match ev.event_type() {
+                    EventType::Put => lock(&self.live).insert(id.to_string()),
+                    EventType::Delete => lock(&self.live).remove(id),
+                };
+            }
+        }
+        let reg = self.registry()?;
+        let mut closes = Vec::new();
+        let mut reput = Vec::new();
+        {
+            let mut st = reg.state();
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let Ok(key) = kv.key_str() else { continue };
+                let Some(id) = key.strip_prefix(INSTANCES) else { continue };
+                let rev = kv.mod_revision();
+                match ev.event_type() {
+                    EventType::Put => {
+                        let Some(v) = parse_value(kv.key(), kv.value()) else { continue };
+                        if v.owner == me {
+                            continue;
+                        }
+                        {
+                            let mut own = lock(&self.etcd.own_rev);
+                            // Older than this registry's own write of the key: stale.
+                            if own.get(id).is_some_and(|r| *r >= rev) {
+                                continue;
+                            }
+                            own.remove(id);
+                        }
+                        let owner = v.owner.clone();
+                        if let Some(s) = st.apply_remote(&v.owner, v.record, v.event, true) {
+                            closes.push((id.to_string(), owner, s));
+                        }
+                    }
+                    EventType::Delete => {
+                        if lock(&self.etcd.own_rev).get(id).is_some_and(|r| *r > rev) {
+                            continue;
+                        }
+                        let prev_owner = ev.prev_kv().and_then(|p| parse_value(p.key(), p.value())).map(|v| v.owner);
+                        if let Some(i) = st.instances.get(id) {
+                            if i.remote.is_none() && i.record.status == Status::Online {
+                                // One of ours, and its client is connected here: it stays.
+                                reput.push(i.record.clone());
+                                continue;
+                            }
+                        }
+                        let reason = match &prev_owner {
+                            Some(o) if *o == me => "deleted-in-etcd",
+                            Some(o) if !lock(&self.live).contains(o) => "owner-expired",
+                            _ => "evicted",
+                        };
+                        lock(&self.etcd.own_rev).remove(id);
+                        st.remove_remote(id, serde_json::json!({ "reason": reason, "registry": prev_owner }));
+                    }
+                }
+            }
+        }
+        close_superseded(closes);
+        if !reput.is_empty() {
+            let etcd = self.etcd.clone();
+            self.etcd.handle.spawn(async move {
+                for r in reput {
+                    if let Err(e) = etcd.put_record(&r, None).await {
+                        tracing::warn!(target: "sfc::store", id = %r.id, error = %e, "cannot write a record back to etcd");
+                    }
+                }
+            });
+        }
+        // Commands for instances here, and results of commands sent from here.
+        let cmd_prefix = format!("{COMMANDS}{me}/");
+        let res_prefix = format!("{RESULTS}{me}/");
+        for ev in resp.events() {
+            if ev.event_type() != EventType::Put {
+                continue;
+            }
+            let Some(kv) = ev.kv() else { continue };
+            let Ok(key) = kv.key_str() else { continue };
+            if let Some(rest) = key.strip_prefix(&cmd_prefix) {
+                let Some((sender, cid)) = rest.split_once('/') else { continue };
+                match serde_json::from_slice::<CommandValue>(kv.value()) {
+                    Ok(v) => {
+                        let this = self.clone();
+                        let (key, sender, cid) = (key.to_string(), sender.to_string(), cid.to_string());
+                        self.main.spawn(async move { this.execute(key, sender, cid, v).await });
+                    }
+                    Err(e) => tracing::warn!(target: "sfc::store", key, error = %e, "unreadable forwarded command"),
+                }
+            } else if let Some(cid) = key.strip_prefix(&res_prefix) {
+                let outcome = serde_json::from_slice::<Outcome>(kv.value());
+                let waiter = cid.parse::<u64>().ok().and_then(|cid| lock(&self.waiting).remove(&cid));
+                match (waiter, outcome) {
+                    (Some(tx), Ok(o)) => {
+                        let _ = tx.send(o);
+                    }
+                    (_, Err(e)) => tracing::warn!(target: "sfc::store", key, error = %e, "unreadable command result"),
+                    (None, _) => {}
+                }
+                let mut c = self.etcd.client.clone();
+                let key = key.to_string();
+                self.etcd.handle.spawn(async move {
+                    let _ = c.delete(key, None).await;
+                });
+            }
+        }
+        next
+    }
+
+    /// Runs a command another registry forwarded, and puts its outcome.
+    async fn execute(self: Arc<Self>, key: String, sender: String, cid: String, v: CommandValue) {
+        let Some(reg) = self.registry() else { return };
+        let timeout = Duration::from_millis(v.timeout_ms.clamp(1, 3_600_000));
+        let sender_cid = v.command.command_id;
+        let c = v.command;
+        let outcome = match reg.send_command_here(&v.instance, &c.name, c.reason, c.payload, c.issued_by, timeout).await {
+            Ok(r) => Outcome::Ok(CommandResult { command_id: sender_cid, ..r }),
+            Err(Error::Remote { code, message }) => Outcome::Err { code, message },
+            Err(e) => Outcome::Err { code: ErrorCode::Internal, message: e.to_string() },
+        };
+        let etcd = self.etcd.clone();
+        let value = serde_json::to_vec(&outcome).unwrap_or_default();
+        let done = self
+            .etcd
+            .handle
+            .spawn(async move {
+                let mut c = etcd.client.clone();
+                let lease = PutOptions::new().with_lease(etcd.lease());
+                c.put(format!("{RESULTS}{sender}/{cid}"), value, Some(lease)).await?;
+                c.delete(key, None).await?;
+                Ok::<_, etcd_client::Error>(())
+            })
+            .await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(target: "sfc::store", error = %e, "cannot return a forwarded command's result");
+        }
+    }
+
+    /// Sends a command to an instance that `owner` holds, through etcd, and waits for the
+    /// outcome (the owner applies `timeout`; this side waits a little longer).
+    pub(crate) async fn forward(
+        self: &Arc<Self>,
+        owner: &str,
+        instance: &str,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<CommandResult, Error> {
+        let cid = command.command_id;
+        let name = command.name.clone();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiting).insert(cid, tx);
+        let key = format!("{COMMANDS}{owner}/{}/{cid}", self.etcd.id);
+        let value = CommandValue { instance: instance.to_string(), command, timeout_ms: timeout.as_millis() as u64 };
+        let value = serde_json::to_vec(&value).unwrap_or_default();
+        let etcd = self.etcd.clone();
+        let k = key.clone();
+        let put = self
+            .etcd
+            .handle
+            .spawn(async move {
+                let mut c = etcd.client.clone();
+                let opts = PutOptions::new().with_lease(etcd.lease());
+                tokio::time::timeout(etcd.op_timeout, c.put(k, value, Some(opts))).await
+            })
+            .await;
+        let put_err = match put {
+            Ok(Ok(Ok(_))) => None,
+            Ok(Ok(Err(e))) => Some(e.to_string()),
+            Ok(Err(_)) => Some("timed out".to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = put_err {
+            lock(&self.waiting).remove(&cid);
+            return Err(Error::Unreachable(format!(
+                "cannot forward command {name:?} for {instance:?} to registry {owner} through etcd at {}: {e}",
+                self.etcd.endpoints
+            )));
+        }
+        let r = tokio::time::timeout(timeout + Duration::from_secs(2), rx).await;
+        lock(&self.waiting).remove(&cid);
+        let mut c = self.etcd.client.clone();
+        self.etcd.handle.spawn(async move {
+            let _ = c.delete(key, None).await;
+        });
+        match r {
+            Ok(Ok(Outcome::Ok(r))) => Ok(r),
+            Ok(Ok(Outcome::Err { code, message })) => Err(Error::Remote { code, message }),
+            _ => Err(Error::Remote {
+                code: ErrorCode::CommandTimeout,
+                message: format!(
+                    "instance {instance:?} (connected to registry {owner}) did not answer command {name:?} within {}",
+                    crate::duration::format(timeout)
+                ),
+            }),
+        }
+    }
+
+    /// Keeps the lease alive; when it is lost anyway, takes a new one and writes again every
+    /// record this registry owns.
+    async fn keepalive_loop(self: Arc<Self>) {
+        let period = (self.etcd.lease_ttl / 3).max(Duration::from_millis(500));
+        while self.shared.strong_count() > 0 {
+            let lease = self.etcd.lease();
+            let mut c = self.etcd.client.clone();
+            let lost = match c.lease_keep_alive(lease).await {
+                Ok((mut keeper, mut stream)) => loop {
+                    if keeper.keep_alive().await.is_err() {
+                        break false;
+                    }
+                    match tokio::time::timeout(self.etcd.op_timeout, stream.message()).await {
+                        Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                        Ok(Ok(Some(_))) => break true,
+                        _ => break false,
+                    }
+                    if self.shared.strong_count() == 0 {
+                        return;
+                    }
+                    tokio::time::sleep(period).await;
+                },
+                Err(e) => {
+                    tracing::warn!(target: "sfc::store", error = %e, "etcd lease keepalive failed; retrying");
+                    false
+                }
+            };
+            if lost {
+                tracing::error!(target: "sfc::store", lease,
+                    "etcd lease expired: this registry's records were removed from etcd; writing them again");
+                self.renew_lease().await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+
+    async fn renew_lease(&self) {
+        let ttl = self.etcd.lease_ttl.as_secs() as i64;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let mut c = self.etcd.client.clone();
+            match c.lease_grant(ttl, None).await {
+                Ok(r) => {
+                    self.etcd.set_lease(r.id());
+                    break;
+                }
+                Err(e) => tracing::warn!(target: "sfc::store", error = %e, "cannot get a new etcd lease; retrying"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        if let Err(e) = self.etcd.announce().await {
+            tracing::warn!(target: "sfc::store", error = %e, "cannot announce this registry in etcd");
+        }
+        let Some(reg) = self.registry() else { return };
+        let records = reg.state().local_records();
+        for r in records {
+            if let Err(e) = self.etcd.put_record(&r, None).await {
+                tracing::warn!(target: "sfc::store", id = %r.id, error = %e, "cannot write a record back to etcd");
+            }
+        }
+    }
+}
+
+fn parse_value(key: &[u8], value: &[u8]) -> Option<InstanceValue> {
+    match serde_json::from_slice::<InstanceValue>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(target: "sfc::store", key = %String::from_utf8_lossy(key), error = %e,
+                "skipping an unreadable instance record in etcd");
+            None
+        }
+    }
+}
+
+/// Closes the sessions whose instance another registry now holds.
+fn close_superseded(closes: Vec<(String, String, super::state::SessionRef)>) {
+    for (id, owner, s) in closes {
+        tracing::warn!(target: "sfc::registry", id, owner, session = s.id,
+            "instance connected to another registry; closing its session here");
+        let _ = s.tx.try_send(Outbound::Close(Message::error(
+            None,
+            ErrorCode::Superseded,
+            format!("{id} is now connected to registry {owner}"),
+            true,
+        )));
+    }
+}

@@ -1,0 +1,447 @@
+//! The etcd store (`--store etcd`): several registries share one fleet through an etcd
+//! cluster. Each registry owns the sessions connected to it and writes their records under
+//! its own lease; every registry reads the whole fleet from a local cache that an etcd watch
+//! keeps current (see `registry::cluster`).
+//!
+//! Keyspace, all under `/sfc/v1/`:
+//! - `instances/<group>/<instance_id>`: `{"owner", "record", "event"}`, under the owner's
+//!   lease. `event` is the transition that wrote it (absent for a metric snapshot).
+//! - `registries/<registry id>`: `{"id", "hostname", "pid", "started_at"}`, under its lease.
+//! - `commands/<owner>/<sender>/<command id>`: a command for an instance that `owner` holds,
+//!   under the sender's lease.
+//! - `results/<sender>/<command id>`: its outcome, under the owner's lease.
+//!
+//! The [`Store`] methods are synchronous (the registry calls `transition` under its state
+//! lock, before it broadcasts). They run the etcd call on the store's own small runtime and
+//! wait for it, bounded by the operation timeout. After a failure the store fails fast for a
+//! moment, so an unreachable etcd does not hold the registry's lock once per transition.
+//! The event history stays in each registry's memory: etcd holds the fleet, not the history.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+
+use super::{Snapshot, Store};
+use crate::error::{Error, Result};
+use crate::model::{Event, InstanceRecord};
+use crate::registry::state::RemoteTransition;
+use crate::tls::PemSource;
+
+/// Every key this registry writes starts with this.
+pub const PREFIX: &str = "/sfc/v1/";
+pub const INSTANCES: &str = "/sfc/v1/instances/";
+pub const REGISTRIES: &str = "/sfc/v1/registries/";
+pub const COMMANDS: &str = "/sfc/v1/commands/";
+pub const RESULTS: &str = "/sfc/v1/results/";
+
+/// Most puts in one etcd transaction (etcd refuses more than `--max-txn-ops`, 128 by default).
+const TXN_OPS: usize = 100;
+/// How long the store fails fast after an etcd call failed.
+const FAIL_FAST: Duration = Duration::from_secs(1);
+
+/// `--etcd-*` flags.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    /// `http://host:port` or `https://host:port`; several for a cluster.
+    pub endpoints: Vec<String>,
+    /// CA that signs the etcd servers' certificates (https endpoints).
+    pub ca: Option<PemSource>,
+    /// Client certificate and key, when etcd requires them.
+    pub cert: Option<PemSource>,
+    pub key: Option<PemSource>,
+    /// This registry's records expire this long after it stops renewing its lease.
+    pub lease_ttl: Duration,
+    /// Longest wait for one etcd call.
+    pub op_timeout: Duration,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        EtcdOptions {
+            endpoints: Vec::new(),
+            ca: None,
+            cert: None,
+            key: None,
+            lease_ttl: Duration::from_secs(10),
+            op_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The value of an instance key.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InstanceValue {
+    pub owner: String,
+    pub record: InstanceRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<RemoteTransition>,
+}
+
+/// Writes this registry made, for SCALING.md and logs.
+#[derive(Default, Debug)]
+pub struct EtcdStats {
+    /// Keys put (instances, commands, results, registry key).
+    pub puts: AtomicU64,
+    /// Round trips that wrote (a put, a delete or a transaction).
+    pub writes: AtomicU64,
+    /// Bytes of values written.
+    pub bytes: AtomicU64,
+}
+
+/// What the store and the cluster tasks share.
+pub struct EtcdInner {
+    /// This registry's id: `<hostname>-<pid>-<random>`, new at every start.
+    pub id: String,
+    pub client: Client,
+    /// The store's own runtime, where every etcd call runs.
+    pub handle: tokio::runtime::Handle,
+    lease: AtomicI64,
+    pub lease_ttl: Duration,
+    pub op_timeout: Duration,
+    /// Revision of this registry's newest write of each instance it owns. A watch event at or
+    /// below it is older than what this registry wrote, and is ignored.
+    pub own_rev: Mutex<HashMap<String, i64>>,
+    fail_fast_until: Mutex<Option<Instant>>,
+    /// Revision to compact etcd to on the next prune tick (the current one from a tick ago).
+    compact_next: Mutex<Option<i64>>,
+    pub endpoints: String,
+    pub stats: EtcdStats,
+}
+
+pub struct EtcdStore {
+    inner: Arc<EtcdInner>,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+fn etcd_err(endpoints: &str, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unreachable(format!("etcd at {endpoints}: {what} failed: {e}"))
+}
+
+fn read_pem(src: &PemSource, flag: &str) -> Result<Vec<u8>> {
+    match src {
+        PemSource::File(p) => std::fs::read(p).map_err(|e| Error::invalid(flag, format!("cannot read {}: {e}", p.display()))),
+        PemSource::Text(t) => Ok(t.as_bytes().to_vec()),
+    }
+}
+
+fn registry_id() -> String {
+    let host: String = sysinfo::System::host_name().ok()
+        .unwrap_or_else(|| "registry".into())
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+        .collect();
+    format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+pub fn instance_key(id: &str) -> String {
+    format!("{INSTANCES}{id}")
+}
+
+impl EtcdStore {
+    /// Connects, grants this registry's lease and announces it under `registries/`.
+    /// Must not be called from inside an async task (it waits for etcd).
+    pub fn connect(opts: &EtcdOptions) -> Result<EtcdStore> {
+        if opts.endpoints.is_empty() {
+            return Err(Error::invalid("--etcd-endpoints", "--store etcd needs at least one endpoint"));
+        }
+        for e in &opts.endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(Error::invalid("--etcd-endpoints", format!("{e:?} is not an http:// or https:// URL")));
+            }
+        }
+        let ttl_secs = opts.lease_ttl.as_secs();
+        if !(2..=3600).contains(&ttl_secs) {
+            return Err(Error::invalid("--etcd-lease-ttl", format!("{ttl_secs}s is outside 2s..=1h")));
+        }
+        let tls = opts.endpoints.iter().any(|e| e.starts_with("https://"));
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(opts.op_timeout)
+            .with_timeout(opts.op_timeout)
+            .with_keep_alive(Duration::from_secs(2), opts.op_timeout)
+            .with_keep_alive_while_idle(true);
+        if tls {
+            let mut t = etcd_client::TlsOptions::new();
+            t = match &opts.ca {
+                Some(ca) => t.ca_certificate(etcd_client::Certificate::from_pem(read_pem(ca, "--etcd-ca")?)),
+                None => t.with_native_roots(),
+            };
+            match (&opts.cert, &opts.key) {
+                (Some(c), Some(k)) => {
+                    t = t.identity(etcd_client::Identity::from_pem(read_pem(c, "--etcd-cert")?, read_pem(k, "--etcd-key")?))
+                }
+                (None, None) => {}
+                _ => return Err(Error::invalid("--etcd-cert", "--etcd-cert and --etcd-key go together")),
+            }
+            options = options.with_tls(t);
+        } else if opts.ca.is_some() || opts.cert.is_some() || opts.key.is_some() {
+            return Err(Error::invalid("--etcd-ca", "etcd TLS options need https:// endpoints"));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sfc-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Io(std::io::Error::other(format!("cannot start the etcd runtime: {e}"))))?;
+        let endpoints = opts.endpoints.join(",");
+        let eps = opts.endpoints.clone();
+        let (client, lease) = wait(&runtime.handle().clone(), opts.op_timeout * 2, &endpoints, "connect", async move {
+            let mut client = Client::connect(&eps, Some(options)).await?;
+            let lease = client.lease_grant(ttl_secs as i64, None).await?.id();
+            Ok::<_, etcd_client::Error>((client, lease))
+        })?;
+        let inner = Arc::new(EtcdInner {
+            id: registry_id(),
+            client,
+            handle: runtime.handle().clone(),
+            lease: AtomicI64::new(lease),
+            lease_ttl: opts.lease_ttl,
+            op_timeout: opts.op_timeout,
+            own_rev: Mutex::new(HashMap::new()),
+            fail_fast_until: Mutex::new(None),
+            compact_next: Mutex::new(None),
+            endpoints,
+            stats: EtcdStats::default(),
+        });
+        let i = inner.clone();
+        wait(&inner.handle, opts.op_timeout, &inner.endpoints, "announce", async move { i.announce().await })?;
+        tracing::info!(target: "sfc::store", registry = %inner.id, endpoints = %inner.endpoints,
+            lease_ttl = ?opts.lease_ttl, "joined the etcd fleet");
+        Ok(EtcdStore { inner, runtime: Mutex::new(Some(runtime)) })
+    }
+
+    pub fn inner(&self) -> Arc<EtcdInner> {
+        self.inner.clone()
+    }
+
+    /// Runs `f` on the store's runtime and waits, failing fast for a moment after a failure.
+    fn call<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    ) -> Result<T> {
+        let inner = &self.inner;
+        if let Some(until) = *inner.fail_fast_until.lock().unwrap_or_else(|e| e.into_inner()) {
+            if Instant::now() < until {
+                return Err(etcd_err(&inner.endpoints, what, "an earlier call failed moments ago"));
+            }
+        }
+        let r = wait(&inner.handle, inner.op_timeout, &inner.endpoints, what, f);
+        *inner.fail_fast_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            r.is_err().then(|| Instant::now() + FAIL_FAST);
+        r
+    }
+}
+
+/// Runs a future on `handle` and waits for it from a plain thread or a worker of another
+/// runtime (never from the store's own runtime, whose workers it could starve).
+pub(crate) fn wait<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    timeout: Duration,
+    endpoints: &str,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+) -> Result<T> {
+    if std::thread::current().name() == Some("sfc-etcd") {
+        return Err(etcd_err(endpoints, what, "called from the etcd runtime itself (a bug)"));
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let r = tokio::time::timeout(timeout, f).await;
+        let _ = tx.send(r);
+    });
+    match rx.recv_timeout(timeout + Duration::from_millis(500)) {
+        Ok(Ok(Ok(v))) => Ok(v),
+        Ok(Ok(Err(e))) => Err(etcd_err(endpoints, what, e)),
+        Ok(Err(_)) | Err(_) => Err(Error::Timeout(format!(
+            "etcd at {endpoints}: {what} took longer than {}",
+            crate::duration::format(timeout)
+        ))),
+    }
+}
+
+impl EtcdInner {
+    pub fn lease(&self) -> i64 {
+        self.lease.load(Ordering::Relaxed)
+    }
+
+    pub fn set_lease(&self, lease: i64) {
+        self.lease.store(lease, Ordering::Relaxed);
+    }
+
+    pub fn instance_value(&self, record: &InstanceRecord, event: Option<RemoteTransition>) -> Vec<u8> {
+        let v = InstanceValue { owner: self.id.clone(), record: record.clone(), event };
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+
+    fn count(&self, puts: usize, bytes: usize) {
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.stats.puts.fetch_add(puts as u64, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Writes `registries/<id>` under the current lease.
+    pub async fn announce(&self) -> Result<(), etcd_client::Error> {
+        let v = serde_json::json!({
+            "id": self.id,
+            "hostname": sysinfo::System::host_name().ok(),
+            "pid": std::process::id(),
+            "started_at": crate::model::now_ms(),
+        })
+        .to_string();
+        self.count(1, v.len());
+        let mut c = self.client.clone();
+        c.put(format!("{REGISTRIES}{}", self.id), v, Some(PutOptions::new().with_lease(self.lease()))).await?;
+        Ok(())
+    }
+
+    /// Puts one record under this registry's lease and remembers the revision.
+    pub async fn put_record(&self, record: &InstanceRecord, event: Option<RemoteTransition>) -> Result<(), etcd_client::Error> {
+        let value = self.instance_value(record, event);
+        self.count(1, value.len());
+        let mut c = self.client.clone();
+        let resp = c.put(instance_key(&record.id), value, Some(PutOptions::new().with_lease(self.lease()))).await?;
+        if let Some(h) = resp.header() {
+            self.own_rev.lock().unwrap_or_else(|e| e.into_inner()).insert(record.id.clone(), h.revision());
+        }
+        Ok(())
+    }
+
+    /// Writes metric snapshots of records this registry still owns, in transactions of at
+    /// most [`TXN_OPS`] puts. A record that another registry took over meanwhile (its key is
+    /// under another lease) is left alone.
+    pub async fn put_snapshots(&self, records: &[InstanceRecord]) -> Result<(), etcd_client::Error> {
+        let lease = self.lease();
+        for chunk in records.chunks(TXN_OPS) {
+            let mut compares = Vec::with_capacity(chunk.len());
+            let mut ops = Vec::with_capacity(chunk.len());
+            let mut bytes = 0;
+            for r in chunk {
+                let key = instance_key(&r.id);
+                let value = self.instance_value(r, None);
+                bytes += value.len();
+                compares.push(Compare::lease(key.clone(), CompareOp::Equal, lease));
+                ops.push(TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease))));
+            }
+            self.count(chunk.len(), bytes);
+            let mut c = self.client.clone();
+            let resp = c.txn(Txn::new().when(compares).and_then(ops)).await?;
+            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            if resp.succeeded() {
+                let mut own = self.own_rev.lock().unwrap_or_else(|e| e.into_inner());
+                for r in chunk {
+                    own.insert(r.id.clone(), rev);
+                }
+                continue;
+            }
+            // Some record moved to another registry: write the others one by one.
+            for r in chunk {
+                let key = instance_key(&r.id);
+                let value = self.instance_value(r, None);
+                self.count(1, value.len());
+                let txn = Txn::new()
+                    .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+                    .and_then([TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)))]);
+                let resp = c.txn(txn).await?;
+                if resp.succeeded() {
+                    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                    self.own_rev.lock().unwrap_or_else(|e| e.into_inner()).insert(r.id.clone(), rev);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store for EtcdStore {
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
+
+    /// The fleet comes from the cluster's watch, not from here; the event history starts
+    /// empty (it is kept per registry, in memory).
+    fn load(&self, _history: usize) -> Result<Snapshot> {
+        Ok(Snapshot::default())
+    }
+
+    fn transition(&self, event: &Event, record: Option<&InstanceRecord>) -> Result<()> {
+        let inner = self.inner.clone();
+        match record {
+            Some(r) => {
+                let r = r.clone();
+                let t = RemoteTransition { kind: event.kind, at: event.at, detail: event.detail.clone() };
+                self.call("put instance", async move { inner.put_record(&r, Some(t)).await })
+            }
+            None => {
+                let id = event.id.clone();
+                self.call("delete instance", async move {
+                    inner.count(0, 0);
+                    let mut c = inner.client.clone();
+                    c.delete(instance_key(&id), None).await?;
+                    inner.own_rev.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                    Ok(())
+                })
+            }
+        }
+    }
+
+    fn snapshot(&self, records: &[InstanceRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        let records = records.to_vec();
+        // Many transactions may be needed: allow one timeout per transaction.
+        let batches = records.len().div_ceil(TXN_OPS) as u32;
+        let timeout = inner.op_timeout * batches.max(1);
+        wait(&inner.handle.clone(), timeout, &inner.endpoints.clone(), "write metric snapshots", async move {
+            inner.put_snapshots(&records).await
+        })
+    }
+
+    /// The history lives in memory; this tick compacts etcd's key history instead, to the
+    /// revision seen one tick (a minute) ago, so a watcher that reconnects can still resume.
+    fn prune_events(&self, _before_ms: u64) -> Result<usize> {
+        let inner = self.inner.clone();
+        let rev = self.call("compact", async move {
+            let mut c = inner.client.clone();
+            let now = c.get(format!("{REGISTRIES}{}", inner.id), None).await?.header().map(|h| h.revision()).unwrap_or(0);
+            let target = inner.compact_next.lock().unwrap_or_else(|e| e.into_inner()).replace(now);
+            if let Some(target) = target.filter(|t| *t > 0) {
+                // Another registry may have compacted further already; that is fine.
+                if let Err(e) = c.compact(target, None).await {
+                    tracing::debug!(target: "sfc::store", error = %e, revision = target, "etcd compaction skipped");
+                }
+            }
+            Ok(now)
+        })?;
+        tracing::trace!(target: "sfc::store", revision = rev, "etcd compaction tick");
+        Ok(0)
+    }
+
+    fn etcd(&self) -> Option<Arc<EtcdInner>> {
+        Some(self.inner.clone())
+    }
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // Revoking the lease tells the other registries at once that this one is gone
+            // (best effort; otherwise its records expire after the lease TTL).
+            let inner = self.inner.clone();
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            rt.spawn(async move {
+                let mut c = inner.client.clone();
+                let _ = tokio::time::timeout(Duration::from_secs(1), c.lease_revoke(inner.lease())).await;
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(Duration::from_millis(1500));
+            // Dropping a runtime inside another runtime's task would panic.
+            rt.shutdown_background();
+        }
+    }
+}

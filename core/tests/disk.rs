@@ -1,0 +1,155 @@
+//! A full or read-only data directory: the registry keeps serving from memory, and once the
+//! disk recovers it writes what it missed. Uses a real tmpfs mount (needs root, as CI runs).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use sfc::model::{EventKind, Filter, Status};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    /// A 4 MiB tmpfs, or None where this process may not mount (not root).
+    fn tmpfs() -> Option<(tempfile::TempDir, Mount)> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            return None;
+        }
+        let m = Mount(dir.path().to_path_buf());
+        Some((dir, m))
+    }
+
+    fn remount(&self, opt: &str) {
+        let st = Command::new("mount").args(["-o", &format!("remount,{opt}")]).arg(&self.0).status().unwrap();
+        assert!(st.success(), "remount {opt}");
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn fill(dir: &Path) -> std::path::PathBuf {
+    let f = dir.join("filler");
+    // dd stops with "No space left on device"; that is the point.
+    let _ = Command::new("dd").args(["if=/dev/zero", "bs=64k"]).arg(format!("of={}", f.display())).output();
+    f
+}
+
+async fn history(reg: &RegistryProc) -> Vec<sfc::model::Event> {
+    let obs = reg.observer();
+    let mut w = obs.watch_after(Filter::default(), false, 0).unwrap();
+    let mut out = Vec::new();
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(700), w.next()).await {
+        out.push(ev);
+    }
+    out
+}
+
+async fn serve_through_a_disk_fault(break_disk: impl Fn(&Path, &Mount), heal_disk: impl Fn(&Path, &Mount)) {
+    let Some((dir, mount)) = Mount::tmpfs() else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let reg = RegistryProc::start_at("127.0.0.1:0", dir.path(), &[]);
+    let obs = reg.observer();
+    let a = reg.service("disk", "before").start().unwrap();
+    a.wait_connected(LIMIT).await.unwrap();
+    wait_record(&obs, "disk/before", LIMIT, "online", |r| r.status == Status::Online).await;
+
+    break_disk(dir.path(), &mount);
+    // Transitions while the store fails: the registry keeps serving and broadcasting them.
+    let mut w = obs.watch(Filter::group("disk"), false).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = reg.service("disk", "during").start().unwrap();
+    b.wait_connected(LIMIT).await.unwrap();
+    b.stop().await.unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let ev = tokio::time::timeout(LIMIT, w.next()).await.expect("events while the disk is broken").unwrap();
+        if ev.id == "disk/during" {
+            kinds.push(ev.kind);
+        }
+    }
+    assert_eq!(kinds, vec![EventKind::Joined, EventKind::Left]);
+    assert!(a.is_connected(), "the existing client was disturbed");
+
+    heal_disk(dir.path(), &mount);
+    // The next transition after recovery also writes what the store missed.
+    let c = reg.service("disk", "after").start().unwrap();
+    c.wait_connected(LIMIT).await.unwrap();
+    wait_record(&obs, "disk/after", LIMIT, "online", |r| r.status == Status::Online).await;
+    drop(obs);
+    drop(reg);
+
+    let reg = RegistryProc::start_at("127.0.0.1:0", dir.path(), &[]);
+    let h = history(&reg).await;
+    for (id, kind) in [("disk/during", EventKind::Joined), ("disk/during", EventKind::Left), ("disk/after", EventKind::Joined)] {
+        assert!(h.iter().any(|e| e.id == id && e.kind == kind), "{id} {kind:?} missing after restart: {h:?}");
+    }
+    let obs = reg.observer();
+    let recs = obs.query(Filter::group("disk")).await.unwrap();
+    assert!(recs.iter().any(|r| r.id == "disk/during" && r.status == Status::Left), "{recs:?}");
+    drop(mount);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_data_directory() {
+    serve_through_a_disk_fault(
+        |dir, _| {
+            fill(dir);
+        },
+        |dir, _| std::fs::remove_file(dir.join("filler")).unwrap(),
+    )
+    .await;
+}
+
+/// A data directory that is read-only when the registry starts (a volume mounted wrong): it
+/// serves from memory, and writes everything once the directory becomes writable. (A disk that
+/// turns read-only under a running registry cannot be made here: a tmpfs refuses to remount
+/// read-only while SQLite holds its file open.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_data_directory_at_start() {
+    let Some((dir, mount)) = Mount::tmpfs() else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let st = Command::new(sfc_bin()).args(["certs", "init", "--dir"]).arg(dir.path().join("tls")).output().unwrap();
+    assert!(st.status.success());
+    mount.remount("ro");
+    let reg = RegistryProc::start_at("127.0.0.1:0", dir.path(), &[]);
+    let obs = reg.observer();
+    let a = reg.service("ro", "first").start().unwrap();
+    a.wait_connected(LIMIT).await.unwrap();
+    wait_record(&obs, "ro/first", LIMIT, "online", |r| r.status == Status::Online).await;
+    assert!(!dir.path().join("registry.db").exists());
+
+    mount.remount("rw");
+    let b = reg.service("ro", "second").start().unwrap();
+    b.wait_connected(LIMIT).await.unwrap();
+    wait_record(&obs, "ro/second", LIMIT, "online", |r| r.status == Status::Online).await;
+    assert!(dir.path().join("registry.db").exists(), "the store opened once the disk allowed it");
+    drop(obs);
+    drop(reg);
+
+    let reg = RegistryProc::start_at("127.0.0.1:0", dir.path(), &[]);
+    let h = history(&reg).await;
+    for id in ["ro/first", "ro/second"] {
+        assert!(h.iter().any(|e| e.id == id && e.kind == EventKind::Joined), "{id} joined missing: {h:?}");
+    }
+    drop(mount);
+}

@@ -1,0 +1,472 @@
+//! `--store etcd`: several registries share one fleet through a real etcd (Debian's
+//! etcd-server, installed by tests/setup.sh) bound to loopback ports. The registries are the
+//! real `sfc` binary with real TLS; clients are the real client library; reads go through
+//! the HTTP API.
+//!
+//! The tests are ignored in a plain `cargo test` (they need etcd); `make test-etcd` runs them.
+#![cfg(feature = "etcd")]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sfc::client::{Client, ClientBuilder};
+
+const LIMIT: Duration = Duration::from_secs(30);
+const TOKEN: &str = "etcd-test-token";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// One etcd member started by the test, stopped by PID.
+struct EtcdMember {
+    name: String,
+    child: Option<Child>,
+    client_url: String,
+    log: PathBuf,
+}
+
+impl EtcdMember {
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for EtcdMember {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An etcd cluster of `n` members on loopback, in a temporary directory.
+struct Etcd {
+    members: Vec<EtcdMember>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Etcd {
+    fn start(n: usize) -> Etcd {
+        let bin = which_etcd();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let name = format!("m{i}");
+            let log = tmp.path().join(format!("{name}.log"));
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let child = Command::new(&bin)
+                .args(["--name", &name, "--data-dir"])
+                .arg(tmp.path().join(&name))
+                .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", "sfc-test"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("etcd log"))
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            members.push(EtcdMember { name, child: Some(child), client_url, log });
+        }
+        let etcd = Etcd { members, _tmp: tmp };
+        etcd.wait_healthy(&etcd.endpoints());
+        etcd
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.members.iter().filter(|m| m.child.is_some()).map(|m| m.client_url.clone()).collect()
+    }
+
+    fn endpoints_flag(&self) -> String {
+        self.members.iter().map(|m| m.client_url.clone()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Waits until every given member answers `/health` with a leader elected.
+    fn wait_healthy(&self, urls: &[String]) {
+        let start = Instant::now();
+        for url in urls {
+            loop {
+                let ok = agent()
+                    .get(&format!("{url}/health"))
+                    .call()
+                    .ok()
+                    .and_then(|mut r| r.body_mut().read_to_string().ok())
+                    .is_some_and(|b| b.contains("\"health\":\"true\""));
+                if ok {
+                    break;
+                }
+                if start.elapsed() > LIMIT {
+                    for m in &self.members {
+                        eprintln!("--- {} ---\n{}", m.name, std::fs::read_to_string(&m.log).unwrap_or_default());
+                    }
+                    panic!("etcd at {url} not healthy within {LIMIT:?}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Index of the member that leads, by asking each member's status.
+    fn leader(&self) -> usize {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([self.members[0].client_url.clone()], None).await.expect("etcd client");
+            let st = c.status().await.expect("etcd status");
+            let leader = st.leader();
+            let list = c.member_list().await.expect("member list");
+            let name = list.members().iter().find(|m| m.id() == leader).expect("leader in member list").name().to_string();
+            self.members.iter().position(|m| m.name == name).expect("leader is one of ours")
+        })
+    }
+
+    /// A counter from etcd's own /metrics on `member`.
+    fn metric(&self, member: usize, name: &str) -> f64 {
+        let body = agent()
+            .get(&format!("{}/metrics", self.members[member].client_url))
+            .call()
+            .expect("etcd /metrics")
+            .body_mut()
+            .read_to_string()
+            .expect("body");
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+fn which_etcd() -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/bin", "/usr/local/bin"]) {
+        let p = Path::new(dir).join("etcd");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("etcd is not installed: run `bash tests/setup.sh` (Debian package etcd-server)");
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .new_agent()
+}
+
+/// An `sfc registry --store etcd` process with its HTTP API.
+struct Reg {
+    child: Child,
+    addr: String,
+    http: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Reg {
+    /// Starts a registry; `tls_from` shares another registry's certificates (one CA for the
+    /// whole fleet, so a client trusts every registry).
+    fn start(etcd: &str, tls_from: Option<&Path>) -> Reg {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(common::sfc_bin());
+        cmd.args(["registry", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
+            .arg(tmp.path())
+            .args(["--store", "etcd", "--etcd-endpoints", etcd, "--etcd-lease-ttl", "3s"])
+            .args(["--snapshot-interval", "300ms", "--missed-reports", "3", "--admin-token", TOKEN]);
+        if let Some(dir) = tls_from {
+            cmd.arg("--tls-cert").arg(dir.join("tls/server.pem")).arg("--tls-key").arg(dir.join("tls/server-key.pem"));
+        }
+        let mut child = cmd
+            .env("RUST_LOG", "sfc=info")
+            .env_remove("SFC_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sfc registry");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut next = |prefix: &str| {
+            let line = lines.next().expect("registry printed too little").expect("read stdout");
+            line.strip_prefix(prefix)
+                .and_then(|r| r.split(' ').next())
+                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+                .to_string()
+        };
+        let addr = next("sfc registry listening on ");
+        let http = next("sfc http listening on ");
+        std::thread::spawn(move || for _ in lines {});
+        Reg { child, addr, http, _tmp: tmp }
+    }
+
+    fn dir(&self) -> &Path {
+        self._tmp.path()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// Every record this registry serves, by id: status.
+    fn fleet(&self) -> Vec<(String, String)> {
+        let mut r = agent().get(&self.url("/v1/instances")).call().expect("GET /v1/instances");
+        let v: Value = serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("json");
+        let list = v.as_array().cloned().or_else(|| v["instances"].as_array().cloned()).unwrap_or_default();
+        let mut out: Vec<(String, String)> = list
+            .iter()
+            .map(|r| (r["id"].as_str().unwrap_or_default().to_string(), r["status"].as_str().unwrap_or_default().to_string()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn record(&self, id: &str) -> Option<Value> {
+        let mut r = agent().get(&self.url(&format!("/v1/instances/{id}"))).call().ok()?;
+        if r.status().as_u16() != 200 {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()?;
+        Some(if v.get("instance").is_some() { v["instance"].clone() } else { v })
+    }
+
+    fn command(&self, id: &str, name: &str, payload: Value) -> (u16, Value) {
+        let mut r = agent()
+            .post(&self.url(&format!("/v1/instances/{id}/commands")))
+            .header("Authorization", &format!("Bearer {TOKEN}"))
+            .send_json(json!({ "command": name, "payload": payload }))
+            .expect("POST command");
+        let status = r.status().as_u16();
+        (status, serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default()).unwrap_or(Value::Null))
+    }
+
+    fn metrics(&self) -> String {
+        agent().get(&self.url("/metrics")).call().expect("GET /metrics").body_mut().read_to_string().expect("body")
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Reg {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A service client on `regs` (the first is tried first; the others are failover addresses),
+/// trusting the fleet's CA. It answers `echo` commands.
+fn service(regs: &[&Reg], ca: &Path, group: &str, instance: &str) -> Client {
+    let c = Client::builder()
+        .ignore_env()
+        .registries(regs.iter().map(|r| r.addr.clone()))
+        .ca(ca.join("tls/ca.pem").display().to_string())
+        .group(group)
+        .instance_id(instance)
+        .interval(Duration::from_millis(200))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(400))
+        .start()
+        .expect("start client");
+    let me = format!("{group}/{instance}");
+    c.on_command(move |cmd| Ok(json!({ "echo": cmd.payload, "from": me })));
+    c
+}
+
+/// Polls `f` until it returns Some, for at most `limit`.
+fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn online(ids: &[&str]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = ids.iter().map(|i| (i.to_string(), "online".to_string())).collect();
+    v.sort();
+    v
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+#[ignore = "needs a real etcd (Debian etcd-server): make test-etcd"]
+fn two_registries_on_one_etcd_each_serve_the_whole_fleet() {
+    let rt = rt();
+    let _g = rt.enter();
+    let etcd = Etcd::start(1);
+    let a = Reg::start(&etcd.endpoints_flag(), None);
+    let b = Reg::start(&etcd.endpoints_flag(), Some(a.dir()));
+    let on_a = service(&[&a], a.dir(), "shop", "on-a");
+    let on_b = service(&[&b], a.dir(), "shop", "on-b");
+    rt.block_on(async {
+        on_a.wait_connected(LIMIT).await.unwrap();
+        on_b.wait_connected(LIMIT).await.unwrap();
+    });
+    let both = online(&["shop/on-a", "shop/on-b"]);
+    eventually(LIMIT, "registry a to serve both instances", || (a.fleet() == both).then_some(()));
+    eventually(LIMIT, "registry b to serve both instances", || (b.fleet() == both).then_some(()));
+
+    // Metrics reach the other registry (at the snapshot rate): the remote record's last
+    // report keeps moving.
+    let first = b.record("shop/on-a").expect("record on b")["last_report_at"].as_u64().expect("last_report_at");
+    eventually(LIMIT, "a newer report of shop/on-a on registry b", || {
+        let r = b.record("shop/on-a")?;
+        (r["last_report_at"].as_u64()? > first).then_some(())
+    });
+
+    // A command sent through registry b reaches the instance connected to registry a, and back.
+    let (status, body) = b.command("shop/on-a", "echo", json!({ "n": 7 }));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ok"], json!(true), "{body}");
+    assert_eq!(body["result"]["echo"]["n"], json!(7), "{body}");
+    assert_eq!(body["result"]["from"], json!("shop/on-a"), "{body}");
+    // ... and the transitions it made are in registry b's history, like local ones.
+    let mut r = agent().get(&b.url("/v1/events?after=0&limit=1000")).call().expect("GET /v1/events");
+    let events: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let list = events.as_array().cloned().or_else(|| events["events"].as_array().cloned()).unwrap_or_default();
+    let kinds: Vec<(&str, &str)> =
+        list.iter().map(|e| (e["kind"].as_str().unwrap_or(""), e["id"].as_str().unwrap_or(""))).collect();
+    assert!(kinds.contains(&("joined", "shop/on-a")), "{kinds:?}");
+    eventually(LIMIT, "command events of shop/on-a on registry b", || {
+        let mut r = agent().get(&b.url("/v1/events?after=0&limit=1000")).call().ok()?;
+        let text = r.body_mut().read_to_string().ok()?;
+        (text.contains("command-sent") && text.contains("command-result")).then_some(())
+    });
+
+    // /metrics on either registry counts the whole fleet.
+    let m = a.metrics();
+    assert!(m.contains("shop/on-b") || m.lines().any(|l| l.contains("online") && l.trim_end().ends_with(" 2")), "{m}");
+
+    // A graceful leave on one registry shows on the other.
+    rt.block_on(on_b.stop()).unwrap();
+    eventually(LIMIT, "shop/on-b left on registry a", || {
+        (a.fleet().contains(&("shop/on-b".into(), "left".into()))).then_some(())
+    });
+    drop(on_a);
+}
+
+#[test]
+#[ignore = "needs a real etcd (Debian etcd-server): make test-etcd"]
+fn sigkill_one_registry_its_clients_fail_over_and_the_survivor_is_right() {
+    let rt = rt();
+    let _g = rt.enter();
+    let etcd = Etcd::start(1);
+    let mut a = Reg::start(&etcd.endpoints_flag(), None);
+    let b = Reg::start(&etcd.endpoints_flag(), Some(a.dir()));
+    // Two clients prefer a, one prefers b; all know both. One more on a will die with it.
+    let c1 = service(&[&a, &b], a.dir(), "pool", "c1");
+    let c2 = service(&[&a, &b], a.dir(), "pool", "c2");
+    let c3 = service(&[&b, &a], a.dir(), "pool", "c3");
+    let doomed = service(&[&a], a.dir(), "pool", "doomed");
+    rt.block_on(async {
+        for c in [&c1, &c2, &c3, &doomed] {
+            c.wait_connected(LIMIT).await.unwrap();
+        }
+    });
+    let all = online(&["pool/c1", "pool/c2", "pool/c3", "pool/doomed"]);
+    eventually(LIMIT, "registry b to serve all four", || (b.fleet() == all).then_some(()));
+
+    let mut w = rt.block_on(async {
+        let obs = ClientBuilder::observer()
+            .ignore_env()
+            .registry(&b.addr)
+            .ca(a.dir().join("tls/ca.pem").display().to_string())
+            .start()
+            .unwrap();
+        let w = obs.watch(sfc::model::Filter::group("pool"), false).unwrap();
+        (obs, w)
+    });
+    drop(doomed);
+    a.kill(); // SIGKILL
+
+    // c1 and c2 come back online on b; doomed is gone once a's lease expires (3s).
+    let survivors = online(&["pool/c1", "pool/c2", "pool/c3"]);
+    eventually(LIMIT, "registry b's fleet after registry a died", || (b.fleet() == survivors).then_some(()));
+    rt.block_on(async {
+        c1.wait_connected(LIMIT).await.unwrap();
+        c2.wait_connected(LIMIT).await.unwrap();
+    });
+    // Still right well after the dead registry's lease has expired: nothing that failed over
+    // is lost with it.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(b.fleet(), survivors);
+    // Reports from the clients that failed over keep arriving on b.
+    let before = b.record("pool/c1").unwrap()["last_report_at"].as_u64().unwrap();
+    eventually(LIMIT, "a new report from pool/c1 on b", || {
+        (b.record("pool/c1")?["last_report_at"].as_u64()? > before).then_some(())
+    });
+    // Watchers of b heard it: doomed evicted (a's lease expired), never an offline for c3.
+    let mut evicted_doomed = false;
+    while let Some(ev) = w.1.try_next() {
+        assert!(!(ev.id == "pool/c3" && ev.kind == sfc::model::EventKind::Offline), "{ev:?}");
+        evicted_doomed |= ev.id == "pool/doomed" && ev.kind == sfc::model::EventKind::Evicted;
+    }
+    assert!(evicted_doomed, "registry b's watchers did not hear pool/doomed go");
+    // A command through b reaches a client that failed over to it.
+    let (status, body) = b.command("pool/c1", "echo", json!("hi"));
+    assert_eq!((status, &body["result"]["echo"]), (200, &json!("hi")), "{body}");
+}
+
+#[test]
+#[ignore = "needs a real etcd (Debian etcd-server): make test-etcd"]
+fn three_etcd_members_lose_one_and_the_registries_carry_on() {
+    let rt = rt();
+    let _g = rt.enter();
+    let mut etcd = Etcd::start(3);
+    let a = Reg::start(&etcd.endpoints_flag(), None);
+    let b = Reg::start(&etcd.endpoints_flag(), Some(a.dir()));
+    let on_a = service(&[&a], a.dir(), "db", "on-a");
+    let on_b = service(&[&b], a.dir(), "db", "on-b");
+    rt.block_on(async {
+        on_a.wait_connected(LIMIT).await.unwrap();
+        on_b.wait_connected(LIMIT).await.unwrap();
+    });
+    let both = online(&["db/on-a", "db/on-b"]);
+    eventually(LIMIT, "both registries to serve both", || (a.fleet() == both && b.fleet() == both).then_some(()));
+
+    // Stop the leader: the harder case (an election happens).
+    let leader = etcd.leader();
+    etcd.members[leader].stop();
+    let rest = etcd.endpoints();
+    etcd.wait_healthy(&rest);
+
+    // New work goes through: a client joins on a, b sees it; one leaves on b, a sees it.
+    let late = service(&[&a], a.dir(), "db", "late");
+    rt.block_on(late.wait_connected(LIMIT)).unwrap();
+    eventually(LIMIT, "db/late on registry b", || {
+        b.fleet().contains(&("db/late".into(), "online".into())).then_some(())
+    });
+    rt.block_on(on_b.stop()).unwrap();
+    eventually(LIMIT, "db/on-b left, on registry a", || {
+        a.fleet().contains(&("db/on-b".into(), "left".into())).then_some(())
+    });
+    // Leases are kept alive by the surviving members: well past the TTL, nothing expired.
+    std::thread::sleep(Duration::from_secs(4));
+    let expect = vec![
+        ("db/late".to_string(), "online".to_string()),
+        ("db/on-a".to_string(), "online".to_string()),
+        ("db/on-b".to_string(), "left".to_string()),
+    ];
+    assert_eq!(a.fleet(), expect);
+    assert_eq!(b.fleet(), expect);
+    let (status, body) = b.command("db/on-a", "echo", json!(1));
+    assert_eq!((status, &body["ok"]), (200, &json!(true)), "{body}");
+    drop(late);
+    drop(on_a);
+}
