@@ -9,7 +9,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use sfc::model::{Event, EventKind, Filter, Registration};
 use sfc::protocol::{Codec, EventMessage, Message, QueryResult, Report};
-use sfc::registry::state::SessionRef;
+use sfc::registry::state::{Outbound, OutboundTx, SessionRef};
 use sfc::registry::{Registry, RegistryConfig};
 use tokio::sync::{broadcast, mpsc};
 
@@ -27,11 +27,11 @@ fn sampled_report() -> Report {
 
 /// A registry holding `n` online instances in `GROUPS` groups, each owned by a session, with
 /// one report applied to each. The receivers keep the sessions' queues open.
-fn fleet(n: usize, report: &Report) -> (Registry, Vec<mpsc::Receiver<sfc::registry::state::Outbound>>) {
+fn fleet(n: usize, report: &Report) -> (Registry, Vec<mpsc::Receiver<Box<Outbound>>>) {
     let reg = Registry::new(RegistryConfig::default());
     let mut queues = Vec::with_capacity(n);
     for i in 0..n {
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = OutboundTx::channel(8);
         queues.push(rx);
         let r = Registration {
             group: format!("g{}", i % GROUPS),

@@ -110,6 +110,38 @@ pub fn init(dir: &Path, hosts: &[String]) -> Result<CertPaths> {
     Ok(paths)
 }
 
+/// Issues a client certificate signed by the CA in `ca_dir` (`ca.pem` and `ca-key.pem`, as
+/// [`init`] writes them): common name `name`, SAN URIs `uris` (for example
+/// `sfc://group/billing`, which a `--policy` turns into the right to register in `billing`).
+/// Writes `<out_dir>/<name>.pem` and `<out_dir>/<name>-key.pem` and returns their paths.
+pub fn issue_client(ca_dir: &Path, out_dir: &Path, name: &str, uris: &[String]) -> Result<(PathBuf, PathBuf)> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(Error::invalid("certificate name", format!("{name:?} must be letters, digits, '-', '_' or '.'")));
+    }
+    let ca_pem_path = ca_dir.join(CA);
+    let ca_key_path = ca_dir.join(CA_KEY);
+    let ca_pem = fs::read_to_string(&ca_pem_path).map_err(|e| Error::read_file(&ca_pem_path, e))?;
+    let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(|e| Error::read_file(&ca_key_path, e))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)
+        .map_err(|e| Error::Tls(format!("cannot read ca key {}: {e}", ca_key_path.display())))?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key)
+        .map_err(|e| Error::Tls(format!("cannot read ca certificate {}: {e}", ca_pem_path.display())))?;
+    let mut params = leaf_params(name, ExtendedKeyUsagePurpose::ClientAuth);
+    for u in uris {
+        let san = u.as_str().try_into().map_err(|_| Error::invalid("certificate uri", format!("{u:?} is not an ascii uri")))?;
+        params.subject_alt_names.push(SanType::URI(san));
+    }
+    let key = generate_key()?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(|e| Error::Tls(format!("cannot generate client certificate {name}: {e}")))?;
+    fs::create_dir_all(out_dir).map_err(|e| Error::write_file(out_dir, e))?;
+    let (cert_path, key_path) = (out_dir.join(format!("{name}.pem")), out_dir.join(format!("{name}-key.pem")));
+    write(&cert_path, &cert.pem(), false)?;
+    write(&key_path, &key.serialize_pem(), true)?;
+    Ok((cert_path, key_path))
+}
+
 /// Default hosts: localhost, 127.0.0.1, ::1 and this machine's hostname
 /// (sysinfo::System::host_name() or /proc/sys/kernel/hostname; skipped if unavailable).
 pub fn default_hosts() -> Vec<String> {

@@ -14,25 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-
-async fn raw(reg: &RegistryProc) -> Tls {
-    let cfg = sfc::tls::client_config(&sfc::tls::ClientTlsOptions {
-        ca: Some(sfc::tls::PemSource::File(reg.ca())),
-        ..Default::default()
-    })
-    .unwrap();
-    let tcp = tokio::net::TcpStream::connect(&reg.addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(cfg)
-        .connect(sfc::tls::server_name("127.0.0.1").unwrap(), tcp)
-        .await
-        .unwrap()
-}
-
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut v = (payload.len() as u32).to_be_bytes().to_vec();
-    v.extend_from_slice(payload);
-    v
+async fn raw(reg: &RegistryProc) -> RawTls {
+    raw_tls(reg, None).await
 }
 
 /// Sends `bytes`, reads until the registry closes, and returns the error frame it sent.
@@ -133,10 +116,7 @@ async fn each_bad_input_gets_an_error_and_others_carry_on() {
     s.read_exact(&mut welcome).await.unwrap();
     assert!(matches!(Codec::Json.decode(&welcome).unwrap(), Message::Welcome(_)));
     s.write_all(&frame(br#"{"type":"dance"}"#)).await.unwrap();
-    s.read_exact(&mut len).await.unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).await.unwrap();
-    match Codec::Json.decode(&body).unwrap() {
+    match read_message(&mut s).await {
         Message::Error(e) => assert_eq!(e.code, ErrorCode::UnknownMessage),
         other => panic!("{other:?}"),
     }

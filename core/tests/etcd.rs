@@ -322,6 +322,16 @@ fn two_registries_on_one_etcd_each_serve_the_whole_fleet() {
     eventually(LIMIT, "registry a to serve both instances", || (a.fleet() == both).then_some(()));
     eventually(LIMIT, "registry b to serve both instances", || (b.fleet() == both).then_some(()));
 
+    // Metric writes to etcd are bounded by the snapshot timer (300ms here), not by reports
+    // (every 200ms): at most one put per instance per tick, whatever the machine's speed.
+    let puts_before = etcd.metric(0, "etcd_mvcc_put_total");
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let puts = etcd.metric(0, "etcd_mvcc_put_total") - puts_before;
+    let ticks = (t0.elapsed().as_millis() / 300) as f64 + 1.0;
+    assert!(puts > 0.0, "no metric snapshot reached etcd");
+    assert!(puts <= 2.0 * ticks, "{puts} puts in {ticks} snapshot ticks for 2 instances");
+
     // Metrics reach the other registry (at the snapshot rate): the remote record's last
     // report keeps moving.
     let first = b.record("shop/on-a").expect("record on b")["last_report_at"].as_u64().expect("last_report_at");

@@ -227,6 +227,9 @@ pub struct Results {
     pub registry: String,
     pub registry_pid: Option<u32>,
     pub open_file_limit: u64,
+    /// 1-minute load average when the run started and when it ended: other work on the
+    /// machine competes with the registry and the load generator.
+    pub load_average: [f64; 2],
     pub source_addrs: usize,
     /// Connected when the ramp ended.
     pub connected: u64,
@@ -273,6 +276,8 @@ impl Results {
             self.scenario.name(), self.clients, self.interval_ms, secs);
         let _ = writeln!(s, "  registry             {} (pid {}), open-file limit {}, {} source address(es)",
             self.registry, self.registry_pid.map_or("unknown".into(), |p| p.to_string()), self.open_file_limit, self.source_addrs);
+        let _ = writeln!(s, "  machine load         {:.2} at the start, {:.2} at the end (1-minute average, {} cpus)",
+            self.load_average[0], self.load_average[1], std::thread::available_parallelism().map_or(0, |n| n.get()));
         let _ = writeln!(s, "  connected            {}/{} in {:.2} s, {} connect errors; at the end {} connected, {} online as watched",
             self.connected, self.clients, self.ramp_ms as f64 / 1000.0, self.connect_errors, self.connected_at_end, self.online_seen);
         let _ = writeln!(s, "  reports/s offered    {:.0} ({} reports)", self.offered_per_s, self.reports_offered);
@@ -360,6 +365,7 @@ fn cpu_between(a: Option<ProcSample>, b: Option<ProcSample>) -> Option<f64> {
 
 async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     let epoch = Instant::now();
+    let load_start = sysinfo::System::load_average().map_or(0.0, |l| l.one);
     let mut spawned = None;
     let (addr, server_name, ca, pid) = if a.spawn {
         let dir = std::env::temp_dir().join(format!("sfc-bench-{}-{}", std::process::id(), crate::model::now_ms()));
@@ -606,6 +612,7 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
         registry: addr.to_string(),
         registry_pid: spawned.as_ref().map(Spawned::pid).or(pid),
         open_file_limit: nofile,
+        load_average: [load_start, sysinfo::System::load_average().map_or(0.0, |l| l.one)],
         source_addrs: sources.len(),
         connected: connected_after_ramp,
         connected_at_end,

@@ -51,6 +51,21 @@ pub enum CertsCommand {
         #[arg(long, value_delimiter = ',', default_values_t = crate::certs::default_hosts())]
         hosts: Vec<String>,
     },
+    /// Issue a client certificate from the development CA (ca.pem and ca-key.pem in --ca-dir).
+    Client {
+        /// Folder holding ca.pem and ca-key.pem (as `certs init` writes them).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Common name; the files are <out>/<name>.pem and <out>/<name>-key.pem.
+        #[arg(long)]
+        name: String,
+        /// SAN URIs, e.g. sfc://group/billing, sfc://observer, sfc://admin (see --policy).
+        #[arg(long, value_delimiter = ',')]
+        uri: Vec<String>,
+        /// Where to write (default: --ca-dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// TLS and address options shared by every command that talks to a registry as a client.
@@ -136,6 +151,11 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("wrote {}, {}, {}, {}, {}", p.ca.display(), p.server.display(), p.server_key.display(),
                 p.client.display(), p.client_key.display());
             println!("server certificate covers: {}", hosts.join(", "));
+            Ok(())
+        }
+        Command::Certs(CertsCommand::Client { ca_dir, name, uri, out }) => {
+            let (cert, key) = crate::certs::issue_client(&ca_dir, out.as_deref().unwrap_or(&ca_dir), &name, &uri)?;
+            println!("wrote {} and {}", cert.display(), key.display());
             Ok(())
         }
         Command::Status(a) => observe::status(a),

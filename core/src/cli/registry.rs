@@ -2,6 +2,7 @@
 //! development certificates on first run, signal handling.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -49,6 +50,14 @@ pub struct RegistryArgs {
     /// Most connections held at once; more are refused with an error frame.
     #[arg(long, env = "SFC_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
+    /// Identity binding: which client certificate may register in which group, observe, or
+    /// administer (JSON; see the README). Needs --mtls optional or required.
+    #[arg(long, env = "SFC_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Frames per second one session may send; twice that as a burst. Beyond it frames are
+    /// dropped with a rate-limited error.
+    #[arg(long, env = "SFC_MAX_FRAME_RATE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_frame_rate: u32,
     /// Where state survives restarts: sqlite (<data-dir>/registry.db), memory, or etcd
     /// (several registries share one fleet; needs --etcd-endpoints).
     #[arg(long, env = "SFC_STORE", default_value = "sqlite")]
@@ -149,6 +158,14 @@ pub fn config(a: &RegistryArgs) -> Result<RegistryConfig> {
         max_frame: a.max_frame,
         handshake_timeout: a.handshake_timeout,
         max_connections: a.max_connections,
+        policy: match &a.policy {
+            None => None,
+            Some(_) if a.mtls == MtlsMode::Off => {
+                return Err(Error::invalid("--policy", "binds certificates to rights, so it needs --mtls optional or required"))
+            }
+            Some(p) => Some(Arc::new(crate::registry::policy::Policy::load(p)?)),
+        },
+        max_frame_rate: a.max_frame_rate,
         store: open_store(a)?,
         snapshot_interval: a.snapshot_interval,
         history_retention: a.history_retention,

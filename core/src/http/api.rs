@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -163,14 +163,25 @@ pub async fn samples(
     Ok(Json(out))
 }
 
+/// `{group}/{instance_id}` from the path. A rejection (a segment that is not UTF-8 once
+/// percent-decoded) answers with the JSON error body like every other bad request, not
+/// axum's plain-text one (found by the `http_command` fuzz target).
+type IdPath = Result<Path<(String, String)>, PathRejection>;
+
+fn id_path(p: IdPath) -> ApiResult<(String, String)> {
+    p.map(|Path(x)| x)
+        .map_err(|e| ApiError::invalid(format!("bad path: {}", e.body_text())))
+}
+
 fn unknown(id: &str) -> ApiError {
     ApiError::new(ApiCode::UnknownInstance, format!("no instance {id:?}"))
 }
 
 pub async fn instance(
     State(s): State<AppState>,
-    Path((group, instance_id)): Path<(String, String)>,
+    path: IdPath,
 ) -> ApiResult<Json<Value>> {
+    let (group, instance_id) = id_path(path)?;
     let id = InstanceRecord::make_id(&group, &instance_id);
     let record = s.registry.get(&id).ok_or_else(|| unknown(&id))?;
     let samples = s.registry.samples(&id).unwrap_or_default();
@@ -191,9 +202,10 @@ pub async fn deregister(
     State(s): State<AppState>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    Path((group, instance_id)): Path<(String, String)>,
+    path: IdPath,
 ) -> ApiResult<Json<Value>> {
     let by = s.config.access.authorize(&headers, &peer)?;
+    let (group, instance_id) = id_path(path)?;
     let id = InstanceRecord::make_id(&group, &instance_id);
     s.registry
         .deregister(&id, &by)
@@ -224,11 +236,12 @@ pub async fn command(
     State(s): State<AppState>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    Path((group, instance_id)): Path<(String, String)>,
+    path: IdPath,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     // Credentials first: an unauthorized caller learns nothing about the fleet.
     let by = s.config.access.authorize(&headers, &peer)?;
+    let (group, instance_id) = id_path(path)?;
     let req: CommandRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid(format!(
             "bad command body: {e}; expected {{\"command\":\"shutdown\",\"reason\":\"...\"}} or {{\"command\":NAME,\"payload\":{{...}}}}"

@@ -12,6 +12,9 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDel
 use super::frame::{self, Codec, ProtocolError, PREAMBLE_LEN};
 use super::message::{ErrorCode, Message};
 
+/// Initial size of each direction's frame buffer.
+const INITIAL_BUFFER: usize = 1024;
+
 /// Why reading the next message failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -30,7 +33,10 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(read: R, max_frame: usize) -> Self {
-        FrameReader { inner: FramedRead::new(read, frame::length_codec(max_frame)), codec: Codec::Json, max_frame }
+        // Start small (tokio-util's default is 8 KiB): a registry holds one reader per
+        // connection, and the buffer grows when a larger frame arrives.
+        let inner = FramedRead::with_capacity(read, frame::length_codec(max_frame), INITIAL_BUFFER);
+        FrameReader { inner, codec: Codec::Json, max_frame }
     }
 
     /// The next message; `None` when the peer closed the connection cleanly. Cancel-safe.
@@ -63,10 +69,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(write: W, max_frame: usize) -> Self {
         // Our own outgoing frames (query results over a large fleet) may exceed the peer's
         // inbound limit; the writer allows 64x the limit and the peer decides.
-        FrameWriter {
-            inner: FramedWrite::new(write, frame::length_codec(max_frame.saturating_mul(64))),
-            codec: Codec::Json,
-        }
+        // Start small, as the reader does, but still batch up to 8 KiB before writing.
+        let mut inner =
+            FramedWrite::with_capacity(write, frame::length_codec(max_frame.saturating_mul(64)), INITIAL_BUFFER);
+        inner.set_backpressure_boundary(8 * 1024);
+        FrameWriter { inner, codec: Codec::Json }
     }
 
     /// Encodes and sends one message, flushing it.

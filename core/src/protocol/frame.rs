@@ -128,6 +128,12 @@ impl Codec {
 
 /// Tells bad JSON from a well-formed message of an unknown type or with bad fields.
 fn classify_json_error(payload: &[u8], err: serde_json::Error) -> ProtocolError {
+    if let Err(e) = std::str::from_utf8(payload) {
+        return ProtocolError::new(
+            ErrorCode::BadJson,
+            format!("frame is not valid UTF-8 (bad byte at offset {})", e.valid_up_to()),
+        );
+    }
     #[derive(serde::Deserialize)]
     struct Tag {
         #[serde(rename = "type")]

@@ -17,9 +17,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions, WatchResponse};
+use etcd_client::{EventType, GetOptions, KeyValue, PutOptions, WatchOptions, WatchResponse};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::state::Outbound;
 use super::{Registry, Shared};
@@ -60,6 +60,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What the etcd side hands to the registry side.
+///
+/// Threading: etcd calls run on the store's runtime, and the registry calls the store while
+/// it holds its state lock, waiting for that runtime. So nothing on the store's runtime ever
+/// takes the state lock: watch results cross over to a task on the registry's runtime.
+enum Batch {
+    Events(WatchResponse),
+    /// Everything, read again (at start, and after the watch fell behind a compaction).
+    Load { registries: Vec<KeyValue>, instances: Vec<KeyValue>, revision: i64, announce: bool },
+}
+
 /// Loads the fleet and starts the watch and the lease keepalive. Called by
 /// [`Registry::open`] inside the registry's runtime.
 pub(crate) fn start(reg: &Registry, etcd: Arc<EtcdInner>) -> Result<Arc<Cluster>> {
@@ -70,13 +81,32 @@ pub(crate) fn start(reg: &Registry, etcd: Arc<EtcdInner>) -> Result<Arc<Cluster>
         live: Mutex::new(HashSet::new()),
         waiting: Mutex::new(HashMap::new()),
     });
-    let c = cluster.clone();
-    let rev = crate::store::etcd::wait(&etcd.handle, etcd.op_timeout * 2, &etcd.endpoints, "load the fleet", async move {
-        c.load(false).await
+    let e = etcd.clone();
+    let first = crate::store::etcd::wait(&etcd.handle, etcd.op_timeout * 2, &etcd.endpoints, "load the fleet", async move {
+        fetch(&e, false).await
     })?;
-    etcd.handle.spawn(cluster.clone().watch_loop(rev + 1));
+    let Batch::Load { revision, .. } = &first else { unreachable!("fetch returns a load") };
+    let from = revision + 1;
+    cluster.apply_batch(first);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let c = cluster.clone();
+    cluster.main.spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            c.apply_batch(batch);
+        }
+    });
+    etcd.handle.spawn(cluster.clone().watch_loop(from, tx));
     etcd.handle.spawn(cluster.clone().keepalive_loop());
     Ok(cluster)
+}
+
+/// Reads every registry key and instance record.
+async fn fetch(etcd: &EtcdInner, announce: bool) -> Result<Batch, etcd_client::Error> {
+    let get = |prefix: &'static str| etcd.retry(move |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await });
+    let mut regs = get(REGISTRIES).await?;
+    let mut resp = get(INSTANCES).await?;
+    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+    Ok(Batch::Load { registries: regs.take_kvs(), instances: resp.take_kvs(), revision, announce })
 }
 
 impl Cluster {
@@ -84,38 +114,46 @@ impl Cluster {
         self.shared.upgrade().map(|shared| Registry { shared })
     }
 
-    /// Reads every record and live registry; records that are gone from etcd are removed.
-    /// Returns the revision read.
-    async fn load(&self, announce: bool) -> Result<i64, etcd_client::Error> {
-        let mut c = self.etcd.client.clone();
-        let regs = c.get(REGISTRIES, Some(GetOptions::new().with_prefix())).await?;
-        let resp = c.get(INSTANCES, Some(GetOptions::new().with_prefix())).await?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    fn apply_batch(self: &Arc<Self>, batch: Batch) {
+        match batch {
+            Batch::Events(resp) => self.apply(&resp),
+            Batch::Load { registries, instances, revision, announce } => {
+                self.load(&registries, &instances, announce);
+                tracing::info!(target: "sfc::store", revision, records = instances.len(), "fleet loaded from etcd");
+            }
+        }
+    }
+
+    /// Applies every record and live registry; remote records that are gone are removed.
+    fn load(&self, registries: &[KeyValue], instances: &[KeyValue], announce: bool) {
         {
             let mut live = lock(&self.live);
             live.clear();
-            for kv in regs.kvs() {
+            for kv in registries {
                 if let Ok(k) = kv.key_str() {
                     live.insert(k.trim_start_matches(REGISTRIES).to_string());
                 }
             }
         }
-        let Some(reg) = self.registry() else { return Ok(rev) };
+        let Some(reg) = self.registry() else { return };
         let me = self.etcd.id.as_str();
         let mut present = HashSet::new();
         let mut closes = Vec::new();
         {
             let mut st = reg.state();
-            for kv in resp.kvs() {
+            for kv in instances {
                 let Some(v) = parse_value(kv.key(), kv.value()) else { continue };
                 present.insert(v.record.id.clone());
                 if v.owner == me {
                     continue;
                 }
-                if lock(&self.etcd.own_rev).get(&v.record.id).is_some_and(|r| *r >= kv.mod_revision()) {
-                    continue;
+                {
+                    let mut own = lock(&self.etcd.own_rev);
+                    if own.get(&v.record.id).is_some_and(|r| *r >= kv.mod_revision()) {
+                        continue;
+                    }
+                    own.remove(&v.record.id);
                 }
-                lock(&self.etcd.own_rev).remove(&v.record.id);
                 let (owner, id) = (v.owner.clone(), v.record.id.clone());
                 if let Some(s) = st.apply_remote(&v.owner, v.record, None, announce) {
                     closes.push((id, owner, s));
@@ -132,11 +170,9 @@ impl Cluster {
             }
         }
         close_superseded(closes);
-        tracing::info!(target: "sfc::store", revision = rev, records = present.len(), "fleet loaded from etcd");
-        Ok(rev)
     }
 
-    async fn watch_loop(self: Arc<Self>, mut from: i64) {
+    async fn watch_loop(self: Arc<Self>, mut from: i64, tx: mpsc::UnboundedSender<Batch>) {
         let mut backoff = Duration::from_millis(100);
         while self.shared.strong_count() > 0 {
             let mut c = self.etcd.client.clone();
@@ -151,14 +187,24 @@ impl Cluster {
                                 // everything again and watch from there.
                                 tracing::warn!(target: "sfc::store", reason = resp.cancel_reason(),
                                     compact_revision = resp.compact_revision(), "etcd watch restarted; reloading the fleet");
-                                match self.load(true).await {
-                                    Ok(rev) => from = rev + 1,
+                                match fetch(&self.etcd, true).await {
+                                    Ok(batch) => {
+                                        if let Batch::Load { revision, .. } = &batch {
+                                            from = revision + 1;
+                                        }
+                                        if tx.send(batch).is_err() {
+                                            return;
+                                        }
+                                    }
                                     Err(e) => tracing::warn!(target: "sfc::store", error = %e, "reloading the fleet failed"),
                                 }
                                 break;
                             }
-                            if let Some(next) = self.apply(&resp) {
-                                from = from.max(next);
+                            if let Some(last) = resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max() {
+                                from = from.max(last + 1);
+                            }
+                            if tx.send(Batch::Events(resp)).is_err() {
+                                return;
                             }
                         }
                         Ok(None) => break,
@@ -175,15 +221,13 @@ impl Cluster {
         }
     }
 
-    /// Applies one batch of watch events; returns the next revision to watch from.
-    fn apply(self: &Arc<Self>, resp: &WatchResponse) -> Option<i64> {
+    /// Applies one batch of watch events.
+    fn apply(self: &Arc<Self>, resp: &WatchResponse) {
         let me = self.etcd.id.clone();
-        let mut next = None;
         // Registries first: a lease that expired deletes the registry key and its records in
         // the same revision, and the records' reason depends on it.
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
-            next = Some(kv.mod_revision() + 1);
             let Ok(key) = kv.key_str() else { continue };
             if let Some(id) = key.strip_prefix(REGISTRIES) {
                 match ev.event_type() {
@@ -192,7 +236,7 @@ impl Cluster {
                 };
             }
         }
-        let reg = self.registry()?;
+        let Some(reg) = self.registry() else { return };
         let mut closes = Vec::new();
         let mut reput = Vec::new();
         {
@@ -291,7 +335,6 @@ impl Cluster {
                 });
             }
         }
-        next
     }
 
     /// Runs a command another registry forwarded, and puts its outcome.
@@ -311,10 +354,18 @@ impl Cluster {
             .etcd
             .handle
             .spawn(async move {
-                let mut c = etcd.client.clone();
-                let lease = PutOptions::new().with_lease(etcd.lease());
-                c.put(format!("{RESULTS}{sender}/{cid}"), value, Some(lease)).await?;
-                c.delete(key, None).await?;
+                let lease_id = etcd.lease();
+                let rkey = format!("{RESULTS}{sender}/{cid}");
+                etcd.retry(|mut c| {
+                    let (rkey, value) = (rkey.clone(), value.clone());
+                    async move { c.put(rkey, value, Some(PutOptions::new().with_lease(lease_id))).await }
+                })
+                .await?;
+                etcd.retry(|mut c| {
+                    let key = key.clone();
+                    async move { c.delete(key, None).await }
+                })
+                .await?;
                 Ok::<_, etcd_client::Error>(())
             })
             .await;
@@ -345,9 +396,12 @@ impl Cluster {
             .etcd
             .handle
             .spawn(async move {
-                let mut c = etcd.client.clone();
-                let opts = PutOptions::new().with_lease(etcd.lease());
-                tokio::time::timeout(etcd.op_timeout, c.put(k, value, Some(opts))).await
+                let lease_id = etcd.lease();
+                let put = etcd.retry(|mut c| {
+                    let (k, value) = (k.clone(), value.clone());
+                    async move { c.put(k, value, Some(PutOptions::new().with_lease(lease_id))).await }
+                });
+                tokio::time::timeout(etcd.op_timeout, put).await
             })
             .await;
         let put_err = match put {
@@ -365,9 +419,14 @@ impl Cluster {
         }
         let r = tokio::time::timeout(timeout + Duration::from_secs(2), rx).await;
         lock(&self.waiting).remove(&cid);
-        let mut c = self.etcd.client.clone();
+        let etcd = self.etcd.clone();
         self.etcd.handle.spawn(async move {
-            let _ = c.delete(key, None).await;
+            let _ = etcd
+                .retry(|mut c| {
+                    let key = key.clone();
+                    async move { c.delete(key, None).await }
+                })
+                .await;
         });
         match r {
             Ok(Ok(Outcome::Ok(r))) => Ok(r),
@@ -438,7 +497,8 @@ impl Cluster {
             tracing::warn!(target: "sfc::store", error = %e, "cannot announce this registry in etcd");
         }
         let Some(reg) = self.registry() else { return };
-        let records = reg.state().local_records();
+        // The state lock is taken on the registry's runtime, never on this one.
+        let Ok(records) = self.main.spawn(async move { reg.state().local_records() }).await else { return };
         for r in records {
             if let Err(e) = self.etcd.put_record(&r, None).await {
                 tracing::warn!(target: "sfc::store", id = %r.id, error = %e, "cannot write a record back to etcd");

@@ -9,6 +9,7 @@
 
 #[cfg(feature = "etcd")]
 pub(crate) mod cluster;
+pub mod policy;
 pub mod session;
 pub mod state;
 
@@ -48,6 +49,12 @@ pub struct RegistryConfig {
     pub snapshot_interval: Duration,
     /// How long the store keeps the event history.
     pub history_retention: Duration,
+    /// Identity binding (`--policy`): None lets every client that passed TLS do anything a
+    /// client can.
+    pub policy: Option<Arc<policy::Policy>>,
+    /// Frames per second one session may send (reports, queries, pings...); twice that as a
+    /// burst. Beyond it frames are dropped with a `rate-limited` error.
+    pub max_frame_rate: u32,
 }
 
 impl Default for RegistryConfig {
@@ -64,6 +71,8 @@ impl Default for RegistryConfig {
             store: Arc::new(crate::store::MemoryStore),
             snapshot_interval: Duration::from_secs(5),
             history_retention: Duration::from_secs(7 * 24 * 3600),
+            policy: None,
+            max_frame_rate: 100,
         }
     }
 }
@@ -78,6 +87,10 @@ pub struct Stats {
     pub protocol_errors_total: AtomicU64,
     pub commands_total: AtomicU64,
     pub refused_connections_total: AtomicU64,
+    /// Hellos and legacy reports refused by `--policy`.
+    pub refused_not_authorized_total: AtomicU64,
+    /// Frames dropped by the per-session rate limit.
+    pub rate_limited_total: AtomicU64,
 }
 
 pub(crate) struct Shared {

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-use super::state::{Outbound, SessionRef};
+use super::state::{Outbound, OutboundTx, SessionRef};
 use super::Registry;
 use crate::model::{Event, Filter, OfflineReason};
 use crate::protocol::connection::{FrameWriter, ReadError};
@@ -34,8 +34,8 @@ const OBSERVER_INTERVAL: Duration = Duration::from_secs(10);
 /// Handles one accepted TCP connection until it ends.
 pub(crate) async fn run(reg: Registry, tcp: TcpStream, peer: SocketAddr, stop: broadcast::Receiver<()>) {
     let deadline = Instant::now() + reg.shared.config.handshake_timeout;
-    let Some((stream, identity)) = accept_tls(&reg, tcp, peer, deadline).await else { return };
-    serve_stream(reg, stream, peer, identity, deadline, stop).await;
+    let Some((stream, who)) = accept_tls(&reg, tcp, peer, deadline).await else { return };
+    serve_stream(reg, stream, peer, who, deadline, stop).await;
 }
 
 /// Answers a connection over `--max-connections` with an error frame, then closes it.
@@ -58,18 +58,58 @@ pub(crate) async fn refuse(reg: Registry, tcp: TcpStream, peer: SocketAddr) {
 
 type Stream = Either<tokio_rustls::server::TlsStream<TcpStream>, TcpStream>;
 
+/// Who is on the other end, as TLS tells: the client certificate's subject and SAN URIs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PeerIdentity {
+    pub subject: Option<String>,
+    pub uris: Vec<String>,
+}
+
+impl PeerIdentity {
+    fn describe(&self, peer: SocketAddr) -> String {
+        match &self.subject {
+            Some(s) => format!("{s:?} from {peer}"),
+            None => format!("a client without certificate from {peer}"),
+        }
+    }
+}
+
+/// Checks `--policy` for a registration in `group` (None: observer). Refusals are audited.
+fn authorize(reg: &Registry, who: &PeerIdentity, peer: SocketAddr, group: Option<&str>) -> Result<(), ProtocolError> {
+    let Some(policy) = &reg.shared.config.policy else { return Ok(()) };
+    let grant = policy.grant(who.subject.as_deref(), &who.uris);
+    let refusal = match group {
+        Some(g) if !grant.may_register(g) => Some(if grant.groups.is_empty() {
+            format!("{} may not register instances (role {:?})", who.describe(peer), grant.role)
+        } else {
+            format!("{} may not register in group {g:?}; it may register in {:?}", who.describe(peer), grant.groups)
+        }),
+        None if !grant.may_observe() => Some(format!("{} has no grant in the policy", who.describe(peer))),
+        _ => None,
+    };
+    match refusal {
+        None => Ok(()),
+        Some(why) => {
+            reg.shared.stats.refused_not_authorized_total.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target: "sfc::audit", %peer, subject = ?who.subject, group = ?group, "refused: {why}");
+            Err(ProtocolError::new(ErrorCode::NotAuthorized, why))
+        }
+    }
+}
+
 async fn accept_tls(
     reg: &Registry,
     tcp: TcpStream,
     peer: SocketAddr,
     deadline: Instant,
-) -> Option<(Stream, Option<String>)> {
-    let Some(tls) = reg.shared.config.tls.clone() else { return Some((Either::Right(tcp), None)) };
+) -> Option<(Stream, PeerIdentity)> {
+    let Some(tls) = reg.shared.config.tls.clone() else { return Some((Either::Right(tcp), PeerIdentity::default())) };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => {
-            let identity = crate::tls::peer_subject(s.get_ref().1);
-            Some((Either::Left(s), identity))
+            let conn = s.get_ref().1;
+            let who = PeerIdentity { subject: crate::tls::peer_subject(conn), uris: crate::tls::peer_san_uris(conn) };
+            Some((Either::Left(s), who))
         }
         Ok(Err(e)) => {
             reg.shared.stats.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
@@ -99,7 +139,7 @@ async fn serve_stream<S>(
     reg: Registry,
     mut stream: S,
     peer: SocketAddr,
-    identity: Option<String>,
+    who: PeerIdentity,
     deadline: Instant,
     stop: broadcast::Receiver<()>,
 ) where
@@ -116,7 +156,7 @@ async fn serve_stream<S>(
         }
     }
     if first[0] == b'{' || first[0].is_ascii_whitespace() {
-        return serve_legacy(&reg, stream, first[0], peer, identity, deadline).await;
+        return serve_legacy(&reg, stream, first[0], peer, who, deadline).await;
     }
     let protocol_error = |e: ProtocolError| Message::error(None, e.code, e.message, true);
     let version = match tokio::time::timeout_at(deadline, stream.read_exact(&mut first[1..])).await {
@@ -159,7 +199,10 @@ async fn serve_stream<S>(
             format!("no hello within {}", crate::duration::format(reg.shared.config.handshake_timeout)),
         )),
     };
-    let accepted = hello.and_then(|h| check_hello(&reg, h));
+    let accepted = hello.and_then(|h| check_hello(&reg, h)).and_then(|(h, codec, interval)| {
+        authorize(&reg, &who, peer, h.registration.as_ref().map(|r| r.group.as_str()))?;
+        Ok((h, codec, interval))
+    });
     let (hello, codec, interval) = match accepted {
         Ok(x) => x,
         Err(e) => {
@@ -175,7 +218,7 @@ async fn serve_stream<S>(
     };
 
     let session_id = reg.shared.next_session.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (tx, rx) = OutboundTx::channel(OUTBOUND_QUEUE);
     let missed = reg.shared.config.missed_reports;
     let liveness = interval * missed;
     let instance = hello.registration.as_ref().map(|r| crate::model::InstanceRecord::make_id(&r.group, &r.instance_id));
@@ -198,7 +241,7 @@ async fn serve_stream<S>(
             reg_info,
             interval.as_millis() as u64,
             Some(SessionRef { id: session_id, tx: tx.clone() }),
-            identity.clone(),
+            who.subject.clone(),
             "v1",
             detail,
         );
@@ -234,6 +277,7 @@ async fn serve_stream<S>(
         watches: Vec::new(),
         events_rx: None,
         reports_rx: None,
+        limit: RateLimit::new(reg.shared.config.max_frame_rate),
     };
     let end = session.run(reader, liveness, stop, writer_done).await;
     let Session { instance, tx, .. } = session;
@@ -289,7 +333,7 @@ pub fn check_hello(reg: &Registry, h: Hello) -> Result<(Hello, Codec, Duration),
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: FrameWriter<W>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: mpsc::Receiver<Box<Outbound>>,
     done: CancellationToken,
 ) {
     let _guard = done.drop_guard();
@@ -297,7 +341,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let mut next = Some(first);
         // Batch whatever is already queued into one flush.
         while let Some(ob) = next.take() {
-            let res = match ob {
+            let res = match *ob {
                 Outbound::Send(m) => writer.feed(&m).await,
                 Outbound::Close(m) => {
                     let _ = writer.feed(&m).await;
@@ -336,10 +380,50 @@ struct Session {
     reg: Registry,
     id: u64,
     instance: Option<String>,
-    tx: mpsc::Sender<Outbound>,
+    tx: OutboundTx,
     watches: Vec<WatchSub>,
     events_rx: Option<broadcast::Receiver<Arc<Event>>>,
     reports_rx: Option<broadcast::Receiver<Arc<Event>>>,
+    limit: RateLimit,
+}
+
+/// Token bucket over the frames one session sends, so one loud client cannot take the
+/// registry's time from the others.
+struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+    dropped: u64,
+    warned_at: Option<Instant>,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        let rate = per_second.max(1) as f64;
+        RateLimit { rate, burst: 2.0 * rate, tokens: 2.0 * rate, last: Instant::now(), dropped: 0, warned_at: None }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+
+    /// At most one warning a second, with the count dropped since the last one.
+    fn warning(&mut self, now: Instant) -> Option<u64> {
+        if self.warned_at.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            return None;
+        }
+        self.warned_at = Some(now);
+        Some(std::mem::take(&mut self.dropped))
+    }
 }
 
 async fn recv_opt(rx: &mut Option<broadcast::Receiver<Arc<Event>>>) -> Result<Arc<Event>, broadcast::error::RecvError> {
@@ -382,7 +466,20 @@ impl Session {
                         return End::Lost;
                     }
                     Some(Ok(msg)) => {
-                        sleep.as_mut().reset(Instant::now() + liveness);
+                        let now = Instant::now();
+                        sleep.as_mut().reset(now + liveness);
+                        // Leave and command results always pass: they end work, not add it.
+                        let exempt = matches!(msg, Message::Leave(_) | Message::CommandResult(_));
+                        if !exempt && !self.limit.allow(now) {
+                            self.reg.shared.stats.rate_limited_total.fetch_add(1, Ordering::Relaxed);
+                            if let Some(n) = self.limit.warning(now) {
+                                tracing::warn!(target: "sfc::audit", session = self.id, instance = ?self.instance, dropped = n, "rate limited");
+                                self.error(None, ErrorCode::RateLimited, format!(
+                                    "more than {} frames/s: {} {} dropped (the first was a {})",
+                                    self.limit.rate, n, if n == 1 { "frame" } else { "frames" }, msg.name())).await;
+                            }
+                            continue;
+                        }
                         if let Some(end) = self.handle(msg).await {
                             return end;
                         }
@@ -566,7 +663,7 @@ async fn serve_legacy<S: AsyncRead + Unpin>(
     mut stream: S,
     first: u8,
     peer: SocketAddr,
-    identity: Option<String>,
+    who: PeerIdentity,
     deadline: Instant,
 ) {
     let max = reg.shared.config.max_frame;
@@ -606,6 +703,9 @@ async fn serve_legacy<S: AsyncRead + Unpin>(
     {
         return fail(e.to_string());
     }
+    if let Err(e) = authorize(reg, &who, peer, Some(&doc.registration.group)) {
+        return fail(e.message);
+    }
     reg.shared.stats.legacy_reports_total.fetch_add(1, Ordering::Relaxed);
     reg.shared.stats.reports_total.fetch_add(1, Ordering::Relaxed);
     let id = crate::model::InstanceRecord::make_id(&doc.registration.group, &doc.registration.instance_id);
@@ -620,7 +720,7 @@ async fn serve_legacy<S: AsyncRead + Unpin>(
             st.mark_left(&id, None, Some("legacy LEAVE".into()));
             return;
         }
-        st.register(doc.registration, doc.interval_ms, None, identity, "legacy",
+        st.register(doc.registration, doc.interval_ms, None, who.subject, "legacy",
             serde_json::json!({ "peer": peer.to_string(), "wire": "legacy" }));
         st.apply_report(&id, None, doc.report);
         let Some(inst) = st.instances.get_mut(&id) else { return };

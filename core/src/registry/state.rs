@@ -23,11 +23,32 @@ pub enum Outbound {
     Close(Message),
 }
 
+/// A session's outbound queue. Messages travel boxed: a slot is then one pointer instead of a
+/// whole `Message` (~500 bytes), and tokio allocates a queue 32 slots at a time, so this saves
+/// ~16 KiB per connection (`sfc bench`, BENCHMARKS.md).
+#[derive(Debug, Clone)]
+pub struct OutboundTx(mpsc::Sender<Box<Outbound>>);
+
+impl OutboundTx {
+    pub fn channel(capacity: usize) -> (OutboundTx, mpsc::Receiver<Box<Outbound>>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (OutboundTx(tx), rx)
+    }
+
+    pub fn try_send(&self, ob: Outbound) -> Result<(), mpsc::error::TrySendError<Box<Outbound>>> {
+        self.0.try_send(Box::new(ob))
+    }
+
+    pub async fn send(&self, ob: Outbound) -> Result<(), mpsc::error::SendError<Box<Outbound>>> {
+        self.0.send(Box::new(ob)).await
+    }
+}
+
 /// The live session that owns an instance.
 #[derive(Debug, Clone)]
 pub struct SessionRef {
     pub id: u64,
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: OutboundTx,
 }
 
 /// One point of an instance's recent history, for sparklines.
@@ -386,7 +407,9 @@ impl State {
         let now = now_ms();
         let r = &mut inst.record;
         r.last_report_at = Some(now);
-        r.clock_skew_ms = report.sent_at.map(|t| t as i64 - now as i64);
+        // Saturating: a client clock past i64::MAX ms must not overflow (fuzz regression,
+        // fuzz/corpus/message_decode/regress-sent-at-2pow63.json).
+        r.clock_skew_ms = report.sent_at.map(|t| (i128::from(t) - i128::from(now)).clamp(i64::MIN.into(), i64::MAX.into()) as i64);
         let mut health_changed = false;
         if let Some(h) = report.health {
             if h != r.health || report.health_note != r.health_note {

@@ -105,6 +105,8 @@ pub struct EtcdInner {
     /// Revision of this registry's newest write of each instance it owns. A watch event at or
     /// below it is older than what this registry wrote, and is ignored.
     pub own_rev: Mutex<HashMap<String, i64>>,
+    /// When the newest transition of each instance this registry owns was written (Unix ms).
+    last_event_at: Mutex<HashMap<String, u64>>,
     fail_fast_until: Mutex<Option<Instant>>,
     /// Revision to compact etcd to on the next prune tick (the current one from a tick ago).
     compact_next: Mutex<Option<i64>>,
@@ -125,6 +127,46 @@ fn read_pem(src: &PemSource, flag: &str) -> Result<Vec<u8>> {
     match src {
         PemSource::File(p) => std::fs::read(p).map_err(|e| Error::invalid(flag, format!("cannot read {}: {e}", p.display()))),
         PemSource::Text(t) => Ok(t.as_bytes().to_vec()),
+    }
+}
+
+/// Errors worth another try: the balanced channel picked a member that is down (etcd-client
+/// leaves health checking to its user; see [`health_loop`]).
+fn retriable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        // gRPC codes 14 (unavailable) and 2 (unknown: a broken HTTP/2 stream).
+        etcd_client::Error::GRpcStatus(s) => matches!(i32::from(s.code()), 14 | 2),
+        _ => false,
+    }
+}
+
+/// Takes members that do not answer out of the client's balanced channel, and puts them back
+/// once they answer again, probing each one every second on a connection of its own.
+async fn health_loop(inner: std::sync::Weak<EtcdInner>, endpoints: Vec<String>, options: ConnectOptions) {
+    let mut probes = Vec::new();
+    for e in &endpoints {
+        match Client::connect([e.as_str()], Some(options.clone())).await {
+            Ok(c) => probes.push((e.clone(), c)),
+            Err(err) => tracing::warn!(target: "sfc::store", endpoint = %e, error = %err, "cannot probe etcd member"),
+        }
+    }
+    let mut out: std::collections::HashSet<String> = Default::default();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(inner) = inner.upgrade() else { return };
+        for (url, c) in probes.iter_mut() {
+            let healthy = matches!(tokio::time::timeout(Duration::from_secs(1), c.status()).await, Ok(Ok(_)));
+            if !healthy && !out.contains(url.as_str()) && out.len() + 1 < endpoints.len() {
+                if inner.client.remove_endpoint(url.as_str()).await.is_ok() {
+                    tracing::warn!(target: "sfc::store", endpoint = %url, "etcd member not answering; using the others");
+                    out.insert(url.clone());
+                }
+            } else if healthy && out.contains(url.as_str()) && inner.client.add_endpoint(url.as_str()).await.is_ok() {
+                tracing::info!(target: "sfc::store", endpoint = %url, "etcd member answering again");
+                out.remove(url.as_str());
+            }
+        }
     }
 }
 
@@ -188,9 +230,17 @@ impl EtcdStore {
             .map_err(|e| Error::Io(std::io::Error::other(format!("cannot start the etcd runtime: {e}"))))?;
         let endpoints = opts.endpoints.join(",");
         let eps = opts.endpoints.clone();
+        let probe_options = options.clone();
         let (client, lease) = wait(&runtime.handle().clone(), opts.op_timeout * 2, &endpoints, "connect", async move {
             let mut client = Client::connect(&eps, Some(options)).await?;
-            let lease = client.lease_grant(ttl_secs as i64, None).await?.id();
+            let mut attempt = 0;
+            let lease = loop {
+                match client.lease_grant(ttl_secs as i64, None).await {
+                    Err(e) if retriable(&e) && attempt < 5 => attempt += 1,
+                    r => break r?.id(),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
             Ok::<_, etcd_client::Error>((client, lease))
         })?;
         let inner = Arc::new(EtcdInner {
@@ -201,6 +251,7 @@ impl EtcdStore {
             lease_ttl: opts.lease_ttl,
             op_timeout: opts.op_timeout,
             own_rev: Mutex::new(HashMap::new()),
+            last_event_at: Mutex::new(HashMap::new()),
             fail_fast_until: Mutex::new(None),
             compact_next: Mutex::new(None),
             endpoints,
@@ -208,6 +259,9 @@ impl EtcdStore {
         });
         let i = inner.clone();
         wait(&inner.handle, opts.op_timeout, &inner.endpoints, "announce", async move { i.announce().await })?;
+        if opts.endpoints.len() > 1 {
+            runtime.spawn(health_loop(Arc::downgrade(&inner), opts.endpoints.clone(), probe_options));
+        }
         tracing::info!(target: "sfc::store", registry = %inner.id, endpoints = %inner.endpoints,
             lease_ttl = ?opts.lease_ttl, "joined the etcd fleet");
         Ok(EtcdStore { inner, runtime: Mutex::new(Some(runtime)) })
@@ -272,6 +326,25 @@ impl EtcdInner {
         self.lease.store(lease, Ordering::Relaxed);
     }
 
+    /// Runs an etcd call, again (a few times, briefly) when it reached a member that is down.
+    pub async fn retry<T, F, Fut>(&self, mut f: F) -> Result<T, etcd_client::Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            match f(self.client.clone()).await {
+                Err(e) if retriable(&e) && attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!(target: "sfc::store", error = %e, attempt, "etcd call failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(50) * attempt).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     pub fn instance_value(&self, record: &InstanceRecord, event: Option<RemoteTransition>) -> Vec<u8> {
         let v = InstanceValue { owner: self.id.clone(), record: record.clone(), event };
         serde_json::to_vec(&v).unwrap_or_default()
@@ -293,8 +366,13 @@ impl EtcdInner {
         })
         .to_string();
         self.count(1, v.len());
-        let mut c = self.client.clone();
-        c.put(format!("{REGISTRIES}{}", self.id), v, Some(PutOptions::new().with_lease(self.lease()))).await?;
+        let key = format!("{REGISTRIES}{}", self.id);
+        let lease_id = self.lease();
+        self.retry(|mut c| {
+            let (key, v) = (key.clone(), v.clone());
+            async move { c.put(key, v, Some(PutOptions::new().with_lease(lease_id))).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -302,8 +380,14 @@ impl EtcdInner {
     pub async fn put_record(&self, record: &InstanceRecord, event: Option<RemoteTransition>) -> Result<(), etcd_client::Error> {
         let value = self.instance_value(record, event);
         self.count(1, value.len());
-        let mut c = self.client.clone();
-        let resp = c.put(instance_key(&record.id), value, Some(PutOptions::new().with_lease(self.lease()))).await?;
+        let key = instance_key(&record.id);
+        let lease_id = self.lease();
+        let resp = self
+            .retry(|mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { c.put(key, value, Some(PutOptions::new().with_lease(lease_id))).await }
+            })
+            .await?;
         if let Some(h) = resp.header() {
             self.own_rev.lock().unwrap_or_else(|e| e.into_inner()).insert(record.id.clone(), h.revision());
         }
@@ -311,44 +395,75 @@ impl EtcdInner {
     }
 
     /// Writes metric snapshots of records this registry still owns, in transactions of at
-    /// most [`TXN_OPS`] puts. A record that another registry took over meanwhile (its key is
-    /// under another lease) is left alone.
+    /// most [`TXN_OPS`] puts. Each put is guarded by the key's revision: a snapshot never
+    /// overwrites a transition written after it was taken (the registry takes snapshots under
+    /// its lock, but writes them later), nor a record another registry took over.
     pub async fn put_snapshots(&self, records: &[InstanceRecord]) -> Result<(), etcd_client::Error> {
         let lease = self.lease();
-        for chunk in records.chunks(TXN_OPS) {
+        // (record, revision of our newest write of its key)
+        let current: Vec<(&InstanceRecord, i64)> = {
+            let own = self.own_rev.lock().unwrap_or_else(|e| e.into_inner());
+            let last = self.last_event_at.lock().unwrap_or_else(|e| e.into_inner());
+            records
+                .iter()
+                .filter(|r| {
+                    // A transition at or after the record's last report may be newer than
+                    // the snapshot: the transition's own write carries the record.
+                    !matches!(last.get(&r.id), Some(at) if *at >= r.last_report_at.unwrap_or(0))
+                })
+                .filter_map(|r| own.get(&r.id).map(|rev| (r, *rev)))
+                .collect()
+        };
+        for chunk in current.chunks(TXN_OPS) {
             let mut compares = Vec::with_capacity(chunk.len());
             let mut ops = Vec::with_capacity(chunk.len());
             let mut bytes = 0;
-            for r in chunk {
+            for (r, rev) in chunk {
                 let key = instance_key(&r.id);
                 let value = self.instance_value(r, None);
                 bytes += value.len();
-                compares.push(Compare::lease(key.clone(), CompareOp::Equal, lease));
+                compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *rev));
                 ops.push(TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease))));
             }
             self.count(chunk.len(), bytes);
-            let mut c = self.client.clone();
-            let resp = c.txn(Txn::new().when(compares).and_then(ops)).await?;
-            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            let txn = Txn::new().when(compares).and_then(ops);
+            let resp = self
+                .retry(|mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await?;
             if resp.succeeded() {
+                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
                 let mut own = self.own_rev.lock().unwrap_or_else(|e| e.into_inner());
-                for r in chunk {
-                    own.insert(r.id.clone(), rev);
+                for (r, before) in chunk {
+                    if own.get(&r.id) == Some(before) {
+                        own.insert(r.id.clone(), rev);
+                    }
                 }
                 continue;
             }
-            // Some record moved to another registry: write the others one by one.
-            for r in chunk {
+            // Some key changed meanwhile: write the others one by one.
+            for (r, rev) in chunk {
                 let key = instance_key(&r.id);
                 let value = self.instance_value(r, None);
                 self.count(1, value.len());
                 let txn = Txn::new()
-                    .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+                    .when([Compare::mod_revision(key.clone(), CompareOp::Equal, *rev)])
                     .and_then([TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)))]);
-                let resp = c.txn(txn).await?;
+                let resp = self
+                    .retry(|mut c| {
+                        let txn = txn.clone();
+                        async move { c.txn(txn).await }
+                    })
+                    .await?;
                 if resp.succeeded() {
-                    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-                    self.own_rev.lock().unwrap_or_else(|e| e.into_inner()).insert(r.id.clone(), rev);
+                    let new = resp.header().map(|h| h.revision()).unwrap_or(0);
+                    let mut own = self.own_rev.lock().unwrap_or_else(|e| e.into_inner());
+                    // Only if no transition recorded a newer write meanwhile.
+                    if own.get(&r.id) == Some(rev) {
+                        own.insert(r.id.clone(), new);
+                    }
                 }
             }
         }
@@ -373,15 +488,22 @@ impl Store for EtcdStore {
             Some(r) => {
                 let r = r.clone();
                 let t = RemoteTransition { kind: event.kind, at: event.at, detail: event.detail.clone() };
+                inner.last_event_at.lock().unwrap_or_else(|e| e.into_inner()).insert(r.id.clone(), event.at);
                 self.call("put instance", async move { inner.put_record(&r, Some(t)).await })
             }
             None => {
                 let id = event.id.clone();
                 self.call("delete instance", async move {
                     inner.count(0, 0);
-                    let mut c = inner.client.clone();
-                    c.delete(instance_key(&id), None).await?;
+                    let key = instance_key(&id);
+                    inner
+                        .retry(|mut c| {
+                            let key = key.clone();
+                            async move { c.delete(key, None).await }
+                        })
+                        .await?;
                     inner.own_rev.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                    inner.last_event_at.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                     Ok(())
                 })
             }
@@ -407,8 +529,17 @@ impl Store for EtcdStore {
     fn prune_events(&self, _before_ms: u64) -> Result<usize> {
         let inner = self.inner.clone();
         let rev = self.call("compact", async move {
+            let key = format!("{REGISTRIES}{}", inner.id);
+            let now = inner
+                .retry(|mut c| {
+                    let key = key.clone();
+                    async move { c.get(key, None).await }
+                })
+                .await?
+                .header()
+                .map(|h| h.revision())
+                .unwrap_or(0);
             let mut c = inner.client.clone();
-            let now = c.get(format!("{REGISTRIES}{}", inner.id), None).await?.header().map(|h| h.revision()).unwrap_or(0);
             let target = inner.compact_next.lock().unwrap_or_else(|e| e.into_inner()).replace(now);
             if let Some(target) = target.filter(|t| *t > 0) {
                 // Another registry may have compacted further already; that is fine.

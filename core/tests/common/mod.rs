@@ -180,3 +180,53 @@ impl Drop for ServiceProc {
         let _ = self.child.wait();
     }
 }
+
+/// A raw TLS connection to the registry, speaking bytes rather than the client library.
+pub type RawTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Opens a raw TLS connection, optionally with a client certificate.
+pub async fn raw_tls(reg: &RegistryProc, cert: Option<(PathBuf, PathBuf)>) -> RawTls {
+    let cfg = sfc::tls::client_config(&sfc::tls::ClientTlsOptions {
+        ca: Some(sfc::tls::PemSource::File(reg.ca())),
+        cert: cert.as_ref().map(|c| sfc::tls::PemSource::File(c.0.clone())),
+        key: cert.as_ref().map(|c| sfc::tls::PemSource::File(c.1.clone())),
+    })
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(&reg.addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(cfg).connect(sfc::tls::server_name("127.0.0.1").unwrap(), tcp).await.unwrap()
+}
+
+/// One frame: a u32 big-endian length, then the payload.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut v = (payload.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Reads one frame and decodes it.
+pub async fn read_message<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> sfc::protocol::Message {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut len)).await.expect("frame in time").expect("frame");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).await.expect("frame body");
+    sfc::protocol::Codec::Json.decode(&body).expect("decodable frame")
+}
+
+/// Preamble and hello for `group/instance` (or an observer when None); returns after welcome.
+pub async fn raw_session(reg: &RegistryProc, who: Option<(&str, &str)>, cert: Option<(PathBuf, PathBuf)>) -> (RawTls, sfc::protocol::Message) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = raw_tls(reg, cert).await;
+    let hello = match who {
+        Some((g, i)) => serde_json::json!({"type": "hello", "id": 1, "interval_ms": 1000,
+            "registration": {"group": g, "instance_id": i, "service": g}}),
+        None => serde_json::json!({"type": "hello", "id": 1, "role": "observer"}),
+    };
+    let mut v = sfc::protocol::frame::encode_preamble(1, 1).to_vec();
+    v.extend(frame(hello.to_string().as_bytes()));
+    s.write_all(&v).await.unwrap();
+    let mut p = [0u8; 8];
+    s.read_exact(&mut p).await.unwrap();
+    let answer = read_message(&mut s).await;
+    (s, answer)
+}

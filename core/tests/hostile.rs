@@ -1,0 +1,217 @@
+//! Hostile input against the real binary: connection floods, a loud client, slow clients,
+//! content beyond the documented limits, lying clocks, and identity binding. Each case checks
+//! the error the client sees, that the registry still serves everyone else, and that no state
+//! was lost.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sfc::model::{Filter, Health, OfflineReason, Status};
+use sfc::protocol::{ErrorCode, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn error_of(m: Message) -> sfc::protocol::ErrorMessage {
+    match m {
+        Message::Error(e) => e,
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_flood_beyond_max_connections_is_refused() {
+    let reg = RegistryProc::start(&["--max-connections", "4"]);
+    let steady = reg.service("flood", "steady").start().unwrap();
+    steady.wait_connected(LIMIT).await.unwrap();
+    let obs = reg.observer(); // two of four
+    obs.wait_connected(LIMIT).await.unwrap();
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let (s, w) = raw_session(&reg, Some(("flood", &format!("raw-{i}"))), None).await;
+        assert!(matches!(w, Message::Welcome(_)), "{w:?}");
+        held.push(s);
+    }
+    // Beyond the limit: an error frame, then the connection closes.
+    for _ in 0..5 {
+        let (mut s, answer) = raw_session(&reg, Some(("flood", "extra")), None).await;
+        let e = error_of(answer);
+        assert_eq!(e.code, ErrorCode::TooManyConnections);
+        assert!(e.message.contains('4'), "{}", e.message);
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(LIMIT, s.read_to_end(&mut rest)).await.expect("closed");
+    }
+    // The existing sessions are untouched.
+    let r = wait_record(&obs, "flood/steady", LIMIT, "online", |r| r.status == Status::Online).await;
+    assert!(steady.is_connected());
+    assert!(obs.query(Filter::group("flood")).await.unwrap().iter().all(|r| r.instance_id != "extra"));
+    assert!(r.last_report_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_loud_client_is_rate_limited_and_others_are_unaffected() {
+    let reg = RegistryProc::start(&["--max-frame-rate", "20"]);
+    let quiet = reg.service("loud", "quiet").start().unwrap();
+    quiet.wait_connected(LIMIT).await.unwrap();
+    let obs = reg.observer();
+    let before = wait_record(&obs, "loud/quiet", LIMIT, "reporting", |r| r.last_report_at.is_some()).await;
+    let (mut s, w) = raw_session(&reg, Some(("loud", "noisy")), None).await;
+    assert!(matches!(w, Message::Welcome(_)));
+    let mut burst = Vec::new();
+    for seq in 0..500u64 {
+        burst.extend(frame(format!(r#"{{"type":"report","seq":{seq}}}"#).as_bytes()));
+    }
+    s.write_all(&burst).await.unwrap();
+    let e = loop {
+        if let Message::Error(e) = read_message(&mut s).await {
+            break e;
+        }
+    };
+    assert_eq!(e.code, ErrorCode::RateLimited);
+    assert!(!e.fatal, "rate limiting drops frames; it does not end the session");
+    assert!(e.message.contains("20"), "{}", e.message);
+    // The loud session is still open and can still leave; the quiet one carries on.
+    s.write_all(&frame(br#"{"type":"ping","id":9}"#)).await.unwrap();
+    let after = wait_record(&obs, "loud/quiet", LIMIT, "still reporting", |r| r.last_report_at > before.last_report_at).await;
+    assert_eq!(after.status, Status::Online);
+    let noisy = wait_record(&obs, "loud/noisy", LIMIT, "online", |r| r.status == Status::Online).await;
+    assert_eq!(noisy.status, Status::Online);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_closed_by_their_timers() {
+    let reg = RegistryProc::start(&["--handshake-timeout", "500ms", "--missed-reports", "2"]);
+    // A slowloris that never starts TLS: the registry closes the socket.
+    let mut tcp = tokio::net::TcpStream::connect(&reg.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(LIMIT, tcp.read(&mut buf)).await.expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+
+    // One that stalls in the middle of a frame after a good handshake (interval 1 s, window 2 s).
+    let (mut s, w) = raw_session(&reg, Some(("slow", "staller")), None).await;
+    assert!(matches!(w, Message::Welcome(_)));
+    let obs = reg.observer();
+    wait_record(&obs, "slow/staller", LIMIT, "online", |r| r.status == Status::Online).await;
+    s.write_all(&100u32.to_be_bytes()).await.unwrap();
+    s.write_all(br#"{"type":"#).await.unwrap();
+    let e = error_of(read_message(&mut s).await);
+    assert_eq!(e.code, ErrorCode::LivenessTimeout);
+    let r = wait_record(&obs, "slow/staller", LIMIT, "offline", |r| r.status == Status::Offline).await;
+    assert_eq!(r.offline_reason, Some(OfflineReason::MissedReports));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_beyond_limits_is_refused_by_name() {
+    let reg = RegistryProc::start(&[]);
+    let obs = reg.observer();
+    // 65 tags: over the documented 64.
+    let tags: Vec<String> = (0..65).map(|i| format!("t{i}")).collect();
+    let hello = serde_json::json!({"type":"hello","id":1,"registration":{"group":"g","instance_id":"i","service":"s","tags":tags}});
+    let e = refused_hello(&reg, hello.to_string().as_bytes()).await;
+    assert_eq!(e.code, ErrorCode::InvalidField);
+    assert!(e.message.contains("tags") && e.message.contains("64"), "{}", e.message);
+    // A metadata value over 4096 bytes names its key.
+    let hello = serde_json::json!({"type":"hello","id":1,"registration":{"group":"g","instance_id":"i","service":"s",
+        "metadata":{"blob":"x".repeat(5000)}}});
+    let e = refused_hello(&reg, hello.to_string().as_bytes()).await;
+    assert!(e.message.contains("blob"), "{}", e.message);
+    // Not UTF-8.
+    let mut bad = br#"{"type":"hello","id":1,"registration":{"group":"g","instance_id":""#.to_vec();
+    bad.extend([0xff, 0xfe]);
+    bad.extend(br#"","service":"s"}}"#);
+    let e = refused_hello(&reg, &bad).await;
+    assert_eq!(e.code, ErrorCode::BadJson);
+    assert!(e.message.contains("UTF-8"), "{}", e.message);
+    // NaN and infinity have no JSON form: a gauge carrying one is malformed.
+    let (mut s, _) = raw_session(&reg, Some(("g", "nan")), None).await;
+    s.write_all(&frame(br#"{"type":"report","seq":1,"metrics":{"custom":{"x":NaN}}}"#)).await.unwrap();
+    assert_eq!(error_of(read_message(&mut s).await).code, ErrorCode::BadJson);
+    // The client library refuses them before sending, naming the gauge.
+    let c = reg.service("g", "lib").start().unwrap();
+    let e = c.set_gauge("latency", f64::NAN).unwrap_err().to_string();
+    assert!(e.contains("latency") && e.contains("NaN"), "{e}");
+    assert!(c.set_gauge("latency", f64::INFINITY).is_err());
+    // Nothing of it reached the fleet.
+    assert!(obs.query(Filter::group("g")).await.unwrap().iter().all(|r| r.instance_id != "i"));
+}
+
+async fn refused_hello(reg: &RegistryProc, hello: &[u8]) -> sfc::protocol::ErrorMessage {
+    let mut s = raw_tls(reg, None).await;
+    let mut v = sfc::protocol::frame::encode_preamble(1, 1).to_vec();
+    v.extend(frame(hello));
+    s.write_all(&v).await.unwrap();
+    let mut p = [0u8; 8];
+    s.read_exact(&mut p).await.unwrap();
+    let e = error_of(read_message(&mut s).await);
+    assert!(e.fatal);
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_clock_does_not_move_liveness() {
+    let reg = RegistryProc::start(&[]);
+    let obs = reg.observer();
+    let (mut s, _) = raw_session(&reg, Some(("clock", "future")), None).await;
+    // Year 2100 and year 1970: the registry keeps its own clock and says how far off the client is.
+    s.write_all(&frame(br#"{"type":"report","seq":1,"sent_at":4102444800000,"health":"passing"}"#)).await.unwrap();
+    let r = wait_record(&obs, "clock/future", LIMIT, "skew recorded", |r| r.clock_skew_ms.unwrap_or(0) > 0).await;
+    let now = sfc::model::now_ms();
+    assert!(r.last_report_at.unwrap() <= now && r.last_report_at.unwrap() + 60_000 > now, "{r:?}");
+    assert!(r.clock_skew_ms.unwrap() > 365 * 24 * 3600 * 1000, "{:?}", r.clock_skew_ms);
+    s.write_all(&frame(br#"{"type":"report","seq":2,"sent_at":1000,"health":"warning"}"#)).await.unwrap();
+    let r = wait_record(&obs, "clock/future", LIMIT, "past skew", |r| r.health == Health::Warning).await;
+    assert!(r.clock_skew_ms.unwrap() < 0);
+    assert_eq!(r.status, Status::Online);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_policy_binds_certificates_to_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(sfc_bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["certs", "init", "--dir", tls.to_str().unwrap()]);
+    let issue = |name: &str, uri: &str| {
+        run(&["certs", "client", "--ca-dir", tls.to_str().unwrap(), "--name", name, "--uri", uri]);
+        (tls.join(format!("{name}.pem")), tls.join(format!("{name}-key.pem")))
+    };
+    let billing = issue("billing-svc", "sfc://group/billing");
+    let orders = issue("orders-svc", "sfc://group/orders");
+    let watcher = issue("watcher", "sfc://observer");
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, r#"{"identities": [], "anonymous": "none"}"#).unwrap();
+    let reg = RegistryProc::start_at("127.0.0.1:0", dir.path(), &["--mtls", "required", "--policy", policy.to_str().unwrap()]);
+
+    // A service registers in its own group.
+    let (_b, w) = raw_session(&reg, Some(("billing", "b-1")), Some(billing.clone())).await;
+    assert!(matches!(w, Message::Welcome(_)), "{w:?}");
+    let (_o, w) = raw_session(&reg, Some(("orders", "o-1")), Some(orders.clone())).await;
+    assert!(matches!(w, Message::Welcome(_)), "{w:?}");
+    // It cannot register in another group, so it cannot overwrite another group's instance.
+    let (_, e) = raw_session(&reg, Some(("orders", "o-1")), Some(billing.clone())).await;
+    let e = error_of(e);
+    assert_eq!(e.code, ErrorCode::NotAuthorized);
+    assert!(e.message.contains("orders") && e.message.contains("billing"), "{}", e.message);
+    // An observer certificate may watch and query, but not register.
+    let (_, e) = raw_session(&reg, Some(("billing", "sneaky")), Some(watcher.clone())).await;
+    assert_eq!(error_of(e).code, ErrorCode::NotAuthorized);
+    let (mut s, w) = raw_session(&reg, None, Some(watcher.clone())).await;
+    assert!(matches!(w, Message::Welcome(_)));
+    s.write_all(&frame(br#"{"type":"query","id":2}"#)).await.unwrap();
+    match read_message(&mut s).await {
+        Message::Result(r) => {
+            let o = r.instances.iter().find(|r| r.id == "orders/o-1").expect("orders/o-1 still there");
+            assert_eq!(o.status, Status::Online);
+            assert!(o.tls_identity.as_deref().unwrap_or("").contains("orders-svc"), "owner unchanged: {o:?}");
+            assert!(!r.instances.iter().any(|r| r.instance_id == "sneaky"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The development client certificate carries no grant at all.
+    let (_, e) = raw_session(&reg, None, Some(reg.client_cert())).await;
+    assert_eq!(error_of(e).code, ErrorCode::NotAuthorized);
+}
