@@ -4,96 +4,40 @@
 
 mod common;
 
+use common::RegistryProc;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sfc::client::{Client, ClientBuilder};
+use sfc::client::ClientBuilder;
 use sfc::model::Health;
 
 const TOKEN: &str = "test-admin-token";
 
-/// A registry process with its protocol and HTTP addresses.
-struct Reg {
-    child: Child,
-    addr: String,
-    http: String,
-    dir: PathBuf,
-    _tmp: tempfile::TempDir,
+/// The shared registry harness, with this file's conveniences.
+struct Reg(RegistryProc);
+
+impl std::ops::Deref for Reg {
+    type Target = RegistryProc;
+    fn deref(&self) -> &RegistryProc {
+        &self.0
+    }
 }
 
 impl Reg {
     fn start(extra: &[&str]) -> Reg {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().to_path_buf();
-        let mut child = Command::new(common::sfc_bin())
-            .args([
-                "registry",
-                "--listen",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(&dir)
-            .args(extra)
-            .env_remove("SFC_ADMIN_TOKEN")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start sfc registry");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut next = |prefix: &str| {
-            let line = lines
-                .next()
-                .expect("registry printed too little")
-                .expect("read stdout");
-            line.strip_prefix(prefix)
-                .and_then(|r| r.split(' ').next())
-                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
-                .to_string()
-        };
-        let addr = next("sfc registry listening on ");
-        let http = next("sfc http listening on ");
-        std::thread::spawn(move || for _ in lines {});
-        Reg {
-            child,
-            addr,
-            http,
-            dir,
-            _tmp: tmp,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
+        Reg(RegistryProc::start(extra))
     }
 
     fn ca(&self) -> String {
-        self.dir.join("tls/ca.pem").display().to_string()
+        self.0.ca().display().to_string()
     }
 
     fn service(&self, group: &str, service: &str, instance: &str) -> ClientBuilder {
-        Client::builder()
-            .ignore_env()
-            .registry(&self.addr)
-            .ca(self.ca())
-            .group(group)
-            .service(service)
-            .instance_id(instance)
-            .interval(Duration::from_millis(200))
-            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
-    }
-}
-
-impl Drop for Reg {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.service(group, instance).service(service)
     }
 }
 
@@ -787,8 +731,8 @@ fn https_with_an_admin_client_certificate() {
     let base = format!("https://{}", reg.http);
     let ca = reg.ca();
     let (cert, key) = (
-        reg.dir.join("tls/client.pem"),
-        reg.dir.join("tls/client-key.pem"),
+        reg.data_dir.join("tls/client.pem"),
+        reg.data_dir.join("tls/client-key.pem"),
     );
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
 

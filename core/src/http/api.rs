@@ -59,8 +59,16 @@ pub async fn readyz(State(s): State<AppState>) -> ApiResult<Json<Value>> {
             "the registry is shutting down",
         ));
     }
+    let (store, store_error) = s.registry.store_status();
+    if let Some(e) = store_error {
+        return Err(ApiError::new(
+            ApiCode::StoreFailing,
+            format!("the {store} store is failing ({e}); the registry serves from memory and catches up when it recovers"),
+        ));
+    }
     Ok(Json(json!({
         "ready": true,
+        "store": store,
         "sessions": s.registry.session_count(),
         "instances": s.registry.query(&Filter::default()).len(),
     })))

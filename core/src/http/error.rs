@@ -19,6 +19,9 @@ pub enum ApiCode {
     InstanceOnline,
     CommandTimeout,
     ShuttingDown,
+    /// The store fails: the registry serves from memory, and what it acknowledges now would
+    /// not survive a restart until the store recovers.
+    StoreFailing,
     Internal,
 }
 
@@ -35,6 +38,7 @@ impl ApiCode {
             ApiCode::InstanceOnline => "instance-online",
             ApiCode::CommandTimeout => "command-timeout",
             ApiCode::ShuttingDown => "shutting-down",
+            ApiCode::StoreFailing => "store-failing",
             ApiCode::Internal => "internal",
         }
     }
@@ -48,7 +52,7 @@ impl ApiCode {
             ApiCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiCode::NotOnline | ApiCode::InstanceOnline => StatusCode::CONFLICT,
             ApiCode::CommandTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ApiCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiCode::ShuttingDown | ApiCode::StoreFailing => StatusCode::SERVICE_UNAVAILABLE,
             ApiCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -133,6 +133,24 @@ pub fn render(registry: &Registry, figures: &SelfFigures) -> String {
             stats.protocol_errors_total.load(Relaxed),
         ),
         (
+            "sfc_registry_refused_not_authorized_total",
+            "counter",
+            "Hellos and legacy reports refused by the identity policy (--policy).",
+            stats.refused_not_authorized_total.load(Relaxed),
+        ),
+        (
+            "sfc_registry_rate_limited_frames_total",
+            "counter",
+            "Frames dropped by the per-session rate limit (--max-frame-rate).",
+            stats.rate_limited_total.load(Relaxed),
+        ),
+        (
+            "sfc_registry_store_up",
+            "gauge",
+            "1 while the store accepts writes, 0 while the registry serves from memory only.",
+            u64::from(registry.store_status().1.is_none()),
+        ),
+        (
             "sfc_registry_events_total",
             "counter",
             "Events recorded in the history.",

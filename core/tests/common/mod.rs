@@ -26,6 +26,8 @@ pub fn example_bin() -> PathBuf {
 pub struct RegistryProc {
     pub child: Child,
     pub addr: String,
+    /// The HTTP API's address (always bound, on a port the OS assigns).
+    pub http: String,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -42,26 +44,37 @@ impl RegistryProc {
 
     /// Starts on a given address and data dir (restarts reuse both).
     pub fn start_at(listen: &str, data_dir: &Path, extra: &[&str]) -> RegistryProc {
+        let http_flags: &[&str] = if extra.contains(&"--http") { &[] } else { &["--http", "127.0.0.1:0"] };
         let mut child = Command::new(sfc_bin())
             .args(["registry", "--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .args(http_flags)
             .args(extra)
-            .env("RUST_LOG", "sfc=debug")
+            .env_remove("SFC_ADMIN_TOKEN")
+            .env("RUST_LOG", "sfc=info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start sfc registry");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let line = lines.next().expect("registry printed nothing").expect("read stdout");
-        let addr = line
-            .strip_prefix("sfc registry listening on ")
-            .and_then(|r| r.split(' ').next())
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .to_string();
+        let mut next = |prefix: &str| {
+            let line = lines.next().expect("registry printed too little").expect("read stdout");
+            line.strip_prefix(prefix)
+                .and_then(|r| r.split(' ').next())
+                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+                .to_string()
+        };
+        let addr = next("sfc registry listening on ");
+        let http = if extra.contains(&"off") { String::new() } else { next("sfc http listening on ") };
         // Keep draining stdout so the registry never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        RegistryProc { child, addr, data_dir: data_dir.to_path_buf(), _tmp: None }
+        RegistryProc { child, addr, http, data_dir: data_dir.to_path_buf(), _tmp: None }
+    }
+
+    /// `http://<http address><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
     }
 
     pub fn ca(&self) -> PathBuf {

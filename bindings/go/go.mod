@@ -1,0 +1,3 @@
+module github.com/sfc/sfc-go
+
+go 1.22

@@ -1,0 +1,113 @@
+#!/usr/bin/env node
+// Builds the native module with plain `cargo build -p sfc-node` in the workspace's own target
+// directory, copies it next to the loader as `sfc.<platform>.node`, and renders the napi-rs
+// loader (`native.js`) and type definitions (`native.d.ts`) from the build's type information,
+// with @napi-rs/cli's own generators.
+//
+//   node scripts/build-native.js [--release] --write   regenerate native.js / native.d.ts
+//   node scripts/build-native.js [--release] --check   fail if the committed ones differ
+'use strict'
+
+const { execFileSync } = require('node:child_process')
+const fs = require('node:fs')
+const os = require('node:os')
+const path = require('node:path')
+
+const pkgDir = path.resolve(__dirname, '..')
+const repoRoot = path.resolve(pkgDir, '..', '..')
+const release = process.argv.includes('--release')
+const check = process.argv.includes('--check')
+const write = process.argv.includes('--write')
+if (check === write) {
+  console.error('usage: build-native.js [--release] (--check | --write)')
+  process.exit(2)
+}
+
+// The suffix napi-rs gives a platform's binary (its loader looks for exactly these names).
+function platformSuffix() {
+  const arch = { x64: 'x64', arm64: 'arm64', ia32: 'ia32', arm: 'arm' }[process.arch] ?? process.arch
+  switch (process.platform) {
+    case 'linux': {
+      const musl = !process.report?.getReport()?.header?.glibcVersionRuntime
+      return `linux-${arch}-${musl ? 'musl' : 'gnu'}`
+    }
+    case 'darwin':
+      return `darwin-${arch}`
+    case 'win32':
+      return `win32-${arch}-msvc`
+    default:
+      return `${process.platform}-${arch}`
+  }
+}
+
+function libraryName() {
+  switch (process.platform) {
+    case 'darwin':
+      return 'libsfc_node.dylib'
+    case 'win32':
+      return 'sfc_node.dll'
+    default:
+      return 'libsfc_node.so'
+  }
+}
+
+function targetDir() {
+  const out = execFileSync('cargo', ['metadata', '--format-version', '1', '--no-deps'], { cwd: repoRoot, maxBuffer: 64 << 20 })
+  return JSON.parse(out.toString()).target_directory
+}
+
+async function main() {
+  const { generateTypeDef, writeJsBinding } = await import('@napi-rs/cli')
+  const pkg = require(path.join(pkgDir, 'package.json'))
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'sfc-node-build-'))
+  const typeDefDir = path.join(work, 'typedef')
+  fs.mkdirSync(typeDefDir)
+  try {
+    const args = ['build', '-p', 'sfc-node']
+    if (release) args.push('--release')
+    execFileSync('cargo', args, {
+      cwd: repoRoot,
+      stdio: 'inherit',
+      env: { ...process.env, NAPI_TYPE_DEF_TMP_FOLDER: typeDefDir, NAPI_FORCE_BUILD_SFC_NODE: String(Date.now()) },
+    })
+    const lib = path.join(targetDir(), release ? 'release' : 'debug', libraryName())
+    const binary = `${pkg.napi.binaryName}.${platformSuffix()}.node`
+    fs.copyFileSync(lib, path.join(pkgDir, binary))
+    console.log(`copied ${lib} to ${binary}`)
+
+    const { exports, dts } = await generateTypeDef({ typeDefDir, cwd: pkgDir, declareBindingTarget: true })
+    await writeJsBinding({
+      platform: true,
+      binaryName: pkg.napi.binaryName,
+      packageName: pkg.name,
+      version: pkg.version,
+      idents: exports,
+      outputDir: work,
+      jsBinding: 'native.js',
+    })
+    const fresh = { 'native.d.ts': dts, 'native.js': fs.readFileSync(path.join(work, 'native.js'), 'utf8') }
+    let stale = 0
+    for (const [name, text] of Object.entries(fresh)) {
+      const file = path.join(pkgDir, name)
+      const committed = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : null
+      if (committed === text) continue
+      if (write) {
+        fs.writeFileSync(file, text)
+        console.log(`wrote ${name}`)
+      } else {
+        stale++
+        fs.writeFileSync(path.join(pkgDir, `${name}.fresh`), text)
+        console.error(`${name} differs from a fresh build (fresh copy: ${name}.fresh); run npm run build:debug and commit it`)
+      }
+    }
+    if (stale) process.exit(1)
+    if (check) console.log('native.js and native.d.ts match the fresh build')
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true })
+  }
+}
+
+main().catch((e) => {
+  console.error(e)
+  process.exit(1)
+})

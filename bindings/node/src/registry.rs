@@ -1,0 +1,395 @@
+//! `NativeRegistry`: the core registry embedded in a Node.js process. It is configured exactly
+//! like `sfc registry` (the same [`RegistryArgs`], so development certificates, mTLS and limits
+//! behave the same) and served on a tokio runtime that runs on a thread the addon owns, never
+//! on the event loop. Transitions reach JavaScript through a weak thread-safe function.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use sfc::cli::registry::RegistryArgs;
+use sfc::model::Filter;
+use sfc::registry::Registry;
+use sfc::tls::MtlsMode;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::oneshot;
+
+use crate::client::NativeFilter;
+use crate::{deliver, from_json, invalid, to_json, to_napi, JsonCallback};
+
+/// Options of `NativeRegistry`; durations are milliseconds. Defaults are those of `sfc registry`.
+#[napi(object)]
+pub struct NativeRegistryOptions {
+    /// `host:port`; port 0 picks a free port (read it from `address`).
+    pub listen: Option<String>,
+    /// Development certificates go in `<dataDir>/tls/` when no `tlsCert` is given.
+    pub data_dir: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    /// `off`, `optional` or `required`.
+    pub mtls: Option<String>,
+    pub client_ca: Option<String>,
+    pub insecure_plaintext: Option<bool>,
+    pub missed_reports: Option<u32>,
+    pub retention: Option<f64>,
+    pub handshake_timeout: Option<f64>,
+    pub max_connections: Option<u32>,
+    pub max_frame: Option<u32>,
+}
+
+/// A registry that is serving.
+struct Live {
+    registry: Registry,
+    handle: tokio::runtime::Handle,
+    shutdown: Option<oneshot::Sender<()>>,
+    address: String,
+}
+
+#[derive(Default)]
+struct State {
+    /// The thread that owns the runtime, from start() until stop() has joined it.
+    thread: Option<JoinHandle<()>>,
+    live: Option<Live>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An embedded registry. Wrapped by the JavaScript `Registry` class.
+#[napi]
+pub struct NativeRegistry {
+    args: RegistryArgs,
+    state: Arc<Mutex<State>>,
+}
+
+fn millis(what: &str, v: Option<f64>, default: Duration) -> Result<Duration> {
+    match v {
+        None => Ok(default),
+        Some(ms) if ms.is_finite() && ms > 0.0 && ms < 1e13 => {
+            Ok(Duration::from_millis(ms.round() as u64))
+        }
+        Some(ms) => Err(invalid(
+            what,
+            format!("{ms} is not a positive number of milliseconds"),
+        )),
+    }
+}
+
+fn build_args(o: NativeRegistryOptions) -> Result<RegistryArgs> {
+    let insecure_plaintext = o.insecure_plaintext.unwrap_or(false);
+    // The checks clap makes for `sfc registry`.
+    if insecure_plaintext && (o.tls_cert.is_some() || o.tls_key.is_some()) {
+        return Err(invalid(
+            "insecurePlaintext",
+            "cannot be combined with tlsCert or tlsKey",
+        ));
+    }
+    match (&o.tls_cert, &o.tls_key) {
+        (Some(_), None) => return Err(invalid("tlsKey", "required when tlsCert is given")),
+        (None, Some(_)) => return Err(invalid("tlsCert", "required when tlsKey is given")),
+        _ => {}
+    }
+    let mtls = match &o.mtls {
+        None => MtlsMode::Off,
+        Some(m) => m.parse().map_err(|_| {
+            invalid(
+                "mtls",
+                format!("{m:?} is not one of off, optional, required"),
+            )
+        })?,
+    };
+    let missed_reports = o.missed_reports.unwrap_or(3);
+    if !(1..=100).contains(&missed_reports) {
+        return Err(invalid(
+            "missedReports",
+            format!("{missed_reports} is outside 1..=100"),
+        ));
+    }
+    let max_frame = o
+        .max_frame
+        .map(|n| n as usize)
+        .unwrap_or(sfc::protocol::DEFAULT_MAX_FRAME);
+    if !(1024..=64 * 1024 * 1024).contains(&max_frame) {
+        return Err(invalid(
+            "maxFrame",
+            format!("{max_frame} is outside 1024..=67108864 bytes"),
+        ));
+    }
+    let max_connections = o.max_connections.unwrap_or(100_000) as usize;
+    if max_connections == 0 {
+        return Err(invalid("maxConnections", "must be at least 1"));
+    }
+    let listen = o.listen.unwrap_or_else(|| "127.0.0.1:7480".into());
+    // Port 0 is fine here: the OS picks one.
+    if !listen
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+    {
+        return Err(invalid("listen", format!("{listen:?} is not host:port")));
+    }
+    let mut a = default_args()?;
+    a.listen = listen;
+    a.data_dir = PathBuf::from(o.data_dir.unwrap_or_else(|| "./sfc-data".into()));
+    a.tls_cert = o.tls_cert;
+    a.tls_key = o.tls_key;
+    a.mtls = mtls;
+    a.client_ca = o.client_ca;
+    a.insecure_plaintext = insecure_plaintext;
+    a.missed_reports = missed_reports;
+    a.retention = millis("retention", o.retention, a.retention)?;
+    a.max_frame = max_frame;
+    a.handshake_timeout = millis("handshakeTimeout", o.handshake_timeout, a.handshake_timeout)?;
+    a.max_connections = max_connections;
+    Ok(a)
+}
+
+/// `sfc registry`'s defaults, without its `SFC_*` environment fallbacks: an embedded registry
+/// is configured by its options alone.
+fn default_args() -> Result<RegistryArgs> {
+    use clap::{CommandFactory, FromArgMatches, Parser};
+    #[derive(Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        args: RegistryArgs,
+    }
+    let cmd = Defaults::command().mut_args(|a| a.env(None));
+    let matches = cmd.try_get_matches_from(["sfc-node"]).map_err(|e| {
+        Error::new(
+            Status::GenericFailure,
+            format!("cannot read the registry defaults: {e}"),
+        )
+    })?;
+    Defaults::from_arg_matches(&matches)
+        .map(|d| d.args)
+        .map_err(|e| {
+            Error::new(
+                Status::GenericFailure,
+                format!("cannot read the registry defaults: {e}"),
+            )
+        })
+}
+
+fn not_running() -> Error {
+    Error::new(
+        Status::GenericFailure,
+        "registry is not running: call start() first".to_string(),
+    )
+}
+
+fn filter_of(f: Option<NativeFilter>) -> Result<Filter> {
+    f.map(NativeFilter::into_filter)
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
+#[napi]
+impl NativeRegistry {
+    /// Validates the options; throws `InvalidArg` naming the option that is wrong. Nothing is
+    /// bound or written before `start()`.
+    #[napi(constructor)]
+    pub fn new(options: NativeRegistryOptions) -> Result<Self> {
+        Ok(NativeRegistry {
+            args: build_args(options)?,
+            state: Arc::new(Mutex::new(State::default())),
+        })
+    }
+
+    /// The address the registry listens on (`host:port`), once started.
+    #[napi(getter)]
+    pub fn address(&self) -> Option<String> {
+        lock(&self.state).live.as_ref().map(|l| l.address.clone())
+    }
+
+    /// Whether the registry is serving TLS.
+    #[napi(getter)]
+    pub fn tls(&self) -> bool {
+        !self.args.insecure_plaintext
+    }
+
+    /// Binds and serves. Resolves to the bound address; `onEvent` receives every transition as
+    /// JSON. Development certificates are created in `<dataDir>/tls/` if needed.
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn start<'env>(&self, env: &'env Env, on_event: JsonCallback) -> Result<Object<'env>> {
+        let (deferred, promise) = env.create_deferred::<String, _>()?;
+        let mut st = lock(&self.state);
+        if let Some(t) = &st.thread {
+            if !t.is_finished() || st.live.is_some() {
+                deferred.reject(Error::new(
+                    Status::GenericFailure,
+                    "registry is already started".to_string(),
+                ));
+                return Ok(promise);
+            }
+            // A start that failed earlier: its thread has ended.
+            let _ = st.thread.take().map(JoinHandle::join);
+        }
+        let args = self.args.clone();
+        let state = self.state.clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("sfc-registry")
+            .build()
+            .map_err(|e| {
+                Error::new(
+                    Status::GenericFailure,
+                    format!("cannot start the registry runtime: {e}"),
+                )
+            })?;
+        let thread = std::thread::Builder::new()
+            .name("sfc-registry".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let bound = async {
+                        std::fs::create_dir_all(&args.data_dir).map_err(|e| sfc::Error::write_file(&args.data_dir, e))?;
+                        let cfg = sfc::cli::registry::config(&args)?;
+                        let (listener, addr) = sfc::registry::bind(&args.listen).await?;
+                        Ok::<_, sfc::Error>((Registry::new(cfg), listener, addr))
+                    };
+                    let (registry, listener, addr) = match bound.await {
+                        Ok(x) => x,
+                        Err(e) => return deferred.reject(to_napi(e)),
+                    };
+                    let mut events = registry.subscribe();
+                    let forwarder = tokio::spawn(async move {
+                        loop {
+                            match events.recv().await {
+                                Ok(ev) => deliver(&on_event, to_json(&*ev)),
+                                Err(RecvError::Lagged(n)) => {
+                                    tracing::warn!(target: "sfc::registry", dropped = n, "event listener fell behind")
+                                }
+                                Err(RecvError::Closed) => break,
+                            }
+                        }
+                    });
+                    let (tx, rx) = oneshot::channel::<()>();
+                    let address = addr.to_string();
+                    lock(&state).live = Some(Live {
+                        registry: registry.clone(),
+                        handle: tokio::runtime::Handle::current(),
+                        shutdown: Some(tx),
+                        address: address.clone(),
+                    });
+                    tracing::info!(target: "sfc::registry", %address, "embedded registry listening");
+                    deferred.resolve(move |_| Ok(address));
+                    sfc::registry::serve(registry, listener, async {
+                        let _ = rx.await;
+                    })
+                    .await;
+                    forwarder.abort();
+                });
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(|e| Error::new(Status::GenericFailure, format!("cannot start the registry thread: {e}")))?;
+        st.thread = Some(thread);
+        Ok(promise)
+    }
+
+    /// Closes every session and stops listening. Resolves once the registry has stopped.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn stop<'env>(&self, env: &'env Env) -> Result<Object<'env>> {
+        let (deferred, promise) = env.create_deferred::<(), _>()?;
+        let mut st = lock(&self.state);
+        if st.live.is_none() && st.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            deferred.reject(Error::new(
+                Status::GenericFailure,
+                "registry is still starting: await start() first",
+            ));
+            return Ok(promise);
+        }
+        if let Some(mut live) = st.live.take() {
+            if let Some(tx) = live.shutdown.take() {
+                let _ = tx.send(());
+            }
+        }
+        let thread = st.thread.take();
+        drop(st);
+        // Join off the event loop: sessions get up to 5 s to close.
+        let waiter = std::thread::Builder::new()
+            .name("sfc-registry-stop".into())
+            .spawn(move || {
+                if let Some(t) = thread {
+                    let _ = t.join();
+                }
+                deferred.resolve(|_| Ok(()));
+            });
+        if let Err(e) = waiter {
+            return Err(Error::new(
+                Status::GenericFailure,
+                format!("cannot wait for the registry: {e}"),
+            ));
+        }
+        Ok(promise)
+    }
+
+    /// Records grouped by group, as JSON `{ group: [record...] }`.
+    #[napi]
+    pub fn fleet(&self, filter: Option<NativeFilter>) -> Result<String> {
+        let filter = filter_of(filter)?;
+        let st = lock(&self.state);
+        let live = st.live.as_ref().ok_or_else(not_running)?;
+        Ok(to_json(&live.registry.fleet(&filter)))
+    }
+
+    /// Records matching `filter`, sorted by id, as a JSON array.
+    #[napi]
+    pub fn instances(&self, filter: Option<NativeFilter>) -> Result<String> {
+        let filter = filter_of(filter)?;
+        let st = lock(&self.state);
+        let live = st.live.as_ref().ok_or_else(not_running)?;
+        Ok(to_json(&live.registry.query(&filter)))
+    }
+
+    /// Sends a command to an online instance (`<group>/<instanceId>`) and resolves to its result
+    /// as JSON `{command_id, ok, result, error}`.
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn send_command<'env>(
+        &self,
+        env: &'env Env,
+        id: String,
+        name: String,
+        payload: Option<String>,
+        reason: Option<String>,
+        timeout: Option<f64>,
+    ) -> Result<Object<'env>> {
+        let payload: serde_json::Value = match payload {
+            Some(text) => from_json("command payload", &text)?,
+            None => serde_json::Value::Null,
+        };
+        let timeout = millis("timeout", timeout, Duration::from_secs(10))?;
+        let (registry, handle) = {
+            let st = lock(&self.state);
+            let live = st.live.as_ref().ok_or_else(not_running)?;
+            (live.registry.clone(), live.handle.clone())
+        };
+        let (deferred, promise) = env.create_deferred::<String, _>()?;
+        handle.spawn(async move {
+            match registry
+                .send_command(&id, &name, reason, payload, Some("node".into()), timeout)
+                .await
+            {
+                Ok(r) => {
+                    let json = to_json(&r);
+                    deferred.resolve(move |_| Ok(json));
+                }
+                Err(e) => deferred.reject(to_napi(e)),
+            }
+        });
+        Ok(promise)
+    }
+}
+
+impl Drop for NativeRegistry {
+    fn drop(&mut self) {
+        // Garbage-collected while serving: ask it to stop, but never join on the event loop.
+        if let Some(mut live) = lock(&self.state).live.take() {
+            if let Some(tx) = live.shutdown.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}

@@ -1,0 +1,473 @@
+/*
+ * C test suite for libsfc, run against a real `sfc registry` that tests/c/run.sh starts
+ * (SFC_TEST_REGISTRY = its address, SFC_TEST_CA = the CA it trusts). Built with
+ * -Wall -Wextra -Werror -pedantic and run once under AddressSanitizer and once under Valgrind.
+ * Prints "N passed, N failed" and exits non-zero when anything failed.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <arpa/inet.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sfc.h"
+
+static int passed;
+static int failed;
+static const char *registry;
+static const char *ca;
+
+/* Group names carry the process id: the ASan and Valgrind runs share one registry, and each
+ * must see its own instances join. */
+static char group_svc[64], group_watch[64], group_stop[64], group_free[64];
+static char watch_filter[128], svc_filter[128], svc_id[96], svc_id_json[128];
+
+static void name_groups(void) {
+    long pid = (long)getpid();
+    snprintf(group_svc, sizeof group_svc, "c-svc-%ld", pid);
+    snprintf(group_watch, sizeof group_watch, "c-watch-%ld", pid);
+    snprintf(group_stop, sizeof group_stop, "c-stop-%ld", pid);
+    snprintf(group_free, sizeof group_free, "c-free-%ld", pid);
+    snprintf(watch_filter, sizeof watch_filter, "{\"group\":\"%s\"}", group_watch);
+    snprintf(svc_filter, sizeof svc_filter, "{\"group\":\"%s\"}", group_svc);
+    snprintf(svc_id, sizeof svc_id, "%s/c-one", group_svc);
+    snprintf(svc_id_json, sizeof svc_id_json, "\"id\":\"%s\"", svc_id);
+}
+
+#define CHECK(cond)                                                                      \
+    do {                                                                                 \
+        if (!(cond)) {                                                                   \
+            fprintf(stderr, "  %s:%d: check failed: %s\n  last error: %s\n", __FILE__,   \
+                    __LINE__, #cond, sfc_last_error_message());                          \
+            return 0;                                                                    \
+        }                                                                                \
+    } while (0)
+
+#define CHECK_STATUS(call, want)                                                         \
+    do {                                                                                 \
+        sfc_status got_ = (call);                                                        \
+        if (got_ != (want)) {                                                            \
+            fprintf(stderr, "  %s:%d: %s returned %s, want %s\n  last error: %s\n",      \
+                    __FILE__, __LINE__, #call, sfc_status_name(got_),                    \
+                    sfc_status_name(want), sfc_last_error_message());                    \
+            return 0;                                                                    \
+        }                                                                                \
+    } while (0)
+
+#define CHECK_OK(call) CHECK_STATUS(call, SFC_STATUS_OK)
+
+/* The last error message mentions `word`. */
+#define CHECK_ERROR_MENTIONS(word)                                                       \
+    CHECK(strstr(sfc_last_error_message(), (word)) != NULL)
+
+static void run(const char *name, int (*test)(void)) {
+    if (test()) {
+        passed++;
+        printf("ok   %s\n", name);
+    } else {
+        failed++;
+        printf("FAIL %s\n", name);
+    }
+    fflush(stdout);
+}
+
+/* A config for a service in `group` that trusts the test registry's CA. */
+static sfc_config *service_config(const char *group, const char *instance_id) {
+    sfc_config *c = sfc_config_new();
+    if (sfc_config_ignore_env(c) != SFC_STATUS_OK || sfc_config_add_registry(c, registry) != SFC_STATUS_OK ||
+        sfc_config_set_ca(c, ca) != SFC_STATUS_OK || sfc_config_set_group(c, group) != SFC_STATUS_OK ||
+        sfc_config_set_instance_id(c, instance_id) != SFC_STATUS_OK ||
+        sfc_config_set_interval_ms(c, 1000) != SFC_STATUS_OK) {
+        sfc_config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static sfc_client *start_service(const char *group, const char *instance_id) {
+    sfc_config *c = service_config(group, instance_id);
+    sfc_client *client = NULL;
+    if (c == NULL || sfc_client_start(c, &client) != SFC_STATUS_OK) {
+        client = NULL;
+    }
+    sfc_config_free(c);
+    return client;
+}
+
+static sfc_client *start_observer(void) {
+    sfc_config *c = sfc_config_new_observer();
+    sfc_client *client = NULL;
+    if (sfc_config_ignore_env(c) != SFC_STATUS_OK || sfc_config_add_registry(c, registry) != SFC_STATUS_OK ||
+        sfc_config_set_ca(c, ca) != SFC_STATUS_OK || sfc_client_start(c, &client) != SFC_STATUS_OK) {
+        client = NULL;
+    }
+    sfc_config_free(c);
+    return client;
+}
+
+/* Pulls events until one of `kind` arrives or `tries` timeouts of 1 s pass. */
+static int wait_event(sfc_client *client, sfc_event_kind kind, int tries) {
+    for (int i = 0; i < tries; i++) {
+        sfc_event *ev = NULL;
+        sfc_status s = sfc_client_next_event(client, 1000, &ev);
+        if (s == SFC_STATUS_OK) {
+            int hit = ev->kind == kind;
+            sfc_event_free(ev);
+            if (hit) {
+                return 1;
+            }
+        } else if (s != SFC_STATUS_NO_EVENT) {
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* Pulls watch events until one whose JSON contains `needle` arrives (bounded). */
+static int wait_watch(sfc_watch *w, const char *needle, int tries) {
+    for (int i = 0; i < tries; i++) {
+        char *json = NULL;
+        sfc_status s = sfc_watch_next(w, 1000, &json);
+        if (s == SFC_STATUS_OK) {
+            int hit = strstr(json, needle) != NULL;
+            sfc_string_free(json);
+            if (hit) {
+                return 1;
+            }
+        } else if (s != SFC_STATUS_NO_EVENT) {
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* ---- tests ------------------------------------------------------------------------- */
+
+static int test_version_macros_match_library(void) {
+    char expect[64];
+    CHECK(strcmp(sfc_version(), SFC_VERSION) == 0);
+    snprintf(expect, sizeof expect, "%d.%d.%d", SFC_VERSION_MAJOR, SFC_VERSION_MINOR, SFC_VERSION_PATCH);
+    CHECK(strncmp(SFC_VERSION, expect, strlen(expect)) == 0);
+    CHECK(strcmp(sfc_status_name(SFC_STATUS_NULL_ARGUMENT), "null-argument") == 0);
+    CHECK(strcmp(sfc_status_name(9999), "unknown") == 0);
+    return 1;
+}
+
+static int test_null_arguments_are_errors(void) {
+    sfc_config *c = sfc_config_new();
+    sfc_client *sentinel = (sfc_client *)&passed;
+    sfc_client *out = sentinel;
+    char *text = (char *)&failed;
+    sfc_event *ev = (sfc_event *)&failed;
+
+    CHECK_STATUS(sfc_config_set_group(NULL, "g"), SFC_STATUS_NULL_ARGUMENT);
+    CHECK_ERROR_MENTIONS("config");
+    CHECK_STATUS(sfc_config_set_group(c, NULL), SFC_STATUS_NULL_ARGUMENT);
+    CHECK_ERROR_MENTIONS("group");
+    CHECK_STATUS(sfc_config_add_endpoint(c, "http", NULL, 80, NULL), SFC_STATUS_NULL_ARGUMENT);
+    CHECK_ERROR_MENTIONS("endpoint host");
+    CHECK_STATUS(sfc_client_start(NULL, &out), SFC_STATUS_NULL_ARGUMENT);
+    CHECK(out == sentinel); /* outputs are written only on success */
+    CHECK_STATUS(sfc_client_start(c, NULL), SFC_STATUS_NULL_ARGUMENT);
+    CHECK_ERROR_MENTIONS("out_client");
+    CHECK_STATUS(sfc_client_set_health(NULL, SFC_HEALTH_PASSING, NULL), SFC_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sfc_client_set_gauge(NULL, "x", 1.0), SFC_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sfc_client_lookup(NULL, "g", false, NULL, NULL, &text, NULL), SFC_STATUS_NULL_ARGUMENT);
+    CHECK(text == (char *)&failed);
+    CHECK_STATUS(sfc_client_next_event(NULL, 0, &ev), SFC_STATUS_NULL_ARGUMENT);
+    CHECK(ev == (sfc_event *)&failed);
+    CHECK_STATUS(sfc_client_stop(NULL), SFC_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sfc_watch_next(NULL, 0, &text), SFC_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sfc_client_respond(NULL, 1, true, NULL), SFC_STATUS_NULL_ARGUMENT);
+    CHECK(!sfc_client_is_connected(NULL));
+    /* Every _free accepts NULL. */
+    sfc_config_free(NULL);
+    sfc_client_free(NULL);
+    sfc_watch_free(NULL);
+    sfc_event_free(NULL);
+    sfc_string_free(NULL);
+    sfc_config_free(c);
+    return 1;
+}
+
+static int test_non_utf8_strings_are_errors(void) {
+    sfc_config *c = sfc_config_new();
+    const char bad[] = {'s', 'v', 'c', (char)0xff, (char)0xfe, 0};
+    CHECK_STATUS(sfc_config_set_group(c, bad), SFC_STATUS_INVALID_UTF8);
+    CHECK_ERROR_MENTIONS("group");
+    CHECK_STATUS(sfc_config_add_tag(c, bad), SFC_STATUS_INVALID_UTF8);
+    CHECK_ERROR_MENTIONS("tag");
+    CHECK_STATUS(sfc_config_set_metadata(c, "k", bad), SFC_STATUS_INVALID_UTF8);
+    CHECK_ERROR_MENTIONS("metadata value");
+    sfc_config_free(c);
+    return 1;
+}
+
+static int test_bad_settings_name_the_setting(void) {
+    sfc_config *c = sfc_config_new();
+    sfc_client *client = NULL;
+    CHECK_OK(sfc_config_ignore_env(c));
+    CHECK_OK(sfc_config_set_insecure_plaintext(c, true));
+    /* No group and no service. */
+    CHECK_STATUS(sfc_client_start(c, &client), SFC_STATUS_INVALID_ARGUMENT);
+    CHECK_ERROR_MENTIONS("group");
+    CHECK(client == NULL);
+    CHECK_OK(sfc_config_set_group(c, "c-bad"));
+    CHECK_OK(sfc_config_add_registry(c, "no-port-here"));
+    CHECK_STATUS(sfc_client_start(c, &client), SFC_STATUS_INVALID_ARGUMENT);
+    CHECK_ERROR_MENTIONS("no-port-here");
+    CHECK_STATUS(sfc_config_set_api(c, "soap", "http://x"), SFC_STATUS_INVALID_ARGUMENT);
+    CHECK_ERROR_MENTIONS("soap");
+    CHECK_STATUS(sfc_config_add_endpoint(c, "http", "127.0.0.1", 0, NULL), SFC_STATUS_INVALID_ARGUMENT);
+    CHECK_ERROR_MENTIONS("port");
+    sfc_config_free(c);
+    return 1;
+}
+
+static int test_bad_ca_file_fails_at_start(void) {
+    sfc_config *c = service_config("c-bad-ca", "one");
+    sfc_client *client = NULL;
+    char path[] = "/tmp/sfc-c-test-ca-XXXXXX";
+    int fd;
+    CHECK(c != NULL);
+    CHECK_OK(sfc_config_set_ca(c, "/nonexistent/sfc/ca.pem"));
+    CHECK_STATUS(sfc_client_start(c, &client), SFC_STATUS_FILE);
+    CHECK_ERROR_MENTIONS("/nonexistent/sfc/ca.pem");
+    CHECK(client == NULL);
+    /* A file that exists but holds no certificate. */
+    fd = mkstemp(path);
+    CHECK(fd >= 0);
+    CHECK(write(fd, "not a certificate\n", 18) == 18);
+    close(fd);
+    CHECK_OK(sfc_config_set_ca(c, path));
+    CHECK(sfc_client_start(c, &client) != SFC_STATUS_OK);
+    CHECK_ERROR_MENTIONS(path);
+    CHECK(client == NULL);
+    unlink(path);
+    sfc_config_free(c);
+    return 1;
+}
+
+static int test_registry_down(void) {
+    /* A loopback port nobody listens on: bind one, note it, close it. */
+    struct sockaddr_in addr;
+    socklen_t len = sizeof addr;
+    char where[64];
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sfc_config *c;
+    sfc_client *client = NULL;
+    char *json = NULL;
+    bool stale = false;
+    CHECK(fd >= 0);
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK(bind(fd, (struct sockaddr *)&addr, sizeof addr) == 0);
+    CHECK(getsockname(fd, (struct sockaddr *)&addr, &len) == 0);
+    close(fd);
+    snprintf(where, sizeof where, "127.0.0.1:%u", (unsigned)ntohs(addr.sin_port));
+
+    c = sfc_config_new();
+    CHECK_OK(sfc_config_ignore_env(c));
+    CHECK_OK(sfc_config_add_registry(c, where));
+    CHECK_OK(sfc_config_set_ca(c, ca));
+    CHECK_OK(sfc_config_set_group(c, "c-down"));
+    CHECK_OK(sfc_config_set_connect_timeout_ms(c, 500));
+    CHECK_OK(sfc_config_set_stop_timeout_ms(c, 500));
+    /* Start never waits on the network: it succeeds with the registry down. */
+    CHECK_OK(sfc_client_start(c, &client));
+    sfc_config_free(c);
+    CHECK_STATUS(sfc_client_wait_connected(client, 300), SFC_STATUS_TIMEOUT);
+    CHECK(!sfc_client_is_connected(client));
+    CHECK_STATUS(sfc_client_lookup(client, "anything", false, NULL, NULL, &json, &stale), SFC_STATUS_UNREACHABLE);
+    CHECK(json == NULL);
+    CHECK_ERROR_MENTIONS(where);
+    /* Health and gauges are local until a registry is reachable. */
+    CHECK_OK(sfc_client_set_health(client, SFC_HEALTH_WARNING, "no registry"));
+    CHECK_OK(sfc_client_set_gauge(client, "queued", 2.0));
+    {
+        sfc_status s = sfc_client_stop(client);
+        CHECK(s == SFC_STATUS_OK || s == SFC_STATUS_TIMEOUT);
+    }
+    CHECK_OK(sfc_client_stop(client));
+    sfc_client_free(client);
+    return 1;
+}
+
+static int test_register_report_health_gauge_lookup(void) {
+    sfc_config *c = service_config(group_svc, "c-one");
+    sfc_client *svc = NULL;
+    sfc_client *obs = NULL;
+    char *json = NULL;
+    char *id = NULL;
+    bool stale = true;
+    int seen_gauge = 0;
+    CHECK(c != NULL);
+    CHECK_OK(sfc_config_set_service(c, "c-service"));
+    CHECK_OK(sfc_config_add_endpoint(c, "http", "127.0.0.1", 8080, "http"));
+    CHECK_OK(sfc_config_add_tag(c, "c-suite"));
+    CHECK_OK(sfc_config_set_metadata(c, "lang", "c"));
+    CHECK_OK(sfc_config_set_version(c, "1.2.3"));
+    CHECK_OK(sfc_config_set_api(c, "openapi", "http://127.0.0.1:8080/openapi.json"));
+    CHECK_OK(sfc_client_start(c, &svc));
+    sfc_config_free(c);
+
+    CHECK_OK(sfc_client_id(svc, &id));
+    CHECK(strcmp(id, svc_id) == 0);
+    sfc_string_free(id);
+    CHECK(wait_event(svc, SFC_EVENT_KIND_CONNECTED, 20));
+    CHECK(sfc_client_is_connected(svc));
+
+    CHECK_OK(sfc_client_set_health(svc, SFC_HEALTH_WARNING, "warming up"));
+    CHECK_OK(sfc_client_set_gauge(svc, "queue_depth", 3.0));
+    CHECK_OK(sfc_client_set_runtime_metrics(svc, "{\"c_heap_bytes\": 4096}"));
+    CHECK_STATUS(sfc_client_set_health(svc, 7, NULL), SFC_STATUS_INVALID_ARGUMENT);
+    CHECK_ERROR_MENTIONS("health");
+    CHECK_STATUS(sfc_client_set_gauge(svc, "", 1.0), SFC_STATUS_INVALID_ARGUMENT);
+    CHECK_ERROR_MENTIONS("gauge name");
+    CHECK_STATUS(sfc_client_set_gauge(svc, "nan_gauge", NAN), SFC_STATUS_INVALID_ARGUMENT);
+    CHECK_ERROR_MENTIONS("nan_gauge");
+    CHECK_STATUS(sfc_client_set_runtime_metrics(svc, "{not json"), SFC_STATUS_INVALID_JSON);
+    CHECK_ERROR_MENTIONS("runtime metrics");
+
+    obs = start_observer();
+    CHECK(obs != NULL);
+    /* The gauge travels with the next report: ask the registry until it shows (bounded). */
+    for (int i = 0; i < 20 && !seen_gauge; i++) {
+        CHECK_OK(sfc_client_query(obs, svc_filter, &json));
+        seen_gauge = strstr(json, "\"queue_depth\":3") != NULL && strstr(json, "\"c_heap_bytes\":4096") != NULL;
+        sfc_string_free(json);
+        json = NULL;
+        if (!seen_gauge) {
+            struct timespec pause = {0, 250 * 1000 * 1000};
+            nanosleep(&pause, NULL);
+        }
+    }
+    CHECK(seen_gauge);
+
+    CHECK_OK(sfc_client_lookup(obs, group_svc, false, NULL, NULL, &json, &stale));
+    CHECK(!stale);
+    CHECK(strstr(json, svc_id_json) != NULL);
+    CHECK(strstr(json, "\"service\":\"c-service\"") != NULL);
+    CHECK(strstr(json, "\"health\":\"warning\"") != NULL);
+    CHECK(strstr(json, "\"health_note\":\"warming up\"") != NULL);
+    CHECK(strstr(json, "\"port\":8080") != NULL);
+    CHECK(strstr(json, "\"version\":\"1.2.3\"") != NULL);
+    sfc_string_free(json);
+    json = NULL;
+    /* healthy_only leaves out a warning instance; a tag that nobody has gives []. */
+    CHECK_OK(sfc_client_lookup(obs, group_svc, true, NULL, NULL, &json, NULL));
+    CHECK(strcmp(json, "[]") == 0);
+    sfc_string_free(json);
+    json = NULL;
+    CHECK_OK(sfc_client_lookup(obs, group_svc, false, NULL, "no-such-tag", &json, NULL));
+    CHECK(strcmp(json, "[]") == 0);
+    sfc_string_free(json);
+    json = NULL;
+    CHECK_STATUS(sfc_client_query(obs, "{\"group\": 5}", &json), SFC_STATUS_INVALID_JSON);
+    CHECK_ERROR_MENTIONS("filter");
+    CHECK(json == NULL);
+
+    CHECK_OK(sfc_client_stop(svc));
+    sfc_client_free(svc);
+    CHECK_OK(sfc_client_stop(obs));
+    sfc_client_free(obs);
+    return 1;
+}
+
+static int test_watch_sees_join_health_and_leave(void) {
+    sfc_client *obs = start_observer();
+    sfc_client *svc = NULL;
+    sfc_watch *w = NULL;
+    char *json = NULL;
+    CHECK(obs != NULL);
+    CHECK_OK(sfc_client_watch(obs, watch_filter, false, &w));
+    CHECK(wait_event(obs, SFC_EVENT_KIND_CONNECTED, 20));
+    svc = start_service(group_watch, "w-one");
+    CHECK(svc != NULL);
+    CHECK(wait_watch(w, "\"kind\":\"joined\"", 20));
+    CHECK_OK(sfc_client_set_health(svc, SFC_HEALTH_CRITICAL, "disk full"));
+    CHECK(wait_watch(w, "\"kind\":\"health-changed\"", 20));
+    CHECK_OK(sfc_client_stop(svc));
+    CHECK(wait_watch(w, "\"kind\":\"left\"", 20));
+    sfc_client_free(svc);
+    /* Nothing else is going on in the group: a zero timeout returns at once. */
+    CHECK_STATUS(sfc_watch_next(w, 0, &json), SFC_STATUS_NO_EVENT);
+    CHECK(json == NULL);
+    /* Once the client stops, the watch ends. */
+    CHECK_OK(sfc_client_stop(obs));
+    CHECK_STATUS(sfc_watch_next(w, 2000, &json), SFC_STATUS_STOPPED);
+    sfc_watch_free(w);
+    sfc_client_free(obs);
+    return 1;
+}
+
+static int test_double_stop_and_use_after_stop(void) {
+    sfc_client *svc = start_service(group_stop, "s-one");
+    sfc_event *ev = NULL;
+    char *json = NULL;
+    sfc_watch *w = NULL;
+    CHECK(svc != NULL);
+    CHECK_OK(sfc_client_wait_connected(svc, 10000));
+    CHECK_OK(sfc_client_stop(svc));
+    CHECK_OK(sfc_client_stop(svc)); /* documented: a second stop does nothing */
+    CHECK_STATUS(sfc_client_set_gauge(svc, "x", 1.0), SFC_STATUS_STOPPED);
+    CHECK_STATUS(sfc_client_set_health(svc, SFC_HEALTH_PASSING, NULL), SFC_STATUS_STOPPED);
+    CHECK_STATUS(sfc_client_lookup(svc, group_stop, false, NULL, NULL, &json, NULL), SFC_STATUS_STOPPED);
+    CHECK_STATUS(sfc_client_watch(svc, NULL, false, &w), SFC_STATUS_STOPPED);
+    CHECK(w == NULL);
+    CHECK_STATUS(sfc_client_respond(svc, 1, true, "{}"), SFC_STATUS_STOPPED);
+    /* Queued events can still be taken; then next_event says stopped, without waiting. */
+    for (int i = 0; i < 100; i++) {
+        sfc_status s = sfc_client_next_event(svc, 5000, &ev);
+        if (s == SFC_STATUS_STOPPED) {
+            break;
+        }
+        CHECK_OK(s);
+        sfc_event_free(ev);
+        ev = NULL;
+    }
+    CHECK_STATUS(sfc_client_next_event(svc, 0, &ev), SFC_STATUS_STOPPED);
+    sfc_client_free(svc);
+    return 1;
+}
+
+static int test_free_without_stop(void) {
+    sfc_client *svc = start_service(group_free, "f-one");
+    sfc_watch *w = NULL;
+    CHECK(svc != NULL);
+    CHECK_OK(sfc_client_wait_connected(svc, 10000));
+    CHECK_OK(sfc_client_watch(svc, NULL, true, &w));
+    /* The watch outlives the client handle and is freed after it. */
+    sfc_client_free(svc);
+    sfc_watch_free(w);
+    return 1;
+}
+
+int main(void) {
+    registry = getenv("SFC_TEST_REGISTRY");
+    ca = getenv("SFC_TEST_CA");
+    if (registry == NULL || ca == NULL) {
+        fprintf(stderr, "SFC_TEST_REGISTRY and SFC_TEST_CA must be set (tests/c/run.sh sets them)\n");
+        return 2;
+    }
+    name_groups();
+    run("version macros match the library", test_version_macros_match_library);
+    run("null arguments are errors", test_null_arguments_are_errors);
+    run("non-utf-8 strings are errors", test_non_utf8_strings_are_errors);
+    run("bad settings name the setting", test_bad_settings_name_the_setting);
+    run("bad ca file fails at start", test_bad_ca_file_fails_at_start);
+    run("registry down", test_registry_down);
+    run("register, report, health, gauge, lookup", test_register_report_health_gauge_lookup);
+    run("watch sees join, health and leave", test_watch_sees_join_health_and_leave);
+    run("double stop and use after stop", test_double_stop_and_use_after_stop);
+    run("free without stop", test_free_without_stop);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}
