@@ -140,21 +140,22 @@ func TestRegisterHealthGaugeLookup(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 
-	// The gauge goes out with the next report: ask the registry until it shows (bounded).
+	// The gauge and the runtime figure go out with the next report (SetHealth's immediate
+	// report may have left before them): ask the registry until both show (bounded).
 	var inst sfc.Instance
 	for i := 0; i < 40; i++ {
 		list, err := obs.Query(ctx, sfc.Filter{Group: "go-svc"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(list) == 1 && list[0].Metrics.Custom["queue_depth"] == 4 {
+		if len(list) == 1 && list[0].Metrics.Custom["queue_depth"] == 4 && list[0].Metrics.Runtime["goroutines"] == 12 {
 			inst = list[0]
 			break
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
 	if inst.ID != "go-svc/one" {
-		t.Fatalf("the registry never showed the gauge")
+		t.Fatalf("the registry never showed the gauge and the runtime figure")
 	}
 	if inst.Metrics.Runtime["goroutines"] != 12 || inst.Service != "go-service" || inst.Metadata["lang"] != "go" {
 		t.Fatalf("unexpected record: %+v", inst)

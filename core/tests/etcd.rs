@@ -122,11 +122,13 @@ impl Etcd {
     fn leader(&self) -> usize {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let mut c = etcd_client::Client::connect([self.members[0].client_url.clone()], None).await.expect("etcd client");
+            let mut c =
+                etcd_client::Client::connect([self.members[0].client_url.clone()], None).await.expect("etcd client");
             let st = c.status().await.expect("etcd status");
             let leader = st.leader();
             let list = c.member_list().await.expect("member list");
-            let name = list.members().iter().find(|m| m.id() == leader).expect("leader in member list").name().to_string();
+            let name =
+                list.members().iter().find(|m| m.id() == leader).expect("leader in member list").name().to_string();
             self.members.iter().position(|m| m.name == name).expect("leader is one of ours")
         })
     }
@@ -223,7 +225,9 @@ impl Reg {
         let list = v.as_array().cloned().or_else(|| v["instances"].as_array().cloned()).unwrap_or_default();
         let mut out: Vec<(String, String)> = list
             .iter()
-            .map(|r| (r["id"].as_str().unwrap_or_default().to_string(), r["status"].as_str().unwrap_or_default().to_string()))
+            .map(|r| {
+                (r["id"].as_str().unwrap_or_default().to_string(), r["status"].as_str().unwrap_or_default().to_string())
+            })
             .collect();
         out.sort();
         out

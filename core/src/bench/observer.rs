@@ -167,7 +167,8 @@ pub(super) async fn run(
                         }
                         EventKind::Offline => {
                             online.remove(&index);
-                            if *phase.borrow() != Phase::Drain {
+                            // Only while the fleet is meant to be up: the drain and the stop end it.
+                            if matches!(*phase.borrow(), Phase::Ramp | Phase::Run | Phase::Act) {
                                 let reason = e.event.detail.get("reason").and_then(|r| r.as_str()).unwrap_or("").to_string();
                                 seen.offline.lock().unwrap_or_else(|e| e.into_inner()).push((index, now, reason));
                             }

@@ -94,6 +94,8 @@ pub(super) struct Counters {
     /// Connections that ended without the bench asking.
     pub lost: AtomicU64,
     pub error_frames: AtomicU64,
+    /// `rate-limited` error frames: the registry dropped frames over its `--max-frame-rate`.
+    pub rate_limited: AtomicU64,
     pub sent: AtomicU64,
     pub sent_in_phase: AtomicU64,
     /// Reports sent while measuring that a later pong proved the registry had processed.
@@ -361,6 +363,8 @@ async fn session(
     let mut unconfirmed: u64 = 0;
     let mut ping_id: u64 = 0;
     let mut window_ping: Option<u64> = None;
+    // A rate-limit error while a window is in flight: some of it was dropped, none counts.
+    let mut window_limited = false;
     let mut drain_ping: Option<u64> = None;
     let mut hung = false;
     let mut cur = *phase.borrow_and_update();
@@ -431,7 +435,7 @@ async fn session(
                 Some(Ok(Message::Pong(p))) => {
                     let confirmed = if Some(p.id) == window_ping {
                         window_ping = None;
-                        WINDOW
+                        if std::mem::take(&mut window_limited) { 0 } else { WINDOW }
                     } else if Some(p.id) == drain_ping {
                         c.drained.fetch_add(1, Ordering::Relaxed);
                         std::mem::take(&mut unconfirmed)
@@ -445,6 +449,13 @@ async fn session(
                 }
                 Some(Ok(Message::Error(e))) => {
                     c.error_frames.fetch_add(1, Ordering::Relaxed);
+                    if e.code == crate::protocol::ErrorCode::RateLimited {
+                        c.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        window_limited = true;
+                        // Dropped reports cannot be told apart: nothing on this connection
+                        // since the last confirmation counts.
+                        unconfirmed = 0;
+                    }
                     tracing::debug!(target: "sfc::bench", index, code = %e.code, message = %e.message, "error frame");
                     if e.fatal {
                         return if hung { End::Down } else { End::Lost };

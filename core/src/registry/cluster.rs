@@ -68,7 +68,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 enum Batch {
     Events(WatchResponse),
     /// Everything, read again (at start, and after the watch fell behind a compaction).
-    Load { registries: Vec<KeyValue>, instances: Vec<KeyValue>, revision: i64, announce: bool },
+    Load {
+        registries: Vec<KeyValue>,
+        instances: Vec<KeyValue>,
+        revision: i64,
+        announce: bool,
+    },
 }
 
 /// Loads the fleet and starts the watch and the lease keepalive. Called by
@@ -82,9 +87,10 @@ pub(crate) fn start(reg: &Registry, etcd: Arc<EtcdInner>) -> Result<Arc<Cluster>
         waiting: Mutex::new(HashMap::new()),
     });
     let e = etcd.clone();
-    let first = crate::store::etcd::wait(&etcd.handle, etcd.op_timeout * 2, &etcd.endpoints, "load the fleet", async move {
-        fetch(&e, false).await
-    })?;
+    let first =
+        crate::store::etcd::wait(&etcd.handle, etcd.op_timeout * 2, &etcd.endpoints, "load the fleet", async move {
+            fetch(&e, false).await
+        })?;
     let Batch::Load { revision, .. } = &first else { unreachable!("fetch returns a load") };
     let from = revision + 1;
     cluster.apply_batch(first);
@@ -102,7 +108,9 @@ pub(crate) fn start(reg: &Registry, etcd: Arc<EtcdInner>) -> Result<Arc<Cluster>
 
 /// Reads every registry key and instance record.
 async fn fetch(etcd: &EtcdInner, announce: bool) -> Result<Batch, etcd_client::Error> {
-    let get = |prefix: &'static str| etcd.retry(move |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await });
+    let get = |prefix: &'static str| {
+        etcd.retry(move |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+    };
     let mut regs = get(REGISTRIES).await?;
     let mut resp = get(INSTANCES).await?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -176,7 +184,7 @@ impl Cluster {
         let mut backoff = Duration::from_millis(100);
         while self.shared.strong_count() > 0 {
             let mut c = self.etcd.client.clone();
-            let opts = WatchOptions::new().with_prefix().with_start_revision(from).with_prev_key();
+            let opts = WatchOptions::new().with_prefix().with_start_revision(from);
             match c.watch(PREFIX, Some(opts)).await {
                 Ok(mut stream) => loop {
                     match stream.message().await {
@@ -196,11 +204,15 @@ impl Cluster {
                                             return;
                                         }
                                     }
-                                    Err(e) => tracing::warn!(target: "sfc::store", error = %e, "reloading the fleet failed"),
+                                    Err(e) => {
+                                        tracing::warn!(target: "sfc::store", error = %e, "reloading the fleet failed")
+                                    }
                                 }
                                 break;
                             }
-                            if let Some(last) = resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max() {
+                            if let Some(last) =
+                                resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max()
+                            {
                                 from = from.max(last + 1);
                             }
                             if tx.send(Batch::Events(resp)).is_err() {
@@ -269,7 +281,9 @@ impl Cluster {
                         if lock(&self.etcd.own_rev).get(id).is_some_and(|r| *r > rev) {
                             continue;
                         }
-                        let prev_owner = ev.prev_kv().and_then(|p| parse_value(p.key(), p.value())).map(|v| v.owner);
+                        // Who owned it, from the cache (asking etcd for previous values
+                        // would double the watch traffic, snapshots included).
+                        let prev_owner = st.instances.get(id).map(|i| i.remote.clone().unwrap_or_else(|| me.clone()));
                         if let Some(i) = st.instances.get(id) {
                             if i.remote.is_none() && i.record.status == Status::Online {
                                 // One of ours, and its client is connected here: it stays.
@@ -343,7 +357,8 @@ impl Cluster {
         let timeout = Duration::from_millis(v.timeout_ms.clamp(1, 3_600_000));
         let sender_cid = v.command.command_id;
         let c = v.command;
-        let outcome = match reg.send_command_here(&v.instance, &c.name, c.reason, c.payload, c.issued_by, timeout).await {
+        let outcome = match reg.send_command_here(&v.instance, &c.name, c.reason, c.payload, c.issued_by, timeout).await
+        {
             Ok(r) => Outcome::Ok(CommandResult { command_id: sender_cid, ..r }),
             Err(Error::Remote { code, message }) => Outcome::Err { code, message },
             Err(e) => Outcome::Err { code: ErrorCode::Internal, message: e.to_string() },
@@ -529,5 +544,87 @@ fn close_superseded(closes: Vec<(String, String, super::state::SessionRef)>) {
             format!("{id} is now connected to registry {owner}"),
             true,
         )));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The hooks etcd mode adds to the fleet state; the whole path runs against a real etcd
+    //! in core/tests/etcd.rs.
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::broadcast;
+
+    use crate::model::{EventKind, Filter, InstanceRecord, Registration, Status};
+    use crate::registry::state::{OutboundTx, RemoteTransition, SessionRef, State};
+
+    fn state() -> (State, broadcast::Receiver<Arc<crate::model::Event>>) {
+        let (events, rx) = broadcast::channel(64);
+        let (reports, _) = broadcast::channel(64);
+        (State::new(100, events, reports, Arc::new(crate::store::MemoryStore)), rx)
+    }
+
+    fn registration(instance: &str) -> Registration {
+        serde_json::from_value(serde_json::json!({ "group": "g", "instance_id": instance, "service": "svc" })).unwrap()
+    }
+
+    /// A record as another registry would have written it.
+    fn remote_record(instance: &str) -> InstanceRecord {
+        let (mut other, _) = state();
+        other.register(registration(instance), 1000, None, None, "v1", serde_json::json!({}));
+        other.instances[&format!("g/{instance}")].record.clone()
+    }
+
+    #[test]
+    fn remote_records_are_served_and_their_transitions_reach_watchers() {
+        let (mut st, mut rx) = state();
+        let t = RemoteTransition { kind: EventKind::Joined, at: 7, detail: serde_json::json!({ "session": 3 }) };
+        assert!(st.apply_remote("r2", remote_record("a"), Some(t), true).is_none());
+        assert_eq!(st.query(&Filter::default()).len(), 1);
+        assert_eq!(st.remote_owner("g/a"), Some(("r2".to_string(), Status::Online)));
+        let ev = rx.try_recv().unwrap();
+        assert_eq!((ev.kind, ev.id.as_str(), ev.at, ev.seq), (EventKind::Joined, "g/a", 7, 1));
+        assert_eq!(ev.detail["registry"], "r2");
+        assert_eq!(ev.detail["session"], 3);
+        // A metric snapshot updates the record without an event.
+        let mut r = remote_record("a");
+        r.last_report_at = Some(r.last_report_at.unwrap() + 1000);
+        st.apply_remote("r2", r, None, true);
+        assert!(rx.try_recv().is_err());
+        assert_eq!(st.instances["g/a"].samples.len(), 2);
+        assert!(st.local_records().is_empty());
+    }
+
+    #[test]
+    fn retention_leaves_remote_records_to_their_owner() {
+        let (mut st, _rx) = state();
+        let mut r = remote_record("a");
+        r.status = Status::Offline;
+        r.status_since = 0;
+        st.apply_remote("r2", r, None, false);
+        assert_eq!(st.evict_expired(Duration::ZERO), 0);
+        assert!(st.instances.contains_key("g/a"));
+        // Its owner evicted it: it goes here too.
+        assert!(st.remove_remote("g/a", serde_json::json!({ "reason": "evicted" })));
+        assert!(st.instances.is_empty());
+    }
+
+    #[test]
+    fn a_client_that_fails_over_is_taken_over_with_an_online_event() {
+        let (mut st, mut rx) = state();
+        st.apply_remote("r2", remote_record("a"), None, false);
+        assert!(rx.try_recv().is_err(), "the initial load is silent");
+        let (tx, _keep) = OutboundTx::channel(4);
+        st.register(registration("a"), 1000, Some(SessionRef { id: 9, tx }), None, "v1", serde_json::json!({}));
+        assert_eq!(rx.try_recv().unwrap().kind, EventKind::Online);
+        assert_eq!(st.remote_owner("g/a"), None);
+        assert_eq!(st.local_records().len(), 1);
+        // A record of ours that is online stays when etcd loses it (it is written back).
+        assert!(!st.remove_remote("g/a", serde_json::json!({})));
+        // The owner's newer write supersedes our session.
+        let superseded = st.apply_remote("r3", remote_record("a"), None, true);
+        assert_eq!(superseded.map(|s| s.id), Some(9));
+        assert_eq!(st.remote_owner("g/a").map(|o| o.0), Some("r3".to_string()));
     }
 }

@@ -387,6 +387,7 @@ impl Registry {
     pub async fn flush_snapshots(&self) {
         let (dirty, store) = {
             let mut st = self.state();
+            st.retry_store();
             (st.take_dirty(), st.store())
         };
         if dirty.is_empty() {

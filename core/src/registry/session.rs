@@ -444,19 +444,15 @@ impl Session {
         let sleep = tokio::time::sleep(liveness);
         tokio::pin!(sleep);
         loop {
+            // Biased, the liveness timer last: a session polled late (a busy registry) whose
+            // frames already wait in the socket must read them, not time out in front of them.
             tokio::select! {
+                biased;
                 _ = stop.recv() => {
                     self.close(Message::error(None, ErrorCode::ShuttingDown, "the registry is shutting down", true)).await;
                     return End::Shutdown;
                 }
                 _ = writer_done.cancelled() => return End::Lost,
-                _ = &mut sleep => {
-                    tracing::info!(target: "sfc::registry", session = self.id, instance = ?self.instance,
-                        "no frame within the liveness window: closing");
-                    self.close(Message::error(None, ErrorCode::LivenessTimeout,
-                        format!("no frame for {}", crate::duration::format(liveness)), true)).await;
-                    return End::Missed;
-                }
                 m = reader.next() => match m {
                     None | Some(Err(ReadError::Io(_))) => return End::Lost,
                     Some(Err(ReadError::Protocol(e))) => {
@@ -487,6 +483,13 @@ impl Session {
                 },
                 ev = recv_opt(&mut self.events_rx) => self.deliver(ev, false).await,
                 ev = recv_opt(&mut self.reports_rx) => self.deliver(ev, true).await,
+                _ = &mut sleep => {
+                    tracing::info!(target: "sfc::registry", session = self.id, instance = ?self.instance,
+                        "no frame within the liveness window: closing");
+                    self.close(Message::error(None, ErrorCode::LivenessTimeout,
+                        format!("no frame for {}", crate::duration::format(liveness)), true)).await;
+                    return End::Missed;
+                }
             }
         }
     }

@@ -209,6 +209,21 @@ impl State {
         }
     }
 
+    /// While the store fails, tries to write what it missed. The sweeper calls this on the
+    /// snapshot timer, so a registry with no new transition still recovers.
+    pub fn retry_store(&mut self) {
+        if self.store_error.is_none() {
+            return;
+        }
+        match self.catch_up(self.next_seq) {
+            Ok(()) => {
+                self.store_error = None;
+                tracing::warn!(target: "sfc::store", seq = self.persisted_seq, "store recovered; writing resumed");
+            }
+            Err(e) => self.store_error = Some(e.to_string()),
+        }
+    }
+
     /// After an outage: the history events and records the store missed.
     fn catch_up(&mut self, upto: u64) -> crate::Result<()> {
         let missed: Vec<Arc<Event>> = self

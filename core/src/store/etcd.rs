@@ -13,14 +13,15 @@
 //!
 //! The [`Store`] methods are synchronous (the registry calls `transition` under its state
 //! lock, before it broadcasts). They run the etcd call on the store's own small runtime and
-//! wait for it, bounded by the operation timeout. After a failure the store fails fast for a
-//! moment, so an unreachable etcd does not hold the registry's lock once per transition.
+//! wait for it, bounded by the operation timeout. After a failure the store fails at once until
+//! a probe reaches etcd again, so an unreachable etcd does not hold the registry's lock once per
+//! transition.
 //! The event history stays in each registry's memory: etcd holds the fleet, not the history.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
@@ -40,8 +41,8 @@ pub const RESULTS: &str = "/sfc/v1/results/";
 
 /// Most puts in one etcd transaction (etcd refuses more than `--max-txn-ops`, 128 by default).
 const TXN_OPS: usize = 100;
-/// How long the store fails fast after an etcd call failed.
-const FAIL_FAST: Duration = Duration::from_secs(1);
+/// How often a failing store checks whether etcd answers again.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 /// `--etcd-*` flags.
 #[derive(Debug, Clone)]
@@ -107,7 +108,9 @@ pub struct EtcdInner {
     pub own_rev: Mutex<HashMap<String, i64>>,
     /// When the newest transition of each instance this registry owns was written (Unix ms).
     last_event_at: Mutex<HashMap<String, u64>>,
-    fail_fast_until: Mutex<Option<Instant>>,
+    /// Set when a call failed; calls then fail at once (the registry must not wait for etcd
+    /// under its lock once per transition) until a probe finds etcd answering again.
+    failing: std::sync::atomic::AtomicBool,
     /// Revision to compact etcd to on the next prune tick (the current one from a tick ago).
     compact_next: Mutex<Option<i64>>,
     pub endpoints: String,
@@ -125,7 +128,9 @@ fn etcd_err(endpoints: &str, what: &str, e: impl std::fmt::Display) -> Error {
 
 fn read_pem(src: &PemSource, flag: &str) -> Result<Vec<u8>> {
     match src {
-        PemSource::File(p) => std::fs::read(p).map_err(|e| Error::invalid(flag, format!("cannot read {}: {e}", p.display()))),
+        PemSource::File(p) => {
+            std::fs::read(p).map_err(|e| Error::invalid(flag, format!("cannot read {}: {e}", p.display())))
+        }
         PemSource::Text(t) => Ok(t.as_bytes().to_vec()),
     }
 }
@@ -171,7 +176,8 @@ async fn health_loop(inner: std::sync::Weak<EtcdInner>, endpoints: Vec<String>, 
 }
 
 fn registry_id() -> String {
-    let host: String = sysinfo::System::host_name().ok()
+    let host: String = sysinfo::System::host_name()
+        .ok()
         .unwrap_or_else(|| "registry".into())
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
@@ -213,7 +219,10 @@ impl EtcdStore {
             };
             match (&opts.cert, &opts.key) {
                 (Some(c), Some(k)) => {
-                    t = t.identity(etcd_client::Identity::from_pem(read_pem(c, "--etcd-cert")?, read_pem(k, "--etcd-key")?))
+                    t = t.identity(etcd_client::Identity::from_pem(
+                        read_pem(c, "--etcd-cert")?,
+                        read_pem(k, "--etcd-key")?,
+                    ))
                 }
                 (None, None) => {}
                 _ => return Err(Error::invalid("--etcd-cert", "--etcd-cert and --etcd-key go together")),
@@ -231,18 +240,19 @@ impl EtcdStore {
         let endpoints = opts.endpoints.join(",");
         let eps = opts.endpoints.clone();
         let probe_options = options.clone();
-        let (client, lease) = wait(&runtime.handle().clone(), opts.op_timeout * 2, &endpoints, "connect", async move {
-            let mut client = Client::connect(&eps, Some(options)).await?;
-            let mut attempt = 0;
-            let lease = loop {
-                match client.lease_grant(ttl_secs as i64, None).await {
-                    Err(e) if retriable(&e) && attempt < 5 => attempt += 1,
-                    r => break r?.id(),
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            };
-            Ok::<_, etcd_client::Error>((client, lease))
-        })?;
+        let (client, lease) =
+            wait(&runtime.handle().clone(), opts.op_timeout * 2, &endpoints, "connect", async move {
+                let mut client = Client::connect(&eps, Some(options)).await?;
+                let mut attempt = 0;
+                let lease = loop {
+                    match client.lease_grant(ttl_secs as i64, None).await {
+                        Err(e) if retriable(&e) && attempt < 5 => attempt += 1,
+                        r => break r?.id(),
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                Ok::<_, etcd_client::Error>((client, lease))
+            })?;
         let inner = Arc::new(EtcdInner {
             id: registry_id(),
             client,
@@ -252,7 +262,7 @@ impl EtcdStore {
             op_timeout: opts.op_timeout,
             own_rev: Mutex::new(HashMap::new()),
             last_event_at: Mutex::new(HashMap::new()),
-            fail_fast_until: Mutex::new(None),
+            failing: Default::default(),
             compact_next: Mutex::new(None),
             endpoints,
             stats: EtcdStats::default(),
@@ -271,21 +281,33 @@ impl EtcdStore {
         self.inner.clone()
     }
 
-    /// Runs `f` on the store's runtime and waits, failing fast for a moment after a failure.
+    /// Runs `f` on the store's runtime and waits. After a failure, fails at once until a
+    /// background probe reaches etcd again.
     fn call<T: Send + 'static>(
         &self,
         what: &str,
         f: impl std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     ) -> Result<T> {
         let inner = &self.inner;
-        if let Some(until) = *inner.fail_fast_until.lock().unwrap_or_else(|e| e.into_inner()) {
-            if Instant::now() < until {
-                return Err(etcd_err(&inner.endpoints, what, "an earlier call failed moments ago"));
-            }
+        if inner.failing.load(Ordering::Acquire) {
+            return Err(etcd_err(&inner.endpoints, what, "etcd is not answering (checking again every 500ms)"));
         }
         let r = wait(&inner.handle, inner.op_timeout, &inner.endpoints, what, f);
-        *inner.fail_fast_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            r.is_err().then(|| Instant::now() + FAIL_FAST);
+        if r.is_err() && !inner.failing.swap(true, Ordering::AcqRel) {
+            let probe = inner.clone();
+            inner.handle.spawn(async move {
+                let key = format!("{REGISTRIES}{}", probe.id);
+                loop {
+                    tokio::time::sleep(PROBE_EVERY).await;
+                    let mut c = probe.client.clone();
+                    if let Ok(Ok(_)) = tokio::time::timeout(probe.op_timeout, c.get(key.clone(), None)).await {
+                        probe.failing.store(false, Ordering::Release);
+                        tracing::info!(target: "sfc::store", "etcd answers again");
+                        return;
+                    }
+                }
+            });
+        }
         r
     }
 }
@@ -377,7 +399,11 @@ impl EtcdInner {
     }
 
     /// Puts one record under this registry's lease and remembers the revision.
-    pub async fn put_record(&self, record: &InstanceRecord, event: Option<RemoteTransition>) -> Result<(), etcd_client::Error> {
+    pub async fn put_record(
+        &self,
+        record: &InstanceRecord,
+        event: Option<RemoteTransition>,
+    ) -> Result<(), etcd_client::Error> {
         let value = self.instance_value(record, event);
         self.count(1, value.len());
         let key = instance_key(&record.id);

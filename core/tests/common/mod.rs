@@ -18,7 +18,11 @@ pub fn sfc_bin() -> PathBuf {
 /// The example service binary, built by `cargo build --workspace` (the Makefile does).
 pub fn example_bin() -> PathBuf {
     let p = sfc_bin().with_file_name("sfc-example-service");
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        p.display()
+    );
     p
 }
 
@@ -44,7 +48,11 @@ impl RegistryProc {
 
     /// Starts on a given address and data dir (restarts reuse both).
     pub fn start_at(listen: &str, data_dir: &Path, extra: &[&str]) -> RegistryProc {
-        let http_flags: &[&str] = if extra.contains(&"--http") { &[] } else { &["--http", "127.0.0.1:0"] };
+        let http_flags: &[&str] = if extra.contains(&"--http") {
+            &[]
+        } else {
+            &["--http", "127.0.0.1:0"]
+        };
         let mut child = Command::new(sfc_bin())
             .args(["registry", "--listen", listen, "--data-dir"])
             .arg(data_dir)
@@ -59,17 +67,30 @@ impl RegistryProc {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let mut next = |prefix: &str| {
-            let line = lines.next().expect("registry printed too little").expect("read stdout");
+            let line = lines
+                .next()
+                .expect("registry printed too little")
+                .expect("read stdout");
             line.strip_prefix(prefix)
                 .and_then(|r| r.split(' ').next())
                 .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
                 .to_string()
         };
         let addr = next("sfc registry listening on ");
-        let http = if extra.contains(&"off") { String::new() } else { next("sfc http listening on ") };
+        let http = if extra.contains(&"off") {
+            String::new()
+        } else {
+            next("sfc http listening on ")
+        };
         // Keep draining stdout so the registry never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        RegistryProc { child, addr, http, data_dir: data_dir.to_path_buf(), _tmp: None }
+        RegistryProc {
+            child,
+            addr,
+            http,
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+        }
     }
 
     /// `http://<http address><path>`.
@@ -82,7 +103,10 @@ impl RegistryProc {
     }
 
     pub fn client_cert(&self) -> (PathBuf, PathBuf) {
-        (self.data_dir.join("tls").join("client.pem"), self.data_dir.join("tls").join("client-key.pem"))
+        (
+            self.data_dir.join("tls").join("client.pem"),
+            self.data_dir.join("tls").join("client-key.pem"),
+        )
     }
 
     /// A service client builder pointed at this registry, trusting its CA.
@@ -126,7 +150,10 @@ impl Drop for RegistryProc {
 
 /// Sends a signal to a process this test started.
 pub fn signal(pid: u32, sig: &str) {
-    let st = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("kill");
+    let st = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill");
     assert!(st.success(), "kill -{sig} {pid} failed");
 }
 
@@ -137,7 +164,10 @@ pub async fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> O
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -159,7 +189,10 @@ pub async fn wait_record(
                 }
             }
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {id} to be {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {id} to be {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -172,7 +205,14 @@ pub struct ServiceProc {
 impl ServiceProc {
     pub fn start(reg: &RegistryProc, group: &str, instance: &str, interval: &str) -> ServiceProc {
         let child = Command::new(example_bin())
-            .args(["--group", group, "--instance-id", instance, "--interval", interval])
+            .args([
+                "--group",
+                group,
+                "--instance-id",
+                instance,
+                "--interval",
+                interval,
+            ])
             .env("SFC_REGISTRY", &reg.addr)
             .env("SFC_CA", reg.ca())
             .stdout(Stdio::null())
@@ -201,12 +241,19 @@ pub type RawTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 pub async fn raw_tls(reg: &RegistryProc, cert: Option<(PathBuf, PathBuf)>) -> RawTls {
     let cfg = sfc::tls::client_config(&sfc::tls::ClientTlsOptions {
         ca: Some(sfc::tls::PemSource::File(reg.ca())),
-        cert: cert.as_ref().map(|c| sfc::tls::PemSource::File(c.0.clone())),
-        key: cert.as_ref().map(|c| sfc::tls::PemSource::File(c.1.clone())),
+        cert: cert
+            .as_ref()
+            .map(|c| sfc::tls::PemSource::File(c.0.clone())),
+        key: cert
+            .as_ref()
+            .map(|c| sfc::tls::PemSource::File(c.1.clone())),
     })
     .unwrap();
     let tcp = tokio::net::TcpStream::connect(&reg.addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(cfg).connect(sfc::tls::server_name("127.0.0.1").unwrap(), tcp).await.unwrap()
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(sfc::tls::server_name("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap()
 }
 
 /// One frame: a u32 big-endian length, then the payload.
@@ -220,14 +267,23 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
 pub async fn read_message<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> sfc::protocol::Message {
     use tokio::io::AsyncReadExt;
     let mut len = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut len)).await.expect("frame in time").expect("frame");
+    tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut len))
+        .await
+        .expect("frame in time")
+        .expect("frame");
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
     s.read_exact(&mut body).await.expect("frame body");
-    sfc::protocol::Codec::Json.decode(&body).expect("decodable frame")
+    sfc::protocol::Codec::Json
+        .decode(&body)
+        .expect("decodable frame")
 }
 
 /// Preamble and hello for `group/instance` (or an observer when None); returns after welcome.
-pub async fn raw_session(reg: &RegistryProc, who: Option<(&str, &str)>, cert: Option<(PathBuf, PathBuf)>) -> (RawTls, sfc::protocol::Message) {
+pub async fn raw_session(
+    reg: &RegistryProc,
+    who: Option<(&str, &str)>,
+    cert: Option<(PathBuf, PathBuf)>,
+) -> (RawTls, sfc::protocol::Message) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = raw_tls(reg, cert).await;
     let hello = match who {

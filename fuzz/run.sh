@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Bounded fuzzing run of every target (what `make fuzz` calls). Installs cargo-fuzz if it is
+# missing, builds the targets, then runs each one for FUZZ_SECONDS from its committed seed
+# corpus (corpus/<target>, read only) plus a scratch corpus (run-corpus/<target>, ignored by
+# git). A crash, a panic, a timeout or an out-of-memory fails the target; libFuzzer leaves the
+# input in artifacts/<target>/. Prints one line per target and `N passed, N failed`.
+#
+# cargo-fuzz needs nightly-only flags (-Z, sanitizer coverage); this machine has only stable
+# Rust, and RUSTC_BOOTSTRAP=1 lets stable rustc accept them.
+#
+#   FUZZ_SECONDS=20       seconds per target (libFuzzer -max_total_time)
+#   FUZZ_TARGETS="a b"    a subset of the targets
+#   FUZZ_SANITIZER=none   cargo fuzz -s: none (default: the targets are safe Rust), address, ...
+# A failing input replays with: RUSTC_BOOTSTRAP=1 cargo fuzz run -s none TARGET artifacts/TARGET/crash-...
+set -uo pipefail
+cd "$(dirname "$0")"
+export RUSTC_BOOTSTRAP=1
+SECONDS_EACH=${FUZZ_SECONDS:-20}
+SAN=${FUZZ_SANITIZER:-none}
+ALL="frame_decoder handshake message_decode message_structured legacy_parse http_query http_command"
+TARGETS=${FUZZ_TARGETS:-$ALL}
+CARGO=${CARGO:-cargo}
+
+if ! "$CARGO" fuzz --version >/dev/null 2>&1; then
+    echo "fuzz: installing cargo-fuzz"
+    "$CARGO" install cargo-fuzz --locked || { echo "fuzz: cargo install cargo-fuzz failed"; echo "0 passed, 1 failed"; exit 1; }
+fi
+start=$(date +%s)
+# `cargo fuzz build` takes one target or none (all of them).
+if [ "$TARGETS" = "$ALL" ]; then build_args=(""); else build_args=($TARGETS); fi
+for t in "${build_args[@]}"; do
+    if ! "$CARGO" fuzz build -s "$SAN" $t; then
+        echo "fuzz: build failed"; echo "0 passed, 1 failed"; exit 1
+    fi
+done
+echo "fuzz: built in $(( $(date +%s) - start ))s"
+BIN_DIR="${CARGO_TARGET_DIR:-target}/$(rustc -vV | sed -n 's/^host: //p')/release"
+
+pass=0; fail=0; failed=""
+mkdir -p ../target/test-out
+for t in $TARGETS; do
+    mkdir -p "run-corpus/$t" "artifacts/$t"
+    log="../target/test-out/fuzz-$t.log"
+    t0=$(date +%s)
+    # The binary `cargo fuzz build` made, run as `cargo fuzz run` runs it, but without a second
+    # build: core may change under a long run and a rebuild must not eat the time budget.
+    # timeout: a hard stop should libFuzzer itself hang (it has its own -timeout per input).
+    timeout $((SECONDS_EACH + 60)) "$BIN_DIR/$t" -artifact_prefix="artifacts/$t/" \
+        -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -dict=dict/sfc.dict \
+        -print_final_stats=1 "run-corpus/$t" "corpus/$t" >"$log" 2>&1
+    rc=$?
+    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
+    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1)
+    if [ $rc -eq 0 ]; then
+        pass=$((pass + 1)); echo "ok: fuzz $t (${runs:-?} inputs, $cov, $(( $(date +%s) - t0 ))s)"
+    else
+        fail=$((fail + 1)); failed="$failed $t"
+        echo "FAILED: fuzz $t (exit $rc, $(( $(date +%s) - t0 ))s); log $log:"
+        grep -E -A30 'panicked|ERROR: libFuzzer|SUMMARY|deadly signal|Test unit written' "$log" | head -60 \
+            || tail -20 "$log"
+    fi
+done
+echo "fuzz: total $(( $(date +%s) - start ))s"
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
