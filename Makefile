@@ -13,10 +13,10 @@ test: build test-rust test-etcd test-bench-smoke test-node test-browser header-c
 # setup.sh first: building sfc-core's `etcd` feature needs protoc.
 build:
 	bash tests/setup.sh
-	$(CARGO) build --workspace --all-targets
+	$(CARGO) build --workspace --all-targets --features sfc-core/etcd
 
 test-rust: build
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --features sfc-core/etcd
 
 # `sfc bench` keeps working: two few-second runs against a spawned registry. Each must finish
 # and print its results (reports accepted, crash batch detected); no timing is asserted.
@@ -49,7 +49,7 @@ test-browser: build
 # etcd mode (core/tests/etcd.rs): real etcd members on loopback ports, real registries and
 # clients. The tests are #[ignore]d in plain `cargo test` because they need Debian's etcd-server.
 test-etcd: build
-	$(CARGO) test -p sfc-core --test etcd -- --ignored --test-threads 1
+	$(CARGO) test -p sfc-core --features etcd --test etcd -- --ignored --test-threads 1
 
 # Fuzzing (fuzz/, cargo-fuzz + libFuzzer, see fuzz/README.md): installs cargo-fuzz if missing,
 # builds the targets and runs each for FUZZ_SECONDS (default 20) from its committed seed

@@ -215,3 +215,40 @@ async fn identity_policy_binds_certificates_to_groups() {
     let (_, e) = raw_session(&reg, None, Some(reg.client_cert())).await;
     assert_eq!(error_of(e).code, ErrorCode::NotAuthorized);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_policy_only_admin_certificates_send_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    let sfc = |args: &[&str]| {
+        let out = std::process::Command::new(sfc_bin()).args(args).env_remove("SFC_ADMIN_TOKEN").output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    assert!(sfc(&["certs", "init", "--dir", tls.to_str().unwrap()]).0);
+    let issue = |name: &str, uri: &str| {
+        assert!(sfc(&["certs", "client", "--ca-dir", tls.to_str().unwrap(), "--name", name, "--uri", uri]).0);
+        (tls.join(format!("{name}.pem")).display().to_string(), tls.join(format!("{name}-key.pem")).display().to_string())
+    };
+    let svc = issue("billing-svc", "sfc://group/billing");
+    let ops = issue("ops", "sfc://admin");
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, r#"{"identities": []}"#).unwrap();
+    let reg = RegistryProc::start_at("127.0.0.1:0", dir.path(), &["--mtls", "required", "--policy", policy.to_str().unwrap(), "--http-tls"]);
+    let c = reg.service("billing", "b-1").cert(&svc.0).key(&svc.1).start().unwrap();
+    c.wait_connected(LIMIT).await.unwrap();
+    c.on_command(|_| Ok(serde_json::json!("pong")));
+    let base = format!("https://{}", reg.http);
+    let ca = reg.ca().display().to_string();
+
+    // The service's own certificate may not command anyone (itself included).
+    let (ok, _, err) = sfc(&["command", "billing/b-1", "ping", "--http", &base, "--ca", &ca, "--cert", &svc.0, "--key", &svc.1]);
+    assert!(!ok, "a service certificate sent a command");
+    assert!(err.contains("admin"), "{err}");
+    let (ok, _, err) = sfc(&["deregister", "billing/b-1", "--http", &base, "--ca", &ca, "--cert", &svc.0, "--key", &svc.1]);
+    assert!(!ok && err.contains("admin"), "{err}");
+    // An admin certificate may, and the history says who did it.
+    let (ok, out, err) = sfc(&["command", "billing/b-1", "ping", "--http", &base, "--ca", &ca, "--cert", &ops.0, "--key", &ops.1]);
+    assert!(ok, "{err}");
+    assert!(out.contains("pong") && out.contains("CN=ops"), "{out}");
+    c.stop().await.unwrap();
+}

@@ -195,7 +195,10 @@ fn open_store(a: &RegistryArgs) -> Result<std::sync::Arc<dyn crate::store::Store
         Ok(std::sync::Arc::new(crate::store::etcd::EtcdStore::connect(&opts)?))
     }
     #[cfg(not(feature = "etcd"))]
-    Err(Error::invalid("--store", "this sfc was built without the etcd feature"))
+    Err(Error::invalid(
+        "--store",
+        "this sfc was built without etcd support; build it with `cargo build --release --features etcd` (needs protoc: Debian protobuf-compiler)",
+    ))
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.

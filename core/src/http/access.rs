@@ -15,6 +15,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Subject of the verified client certificate (HTTPS with mTLS only).
     pub subject: Option<String>,
+    /// SAN URIs of that certificate (`sfc://admin` grants admin under `--policy`).
+    pub uris: Vec<String>,
 }
 
 /// The admin credentials this registry accepts.
@@ -133,6 +135,7 @@ mod tests {
         Peer {
             addr: "127.0.0.1:1".parse().unwrap(),
             subject: subject.map(String::from),
+            uris: Vec::new(),
         }
     }
 

@@ -212,7 +212,7 @@ pub async fn deregister(
     headers: HeaderMap,
     path: IdPath,
 ) -> ApiResult<Json<Value>> {
-    let by = s.config.access.authorize(&headers, &peer)?;
+    let by = authorize_admin(&s, &headers, &peer)?;
     let (group, instance_id) = id_path(path)?;
     let id = InstanceRecord::make_id(&group, &instance_id);
     s.registry
@@ -248,7 +248,7 @@ pub async fn command(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     // Credentials first: an unauthorized caller learns nothing about the fleet.
-    let by = s.config.access.authorize(&headers, &peer)?;
+    let by = authorize_admin(&s, &headers, &peer)?;
     let (group, instance_id) = id_path(path)?;
     let req: CommandRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid(format!(
@@ -486,4 +486,15 @@ pub async fn watch(
             .interval(heartbeat.max(Duration::from_millis(10)))
             .text("heartbeat"),
     ))
+}
+
+/// Who may mutate: an admin token or listed admin subject (`--admin-token`, `--admin-subject`),
+/// or a client certificate that the identity policy (`--policy`) makes admin.
+fn authorize_admin(s: &AppState, headers: &axum::http::HeaderMap, peer: &super::access::Peer) -> ApiResult<String> {
+    if let (Some(policy), Some(subject)) = (&s.registry.config().policy, &peer.subject) {
+        if policy.grant(Some(subject), &peer.uris).is_admin() {
+            return Ok(format!("cert:{subject}"));
+        }
+    }
+    s.config.access.authorize(headers, peer)
 }

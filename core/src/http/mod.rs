@@ -254,11 +254,12 @@ pub async fn serve_state(
         let (app, tls, stop) = (app.clone(), tls.clone(), state.shutdown.clone());
         tracker.spawn(async move {
             match tls {
-                None => connection(tcp, Peer { addr, subject: None }, app, stop).await,
+                None => connection(tcp, Peer { addr, subject: None, uris: Vec::new() }, app, stop).await,
                 Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let subject = crate::tls::peer_subject(stream.get_ref().1);
-                        connection(stream, Peer { addr, subject }, app, stop).await
+                        let uris = crate::tls::peer_san_uris(stream.get_ref().1);
+                        connection(stream, Peer { addr, subject, uris }, app, stop).await
                     }
                     Ok(Err(e)) => tracing::debug!(target: "sfc::http", %addr, error = %e, "tls handshake failed"),
                     Err(_) => tracing::debug!(target: "sfc::http", %addr, "tls handshake timed out"),
