@@ -50,6 +50,13 @@ fn fill(dir: &Path) -> std::path::PathBuf {
     f
 }
 
+/// (status, body) of a plain GET on the registry's HTTP API.
+fn get(reg: &RegistryProc, path: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).proxy(None).build().into();
+    let mut r = agent.get(&reg.url(path)).call().expect("http answer");
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default())
+}
+
 async fn history(reg: &RegistryProc) -> Vec<sfc::model::Event> {
     let obs = reg.observer();
     let mut w = obs.watch_after(Filter::default(), false, 0).unwrap();
@@ -87,12 +94,19 @@ async fn serve_through_a_disk_fault(break_disk: impl Fn(&Path, &Mount), heal_dis
     }
     assert_eq!(kinds, vec![EventKind::Joined, EventKind::Left]);
     assert!(a.is_connected(), "the existing client was disturbed");
+    // Said loudly on the operator surfaces.
+    let (code, body) = get(&reg, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("store-failing"), "{body}");
+    assert!(get(&reg, "/metrics").1.contains("sfc_registry_store_up 0"));
 
     heal_disk(dir.path(), &mount);
     // The next transition after recovery also writes what the store missed.
     let c = reg.service("disk", "after").start().unwrap();
     c.wait_connected(LIMIT).await.unwrap();
     wait_record(&obs, "disk/after", LIMIT, "online", |r| r.status == Status::Online).await;
+    assert_eq!(get(&reg, "/readyz").0, 200);
+    assert!(get(&reg, "/metrics").1.contains("sfc_registry_store_up 1"));
     drop(obs);
     drop(reg);
 
