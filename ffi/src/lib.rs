@@ -93,3 +93,6 @@ pub unsafe extern "C" fn sfc_string_free(s: *mut c_char) {
         }
     })
 }
+
+#[cfg(test)]
+mod tests;

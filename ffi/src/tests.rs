@@ -7,10 +7,10 @@ use std::ffi::{c_char, CStr, CString};
 use std::ptr;
 use std::time::{Duration, Instant};
 
-use sfc::client::*;
-use sfc::config::*;
-use sfc::event::*;
-use sfc::*;
+use crate::client::*;
+use crate::config::*;
+use crate::event::*;
+use crate::*;
 use sfc_core::model::{Filter, Status};
 use sfc_core::registry::{self, Registry, RegistryConfig};
 use sfc_core::tls::{MtlsMode, PemSource, ServerTlsOptions};
@@ -216,13 +216,16 @@ fn commands_round_trip_through_the_c_abi() {
     assert!(reg.rt.block_on(pending).unwrap().unwrap().ok);
     ok(unsafe { sfc_client_stop(client) });
     ok(unsafe { sfc_client_stop(client) });
-    let rec = reg
-        .registry
-        .query(&Filter::group("ffi"))
-        .into_iter()
-        .find(|r| r.id == "ffi/cmd")
-        .unwrap();
-    assert_eq!(rec.status, Status::Left);
+    // stop returns once the leave is written; the registry applies it a moment later.
+    let start = Instant::now();
+    loop {
+        let rec = reg.registry.query(&Filter::group("ffi")).into_iter().find(|r| r.id == "ffi/cmd").unwrap();
+        if rec.status == Status::Left {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "never left: {rec:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     unsafe { sfc_client_free(client) };
 }
 
