@@ -31,6 +31,10 @@ test-bench-smoke: build
 	if grep -q '"accepted_per_s"' <<<"$$out" && grep -q '"detected": 4,' <<<"$$out"; then \
 		pass=$$((pass+1)); echo "ok: sfc bench --scenario crash --json"; \
 	else fail=$$((fail+1)); echo "FAILED: sfc bench --scenario crash --json"; echo "$$out"; fi; \
+	out=$$(timeout 120 $(SFC_BIN) bench --spawn --clients 40 --interval 200ms --duration 2s --codec protobuf --compression zstd 2>&1); \
+	if grep -q '^  reports/s accepted ' <<<"$$out" && ! grep -q ' 0 reports confirmed' <<<"$$out"; then \
+		pass=$$((pass+1)); echo "ok: sfc bench --codec protobuf --compression zstd"; \
+	else fail=$$((fail+1)); echo "FAILED: sfc bench --codec protobuf --compression zstd"; echo "$$out"; fi; \
 	echo "$$pass passed, $$fail failed"; test $$fail -eq 0
 
 # Node.js binding (bindings/node): `npm test` rebuilds the addon, fails if the committed

@@ -17,7 +17,7 @@ cd "$(dirname "$0")"
 export RUSTC_BOOTSTRAP=1
 SECONDS_EACH=${FUZZ_SECONDS:-20}
 SAN=${FUZZ_SANITIZER:-none}
-ALL="frame_decoder handshake message_decode message_structured legacy_parse http_query http_command"
+ALL="frame_decoder handshake message_decode message_structured legacy_parse http_query http_command pb_decode"
 TARGETS=${FUZZ_TARGETS:-$ALL}
 CARGO=${CARGO:-cargo}
 

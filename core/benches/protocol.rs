@@ -17,7 +17,13 @@ fn report() -> Message {
     let mut metrics = sampler.sample();
     metrics.custom.insert("queue_depth".into(), 17.0);
     metrics.custom.insert("requests_per_s".into(), 1234.5);
-    Message::Report(Report { seq: 42, sent_at: Some(1_700_000_000_000), health: None, health_note: None, metrics })
+    Message::Report(Report {
+        seq: 42,
+        sent_at: Some(1_700_000_000_000),
+        health: None,
+        health_note: None,
+        metrics,
+    })
 }
 
 fn frames(c: &mut Criterion) {
@@ -34,7 +40,9 @@ fn frames(c: &mut Criterion) {
         let mut buf = BytesMut::with_capacity(4096);
         b.iter(|| {
             buf.clear();
-            codec.encode(Codec::Json.encode(black_box(&msg)), &mut buf).unwrap();
+            codec
+                .encode(Codec::Json.encode(black_box(&msg)), &mut buf)
+                .unwrap();
             black_box(buf.len())
         })
     });

@@ -22,7 +22,13 @@ fn sampled_report() -> Report {
     std::thread::sleep(std::time::Duration::from_millis(250));
     let mut metrics = sampler.sample();
     metrics.custom.insert("queue_depth".into(), 17.0);
-    Report { seq: 1, sent_at: Some(sfc::model::now_ms()), health: None, health_note: None, metrics }
+    Report {
+        seq: 1,
+        sent_at: Some(sfc::model::now_ms()),
+        health: None,
+        health_note: None,
+        metrics,
+    }
 }
 
 /// A registry holding `n` online instances in `GROUPS` groups, each owned by a session, with
@@ -44,7 +50,17 @@ fn fleet(n: usize, report: &Report) -> (Registry, Vec<mpsc::Receiver<Box<Outboun
         };
         let id = format!("{}/{}", r.group, r.instance_id);
         let mut st = reg.state();
-        st.register(r, 1000, Some(SessionRef { id: i as u64 + 1, tx }), None, "v1", serde_json::Value::Null);
+        st.register(
+            r,
+            1000,
+            Some(SessionRef {
+                id: i as u64 + 1,
+                tx,
+            }),
+            None,
+            "v1",
+            serde_json::Value::Null,
+        );
         st.apply_report(&id, Some(i as u64 + 1), report.clone());
     }
     (reg, queues)
@@ -73,7 +89,9 @@ fn apply_report(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % INSTANCES;
             let id = format!("g{}/i{i}", i % GROUPS);
-            let Ok(Message::Report(r)) = Codec::Json.decode(&wire) else { unreachable!() };
+            let Ok(Message::Report(r)) = Codec::Json.decode(&wire) else {
+                unreachable!()
+            };
             black_box(reg.state().apply_report(&id, Some(i as u64 + 1), r))
         })
     });
@@ -85,13 +103,25 @@ fn query(c: &mut Criterion) {
     let (reg, _queues) = fleet(INSTANCES, &report);
     let mut g = c.benchmark_group("query_10k");
     g.sample_size(20);
-    g.bench_function("all", |b| b.iter(|| black_box(reg.query(&Filter::default()).len())));
-    g.bench_function("one_group", |b| b.iter(|| black_box(reg.query(&Filter::group("g3")).len())));
+    g.bench_function("all", |b| {
+        b.iter(|| black_box(reg.query(&Filter::default()).len()))
+    });
+    g.bench_function("one_group", |b| {
+        b.iter(|| black_box(reg.query(&Filter::group("g3")).len()))
+    });
     // As a session answers it: query, then encode the result frame.
     g.bench_function("one_group_encoded", |b| {
         b.iter(|| {
             let instances = reg.query(&Filter::group("g3"));
-            black_box(Codec::Json.encode(&Message::Result(QueryResult { id: 1, instances, cursor: 0 })).len())
+            black_box(
+                Codec::Json
+                    .encode(&Message::Result(QueryResult {
+                        id: 1,
+                        instances,
+                        cursor: 0,
+                    }))
+                    .len(),
+            )
         })
     });
     g.finish();
@@ -116,7 +146,12 @@ fn fanout(c: &mut Criterion) {
     let (tx, _) = broadcast::channel::<Arc<Event>>(16);
     // Half the watchers want this group, half another one.
     let mut watchers: Vec<(broadcast::Receiver<Arc<Event>>, Filter)> = (0..WATCHERS)
-        .map(|i| (tx.subscribe(), Filter::group(if i % 2 == 0 { "g0" } else { "g1" })))
+        .map(|i| {
+            (
+                tx.subscribe(),
+                Filter::group(if i % 2 == 0 { "g0" } else { "g1" }),
+            )
+        })
         .collect();
     let mut g = c.benchmark_group("fanout");
     g.throughput(Throughput::Elements(WATCHERS as u64));
@@ -127,7 +162,10 @@ fn fanout(c: &mut Criterion) {
             for (w, (rx, filter)) in watchers.iter_mut().enumerate() {
                 let ev = rx.try_recv().unwrap();
                 if ev.instance.as_deref().is_some_and(|r| filter.matches(r)) {
-                    let msg = Message::Event(EventMessage { watch: w as u64, event: (*ev).clone() });
+                    let msg = Message::Event(EventMessage {
+                        watch: w as u64,
+                        event: (*ev).clone(),
+                    });
                     bytes += Codec::Json.encode(&msg).len();
                 }
             }

@@ -55,6 +55,12 @@ struct Etcd {
 
 impl Etcd {
     fn start(n: usize) -> Etcd {
+        Etcd::start_with(n, None)
+    }
+
+    /// `tls`: a directory with ca.pem, server.pem and server-key.pem (`sfc certs init`); the
+    /// members then serve clients over TLS and require client certificates from that CA.
+    fn start_with(n: usize, tls: Option<&Path>) -> Etcd {
         let bin = which_etcd();
         let tmp = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
@@ -64,9 +70,15 @@ impl Etcd {
         for (i, (client, peer)) in ports.iter().enumerate() {
             let name = format!("m{i}");
             let log = tmp.path().join(format!("{name}.log"));
-            let client_url = format!("http://127.0.0.1:{client}");
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let client_url = format!("{scheme}://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
-            let child = Command::new(&bin)
+            let mut cmd = Command::new(&bin);
+            if let Some(dir) = tls {
+                cmd.arg("--cert-file").arg(dir.join("server.pem")).arg("--key-file").arg(dir.join("server-key.pem"));
+                cmd.arg("--trusted-ca-file").arg(dir.join("ca.pem")).arg("--client-cert-auth");
+            }
+            let child = cmd
                 .args(["--name", &name, "--data-dir"])
                 .arg(tmp.path().join(&name))
                 .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
@@ -81,8 +93,33 @@ impl Etcd {
             members.push(EtcdMember { name, child: Some(child), client_url, log });
         }
         let etcd = Etcd { members, _tmp: tmp };
-        etcd.wait_healthy(&etcd.endpoints());
+        match tls {
+            None => etcd.wait_healthy(&etcd.endpoints()),
+            Some(dir) => etcd.wait_healthy_tls(dir),
+        }
         etcd
+    }
+
+    /// Waits until a TLS member answers a status request made with the client certificate.
+    fn wait_healthy_tls(&self, dir: &Path) {
+        let read = |f: &str| std::fs::read(dir.join(f)).expect("read certificate");
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")))
+            .identity(etcd_client::Identity::from_pem(read("client.pem"), read("client-key.pem")));
+        let opts = etcd_client::ConnectOptions::new().with_tls(tls).with_timeout(Duration::from_secs(1));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let start = Instant::now();
+        rt.block_on(async {
+            loop {
+                if let Ok(mut c) = etcd_client::Client::connect(self.endpoints(), Some(opts.clone())).await {
+                    if c.status().await.is_ok() {
+                        return;
+                    }
+                }
+                assert!(start.elapsed() < LIMIT, "etcd over TLS not answering within {LIMIT:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
     }
 
     fn endpoints(&self) -> Vec<String> {
@@ -180,6 +217,10 @@ impl Reg {
     /// Starts a registry; `tls_from` shares another registry's certificates (one CA for the
     /// whole fleet, so a client trusts every registry).
     fn start(etcd: &str, tls_from: Option<&Path>) -> Reg {
+        Reg::start_args(etcd, tls_from, &[])
+    }
+
+    fn start_args(etcd: &str, tls_from: Option<&Path>, extra: &[&str]) -> Reg {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(common::sfc_bin());
         cmd.args(["registry", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
@@ -189,6 +230,7 @@ impl Reg {
         if let Some(dir) = tls_from {
             cmd.arg("--tls-cert").arg(dir.join("tls/server.pem")).arg("--tls-key").arg(dir.join("tls/server-key.pem"));
         }
+        cmd.args(extra);
         let mut child = cmd
             .env("RUST_LOG", "sfc=info")
             .env_remove("SFC_ADMIN_TOKEN")
@@ -483,4 +525,42 @@ fn three_etcd_members_lose_one_and_the_registries_carry_on() {
     assert_eq!((status, &body["ok"]), (200, &json!(true)), "{body}");
     drop(late);
     drop(on_a);
+}
+
+#[test]
+#[ignore = "needs a real etcd (Debian etcd-server): make test-etcd"]
+fn registries_reach_etcd_over_mutual_tls() {
+    let rt = rt();
+    let _g = rt.enter();
+    // One CA for everything: etcd's server certificate, the registries' client certificate to
+    // etcd, and the registries' own server certificate.
+    let certs = tempfile::tempdir().unwrap();
+    let tls = certs.path().join("tls");
+    let st = Command::new(common::sfc_bin()).args(["certs", "init", "--dir"]).arg(&tls).status().unwrap();
+    assert!(st.success(), "sfc certs init failed");
+    let etcd = Etcd::start_with(1, Some(&tls));
+    let (ca, cert, key) = (tls.join("ca.pem"), tls.join("client.pem"), tls.join("client-key.pem"));
+    let (ca, cert, key) = (ca.to_str().unwrap(), cert.to_str().unwrap(), key.to_str().unwrap());
+    let flags = ["--etcd-ca", ca, "--etcd-cert", cert, "--etcd-key", key];
+    let a = Reg::start_args(&etcd.endpoints_flag(), Some(certs.path()), &flags);
+    let b = Reg::start_args(&etcd.endpoints_flag(), Some(certs.path()), &flags);
+    let on_a = service(&[&a], certs.path(), "tls", "on-a");
+    let on_b = service(&[&b], certs.path(), "tls", "on-b");
+    rt.block_on(async {
+        on_a.wait_connected(LIMIT).await.unwrap();
+        on_b.wait_connected(LIMIT).await.unwrap();
+    });
+    let both = online(&["tls/on-a", "tls/on-b"]);
+    eventually(LIMIT, "both registries to serve both", || (a.fleet() == both && b.fleet() == both).then_some(()));
+
+    // Without a client certificate etcd refuses the registry, which says why and exits.
+    let out = Command::new(common::sfc_bin())
+        .args(["registry", "--listen", "127.0.0.1:0", "--http", "off", "--data-dir"])
+        .arg(certs.path())
+        .args(["--store", "etcd", "--etcd-endpoints", &etcd.endpoints_flag(), "--etcd-ca", ca])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("etcd at https://127.0.0.1:") && err.contains("connect failed"), "{err}");
 }

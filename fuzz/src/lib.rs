@@ -459,7 +459,12 @@ pub fn check_hello(reg: &sfc::registry::Registry, h: sfc::protocol::Hello) {
     use sfc::protocol::Role;
     match sfc::registry::session::check_hello(reg, h) {
         Ok((h, codec, interval)) => {
-            assert_eq!(codec, Codec::Json);
+            assert!(
+                h.codecs.iter().any(|c| c == codec.name()),
+                "picked codec {} that the hello did not offer: {:?}",
+                codec.name(),
+                h.codecs
+            );
             let ms = interval.as_millis() as u64;
             assert!(
                 (sfc::limits::MIN_INTERVAL_MS..=sfc::limits::MAX_INTERVAL_MS).contains(&ms),

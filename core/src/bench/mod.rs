@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::cli::parse_duration;
 use crate::error::{Error, Result};
-use crate::protocol::{Codec, Message, Report};
+use crate::protocol::{Codec, Compression, Message, Report, Wire};
 use crate::tls::{ClientTlsOptions, PemSource};
 use sim::{Action, Fleet, Phase};
 use target::{ProcSample, ProcWatch, Spawned};
@@ -84,10 +84,29 @@ pub struct BenchArgs {
     /// Extra flag for the spawned registry, e.g. --registry-arg=--store=memory (repeatable).
     #[arg(long = "registry-arg", requires = "spawn", allow_hyphen_values = true)]
     pub registry_args: Vec<String>,
+    /// Codec the simulated clients offer (the only one; the registry must pick it): json or
+    /// protobuf.
+    #[arg(long, default_value = "json", value_parser = parse_codec)]
+    pub codec: Codec,
+    /// Frame compression the simulated clients offer: none or zstd (frames above the
+    /// threshold only).
+    #[arg(long, default_value = "none", value_parser = ["none", "zstd"])]
+    pub compression: String,
     /// Loopback source addresses (127.0.0.2, 127.0.0.3, ...) to spread connections over;
     /// 0: one per 1,000 clients.
     #[arg(long, default_value_t = 0)]
     pub source_addrs: usize,
+}
+
+fn parse_codec(s: &str) -> std::result::Result<Codec, String> {
+    Codec::from_name(s).ok_or_else(|| format!("unknown codec {s:?} (expected json or protobuf)"))
+}
+
+impl BenchArgs {
+    /// `--compression` (clap allows only `none` and `zstd`).
+    fn compression(&self) -> Option<Compression> {
+        Compression::from_name(&self.compression)
+    }
 }
 
 impl Scenario {
@@ -109,24 +128,53 @@ const CLIENTS_PER_SOURCE: usize = 1_000;
 impl BenchArgs {
     fn check(&self) -> Result<()> {
         if self.clients == 0 || self.clients > 1_000_000 {
-            return Err(Error::invalid("--clients", format!("{} is outside 1 ..= 1000000", self.clients)));
+            return Err(Error::invalid(
+                "--clients",
+                format!("{} is outside 1 ..= 1000000", self.clients),
+            ));
         }
-        crate::limits::check_interval_ms(self.interval.as_millis() as u64)
-            .map_err(|_| Error::invalid("--interval", format!("{} is outside 100ms ..= 1h", crate::duration::format(self.interval))))?;
+        crate::limits::check_interval_ms(self.interval.as_millis() as u64).map_err(|_| {
+            Error::invalid(
+                "--interval",
+                format!(
+                    "{} is outside 100ms ..= 1h",
+                    crate::duration::format(self.interval)
+                ),
+            )
+        })?;
         if self.duration.is_zero() {
             return Err(Error::invalid("--duration", "must be longer than 0s"));
         }
         if self.connect_rate == 0 {
-            return Err(Error::invalid("--connect-rate", "must be at least 1 connection per second"));
+            return Err(Error::invalid(
+                "--connect-rate",
+                "must be at least 1 connection per second",
+            ));
         }
         if self.payload_bytes > crate::protocol::DEFAULT_MAX_FRAME / 2 {
-            return Err(Error::invalid("--payload-bytes", format!("{} is over the limit of {}", self.payload_bytes, crate::protocol::DEFAULT_MAX_FRAME / 2)));
+            return Err(Error::invalid(
+                "--payload-bytes",
+                format!(
+                    "{} is over the limit of {}",
+                    self.payload_bytes,
+                    crate::protocol::DEFAULT_MAX_FRAME / 2
+                ),
+            ));
         }
         if self.source_addrs > 250 {
-            return Err(Error::invalid("--source-addrs", format!("{} is over 250 (127.0.0.2 ..= 127.0.0.251)", self.source_addrs)));
+            return Err(Error::invalid(
+                "--source-addrs",
+                format!(
+                    "{} is over 250 (127.0.0.2 ..= 127.0.0.251)",
+                    self.source_addrs
+                ),
+            ));
         }
         if self.scenario == Scenario::Storm && !self.spawn {
-            return Err(Error::invalid("--scenario", "storm restarts the registry, so it needs --spawn"));
+            return Err(Error::invalid(
+                "--scenario",
+                "storm restarts the registry, so it needs --spawn",
+            ));
         }
         Ok(())
     }
@@ -158,12 +206,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
     // Each client is one socket here and one in the registry; leave room for the rest.
     let nofile = raise_nofile(a.clients as u64 + 4096);
     if nofile < a.clients as u64 + 64 {
-        eprintln!("warning: open-file limit is {nofile}, below {} clients; expect connect errors", a.clients);
+        eprintln!(
+            "warning: open-file limit is {nofile}, below {} clients; expect connect errors",
+            a.clients
+        );
     }
     let rt = crate::cli::runtime()?;
     let results = rt.block_on(bench(&a, nofile))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&results).map_err(|e| Error::Io(std::io::Error::other(e)))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&results)
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?
+        );
     } else {
         print!("{}", results.render());
     }
@@ -184,12 +239,22 @@ impl Latency {
             return None;
         }
         v.sort_unstable();
-        let pick = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1000.0;
-        Some(Latency { samples: v.len(), p50_ms: pick(0.50), p99_ms: pick(0.99), max_ms: pick(1.0) })
+        let pick = |q: f64| {
+            v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1000.0
+        };
+        Some(Latency {
+            samples: v.len(),
+            p50_ms: pick(0.50),
+            p99_ms: pick(0.99),
+            max_ms: pick(1.0),
+        })
     }
 
     fn render(&self) -> String {
-        format!("p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)", self.p50_ms, self.p99_ms, self.max_ms, self.samples)
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+            self.p50_ms, self.p99_ms, self.max_ms, self.samples
+        )
     }
 }
 
@@ -222,6 +287,9 @@ pub struct Storm {
 #[derive(Debug, Serialize)]
 pub struct Results {
     pub scenario: Scenario,
+    /// `--codec` and `--compression` of the simulated clients.
+    pub codec: &'static str,
+    pub compression: &'static str,
     pub clients: usize,
     pub interval_ms: u64,
     pub measured_ms: u64,
@@ -274,23 +342,52 @@ impl Results {
         use std::fmt::Write;
         let mut s = String::new();
         let secs = self.measured_ms as f64 / 1000.0;
-        let _ = writeln!(s, "sfc bench: scenario {}, {} clients, interval {} ms, measured {:.1} s",
-            self.scenario.name(), self.clients, self.interval_ms, secs);
-        let _ = writeln!(s, "  registry             {} (pid {}), open-file limit {}, {} source address(es)",
-            self.registry, self.registry_pid.map_or("unknown".into(), |p| p.to_string()), self.open_file_limit, self.source_addrs);
+        let _ = writeln!(
+            s,
+            "sfc bench: scenario {}, codec {}, compression {}, {} clients, interval {} ms, measured {:.1} s",
+            self.scenario.name(),
+            self.codec,
+            self.compression,
+            self.clients,
+            self.interval_ms,
+            secs
+        );
+        let _ = writeln!(
+            s,
+            "  registry             {} (pid {}), open-file limit {}, {} source address(es)",
+            self.registry,
+            self.registry_pid
+                .map_or("unknown".into(), |p| p.to_string()),
+            self.open_file_limit,
+            self.source_addrs
+        );
         let _ = writeln!(s, "  machine load         {:.2} at the start, {:.2} at the end (1-minute average, {} cpus)",
             self.load_average[0], self.load_average[1], std::thread::available_parallelism().map_or(0, |n| n.get()));
         let _ = writeln!(s, "  connected            {}/{} in {:.2} s, {} connect errors; at the end {} connected, {} online as watched",
             self.connected, self.clients, self.ramp_ms as f64 / 1000.0, self.connect_errors, self.connected_at_end, self.online_seen);
-        let _ = writeln!(s, "  reports/s offered    {:.0} ({} reports)", self.offered_per_s, self.reports_offered);
-        let _ = writeln!(s, "  reports/s accepted   {:.0} ({} reports confirmed processed by the registry)",
-            self.accepted_per_s, self.reports_accepted);
+        let _ = writeln!(
+            s,
+            "  reports/s offered    {:.0} ({} reports)",
+            self.offered_per_s, self.reports_offered
+        );
+        let _ = writeln!(
+            s,
+            "  reports/s accepted   {:.0} ({} reports confirmed processed by the registry)",
+            self.accepted_per_s, self.reports_accepted
+        );
         match &self.latency {
-            Some(l) => { let _ = writeln!(s, "  report->watcher      {}", l.render()); }
-            None if self.scenario == Scenario::Max => {
-                let _ = writeln!(s, "  report->watcher      not timed in max (queues are full by design)");
+            Some(l) => {
+                let _ = writeln!(s, "  report->watcher      {}", l.render());
             }
-            None => { let _ = writeln!(s, "  report->watcher      no samples"); }
+            None if self.scenario == Scenario::Max => {
+                let _ = writeln!(
+                    s,
+                    "  report->watcher      not timed in max (queues are full by design)"
+                );
+            }
+            None => {
+                let _ = writeln!(s, "  report->watcher      no samples");
+            }
         }
         match (self.registry_cpu_percent, self.registry_rss_bytes) {
             (Some(cpu), Some(rss)) => {
@@ -299,14 +396,28 @@ impl Results {
                     mib(rss), mib(self.registry_rss_baseline_bytes.unwrap_or(0)),
                     self.memory_per_instance_bytes.map_or("n/a".into(), |b| format!("{:.1} KiB", b / 1024.0)));
             }
-            _ => { let _ = writeln!(s, "  registry cpu, rss    unknown (give --registry-pid)"); }
+            _ => {
+                let _ = writeln!(s, "  registry cpu, rss    unknown (give --registry-pid)");
+            }
         }
         if let Some(c) = self.bench_cpu_percent {
-            let _ = writeln!(s, "  bench cpu            {c:.1} % of one core (load generator, same machine)");
+            let _ = writeln!(
+                s,
+                "  bench cpu            {c:.1} % of one core (load generator, same machine)"
+            );
         }
-        let _ = writeln!(s, "  bytes per report     {} on the wire (frame {} bytes, TLS records included)",
-            self.wire_bytes_per_report.map_or("n/a".into(), |b| format!("{b:.0}")), self.report_frame_bytes);
-        let reasons: Vec<String> = self.false_offline_reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        let _ = writeln!(
+            s,
+            "  bytes per report     {} on the wire (frame {} bytes, TLS records included)",
+            self.wire_bytes_per_report
+                .map_or("n/a".into(), |b| format!("{b:.0}")),
+            self.report_frame_bytes
+        );
+        let reasons: Vec<String> = self
+            .false_offline_reasons
+            .iter()
+            .map(|(r, n)| format!("{n} {r}"))
+            .collect();
         let _ = writeln!(s, "  false offline        {}{} (lost connections {}, error frames {}, observer lagged {})",
             self.false_offline, if reasons.is_empty() { String::new() } else { format!(": {}", reasons.join(", ")) },
             self.lost_connections, self.error_frames, self.observer_lagged);
@@ -316,9 +427,17 @@ impl Results {
         }
         for (name, d) in [("crash", &self.crash), ("hang", &self.hang)] {
             if let Some(d) = d {
-                let _ = writeln!(s, "  {name:<5} detection      {}/{} offline{}: {}", d.detected, d.batch,
-                    d.expected_ms.map_or(String::new(), |e| format!(" (expected {e} ms)")),
-                    d.latency.as_ref().map_or("no samples".into(), Latency::render));
+                let _ = writeln!(
+                    s,
+                    "  {name:<5} detection      {}/{} offline{}: {}",
+                    d.detected,
+                    d.batch,
+                    d.expected_ms
+                        .map_or(String::new(), |e| format!(" (expected {e} ms)")),
+                    d.latency
+                        .as_ref()
+                        .map_or("no samples".into(), Latency::render)
+                );
             }
         }
         if let Some(st) = &self.storm {
@@ -337,18 +456,26 @@ fn payload(bytes: usize) -> crate::model::Metrics {
     // CPU figures need two readings 200 ms apart; a real client's reports have them.
     std::thread::sleep(Duration::from_millis(250));
     let mut metrics = sampler.sample();
-    metrics.custom.insert(sim::SENT_GAUGE.to_string(), sim::now_us() as f64);
+    metrics
+        .custom
+        .insert(sim::SENT_GAUGE.to_string(), sim::now_us() as f64);
     let mut n = 0;
-    while encoded_len(&metrics) < bytes && n < 100_000 {
+    while encoded_len(&metrics, &Wire::JSON) < bytes && n < 100_000 {
         metrics.custom.insert(format!("pad_{n:05}"), 1234.5678);
         n += 1;
     }
     metrics
 }
 
-fn encoded_len(metrics: &crate::model::Metrics) -> usize {
-    let msg = Message::Report(Report { seq: 1, sent_at: Some(1), health: Some(crate::model::Health::Passing), health_note: None, metrics: metrics.clone() });
-    Codec::Json.encode(&msg).len()
+fn encoded_len(metrics: &crate::model::Metrics, wire: &Wire) -> usize {
+    let msg = Message::Report(Report {
+        seq: 1,
+        sent_at: Some(1),
+        health: Some(crate::model::Health::Passing),
+        health_note: None,
+        metrics: metrics.clone(),
+    });
+    wire.encode(&msg).len()
 }
 
 /// Waits until `done` holds or `limit` passes; polls every 20 ms. True if it held.
@@ -374,12 +501,21 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     let load_start = sysinfo::System::load_average().map_or(0.0, |l| l.one);
     let mut spawned = None;
     let (addr, server_name, ca, pid) = if a.spawn {
-        let dir = std::env::temp_dir().join(format!("sfc-bench-{}-{}", std::process::id(), crate::model::now_ms()));
+        let dir = std::env::temp_dir().join(format!(
+            "sfc-bench-{}-{}",
+            std::process::id(),
+            crate::model::now_ms()
+        ));
         let extra = a.registry_args.clone();
         let s = tokio::task::spawn_blocking(move || Spawned::start("127.0.0.1:0", dir, extra))
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        let out = (s.addr, "127.0.0.1".to_string(), Some(s.ca().display().to_string()), Some(s.pid()));
+        let out = (
+            s.addr,
+            "127.0.0.1".to_string(),
+            Some(s.ca().display().to_string()),
+            Some(s.pid()),
+        );
         spawned = Some(s);
         out
     } else {
@@ -392,13 +528,23 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
             .ok_or_else(|| Error::invalid("--registry", format!("{text:?} has no IPv4 address")))?;
         (addr, host, a.ca.clone(), a.registry_pid)
     };
-    let tls = crate::tls::client_config(&ClientTlsOptions { ca: ca.as_deref().map(PemSource::parse), cert: None, key: None })?;
+    let tls = crate::tls::client_config(&ClientTlsOptions {
+        ca: ca.as_deref().map(PemSource::parse),
+        cert: None,
+        key: None,
+    })?;
     let server_name = crate::tls::server_name(&server_name)?;
 
     // Loopback source addresses only make sense for a loopback target.
     let sources: Vec<IpAddr> = if addr.ip().is_loopback() {
-        let n = if a.source_addrs > 0 { a.source_addrs } else { a.clients.div_ceil(CLIENTS_PER_SOURCE) };
-        (0..n.min(250)).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8))).collect()
+        let n = if a.source_addrs > 0 {
+            a.source_addrs
+        } else {
+            a.clients.div_ceil(CLIENTS_PER_SOURCE)
+        };
+        (0..n.min(250))
+            .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
+            .collect()
     } else {
         Vec::new()
     };
@@ -408,7 +554,9 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     })
     .await
     .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-    let report_frame_bytes = encoded_len(&metrics) + crate::protocol::frame::FRAME_HEADER_LEN;
+    let wire = Wire::new(a.codec, a.compression());
+    let report_frame_bytes =
+        encoded_len(&metrics, &wire) + crate::protocol::frame::FRAME_HEADER_LEN;
     // Time about 500 report updates a second at the observer, at least one client.
     let per_second = (a.clients as f64 / a.interval.as_secs_f64()).max(1.0);
     let lat_stride = ((per_second / 500.0).ceil() as usize).max(1);
@@ -432,6 +580,7 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
         epoch,
         counters: Default::default(),
         marks: Default::default(),
+        wire,
     });
     let mut proc_watch = pid.map(ProcWatch::new);
     let mut own = ProcWatch::new(std::process::id());
@@ -440,7 +589,13 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     // The observer first, so it sees every join.
     let seen = Arc::new(observer::Observed::default());
     let (ready_tx, ready_rx) = oneshot::channel();
-    let observer = tokio::spawn(observer::run(fleet.clone(), seen.clone(), a.scenario != Scenario::Max, phase_rx.clone(), ready_tx));
+    let observer = tokio::spawn(observer::run(
+        fleet.clone(),
+        seen.clone(),
+        a.scenario != Scenario::Max,
+        phase_rx.clone(),
+        ready_tx,
+    ));
     match tokio::time::timeout(Duration::from_secs(15), ready_rx).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => return Err(e),
@@ -459,7 +614,11 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
         budget += per_tick;
         while budget >= 1.0 && tasks.len() < a.clients {
             budget -= 1.0;
-            tasks.push(tokio::spawn(sim::run(fleet.clone(), tasks.len(), phase_rx.clone())));
+            tasks.push(tokio::spawn(sim::run(
+                fleet.clone(),
+                tasks.len(),
+                phase_rx.clone(),
+            )));
         }
         if per_tick < 1.0 && budget < 1.0 {
             continue;
@@ -475,7 +634,11 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     tokio::time::sleep(a.interval).await;
 
     // Measure.
-    let liveness = Duration::from_millis(c.liveness_ms.load(Ordering::Relaxed).max(a.interval.as_millis() as u64 * 3));
+    let liveness = Duration::from_millis(
+        c.liveness_ms
+            .load(Ordering::Relaxed)
+            .max(a.interval.as_millis() as u64 * 3),
+    );
     let mut measured = a.duration;
     let act_at = match a.scenario {
         Scenario::Crash => Some(a.duration / 2),
@@ -485,7 +648,8 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     };
     if a.scenario == Scenario::Hang {
         // The hung batch must be able to go offline inside the measured phase.
-        measured = measured.max(act_at.unwrap_or_default() + liveness.mul_f64(1.5) + Duration::from_secs(1));
+        measured = measured
+            .max(act_at.unwrap_or_default() + liveness.mul_f64(1.5) + Duration::from_secs(1));
     }
     let _ = phase_tx.send(Phase::Run);
     let t0 = Instant::now();
@@ -498,7 +662,9 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     if let Some(at) = act_at {
         tokio::time::sleep_until(t0 + at).await;
         if a.scenario == Scenario::Storm {
-            let mut s = spawned.take().ok_or_else(|| Error::invalid("--scenario", "storm needs --spawn"))?;
+            let mut s = spawned
+                .take()
+                .ok_or_else(|| Error::invalid("--scenario", "storm needs --spawn"))?;
             let kill_at = Instant::now();
             let (s, restarted) = tokio::task::spawn_blocking(move || {
                 let r = s.restart();
@@ -511,12 +677,29 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
             proc_watch = Some(ProcWatch::new(s.pid()));
             spawned = Some(s);
             let storm_errors0 = c.connect_errors.load(Ordering::Relaxed);
-            let limit = Duration::from_secs(60).max(Duration::from_secs_f64(a.clients as f64 / 500.0));
+            let limit =
+                Duration::from_secs(60).max(Duration::from_secs_f64(a.clients as f64 / 500.0));
             // Connected again means a welcome after the restart, counted at the clients.
-            let back = || fleet.marks.welcomes.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|w| **w >= kill_at).count();
+            let back = || {
+                fleet
+                    .marks
+                    .welcomes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .filter(|w| **w >= kill_at)
+                    .count()
+            };
             wait_until(limit, || back() >= a.clients).await;
-            let mut welcomes: Vec<Instant> =
-                fleet.marks.welcomes.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().filter(|w| *w >= kill_at).collect();
+            let mut welcomes: Vec<Instant> = fleet
+                .marks
+                .welcomes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied()
+                .filter(|w| *w >= kill_at)
+                .collect();
             welcomes.sort_unstable();
             let mut peak = 0;
             let mut lo = 0;
@@ -527,12 +710,19 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
                 peak = peak.max(hi - lo + 1);
             }
             // The observer reconnects with its own backoff; give it a moment to catch up.
-            wait_until(Duration::from_secs(5), || seen.online.load(Ordering::Relaxed) >= n).await;
+            wait_until(Duration::from_secs(5), || {
+                seen.online.load(Ordering::Relaxed) >= n
+            })
+            .await;
             storm = Some(Storm {
                 restart_ms: ready_at.duration_since(kill_at).as_millis() as u64,
                 reconnected: welcomes.len(),
                 all_online_ms: (welcomes.len() >= a.clients)
-                    .then(|| welcomes.last().map(|w| w.saturating_duration_since(ready_at).as_millis() as u64))
+                    .then(|| {
+                        welcomes
+                            .last()
+                            .map(|w| w.saturating_duration_since(ready_at).as_millis() as u64)
+                    })
                     .flatten(),
                 peak_connects_per_s: peak,
                 connect_errors: c.connect_errors.load(Ordering::Relaxed) - storm_errors0,
@@ -544,8 +734,16 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
             let _ = phase_tx.send(Phase::Act);
         }
     }
-    let cpu0 = if a.scenario == Scenario::Storm { proc_watch.as_mut().and_then(ProcWatch::sample) } else { cpu0 };
-    let t_cpu0 = if a.scenario == Scenario::Storm { Instant::now() } else { t0 };
+    let cpu0 = if a.scenario == Scenario::Storm {
+        proc_watch.as_mut().and_then(ProcWatch::sample)
+    } else {
+        cpu0
+    };
+    let t_cpu0 = if a.scenario == Scenario::Storm {
+        Instant::now()
+    } else {
+        t0
+    };
     let end_at = (t0 + measured).max(t_cpu0 + Duration::from_secs(1));
     tokio::time::sleep_until(end_at).await;
     let t1 = Instant::now();
@@ -557,8 +755,12 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     let sent_for_bytes = c.sent_in_phase.load(Ordering::Relaxed) - sent0;
     let connected_at_end = c.connected.load(Ordering::Relaxed);
     let online_seen = seen.online.load(Ordering::Relaxed);
-    let drain_limit = Duration::from_secs(20) + a.interval + Duration::from_millis(a.clients as u64 / 10);
-    wait_until(drain_limit, || c.drained.load(Ordering::Relaxed) >= c.connected.load(Ordering::Relaxed)).await;
+    let drain_limit =
+        Duration::from_secs(20) + a.interval + Duration::from_millis(a.clients as u64 / 10);
+    wait_until(drain_limit, || {
+        c.drained.load(Ordering::Relaxed) >= c.connected.load(Ordering::Relaxed)
+    })
+    .await;
     let _ = phase_tx.send(Phase::Stop);
     let finish = async {
         for t in tasks {
@@ -574,8 +776,15 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     let last_confirm = epoch + Duration::from_micros(c.last_confirm_us.load(Ordering::Relaxed));
     // Drain pings go out at each client's next tick, up to one interval after the end; what
     // arrives later than that is the registry's backlog and counts against it.
-    let spread = if a.scenario == Scenario::Max { Duration::ZERO } else { a.interval };
-    let accepted_window = last_confirm.saturating_duration_since(t0).saturating_sub(spread).max(t1.duration_since(t0));
+    let spread = if a.scenario == Scenario::Max {
+        Duration::ZERO
+    } else {
+        a.interval
+    };
+    let accepted_window = last_confirm
+        .saturating_duration_since(t0)
+        .saturating_sub(spread)
+        .max(t1.duration_since(t0));
     let measured_s = t1.duration_since(t0).as_secs_f64();
 
     let offline = std::mem::take(&mut *seen.offline.lock().unwrap_or_else(|e| e.into_inner()));
@@ -589,17 +798,41 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
         let delays: Vec<u64> = marks
             .iter()
             .filter_map(|(i, at)| {
-                offline.iter().find(|(j, seen, _)| j == i && seen >= at).map(|(_, seen, _)| seen.duration_since(*at).as_micros() as u64)
+                offline
+                    .iter()
+                    .find(|(j, seen, _)| j == i && seen >= at)
+                    .map(|(_, seen, _)| seen.duration_since(*at).as_micros() as u64)
             })
             .collect();
-        Detection { batch, detected: delays.len(), expected_ms, latency: Latency::of(delays) }
+        Detection {
+            batch,
+            detected: delays.len(),
+            expected_ms,
+            latency: Latency::of(delays),
+        }
     };
-    let crash = (a.scenario == Scenario::Crash)
-        .then(|| detect(&fleet.marks.crashed_at.lock().unwrap_or_else(|e| e.into_inner()), None));
-    let hang = (a.scenario == Scenario::Hang).then(|| {
-        detect(&fleet.marks.hung_last_sent.lock().unwrap_or_else(|e| e.into_inner()), Some(liveness.as_millis() as u64))
+    let crash = (a.scenario == Scenario::Crash).then(|| {
+        detect(
+            &fleet
+                .marks
+                .crashed_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+            None,
+        )
     });
-    let latencies = std::mem::take(&mut *seen.latencies_us.lock().unwrap_or_else(|e| e.into_inner()));
+    let hang = (a.scenario == Scenario::Hang).then(|| {
+        detect(
+            &fleet
+                .marks
+                .hung_last_sent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+            Some(liveness.as_millis() as u64),
+        )
+    });
+    let latencies =
+        std::mem::take(&mut *seen.latencies_us.lock().unwrap_or_else(|e| e.into_inner()));
     let rss = cpu1.map(|s| s.rss_bytes);
     let base_rss = baseline.map(|s| s.rss_bytes);
     let per_instance = match (rss, base_rss) {
@@ -612,13 +845,18 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     };
     let results = Results {
         scenario: a.scenario,
+        codec: a.codec.name(),
+        compression: a.compression().map_or("none", |c| c.name()),
         clients: a.clients,
         interval_ms: a.interval.as_millis() as u64,
         measured_ms: (measured_s * 1000.0) as u64,
         registry: addr.to_string(),
         registry_pid: spawned.as_ref().map(Spawned::pid).or(pid),
         open_file_limit: nofile,
-        load_average: [load_start, sysinfo::System::load_average().map_or(0.0, |l| l.one)],
+        load_average: [
+            load_start,
+            sysinfo::System::load_average().map_or(0.0, |l| l.one),
+        ],
         source_addrs: sources.len(),
         connected: connected_after_ramp,
         connected_at_end,
@@ -658,7 +896,10 @@ mod tests {
     #[test]
     fn percentiles_pick_ranks() {
         let l = Latency::of((1..=100).map(|v| v * 1000).collect()).unwrap();
-        assert_eq!((l.p50_ms, l.p99_ms, l.max_ms, l.samples), (50.0, 99.0, 100.0, 100));
+        assert_eq!(
+            (l.p50_ms, l.p99_ms, l.max_ms, l.samples),
+            (50.0, 99.0, 100.0, 100)
+        );
         assert!(Latency::of(Vec::new()).is_none());
     }
 
@@ -670,14 +911,31 @@ mod tests {
             #[command(flatten)]
             b: BenchArgs,
         }
-        let parse = |args: &[&str]| T::try_parse_from(std::iter::once("t").chain(args.iter().copied())).map(|t| t.b);
-        let e = parse(&["--spawn", "--clients", "0"]).unwrap().check().unwrap_err().to_string();
+        let parse = |args: &[&str]| {
+            T::try_parse_from(std::iter::once("t").chain(args.iter().copied())).map(|t| t.b)
+        };
+        let e = parse(&["--spawn", "--clients", "0"])
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--clients"), "{e}");
-        let e = parse(&["--spawn", "--interval", "10ms"]).unwrap().check().unwrap_err().to_string();
+        let e = parse(&["--spawn", "--interval", "10ms"])
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--interval") && e.contains("10ms"), "{e}");
-        let e = parse(&["--registry", "127.0.0.1:1", "--scenario", "storm"]).unwrap().check().unwrap_err().to_string();
+        let e = parse(&["--registry", "127.0.0.1:1", "--scenario", "storm"])
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("storm") && e.contains("--spawn"), "{e}");
-        assert!(parse(&["--clients", "5"]).is_err(), "needs --spawn or --registry");
+        assert!(
+            parse(&["--clients", "5"]).is_err(),
+            "needs --spawn or --registry"
+        );
         assert!(parse(&["--spawn", "--duration", "soon"]).is_err());
     }
 }

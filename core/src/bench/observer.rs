@@ -15,10 +15,11 @@ use super::sim::{now_us, Fleet, Phase, LAT_GROUP, SENT_GAUGE};
 use crate::error::{Error, Result};
 use crate::model::{Event, EventKind, Filter, Status};
 use crate::protocol::connection::client_preamble;
-use crate::protocol::{frame, Connection, Hello, Message, Role, Watch};
+use crate::protocol::{frame, Connection, Hello, Message, Ping, Role, Watch};
 
 const TRANSITIONS: u64 = 2;
 const REPORTS: u64 = 3;
+const KEEPALIVE: Duration = Duration::from_secs(2);
 
 /// What the observer saw.
 #[derive(Default)]
@@ -43,7 +44,9 @@ type Conn = Connection<tokio_rustls::client::TlsStream<TcpStream>>;
 async fn connect(fleet: &Fleet, reports: bool) -> Result<Conn> {
     let addr = fleet.addr;
     let handshake = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let mut tls = tokio_rustls::TlsConnector::from(fleet.tls.clone())
             .connect(fleet.server_name.clone(), tcp)
@@ -59,11 +62,17 @@ async fn connect(fleet: &Fleet, reports: bool) -> Result<Conn> {
                 interval_ms: None,
                 registration: None,
                 client: Some(format!("sfc-bench/{}", crate::VERSION)),
+                compression: Vec::new(),
             }))
             .await?;
         match conn.reader.next().await {
             Some(Ok(Message::Welcome(_))) => {}
-            Some(Ok(Message::Error(e))) => return Err(Error::Remote { code: e.code, message: e.message }),
+            Some(Ok(Message::Error(e))) => {
+                return Err(Error::Remote {
+                    code: e.code,
+                    message: e.message,
+                })
+            }
             Some(Ok(other)) => {
                 return Err(Error::Protocol {
                     code: crate::protocol::ErrorCode::UnexpectedMessage,
@@ -71,14 +80,28 @@ async fn connect(fleet: &Fleet, reports: bool) -> Result<Conn> {
                 })
             }
             Some(Err(e)) => return Err(e.into()),
-            None => return Err(Error::Unreachable(format!("{addr} closed the connection during the handshake"))),
+            None => {
+                return Err(Error::Unreachable(format!(
+                    "{addr} closed the connection during the handshake"
+                )))
+            }
         }
         conn.writer
-            .send(&Message::Watch(Watch { id: TRANSITIONS, filter: Filter::default(), reports: false, after: None }))
+            .send(&Message::Watch(Watch {
+                id: TRANSITIONS,
+                filter: Filter::default(),
+                reports: false,
+                after: None,
+            }))
             .await?;
         if reports {
             conn.writer
-                .send(&Message::Watch(Watch { id: REPORTS, filter: Filter::group(LAT_GROUP), reports: true, after: None }))
+                .send(&Message::Watch(Watch {
+                    id: REPORTS,
+                    filter: Filter::group(LAT_GROUP),
+                    reports: true,
+                    after: None,
+                }))
                 .await?;
         }
         Ok(conn)
@@ -116,16 +139,36 @@ pub(super) async fn run(
                 }
                 attempt = attempt.saturating_add(1);
                 let cap = Duration::from_millis(100u64 << attempt.min(4));
-                tokio::time::sleep(Duration::from_millis(rand::random_range(0..=cap.as_millis() as u64))).await;
+                tokio::time::sleep(Duration::from_millis(rand::random_range(
+                    0..=cap.as_millis() as u64,
+                )))
+                .await;
                 continue;
             }
         };
         attempt = 0;
         let mut pending_results = if reports { 2 } else { 1 };
+        // An observer only listens; without a frame now and then the registry would close it
+        // after missed-reports x its interval.
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        let mut ping_id = 100;
         loop {
-            let msg = tokio::select! {
-                m = conn.reader.next() => m,
+            let next = tokio::select! {
+                m = conn.reader.next() => Some(m),
+                _ = keepalive.tick() => None,
                 _ = phase.wait_for(|p| *p == Phase::Stop) => return,
+            };
+            let Some(msg) = next else {
+                ping_id += 1;
+                if conn
+                    .writer
+                    .send(&Message::Ping(Ping { id: ping_id }))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                continue;
             };
             let msg = match msg {
                 Some(Ok(m)) => m,
@@ -152,15 +195,24 @@ pub(super) async fn run(
                 }
                 Message::Event(e) if e.watch == REPORTS && e.event.kind == EventKind::Report => {
                     if matches!(*phase.borrow(), Phase::Run | Phase::Act) {
-                        let sent = e.event.instance.as_ref().and_then(|i| i.metrics.custom.get(SENT_GAUGE).copied());
+                        let sent = e
+                            .event
+                            .instance
+                            .as_ref()
+                            .and_then(|i| i.metrics.custom.get(SENT_GAUGE).copied());
                         if let Some(sent) = sent {
                             let lat = now_us().saturating_sub(sent as u64);
-                            seen.latencies_us.lock().unwrap_or_else(|e| e.into_inner()).push(lat);
+                            seen.latencies_us
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(lat);
                         }
                     }
                 }
                 Message::Event(e) if e.watch == TRANSITIONS => {
-                    let Some(index) = index_of(&e.event) else { continue };
+                    let Some(index) = index_of(&e.event) else {
+                        continue;
+                    };
                     match e.event.kind {
                         EventKind::Joined | EventKind::Online => {
                             online.insert(index);
@@ -169,8 +221,17 @@ pub(super) async fn run(
                             online.remove(&index);
                             // Only while the fleet is meant to be up: the drain and the stop end it.
                             if matches!(*phase.borrow(), Phase::Ramp | Phase::Run | Phase::Act) {
-                                let reason = e.event.detail.get("reason").and_then(|r| r.as_str()).unwrap_or("").to_string();
-                                seen.offline.lock().unwrap_or_else(|e| e.into_inner()).push((index, now, reason));
+                                let reason = e
+                                    .event
+                                    .detail
+                                    .get("reason")
+                                    .and_then(|r| r.as_str())
+                                    .unwrap_or("")
+                                    .to_string();
+                                seen.offline
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .push((index, now, reason));
                             }
                         }
                         EventKind::Left | EventKind::Evicted => {

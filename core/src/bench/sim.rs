@@ -25,7 +25,7 @@ use tokio_util::codec::{FramedWrite, LengthDelimitedCodec};
 use crate::error::{Error, Result};
 use crate::model::{Health, Metrics, Registration};
 use crate::protocol::connection::{client_preamble, FrameReader};
-use crate::protocol::{frame, Codec, Hello, Message, Ping, Report, Role, Welcome};
+use crate::protocol::{frame, Hello, Message, Ping, Report, Role, Welcome, Wire};
 
 /// Group of the clients whose reports the observer times.
 pub(super) const LAT_GROUP: &str = "bench-lat";
@@ -83,6 +83,8 @@ pub(super) struct Fleet {
     pub epoch: Instant,
     pub counters: Counters,
     pub marks: Marks,
+    /// Codec and compression the clients offer (`--codec`, `--compression`) and must get.
+    pub wire: Wire,
 }
 
 #[derive(Default)]
@@ -145,19 +147,22 @@ pub(super) fn now_us() -> u64 {
 }
 
 /// The report a client sends, with the send time stamped in.
-pub(super) fn encode_report(report: &mut Report) -> Bytes {
+pub(super) fn encode_report(report: &mut Report, wire: &Wire) -> Bytes {
     report.seq += 1;
     let now = now_us();
     report.sent_at = Some(now / 1000);
     match report.metrics.custom.get_mut(SENT_GAUGE) {
         Some(v) => *v = now as f64,
         None => {
-            report.metrics.custom.insert(SENT_GAUGE.to_string(), now as f64);
+            report
+                .metrics
+                .custom
+                .insert(SENT_GAUGE.to_string(), now as f64);
         }
     }
     // Encode in place: the message owns its report only while it is serialized.
     let msg = Message::Report(std::mem::take(report));
-    let bytes = Codec::Json.encode(&msg);
+    let bytes = wire.encode(&msg);
     if let Message::Report(r) = msg {
         *report = r;
     }
@@ -172,13 +177,21 @@ struct Counted {
 }
 
 impl AsyncRead for Counted {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Counted {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             self.written.fetch_add(n as u64, Ordering::Relaxed);
@@ -223,12 +236,19 @@ async fn connect(fleet: &Fleet, index: usize, hello: &Bytes) -> Result<(Reader, 
         let sock = TcpSocket::new_v4()?;
         if !fleet.sources.is_empty() {
             let src = fleet.sources[index % fleet.sources.len()];
-            sock.bind(SocketAddr::new(src, 0))
-                .map_err(|e| Error::Unreachable(format!("cannot bind source address {src}: {e}")))?;
+            sock.bind(SocketAddr::new(src, 0)).map_err(|e| {
+                Error::Unreachable(format!("cannot bind source address {src}: {e}"))
+            })?;
         }
-        let tcp = sock.connect(addr).await.map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?;
+        let tcp = sock
+            .connect(addr)
+            .await
+            .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        let counted = Counted { inner: tcp, written: fleet.counters.bytes_written.clone() };
+        let counted = Counted {
+            inner: tcp,
+            written: fleet.counters.bytes_written.clone(),
+        };
         let mut tls = tokio_rustls::TlsConnector::from(fleet.tls.clone())
             .connect(fleet.server_name.clone(), counted)
             .await
@@ -239,14 +259,35 @@ async fn connect(fleet: &Fleet, index: usize, hello: &Bytes) -> Result<(Reader, 
         let mut writer = FramedWrite::new(w, frame::length_codec(MAX_FRAME));
         writer.send(hello.clone()).await?;
         match reader.next().await {
-            Some(Ok(Message::Welcome(w))) => Ok((reader, writer, w)),
-            Some(Ok(Message::Error(e))) => Err(Error::Remote { code: e.code, message: e.message }),
+            Some(Ok(Message::Welcome(w))) => {
+                let got = (w.codec.as_str(), w.compression.as_deref());
+                let want = (
+                    fleet.wire.codec.name(),
+                    fleet.wire.compression.map(|c| c.name()),
+                );
+                if got != want {
+                    return Err(Error::Protocol {
+                        code: crate::protocol::ErrorCode::UnsupportedCodec,
+                        message: format!("registry picked codec {:?} and compression {:?}; the bench asked for {:?} and {:?}",
+                            got.0, got.1, want.0, want.1),
+                    });
+                }
+                reader.set_codec(fleet.wire.codec);
+                reader.set_compression(fleet.wire.compression);
+                Ok((reader, writer, w))
+            }
+            Some(Ok(Message::Error(e))) => Err(Error::Remote {
+                code: e.code,
+                message: e.message,
+            }),
             Some(Ok(other)) => Err(Error::Protocol {
                 code: crate::protocol::ErrorCode::UnexpectedMessage,
                 message: format!("expected welcome, got {}", other.name()),
             }),
             Some(Err(e)) => Err(e.into()),
-            None => Err(Error::Unreachable(format!("{addr} closed the connection during the handshake"))),
+            None => Err(Error::Unreachable(format!(
+                "{addr} closed the connection during the handshake"
+            ))),
         }
     };
     tokio::time::timeout(fleet.connect_timeout, handshake)
@@ -275,13 +316,19 @@ pub(super) async fn run(fleet: Arc<Fleet>, index: usize, mut phase: watch::Recei
         pid: std::process::id(),
         ..Default::default()
     };
-    let hello = Codec::Json.encode(&Message::Hello(Hello {
+    let hello = Wire::JSON.encode(&Message::Hello(Hello {
         id: 1,
         role: Role::Service,
-        codecs: vec!["json".into()],
+        codecs: vec![fleet.wire.codec.name().into()],
         interval_ms: Some(fleet.interval.as_millis() as u64),
         registration: Some(registration),
         client: Some(format!("sfc-bench/{}", crate::VERSION)),
+        compression: fleet
+            .wire
+            .compression
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect(),
     }));
     let mut report = Report {
         seq: 0,
@@ -306,7 +353,12 @@ pub(super) async fn run(fleet: Arc<Fleet>, index: usize, mut phase: watch::Recei
                 c.handshakes.fetch_add(1, Ordering::Relaxed);
                 c.connected.fetch_add(1, Ordering::Relaxed);
                 c.liveness_ms.store(welcome.liveness_ms, Ordering::Relaxed);
-                fleet.marks.welcomes.lock().unwrap_or_else(|e| e.into_inner()).push(Instant::now());
+                fleet
+                    .marks
+                    .welcomes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Instant::now());
                 let end = session(&fleet, index, &mut report, reader, writer, &mut phase).await;
                 c.connected.fetch_sub(1, Ordering::Relaxed);
                 if matches!(end, End::Lost) {
@@ -316,7 +368,10 @@ pub(super) async fn run(fleet: Arc<Fleet>, index: usize, mut phase: watch::Recei
             }
             Err(e) => {
                 tracing::debug!(target: "sfc::bench", index, error = %e, "connect failed");
-                fleet.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+                fleet
+                    .counters
+                    .connect_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 End::Lost
             }
         };
@@ -355,7 +410,9 @@ async fn session(
     let c = &fleet.counters;
     let in_batch = fleet.batch.contains(&index);
     // Spread the fleet's reports evenly over the interval.
-    let offset = Duration::from_micros(rand::random_range(0..fleet.interval.as_micros().max(1) as u64));
+    let offset = Duration::from_micros(rand::random_range(
+        0..fleet.interval.as_micros().max(1) as u64,
+    ));
     let mut tick = tokio::time::interval_at(Instant::now() + offset, fleet.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_sent = Instant::now();
@@ -378,12 +435,22 @@ async fn session(
                     // Dropping both halves closes the socket with no leave and no close_notify.
                     drop(reader);
                     drop(writer);
-                    fleet.marks.crashed_at.lock().unwrap_or_else(|e| e.into_inner()).push((index, Instant::now()));
+                    fleet
+                        .marks
+                        .crashed_at
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((index, Instant::now()));
                     return End::Down;
                 }
                 Action::Hang if !hung => {
                     hung = true;
-                    fleet.marks.hung_last_sent.lock().unwrap_or_else(|e| e.into_inner()).push((index, last_sent));
+                    fleet
+                        .marks
+                        .hung_last_sent
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((index, last_sent));
                 }
                 _ => {}
             }
@@ -394,9 +461,11 @@ async fn session(
             ping_id += 1;
             let sent = async {
                 for _ in 0..WINDOW {
-                    writer.feed(encode_report(report)).await?;
+                    writer.feed(encode_report(report, &fleet.wire)).await?;
                 }
-                writer.send(Codec::Json.encode(&Message::Ping(Ping { id: ping_id }))).await
+                writer
+                    .send(fleet.wire.encode(&Message::Ping(Ping { id: ping_id })))
+                    .await
             };
             if sent.await.is_err() {
                 return End::Lost;
@@ -414,13 +483,13 @@ async fn session(
             _ = tick.tick(), if ticking || draining => {
                 if draining {
                     ping_id += 1;
-                    if writer.send(Codec::Json.encode(&Message::Ping(Ping { id: ping_id }))).await.is_err() {
+                    if writer.send(fleet.wire.encode(&Message::Ping(Ping { id: ping_id }))).await.is_err() {
                         return End::Lost;
                     }
                     drain_ping = Some(ping_id);
                     continue;
                 }
-                if writer.send(encode_report(report)).await.is_err() {
+                if writer.send(encode_report(report, &fleet.wire)).await.is_err() {
                     return End::Lost;
                 }
                 last_sent = Instant::now();

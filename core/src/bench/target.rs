@@ -31,7 +31,12 @@ impl Spawned {
     pub fn start(listen: &str, data_dir: PathBuf, extra: Vec<String>) -> Result<Spawned> {
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::write_file(&data_dir, e))?;
         let (child, addr) = launch(listen, &data_dir, &extra)?;
-        Ok(Spawned { child, addr, data_dir, extra })
+        Ok(Spawned {
+            child,
+            addr,
+            data_dir,
+            extra,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -48,7 +53,10 @@ impl Spawned {
         self.kill();
         let (child, addr) = launch(&self.addr.to_string(), &self.data_dir, &self.extra)?;
         if addr != self.addr {
-            return Err(Error::invalid("--spawn", format!("restarted registry listens on {addr}, not {}", self.addr)));
+            return Err(Error::invalid(
+                "--spawn",
+                format!("restarted registry listens on {addr}, not {}", self.addr),
+            ));
         }
         self.child = child;
         Ok(())
@@ -67,7 +75,11 @@ impl Drop for Spawned {
     }
 }
 
-fn launch(listen: &str, data_dir: &std::path::Path, extra: &[String]) -> Result<(Child, SocketAddr)> {
+fn launch(
+    listen: &str,
+    data_dir: &std::path::Path,
+    extra: &[String],
+) -> Result<(Child, SocketAddr)> {
     let exe = std::env::current_exe()?;
     let log = data_dir.join("registry.log");
     let log_file = std::fs::OpenOptions::new()
@@ -83,13 +95,24 @@ fn launch(listen: &str, data_dir: &std::path::Path, extra: &[String]) -> Result<
         .arg(data_dir)
         .args(extra)
         // Per-connection logging would be measured along with the registry.
-        .env("RUST_LOG", std::env::var("SFC_BENCH_REGISTRY_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("SFC_BENCH_REGISTRY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
         .spawn()
-        .map_err(|e| Error::Io(std::io::Error::other(format!("cannot start {} registry: {e}", exe.display()))))?;
-    let stdout = child.stdout.take().ok_or_else(|| Error::Io(std::io::Error::other("registry stdout is not piped")))?;
+        .map_err(|e| {
+            Error::Io(std::io::Error::other(format!(
+                "cannot start {} registry: {e}",
+                exe.display()
+            )))
+        })?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Io(std::io::Error::other("registry stdout is not piped")))?;
     let (tx, rx) = mpsc::channel();
     // Keeps draining stdout so the registry never blocks on a full pipe.
     std::thread::spawn(move || {
@@ -118,7 +141,10 @@ fn launch(listen: &str, data_dir: &std::path::Path, extra: &[String]) -> Result<
         None => {
             let _ = child.kill();
             let _ = child.wait();
-            Err(Error::invalid("registry output", format!("{line:?} is not \"sfc registry listening on ADDR (tls)\"")))
+            Err(Error::invalid(
+                "registry output",
+                format!("{line:?} is not \"sfc registry listening on ADDR (tls)\""),
+            ))
         }
     }
 }
@@ -147,7 +173,10 @@ pub(super) struct ProcWatch {
 
 impl ProcWatch {
     pub fn new(pid: u32) -> ProcWatch {
-        ProcWatch { pid: Pid::from_u32(pid), sys: System::new().ok() }
+        ProcWatch {
+            pid: Pid::from_u32(pid),
+            sys: System::new().ok(),
+        }
     }
 
     pub fn sample(&mut self) -> Option<ProcSample> {
@@ -158,7 +187,11 @@ impl ProcWatch {
             ProcessRefreshKind::nothing().with_cpu().with_memory(),
         );
         let p = sys.process(self.pid)?;
-        Some(ProcSample { at: Instant::now(), cpu_ms: p.accumulated_cpu_time(), rss_bytes: p.memory() })
+        Some(ProcSample {
+            at: Instant::now(),
+            cpu_ms: p.accumulated_cpu_time(),
+            rss_bytes: p.memory(),
+        })
     }
 }
 
@@ -179,7 +212,10 @@ mod tests {
             super::parse_listening("sfc registry listening on 127.0.0.1:4242 (tls)"),
             Some("127.0.0.1:4242".parse().unwrap())
         );
-        assert_eq!(super::parse_listening("sfc registry listening on 127.0.0.1:4242 (plaintext)"), None);
+        assert_eq!(
+            super::parse_listening("sfc registry listening on 127.0.0.1:4242 (plaintext)"),
+            None
+        );
         assert_eq!(super::parse_listening("hello"), None);
     }
 }

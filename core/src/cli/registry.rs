@@ -104,6 +104,30 @@ pub struct RegistryArgs {
     /// How often /v1/watch sends a heartbeat comment.
     #[arg(long, env = "SFC_HTTP_HEARTBEAT", default_value = "15s", value_parser = parse_duration, hide = true)]
     pub http_heartbeat: Duration,
+    /// Codecs sessions may negotiate after hello, comma-separated: protobuf, json. `json` alone
+    /// answers every hello as a registry without the binary codec would.
+    #[arg(long, env = "SFC_CODECS", value_delimiter = ',', default_value = "protobuf,json", value_parser = parse_codec)]
+    pub codecs: Vec<crate::protocol::Codec>,
+    /// Frame compressions sessions may negotiate, comma-separated: zstd, or none.
+    #[arg(long, env = "SFC_COMPRESSION", value_delimiter = ',', default_value = "zstd")]
+    pub compression: Vec<String>,
+}
+
+fn parse_codec(s: &str) -> std::result::Result<crate::protocol::Codec, String> {
+    crate::protocol::Codec::from_name(s).ok_or_else(|| format!("unknown codec {s:?} (expected protobuf or json)"))
+}
+
+fn parse_compressions(list: &[String]) -> Result<Vec<crate::protocol::Compression>> {
+    let mut out = Vec::new();
+    for c in list {
+        match c.as_str() {
+            "none" => {}
+            other => out.push(crate::protocol::Compression::from_name(other).ok_or_else(|| {
+                Error::invalid("--compression", format!("unknown compression {other:?} (expected zstd or none)"))
+            })?),
+        }
+    }
+    Ok(out)
 }
 
 fn parse_max_frame(s: &str) -> std::result::Result<usize, String> {
@@ -169,6 +193,8 @@ pub fn config(a: &RegistryArgs) -> Result<RegistryConfig> {
         store: open_store(a)?,
         snapshot_interval: a.snapshot_interval,
         history_retention: a.history_retention,
+        codecs: a.codecs.clone(),
+        compression: parse_compressions(&a.compression)?,
         ..RegistryConfig::default()
     })
 }

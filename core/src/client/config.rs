@@ -32,7 +32,17 @@ pub struct ClientConfig {
     pub stop_timeout: Duration,
     /// Client library name and version sent in hello (`sfc-rust/0.1.0`, `sfc-node/0.1.0`).
     pub client_name: String,
+    /// Codecs offered in hello, most preferred first; a registry without the first falls
+    /// back to the next (every registry speaks `json`).
+    pub codecs: Vec<crate::protocol::Codec>,
+    /// Frame compressions offered in hello; empty offers none.
+    pub compression: Vec<crate::protocol::Compression>,
 }
+
+/// Codecs a client offers unless told otherwise.
+pub const DEFAULT_CODECS: &[crate::protocol::Codec] = &[crate::protocol::Codec::Protobuf, crate::protocol::Codec::Json];
+/// Compressions a client offers unless told otherwise (frames above the threshold only).
+pub const DEFAULT_COMPRESSION: &[crate::protocol::Compression] = &[crate::protocol::Compression::Zstd];
 
 /// Builds a [`ClientConfig`] or starts a [`super::Client`].
 #[derive(Default, Clone)]
@@ -58,6 +68,8 @@ pub struct ClientBuilder {
     sample_metrics: Option<bool>,
     stop_timeout: Option<Duration>,
     client_name: Option<String>,
+    codecs: Option<Vec<crate::protocol::Codec>>,
+    compression: Option<Vec<crate::protocol::Compression>>,
     no_env: bool,
 }
 
@@ -190,6 +202,19 @@ impl ClientBuilder {
         self
     }
 
+    /// Codecs to offer in hello, most preferred first (default: protobuf, then json). Offer
+    /// only `json` to see frames as text while debugging.
+    pub fn codecs(mut self, codecs: impl IntoIterator<Item = crate::protocol::Codec>) -> Self {
+        self.codecs = Some(codecs.into_iter().collect());
+        self
+    }
+
+    /// Frame compressions to offer in hello (default: zstd); empty offers none.
+    pub fn compression(mut self, c: impl IntoIterator<Item = crate::protocol::Compression>) -> Self {
+        self.compression = Some(c.into_iter().collect());
+        self
+    }
+
     /// Ignore `SFC_*` environment variables (tests, embedded uses).
     pub fn ignore_env(mut self) -> Self {
         self.no_env = true;
@@ -289,6 +314,12 @@ impl ClientBuilder {
             sample_metrics: self.sample_metrics.unwrap_or(true),
             stop_timeout: self.stop_timeout.unwrap_or(Duration::from_secs(5)),
             client_name: self.client_name.unwrap_or_else(|| format!("sfc-rust/{}", crate::VERSION)),
+            codecs: match self.codecs {
+                Some(c) if c.is_empty() => return Err(Error::invalid("codecs", "empty: offer at least json")),
+                Some(c) => c,
+                None => DEFAULT_CODECS.to_vec(),
+            },
+            compression: self.compression.unwrap_or_else(|| DEFAULT_COMPRESSION.to_vec()),
         })
     }
 

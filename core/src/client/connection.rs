@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::{now_ms, Event, EventKind, Filter, InstanceRecord, Metrics};
 use crate::protocol::connection::{client_preamble, FrameWriter, ReadError};
 use crate::protocol::{
-    CommandResult, Connection, ErrorCode, Hello, Leave, Message, Ping, Query, Report, Role, Unwatch, Watch,
+    Codec, CommandResult, Compression, Connection, ErrorCode, Hello, Leave, Message, Ping, Query, Report, Role, Unwatch, Watch,
     Welcome,
 };
 
@@ -157,14 +157,35 @@ async fn connect(shared: &Shared, addr: &str) -> Result<(Connection<Stream>, Wel
         let hello = Message::Hello(Hello {
             id: 1,
             role: cfg.role,
-            codecs: vec!["json".into()],
+            codecs: cfg.codecs.iter().map(|c| c.name().to_string()).collect(),
             interval_ms: Some(cfg.interval.as_millis() as u64),
             registration: (cfg.role == Role::Service).then(|| cfg.registration.clone()),
             client: Some(cfg.client_name.clone()),
+            compression: cfg.compression.iter().map(|c| c.name().to_string()).collect(),
         });
         conn.writer.send(&hello).await?;
         match conn.reader.next().await {
-            Some(Ok(Message::Welcome(w))) => Ok((conn, w)),
+            Some(Ok(Message::Welcome(w))) => {
+                // hello and welcome are JSON; every later frame uses what welcome announced.
+                // A registry from before the codec field answers `json` and no compression.
+                let codec = Codec::from_name(&w.codec).filter(|c| cfg.codecs.contains(c)).ok_or_else(|| {
+                    Error::Protocol {
+                        code: ErrorCode::UnsupportedCodec,
+                        message: format!("registry picked codec {:?}, which this client did not offer", w.codec),
+                    }
+                })?;
+                let compression = match w.compression.as_deref() {
+                    None => None,
+                    Some(name) => Some(Compression::from_name(name).filter(|c| cfg.compression.contains(c)).ok_or_else(
+                        || Error::Protocol {
+                            code: ErrorCode::UnsupportedCodec,
+                            message: format!("registry picked compression {name:?}, which this client did not offer"),
+                        },
+                    )?),
+                };
+                conn.set_wire(codec, compression);
+                Ok((conn, w))
+            }
             Some(Ok(Message::Error(e))) => Err(Error::Remote { code: e.code, message: e.message }),
             Some(Ok(other)) => Err(Error::Protocol {
                 code: ErrorCode::UnexpectedMessage,

@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
 
-use super::frame::{self, Codec, ProtocolError, PREAMBLE_LEN};
+use super::frame::{self, Codec, Compression, ProtocolError, Wire, PREAMBLE_LEN};
 use super::message::{ErrorCode, Message};
 
 /// Initial size of each direction's frame buffer.
@@ -27,7 +27,7 @@ pub enum ReadError {
 /// Reading half of a connection.
 pub struct FrameReader<R> {
     inner: FramedRead<R, LengthDelimitedCodec>,
-    codec: Codec,
+    wire: Wire,
     max_frame: usize,
 }
 
@@ -36,14 +36,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         // Start small (tokio-util's default is 8 KiB): a registry holds one reader per
         // connection, and the buffer grows when a larger frame arrives.
         let inner = FramedRead::with_capacity(read, frame::length_codec(max_frame), INITIAL_BUFFER);
-        FrameReader { inner, codec: Codec::Json, max_frame }
+        FrameReader { inner, wire: Wire::JSON, max_frame }
     }
 
     /// The next message; `None` when the peer closed the connection cleanly. Cancel-safe.
     pub async fn next(&mut self) -> Option<Result<Message, ReadError>> {
         let item = self.inner.next().await?;
         Some(match item {
-            Ok(bytes) => self.codec.decode(&bytes).map_err(ReadError::from),
+            Ok(bytes) => self.wire.decode(&bytes, self.max_frame).map_err(ReadError::from),
             Err(e) if e.get_ref().is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) => {
                 Err(ReadError::Protocol(ProtocolError::new(
                     ErrorCode::FrameTooLarge,
@@ -55,14 +55,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     pub fn set_codec(&mut self, codec: Codec) {
-        self.codec = codec;
+        self.wire.codec = codec;
+    }
+
+    /// Frames after this call may be compressed (and carry the frame header).
+    pub fn set_compression(&mut self, compression: Option<Compression>) {
+        self.wire.compression = compression;
     }
 }
 
 /// Writing half of a connection.
 pub struct FrameWriter<W> {
     inner: FramedWrite<W, LengthDelimitedCodec>,
-    codec: Codec,
+    wire: Wire,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -73,17 +78,17 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         let mut inner =
             FramedWrite::with_capacity(write, frame::length_codec(max_frame.saturating_mul(64)), INITIAL_BUFFER);
         inner.set_backpressure_boundary(8 * 1024);
-        FrameWriter { inner, codec: Codec::Json }
+        FrameWriter { inner, wire: Wire::JSON }
     }
 
     /// Encodes and sends one message, flushing it.
     pub async fn send(&mut self, msg: &Message) -> io::Result<()> {
-        self.inner.send(self.codec.encode(msg)).await
+        self.inner.send(self.wire.encode(msg)).await
     }
 
     /// Queues a message without flushing; call `flush` after a batch.
     pub async fn feed(&mut self, msg: &Message) -> io::Result<()> {
-        self.inner.feed(self.codec.encode(msg)).await
+        self.inner.feed(self.wire.encode(msg)).await
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {
@@ -97,7 +102,17 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     pub fn set_codec(&mut self, codec: Codec) {
-        self.codec = codec;
+        self.wire.codec = codec;
+    }
+
+    /// Frames after this call are compressed above the wire's threshold.
+    pub fn set_compression(&mut self, compression: Option<Compression>) {
+        self.wire.compression = compression;
+    }
+
+    /// Only frames whose body exceeds `bytes` are compressed.
+    pub fn set_compress_threshold(&mut self, bytes: usize) {
+        self.wire.threshold = bytes;
     }
 }
 
@@ -111,6 +126,14 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
     pub fn new(stream: S, max_frame: usize) -> Self {
         let (r, w) = tokio::io::split(stream);
         Connection { reader: FrameReader::new(r, max_frame), writer: FrameWriter::new(w, max_frame) }
+    }
+
+    /// Switches both directions to the codec and compression negotiated in hello/welcome.
+    pub fn set_wire(&mut self, codec: Codec, compression: Option<Compression>) {
+        self.reader.set_codec(codec);
+        self.reader.set_compression(compression);
+        self.writer.set_codec(codec);
+        self.writer.set_compression(compression);
     }
 }
 

@@ -34,6 +34,10 @@ pub struct Hello {
     /// Client library name and version, for logs (`sfc-rust/0.1.0`).
     #[serde(default)]
     pub client: Option<String>,
+    /// Frame compressions the client can read, most preferred first (`zstd`); empty or absent
+    /// means none. Omitted from JSON when empty, so a v1 hello is unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compression: Vec<String>,
 }
 
 fn default_codecs() -> Vec<String> {
@@ -63,6 +67,10 @@ pub struct Welcome {
     /// `<group>/<instance_id>` for services.
     #[serde(default)]
     pub instance: Option<String>,
+    /// The frame compression the registry picked from the hello's `compression` list; absent
+    /// means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -5,7 +5,8 @@ pub mod connection;
 pub mod frame;
 pub mod legacy;
 pub mod message;
+pub mod pb;
 
 pub use connection::Connection;
-pub use frame::{Codec, ProtocolError, DEFAULT_MAX_FRAME, PROTOCOL_MAX, PROTOCOL_MIN};
+pub use frame::{Codec, Compression, Wire, ProtocolError, DEFAULT_MAX_FRAME, PROTOCOL_MAX, PROTOCOL_MIN};
 pub use message::*;

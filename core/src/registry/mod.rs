@@ -55,6 +55,11 @@ pub struct RegistryConfig {
     /// Frames per second one session may send (reports, queries, pings...); twice that as a
     /// burst. Beyond it frames are dropped with a `rate-limited` error.
     pub max_frame_rate: u32,
+    /// Codecs a session may negotiate (`--codecs`); the client's preference order decides
+    /// among them. `json` alone behaves like a registry from before the protobuf codec.
+    pub codecs: Vec<crate::protocol::Codec>,
+    /// Frame compressions a session may negotiate (`--compression`).
+    pub compression: Vec<crate::protocol::Compression>,
 }
 
 impl Default for RegistryConfig {
@@ -73,6 +78,8 @@ impl Default for RegistryConfig {
             history_retention: Duration::from_secs(7 * 24 * 3600),
             policy: None,
             max_frame_rate: 100,
+            codecs: crate::protocol::Codec::ALL.to_vec(),
+            compression: crate::protocol::Compression::ALL.to_vec(),
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::model::{Event, Filter, OfflineReason};
 use crate::protocol::connection::{FrameWriter, ReadError};
 use crate::protocol::frame::{self, PREAMBLE_LEN};
 use crate::protocol::{
-    legacy, Codec, Connection, ErrorCode, Hello, Message, Pong, ProtocolError, QueryResult, Role,
+    legacy, Codec, Compression, Connection, ErrorCode, Hello, Message, Pong, ProtocolError, QueryResult, Role,
     Welcome,
 };
 
@@ -222,6 +222,7 @@ async fn serve_stream<S>(
     let missed = reg.shared.config.missed_reports;
     let liveness = interval * missed;
     let instance = hello.registration.as_ref().map(|r| crate::model::InstanceRecord::make_id(&r.group, &r.instance_id));
+    let compression = Compression::choose_from(&hello.compression, &reg.shared.config.compression);
     let welcome = Message::Welcome(Welcome {
         id: hello.id,
         protocol: version,
@@ -234,6 +235,7 @@ async fn serve_stream<S>(
         max_frame: max_frame as u32,
         server_time: crate::model::now_ms(),
         instance: instance.clone(),
+        compression: compression.map(|c| c.name().to_string()),
     });
     if let Some(reg_info) = hello.registration.clone() {
         let detail = serde_json::json!({ "session": session_id, "peer": peer.to_string() });
@@ -263,6 +265,11 @@ async fn serve_stream<S>(
         }
         return;
     }
+    // hello and welcome are JSON; every later frame uses what welcome announced.
+    reader.set_codec(codec);
+    reader.set_compression(compression);
+    writer.set_codec(codec);
+    writer.set_compression(compression);
     reg.shared.stats.sessions_current.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(target: "sfc::registry", session = session_id, %peer, instance = ?instance,
         role = ?hello.role, client = ?hello.client, "session opened");
@@ -303,10 +310,12 @@ async fn serve_stream<S>(
 /// targets in `fuzz/`; not a stable API.
 #[doc(hidden)]
 pub fn check_hello(reg: &Registry, h: Hello) -> Result<(Hello, Codec, Duration), ProtocolError> {
-    let codec = Codec::choose(&h.codecs).ok_or_else(|| {
+    let allowed = &reg.shared.config.codecs;
+    let codec = Codec::choose_from(&h.codecs, allowed).ok_or_else(|| {
+        let speaks: Vec<&str> = allowed.iter().map(|c| c.name()).collect();
         ProtocolError::new(
             ErrorCode::UnsupportedCodec,
-            format!("none of the offered codecs {:?} is supported (this registry speaks json)", h.codecs),
+            format!("none of the offered codecs {:?} is supported (this registry speaks {})", h.codecs, speaks.join(", ")),
         )
     })?;
     let invalid = |e: crate::Error| ProtocolError::new(ErrorCode::InvalidField, e.to_string());
