@@ -193,15 +193,35 @@ impl SqliteStore {
         tx.commit().map_err(|e| self.err("commit", e))
     }
 
+    /// Snapshots are copied under the registry's lock and written after it, so a transition
+    /// may have been committed in between. A snapshot therefore only updates a row whose
+    /// status, status_since and health are still those of the copy, and never inserts: it
+    /// cannot undo a transition or bring back an evicted record.
     fn write_snapshot(&self, conn: &mut Connection, records: &[InstanceRecord]) -> Result<()> {
         let tx = conn.transaction().map_err(|e| self.err("begin", e))?;
         {
             let now = crate::model::now_ms() as i64;
             let mut stmt = tx
-                .prepare_cached("INSERT OR REPLACE INTO instances(id, record, updated_at) VALUES (?1, ?2, ?3)")
+                .prepare_cached(
+                    "UPDATE instances SET record = ?2, updated_at = ?3
+                     WHERE id = ?1
+                       AND json_extract(record, '$.status') = ?4
+                       AND json_extract(record, '$.status_since') = ?5
+                       AND json_extract(record, '$.health') = ?6
+                       AND json_extract(record, '$.health_note') IS ?7",
+                )
                 .map_err(|e| self.err("snapshot", e))?;
             for r in records {
-                stmt.execute(params![r.id, to_json(r), now]).map_err(|e| self.err("snapshot", e))?;
+                stmt.execute(params![
+                    r.id,
+                    to_json(r),
+                    now,
+                    r.status.as_str(),
+                    r.status_since as i64,
+                    r.health.as_str(),
+                    r.health_note
+                ])
+                .map_err(|e| self.err("snapshot", e))?;
             }
         }
         tx.commit().map_err(|e| self.err("commit", e))
@@ -245,6 +265,30 @@ mod tests {
         assert_eq!(snap.last_seq, 3);
         assert_eq!(s.load(2).unwrap().events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(s.prune_events(25).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_late_snapshot_never_undoes_a_transition() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("registry.db")).unwrap();
+        let online = record("g/a");
+        s.transition(&event(1, EventKind::Joined, "g/a"), Some(&online)).unwrap();
+        // A snapshot of the same state lands: metrics move.
+        let mut fresher = online.clone();
+        fresher.metrics.custom.insert("x".into(), 1.0);
+        s.snapshot(&[fresher.clone()]).unwrap();
+        assert_eq!(s.load(10).unwrap().instances[0].metrics.custom.get("x"), Some(&1.0));
+        // The instance leaves; a snapshot copied before that arrives late: the leave stands.
+        let mut left = fresher.clone();
+        left.status = crate::model::Status::Left;
+        left.status_since = 99;
+        s.transition(&event(2, EventKind::Left, "g/a"), Some(&left)).unwrap();
+        s.snapshot(&[fresher.clone()]).unwrap();
+        assert_eq!(s.load(10).unwrap().instances[0].status, crate::model::Status::Left);
+        // Evicted, then a late snapshot: it does not come back.
+        s.transition(&event(3, EventKind::Evicted, "g/a"), None).unwrap();
+        s.snapshot(&[fresher]).unwrap();
+        assert!(s.load(10).unwrap().instances.is_empty());
     }
 
     #[test]
