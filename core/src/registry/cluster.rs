@@ -357,8 +357,11 @@ impl Cluster {
         let timeout = Duration::from_millis(v.timeout_ms.clamp(1, 3_600_000));
         let sender_cid = v.command.command_id;
         let c = v.command;
-        let outcome = match reg.send_command_here(&v.instance, &c.name, c.reason, c.payload, c.issued_by, timeout).await
-        {
+        let sent = match reg.new_command(&c.name, c.reason, c.payload, c.issued_by) {
+            Ok(cmd) => reg.send_command_here(&v.instance, cmd, timeout).await,
+            Err(e) => Err(e),
+        };
+        let outcome = match sent {
             Ok(r) => Outcome::Ok(CommandResult { command_id: sender_cid, ..r }),
             Err(Error::Remote { code, message }) => Outcome::Err { code, message },
             Err(e) => Outcome::Err { code: ErrorCode::Internal, message: e.to_string() },

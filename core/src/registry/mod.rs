@@ -237,6 +237,21 @@ impl Registry {
         self.shared.stats.sessions_current.load(Ordering::Relaxed)
     }
 
+    /// A command with a fresh registry-assigned id; the name must not be empty.
+    pub(crate) fn new_command(
+        &self,
+        name: &str,
+        reason: Option<String>,
+        payload: serde_json::Value,
+        issued_by: Option<String>,
+    ) -> Result<Command, Error> {
+        if name.is_empty() {
+            return Err(Error::invalid("command", "name must not be empty"));
+        }
+        let command_id = self.shared.next_command.fetch_add(1, Ordering::Relaxed);
+        Ok(Command { command_id, name: name.to_string(), reason, payload, issued_by })
+    }
+
     /// Sends a command to an online instance and waits up to `timeout` for its result.
     pub async fn send_command(
         &self,
@@ -247,38 +262,27 @@ impl Registry {
         issued_by: Option<String>,
         timeout: Duration,
     ) -> Result<CommandResult, Error> {
+        let cmd = self.new_command(name, reason, payload, issued_by)?;
         // `--store etcd`: an instance connected to another registry is reached through etcd.
         #[cfg(feature = "etcd")]
         if let Some(cluster) = self.shared.cluster.get() {
             let owner = self.state().remote_owner(id);
             if let Some((owner, Status::Online)) = owner {
-                if name.is_empty() {
-                    return Err(Error::invalid("command", "name must not be empty"));
-                }
-                let command_id = self.shared.next_command.fetch_add(1, Ordering::Relaxed);
-                let cmd = Command { command_id, name: name.to_string(), reason, payload, issued_by };
                 self.shared.stats.commands_total.fetch_add(1, Ordering::Relaxed);
                 return cluster.forward(&owner, id, cmd, timeout).await;
             }
         }
-        self.send_command_here(id, name, reason, payload, issued_by, timeout).await
+        self.send_command_here(id, cmd, timeout).await
     }
 
     /// Sends a command to an instance whose session is connected to this registry.
     pub(crate) async fn send_command_here(
         &self,
         id: &str,
-        name: &str,
-        reason: Option<String>,
-        payload: serde_json::Value,
-        issued_by: Option<String>,
+        cmd: Command,
         timeout: Duration,
     ) -> Result<CommandResult, Error> {
-        if name.is_empty() {
-            return Err(Error::invalid("command", "name must not be empty"));
-        }
-        let command_id = self.shared.next_command.fetch_add(1, Ordering::Relaxed);
-        let cmd = Command { command_id, name: name.to_string(), reason, payload, issued_by };
+        let (command_id, name) = (cmd.command_id, cmd.name.clone());
         let rx = self.state().start_command(id, cmd).map_err(|code| Error::Remote {
             code,
             message: match code {
