@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
     req.extensions_mut().insert(Peer {
         addr: "127.0.0.1:1".parse().unwrap(),
         subject: None,
+        uris: Vec::new(),
     });
     let app = APP.with(|a| a.clone());
     sfc_fuzz::block_on(async move {
