@@ -49,6 +49,9 @@ struct Task {
     waiting: Vec<Control>,
     sampler: Option<crate::metrics::Sampler>,
     seq: u64,
+    /// `stop()` waiting for the registry to echo our `leave` (answered once it has, or the
+    /// connection ends; `stop()` bounds the wait with its own timeout).
+    stop_done: Option<oneshot::Sender<()>>,
 }
 
 type Stream = Either<tokio_rustls::client::TlsStream<TcpStream>, TcpStream>;
@@ -64,7 +67,7 @@ enum End {
 pub(crate) async fn run(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Control>) {
     let sampler = (shared.config.sample_metrics && shared.config.role == Role::Service)
         .then(crate::metrics::Sampler::new);
-    let mut task = Task { shared, watches: HashMap::new(), waiting: Vec::new(), sampler, seq: 0 };
+    let mut task = Task { shared, watches: HashMap::new(), waiting: Vec::new(), sampler, seq: 0, stop_done: None };
     let n = task.shared.config.registries.len();
     let mut attempt: u32 = 0;
     let mut next = 0usize;
@@ -351,7 +354,9 @@ impl Task {
             Control::Stop(done) => {
                 let _ = c.writer.send(&Message::Leave(Leave { reason: Some("client stopped".into()) })).await;
                 let _ = c.writer.shutdown().await;
-                let _ = done.send(());
+                // Answered in `session` once the registry has echoed the leave: only then is
+                // the instance `left` there, and a caller of `stop()` may count on it.
+                self.stop_done = Some(done);
                 return Ok(Some(End::Stopped));
             }
         }
@@ -440,6 +445,18 @@ impl Task {
         }
         .await;
         let end = res.unwrap_or_else(|e| End::Lost(format!("write failed: {e}")));
+        if let Some(done) = self.stop_done.take() {
+            // The registry echoes `leave` after it has recorded it, then closes; an error or
+            // the end of the stream ends the wait too. Everything else still in flight is
+            // dropped: the client is going away.
+            loop {
+                match reader.next().await {
+                    Some(Ok(Message::Leave(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => continue,
+                }
+            }
+            let _ = done.send(());
+        }
         // Requests in flight: queries fail now; group waiters retry on the next connection.
         for (_, p) in c.pending.drain() {
             match p {
