@@ -6,6 +6,10 @@
 //
 //   node scripts/build-native.js [--release] --write   regenerate native.js / native.d.ts
 //   node scripts/build-native.js [--release] --check   fail if the committed ones differ
+//
+// SFC_NODE_CARGO_ARGS (default `-p sfc-node`) replaces the package selection, so that a caller
+// that builds the whole workspace (the root Makefile) can reuse that build: cargo rebuilds the
+// dependencies whenever the selected packages unify to other features.
 'use strict'
 
 const { execFileSync } = require('node:child_process')
@@ -63,7 +67,8 @@ async function main() {
   const typeDefDir = path.join(work, 'typedef')
   fs.mkdirSync(typeDefDir)
   try {
-    const args = ['build', '-p', 'sfc-node']
+    const select = (process.env.SFC_NODE_CARGO_ARGS || '-p sfc-node').split(/\s+/).filter(Boolean)
+    const args = ['build', ...select]
     if (release) args.push('--release')
     execFileSync('cargo', args, {
       cwd: repoRoot,
