@@ -154,8 +154,13 @@ fn partitioned_client_goes_offline_within_its_window_and_comes_back() {
     eprintln!("partition detected after {took:?} (window 600ms, polled every ~50ms via sfc status)");
 
     net.link(true);
-    let (back, _) = wait("online again", &|r| r.status == Status::Online);
-    assert!(back.last_report_at.unwrap() > off.last_report_at.unwrap());
+    // Online again and reporting: a new session is online from its hello, a moment before its
+    // first report, so the report is waited for too.
+    let before = off.last_report_at.unwrap();
+    let (back, _) = wait("online again, reporting", &|r| {
+        r.status == Status::Online && r.last_report_at.is_some_and(|t| t > before)
+    });
+    assert_eq!(back.status, Status::Online);
     // Once settled, the registry's sockets and the client's are what they were before the cut
     // (a socket being torn down may linger a moment; a leaked one never goes).
     let settle = Instant::now();
