@@ -13,7 +13,7 @@ use tokio_util::either::Either;
 
 use super::{lock, ClientEvent, GroupCache, Shared};
 use crate::error::{Error, Result};
-use crate::model::{now_ms, Event, EventKind, Filter, InstanceRecord, Metrics};
+use crate::model::{now_ms, Event, EventKind, Filter, InstanceRecord};
 use crate::protocol::connection::{client_preamble, FrameWriter, ReadError};
 use crate::protocol::{
     Codec, CommandResult, Compression, Connection, ErrorCode, Hello, Leave, Message, Ping, Query, Report, Role, Unwatch, Watch,
@@ -115,7 +115,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Co
                     _ => None,
                 };
                 // Report each failure streak once per registry list pass, not every retry.
-                if attempt as usize % n.max(1) == 0 {
+                if (attempt as usize).is_multiple_of(n.max(1)) {
                     let _ = task.shared.events.send(ClientEvent::Error { code, message: format!("{addr}: {e}") });
                 }
             }
@@ -273,7 +273,7 @@ impl Task {
 
     fn build_report(&mut self) -> Report {
         let s = &self.shared;
-        let mut metrics = self.sampler.as_mut().map(|x| x.sample()).unwrap_or_else(Metrics::default);
+        let mut metrics = self.sampler.as_mut().map(|x| x.sample()).unwrap_or_default();
         if !s.config.registration.hostname.is_empty() {
             metrics.host.hostname = Some(s.config.registration.hostname.clone());
         }
@@ -483,7 +483,7 @@ impl Task {
                 }
                 Some(Pending::Group(g, waiters)) => {
                     let mut cache = lock(&self.shared.cache);
-                    let gc = cache.entry(g).or_insert_with(GroupCache::default);
+                    let gc = cache.entry(g).or_default();
                     gc.instances = r.instances.into_iter().map(|i| (i.id.clone(), i)).collect();
                     gc.fresh = true;
                     drop(cache);
