@@ -291,6 +291,54 @@ pub fn peer_san_uris(conn: &rustls::ServerConnection) -> Vec<String> {
     }
 }
 
+/// Why a TLS handshake was refused because of the client's certificate (`--mtls`): an
+/// access-control refusal, audited and counted apart from handshakes that merely fail.
+#[cfg(feature = "server")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertRefusal {
+    /// `--mtls required` and the client presented none.
+    NoCertificate,
+    /// No CA this registry trusts signed the certificate.
+    UnknownCa,
+    /// Any other verification failure (expired, not yet valid, wrong key usage...).
+    BadCertificate,
+}
+
+#[cfg(feature = "server")]
+impl CertRefusal {
+    pub const ALL: [CertRefusal; 3] = [CertRefusal::NoCertificate, CertRefusal::UnknownCa, CertRefusal::BadCertificate];
+
+    /// The `reason` label in `/metrics` and in the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertRefusal::NoCertificate => "no-certificate",
+            CertRefusal::UnknownCa => "unknown-ca",
+            CertRefusal::BadCertificate => "bad-certificate",
+        }
+    }
+
+    /// Classifies the error of a server-side handshake (`tokio_rustls` wraps rustls' error
+    /// in the `io::Error`), with a sentence for the log. `None`: not a certificate refusal.
+    pub fn classify(e: &std::io::Error) -> Option<(CertRefusal, String)> {
+        use rustls::{CertificateError, Error as TlsError};
+        match e.get_ref()?.downcast_ref::<TlsError>()? {
+            TlsError::NoCertificatesPresented => {
+                Some((CertRefusal::NoCertificate, "presented no client certificate (--mtls required)".into()))
+            }
+            // BadSignature: the issuer's name is a trusted CA's but its key is not, as with a
+            // second development CA (`sfc certs init` names every CA alike) or a forgery.
+            TlsError::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => Some((
+                CertRefusal::UnknownCa,
+                "presented a client certificate from a CA this registry does not trust".into(),
+            )),
+            TlsError::InvalidCertificate(c) => {
+                Some((CertRefusal::BadCertificate, format!("presented a client certificate that failed verification: {c}")))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Reads all certificates of `src`; `kind` names it in errors ("certificate", "ca", ...).
 fn load_certs(src: &PemSource, kind: &str) -> Result<Vec<CertificateDer<'static>>> {
     let pem = src.read()?;

@@ -48,6 +48,10 @@ async fn connection_flood_beyond_max_connections_is_refused() {
     assert!(steady.is_connected());
     assert!(obs.query(Filter::group("flood")).await.unwrap().iter().all(|r| r.instance_id != "extra"));
     assert!(r.last_report_at.is_some());
+    // Audited, without a line per refused connection (at most one a second).
+    let log = reg.log();
+    let lines = log.lines().filter(|l| l.contains("sfc::audit") && l.contains("over --max-connections (4)")).count();
+    assert!((1..=5).contains(&lines), "{lines} audit lines for 5 refusals:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,4 +255,116 @@ async fn under_a_policy_only_admin_certificates_send_commands() {
     assert!(ok, "{err}");
     assert!(out.contains("pong") && out.contains("CN=ops"), "{out}");
     c.stop().await.unwrap();
+}
+
+/// `curl` against the HTTPS API: (succeeded, stdout, stderr).
+fn curl(url: &str, ca: &std::path::Path, cert: Option<(&std::path::Path, &std::path::Path)>) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["--silent", "--show-error", "--max-time", "20", "--noproxy", "*", "--cacert"]).arg(ca);
+    if let Some((c, k)) = cert {
+        cmd.arg("--cert").arg(c).arg("--key").arg(k);
+    }
+    let out = cmd.arg(url).output().expect("run curl (tests/setup.sh installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The value of one sample in Prometheus text, e.g. `name{a="b"}`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+}
+
+/// `--mtls required`: a client with no certificate, or with one from a CA the registry does not
+/// trust, is refused on the protocol port and on the HTTPS API. Each refusal is written to the
+/// audit log (who: the peer address; why: the reason) and counted in `/metrics`, and a client
+/// with a good certificate is served the whole time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_refusals_are_audited_and_counted() {
+    let reg = RegistryProc::start(&["--mtls", "required", "--http-tls"]);
+    // Another CA with its own client certificate, as `sfc certs init` makes them.
+    let foreign = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new(sfc_bin())
+        .args(["certs", "init", "--dir"])
+        .arg(foreign.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "sfc certs init: {}", String::from_utf8_lossy(&made.stderr));
+    let (fcert, fkey) = (foreign.path().join("client.pem"), foreign.path().join("client-key.pem"));
+    let (cert, key) = reg.client_cert();
+
+    let good = reg
+        .service("mtls", "good")
+        .cert(cert.display().to_string())
+        .key(key.display().to_string())
+        .start()
+        .unwrap();
+    good.wait_connected(LIMIT).await.unwrap();
+    let mut good_events = good.subscribe();
+
+    // The protocol port.
+    let bare = reg.service("mtls", "bare").start().unwrap();
+    let err = first_error(&bare).await;
+    assert!(err.contains("tls"), "no certificate: {err}");
+    let stranger = reg
+        .service("mtls", "stranger")
+        .cert(fcert.display().to_string())
+        .key(fkey.display().to_string())
+        .start()
+        .unwrap();
+    let err = first_error(&stranger).await;
+    assert!(err.contains("tls"), "foreign certificate: {err}");
+    assert!(!bare.is_connected() && !stranger.is_connected());
+    bare.stop().await.unwrap();
+    stranger.stop().await.unwrap();
+
+    // The HTTPS API.
+    let base = format!("https://{}", reg.http);
+    let ca = reg.ca();
+    let (ok, _, e) = curl(&format!("{base}/v1/fleet"), &ca, None);
+    assert!(!ok, "HTTPS without a certificate was served");
+    let (ok, _, e2) = curl(&format!("{base}/v1/fleet"), &ca, Some((&fcert, &fkey)));
+    assert!(!ok, "HTTPS with a foreign certificate was served");
+    eprintln!("curl without a certificate: {e}curl with a foreign one: {e2}");
+
+    // Counted: read with the good certificate.
+    let (ok, metrics, e) = curl(&format!("{base}/metrics"), &ca, Some((&cert, &key)));
+    assert!(ok, "metrics with the good certificate: {e}");
+    let series = |surface: &str, reason: &str| {
+        format!("sfc_registry_refused_certificates_total{{surface=\"{surface}\",reason=\"{reason}\"}}")
+    };
+    for (surface, reason) in [("protocol", "no-certificate"), ("protocol", "unknown-ca"), ("http", "no-certificate"), ("http", "unknown-ca")] {
+        assert!(sample(&metrics, &series(surface, reason)) >= 1.0, "{surface} {reason} not counted:\n{metrics}");
+    }
+    assert_eq!(sample(&metrics, &series("protocol", "bad-certificate")), 0.0);
+
+    // Audited: who and why, on the audit target.
+    let log = reg.log();
+    let audit: Vec<&str> = log.lines().filter(|l| l.contains("sfc::audit") && l.contains("refused: 127.0.0.1:")).collect();
+    for (surface, why) in [
+        ("protocol", "presented no client certificate"),
+        ("protocol", "from a CA this registry does not trust"),
+        ("http", "presented no client certificate"),
+        ("http", "from a CA this registry does not trust"),
+    ] {
+        assert!(
+            audit.iter().any(|l| l.contains(why) && l.contains(&format!("surface=\"{surface}\""))),
+            "no audit line for {surface}: {why} in:\n{}",
+            audit.join("\n")
+        );
+    }
+
+    // The good client was served throughout: still connected, online, and no error came to it.
+    assert!(good.is_connected());
+    let rec = good.query(Filter::group("mtls")).await.unwrap();
+    assert!(rec.iter().any(|r| r.instance_id == "good" && r.status == Status::Online), "{rec:?}");
+    assert!(rec.iter().all(|r| r.instance_id == "good"), "a refused client was recorded: {rec:?}");
+    while let Ok(ev) = good_events.try_recv() {
+        assert!(!matches!(ev, sfc::client::ClientEvent::Error { .. }), "the good client saw {ev:?}");
+    }
 }

@@ -344,6 +344,23 @@ fn mutating_calls_are_forbidden_until_an_admin_credential_is_configured() {
     assert_eq!((s, error_code(&e)), (403, "admin-disabled"));
     let (_, info) = get(&reg.url("/v1/registry"));
     assert_eq!(info["admin_enabled"], false);
+
+    // Both refusals are counted and audited (who, what, why).
+    let mut r = agent().get(&reg.url("/metrics")).call().expect("metrics");
+    let text = r.body_mut().read_to_string().unwrap();
+    assert!(
+        text.lines().any(|l| l == "sfc_registry_refused_admin_calls_total 2"),
+        "refusals not counted:\n{text}"
+    );
+    let log = reg.log();
+    for action in ["send a command", "deregister"] {
+        assert!(
+            log.lines().any(|l| l.contains("sfc::audit")
+                && l.contains(&format!("may not {action} over HTTP: mutating calls are disabled"))
+                && l.contains("refused: 127.0.0.1:")),
+            "no audit line for {action:?} in:\n{log}"
+        );
+    }
 }
 
 #[test]

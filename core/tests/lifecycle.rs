@@ -218,16 +218,7 @@ async fn mtls_required_rejects_a_client_without_certificate() {
     let reg = RegistryProc::start(&["--mtls", "required"]);
     // Without a certificate: the TLS handshake is refused and the client says so as an event.
     let bare = reg.service("sec", "no-cert").start().unwrap();
-    let mut ev = bare.subscribe();
-    let err = tokio::time::timeout(LIMIT, async {
-        loop {
-            if let Ok(ClientEvent::Error { message, .. }) = ev.recv().await {
-                return message;
-            }
-        }
-    })
-    .await
-    .expect("an error event");
+    let err = first_error(&bare).await;
     assert!(err.contains("tls"), "{err}");
     assert!(!bare.is_connected());
     bare.stop().await.unwrap();

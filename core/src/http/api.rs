@@ -212,7 +212,7 @@ pub async fn deregister(
     headers: HeaderMap,
     path: IdPath,
 ) -> ApiResult<Json<Value>> {
-    let by = authorize_admin(&s, &headers, &peer)?;
+    let by = authorize_admin(&s, &headers, &peer, "deregister")?;
     let (group, instance_id) = id_path(path)?;
     let id = InstanceRecord::make_id(&group, &instance_id);
     s.registry
@@ -248,7 +248,7 @@ pub async fn command(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     // Credentials first: an unauthorized caller learns nothing about the fleet.
-    let by = authorize_admin(&s, &headers, &peer)?;
+    let by = authorize_admin(&s, &headers, &peer, "send a command")?;
     let (group, instance_id) = id_path(path)?;
     let req: CommandRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid(format!(
@@ -490,11 +490,29 @@ pub async fn watch(
 
 /// Who may mutate: an admin token or listed admin subject (`--admin-token`, `--admin-subject`),
 /// or a client certificate that the identity policy (`--policy`) makes admin.
-fn authorize_admin(s: &AppState, headers: &axum::http::HeaderMap, peer: &super::access::Peer) -> ApiResult<String> {
+/// A refusal is written to the audit log (who: address and certificate subject; what they
+/// tried; why) and counted in `/metrics` (`sfc_registry_refused_admin_calls_total`).
+fn authorize_admin(
+    s: &AppState,
+    headers: &axum::http::HeaderMap,
+    peer: &super::access::Peer,
+    action: &str,
+) -> ApiResult<String> {
     if let (Some(policy), Some(subject)) = (&s.registry.config().policy, &peer.subject) {
         if policy.grant(Some(subject), &peer.uris).is_admin() {
             return Ok(format!("cert:{subject}"));
         }
     }
-    s.config.access.authorize(headers, peer)
+    s.config.access.authorize(headers, peer).inspect_err(|e| {
+        s.registry.stats().refused_admin_calls_total.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            target: "sfc::audit",
+            peer = %peer.addr,
+            subject = ?peer.subject,
+            action,
+            "refused: {} may not {action} over HTTP: {}",
+            peer.addr,
+            e.message
+        );
+    })
 }

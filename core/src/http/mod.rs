@@ -252,6 +252,7 @@ pub async fn serve_state(
         };
         let _ = tcp.set_nodelay(true);
         let (app, tls, stop) = (app.clone(), tls.clone(), state.shutdown.clone());
+        let registry = state.registry.clone();
         tracker.spawn(async move {
             match tls {
                 None => connection(tcp, Peer { addr, subject: None, uris: Vec::new() }, app, stop).await,
@@ -261,7 +262,15 @@ pub async fn serve_state(
                         let uris = crate::tls::peer_san_uris(stream.get_ref().1);
                         connection(stream, Peer { addr, subject, uris }, app, stop).await
                     }
-                    Ok(Err(e)) => tracing::debug!(target: "sfc::http", %addr, error = %e, "tls handshake failed"),
+                    Ok(Err(e)) => match crate::tls::CertRefusal::classify(&e) {
+                        Some((why, text)) => registry.stats().refused_certificates.refuse(
+                            crate::registry::Surface::Http,
+                            addr,
+                            why,
+                            &text,
+                        ),
+                        None => tracing::debug!(target: "sfc::http", %addr, error = %e, "tls handshake failed"),
+                    },
                     Err(_) => tracing::debug!(target: "sfc::http", %addr, "tls handshake timed out"),
                 },
             }

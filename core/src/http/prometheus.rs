@@ -139,6 +139,12 @@ pub fn render(registry: &Registry, figures: &SelfFigures) -> String {
             stats.refused_not_authorized_total.load(Relaxed),
         ),
         (
+            "sfc_registry_refused_admin_calls_total",
+            "counter",
+            "HTTP deregistrations and commands refused for want of an admin credential (401/403).",
+            stats.refused_admin_calls_total.load(Relaxed),
+        ),
+        (
             "sfc_registry_rate_limited_frames_total",
             "counter",
             "Frames dropped by the per-session rate limit (--max-frame-rate).",
@@ -176,6 +182,23 @@ pub fn render(registry: &Registry, figures: &SelfFigures) -> String {
         &[],
         figures.reports_per_second,
     );
+    {
+        use crate::registry::Surface;
+        use crate::tls::CertRefusal;
+        let name = "sfc_registry_refused_certificates_total";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "counter",
+            "TLS handshakes refused for the client certificate (--mtls), by surface and reason.",
+        );
+        for surface in Surface::ALL {
+            for why in CertRefusal::ALL {
+                let n = stats.refused_certificates.count(surface, why);
+                f.sample(name, &[("surface", surface.as_str()), ("reason", why.as_str())], n as f64);
+            }
+        }
+    }
     {
         let mut f = Family::new(
             &mut out,

@@ -96,8 +96,60 @@ pub struct Stats {
     pub refused_connections_total: AtomicU64,
     /// Hellos and legacy reports refused by `--policy`.
     pub refused_not_authorized_total: AtomicU64,
+    /// TLS handshakes refused for the client certificate, by surface and reason.
+    pub refused_certificates: CertRefusals,
+    /// HTTP deregistrations and commands refused for want of an admin credential.
+    pub refused_admin_calls_total: AtomicU64,
+    /// The second (Unix time) of the last connection-limit audit line.
+    pub(crate) refused_connections_logged_at: AtomicU64,
     /// Frames dropped by the per-session rate limit.
     pub rate_limited_total: AtomicU64,
+}
+
+/// Where a TLS handshake was refused.
+#[derive(Clone, Copy, Debug)]
+pub enum Surface {
+    /// The protocol port (`--listen`).
+    Protocol,
+    /// The HTTP API (`--http`) served over TLS.
+    Http,
+}
+
+impl Surface {
+    pub const ALL: [Surface; 2] = [Surface::Protocol, Surface::Http];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Surface::Protocol => "protocol",
+            Surface::Http => "http",
+        }
+    }
+}
+
+/// Counters of [`crate::tls::CertRefusal`]s, one per surface and reason.
+#[derive(Default)]
+pub struct CertRefusals([[AtomicU64; 3]; 2]);
+
+impl CertRefusals {
+    fn slot(&self, surface: Surface, why: crate::tls::CertRefusal) -> &AtomicU64 {
+        &self.0[surface as usize][why as usize]
+    }
+
+    pub fn count(&self, surface: Surface, why: crate::tls::CertRefusal) -> u64 {
+        self.slot(surface, why).load(Ordering::Relaxed)
+    }
+
+    /// Counts the refusal and writes the audit line: who (the peer address) and why.
+    pub fn refuse(&self, surface: Surface, peer: std::net::SocketAddr, why: crate::tls::CertRefusal, text: &str) {
+        self.slot(surface, why).fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            target: "sfc::audit",
+            %peer,
+            surface = surface.as_str(),
+            reason = why.as_str(),
+            "refused: {peer} {text}"
+        );
+    }
 }
 
 pub(crate) struct Shared {

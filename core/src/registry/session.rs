@@ -40,7 +40,19 @@ pub(crate) async fn run(reg: Registry, tcp: TcpStream, peer: SocketAddr, stop: b
 
 /// Answers a connection over `--max-connections` with an error frame, then closes it.
 pub(crate) async fn refuse(reg: Registry, tcp: TcpStream, peer: SocketAddr) {
-    tracing::warn!(target: "sfc::registry", %peer, "refused connection: over --max-connections");
+    // The audit line for a flood: at most one a second, with the running count, so that a
+    // flood of connections does not become a flood of log lines.
+    let stats = &reg.shared.stats;
+    let second = crate::model::now_ms() / 1000;
+    if stats.refused_connections_logged_at.swap(second, Ordering::Relaxed) != second {
+        tracing::warn!(
+            target: "sfc::audit",
+            %peer,
+            refused_so_far = stats.refused_connections_total.load(Ordering::Relaxed),
+            "refused: {peer} over --max-connections ({}); at most one such line a second",
+            reg.shared.config.max_connections
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(2).min(reg.shared.config.handshake_timeout);
     let Some((mut stream, _)) = accept_tls(&reg, tcp, peer, deadline).await else { return };
     let max = reg.shared.config.max_connections;
@@ -112,8 +124,12 @@ async fn accept_tls(
             Some((Either::Left(s), who))
         }
         Ok(Err(e)) => {
-            reg.shared.stats.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(target: "sfc::registry", %peer, error = %e, "tls handshake failed");
+            if let Some((why, text)) = crate::tls::CertRefusal::classify(&e) {
+                reg.shared.stats.refused_certificates.refuse(super::Surface::Protocol, peer, why, &text);
+            } else {
+                reg.shared.stats.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(target: "sfc::registry", %peer, error = %e, "tls handshake failed");
+            }
             None
         }
         Err(_) => {

@@ -33,6 +33,8 @@ pub struct RegistryProc {
     /// The HTTP API's address (always bound, on a port the OS assigns).
     pub http: String,
     pub data_dir: PathBuf,
+    /// Everything the registry wrote to stderr (its log), also echoed to ours.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -61,9 +63,21 @@ impl RegistryProc {
             .env_remove("SFC_ADMIN_TOKEN")
             .env("RUST_LOG", "sfc=info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start sfc registry");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let mut next = |prefix: &str| {
@@ -89,8 +103,15 @@ impl RegistryProc {
             addr,
             http,
             data_dir: data_dir.to_path_buf(),
+            log,
             _tmp: None,
         }
+    }
+
+    /// The registry's log so far (stderr, one line per event).
+    #[allow(dead_code)]
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     /// `http://<http address><path>`.
@@ -298,4 +319,19 @@ pub async fn raw_session(
     s.read_exact(&mut p).await.unwrap();
     let answer = read_message(&mut s).await;
     (s, answer)
+}
+
+/// The message of the first error event a client reports from now on.
+#[allow(dead_code)]
+pub async fn first_error(c: &sfc::client::Client) -> String {
+    let mut ev = c.subscribe();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(sfc::client::ClientEvent::Error { message, .. }) = ev.recv().await {
+                return message;
+            }
+        }
+    })
+    .await
+    .expect("an error event")
 }
