@@ -91,19 +91,34 @@ fn partitioned_client_goes_offline_within_its_window_and_comes_back() {
 
     // Registry in its namespace: interval 200 ms x 3 = a 600 ms window.
     let mut reg = net.exec(&net.reg, &sfc_bin());
-    reg.args(["registry", "--listen", &format!("{REG_IP}:0"), "--http", "off", "--missed-reports", "3", "--data-dir"])
+    reg.args(["registry", "--listen", &format!("{REG_IP}:0"), "--http", "127.0.0.1:0", "--missed-reports", "3", "--data-dir"])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let mut reg = Proc(reg.spawn().unwrap());
-    let line = {
+    let (line, http_line) = {
         use std::io::BufRead;
         let mut lines = std::io::BufReader::new(reg.0.stdout.take().unwrap()).lines();
         let l = lines.next().unwrap().unwrap();
+        let h = lines.next().unwrap().unwrap();
         std::thread::spawn(move || for _ in lines {});
-        l
+        (l, h)
     };
     let addr = line.strip_prefix("sfc registry listening on ").unwrap().split(' ').next().unwrap().to_string();
+    // The HTTP API on the registry namespace's own loopback, for its session count.
+    let http = http_line.strip_prefix("sfc http listening on ").unwrap().split(' ').next().unwrap().to_string();
+    let sessions = || -> u64 {
+        let out = net
+            .exec(&net.reg, std::path::Path::new("curl"))
+            .args(["--silent", "--show-error", "--max-time", "10", &format!("http://{http}/metrics")])
+            .output()
+            .expect("run curl (tests/setup.sh installs it)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix("sfc_registry_sessions ").and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or_else(|| panic!("no sfc_registry_sessions in:\n{text}")) as u64
+    };
     let reg_pid = reg.0.id();
 
     let status = || -> Vec<InstanceRecord> {
@@ -143,6 +158,16 @@ fn partitioned_client_goes_offline_within_its_window_and_comes_back() {
     wait("online", &|r| r.status == Status::Online);
     std::thread::sleep(Duration::from_millis(500));
     let (reg_fds, cli_fds) = (fds(reg_pid), fds(cli.0.id()));
+    // The client's session alone (an `sfc status` session just closed may take a moment to go).
+    let settle = Instant::now();
+    let sessions_before = loop {
+        let n = sessions();
+        if n == 1 || settle.elapsed() > Duration::from_secs(10) {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(sessions_before, 1, "sessions before the cut");
 
     net.link(false);
     let cut = Instant::now();
@@ -164,15 +189,17 @@ fn partitioned_client_goes_offline_within_its_window_and_comes_back() {
     // Once settled, the registry's sockets and the client's are what they were before the cut
     // (a socket being torn down may linger a moment; a leaked one never goes).
     let settle = Instant::now();
-    let (reg_after, cli_after) = loop {
-        let (r, c) = (fds(reg_pid), fds(cli.0.id()));
-        if (r <= reg_fds + 1 && c <= cli_fds + 1) || settle.elapsed() > Duration::from_secs(15) {
-            break (r, c);
+    // The registry's session tasks likewise: the cut session's task ended, the new one runs.
+    let (reg_after, cli_after, sessions_after) = loop {
+        let (r, c, n) = (fds(reg_pid), fds(cli.0.id()), sessions());
+        if (r <= reg_fds + 1 && c <= cli_fds + 1 && n == sessions_before) || settle.elapsed() > Duration::from_secs(15) {
+            break (r, c, n);
         }
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(reg_after <= reg_fds + 1, "registry fds {reg_fds} -> {reg_after}");
     assert!(cli_after <= cli_fds + 1, "client fds {cli_fds} -> {cli_after}");
+    assert_eq!(sessions_after, sessions_before, "registry session tasks after the partition healed");
     drop(cli);
     drop(reg);
 }
