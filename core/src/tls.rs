@@ -149,12 +149,15 @@ pub fn server_config(opts: &ServerTlsOptions) -> Result<Arc<ServerConfig>> {
             if opts.mtls == MtlsMode::Optional {
                 builder = builder.allow_unauthenticated();
             }
-            builder.build().map_err(|e| {
+            let verifier = builder.build().map_err(|e| {
                 Error::Tls(format!(
                     "cannot use {} for client verification: {e}",
                     ca.describe("client ca")
                 ))
-            })?
+            })?;
+            #[cfg(feature = "server")]
+            let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = Arc::new(NoteRefused(verifier));
+            verifier
         }
     };
 
@@ -291,6 +294,71 @@ pub fn peer_san_uris(conn: &rustls::ServerConnection) -> Vec<String> {
     }
 }
 
+std::thread_local! {
+    /// Subject of the last client certificate the verifier refused on this thread.
+    #[cfg(feature = "server")]
+    static REFUSED_SUBJECT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// WebPKI client verification, unchanged, except that it notes the subject of a certificate it
+/// refuses, for the audit line: rustls returns only the error. The note is thread-local, and
+/// reliable because verification runs inside the poll of the handshake future that then
+/// returns the error to [`CertRefusal::classify`], on the same thread.
+#[cfg(feature = "server")]
+#[derive(Debug)]
+struct NoteRefused(Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+#[cfg(feature = "server")]
+impl rustls::server::danger::ClientCertVerifier for NoteRefused {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verdict = self.0.verify_client_cert(end_entity, intermediates, now);
+        if verdict.is_err() {
+            let subject = x509_parser::parse_x509_certificate(end_entity).ok().map(|(_, c)| c.subject().to_string());
+            REFUSED_SUBJECT.with(|s| *s.borrow_mut() = subject);
+        }
+        verdict
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 /// Why a TLS handshake was refused because of the client's certificate (`--mtls`): an
 /// access-control refusal, audited and counted apart from handshakes that merely fail.
 #[cfg(feature = "server")]
@@ -329,13 +397,23 @@ impl CertRefusal {
             // second development CA (`sfc certs init` names every CA alike) or a forgery.
             TlsError::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => Some((
                 CertRefusal::UnknownCa,
-                "presented a client certificate from a CA this registry does not trust".into(),
+                format!("presented a client certificate{} from a CA this registry does not trust", claimed_subject()),
             )),
-            TlsError::InvalidCertificate(c) => {
-                Some((CertRefusal::BadCertificate, format!("presented a client certificate that failed verification: {c}")))
-            }
+            TlsError::InvalidCertificate(c) => Some((
+                CertRefusal::BadCertificate,
+                format!("presented a client certificate{} that failed verification: {c}", claimed_subject()),
+            )),
             _ => None,
         }
+    }
+}
+
+/// ` (subject "CN=..., O=...", unverified)` for the certificate just refused on this thread.
+#[cfg(feature = "server")]
+fn claimed_subject() -> String {
+    match REFUSED_SUBJECT.with(|s| s.borrow_mut().take()) {
+        Some(subject) => format!(" (subject {subject:?}, unverified)"),
+        None => String::new(),
     }
 }
 

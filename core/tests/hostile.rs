@@ -282,7 +282,8 @@ fn sample(metrics: &str, series: &str) -> f64 {
 
 /// `--mtls required`: a client with no certificate, or with one from a CA the registry does not
 /// trust, is refused on the protocol port and on the HTTPS API. Each refusal is written to the
-/// audit log (who: the peer address; why: the reason) and counted in `/metrics`, and a client
+/// audit log (who: the peer address and the subject the certificate claims; why: the reason)
+/// and counted in `/metrics`, and a client
 /// with a good certificate is served the whole time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_refusals_are_audited_and_counted() {
@@ -348,9 +349,9 @@ async fn mtls_refusals_are_audited_and_counted() {
     let audit: Vec<&str> = log.lines().filter(|l| l.contains("sfc::audit") && l.contains("refused: 127.0.0.1:")).collect();
     for (surface, why) in [
         ("protocol", "presented no client certificate"),
-        ("protocol", "from a CA this registry does not trust"),
+        ("protocol", "(subject \"CN=sfc-dev-client, O=sfc dev\", unverified) from a CA this registry does not trust"),
         ("http", "presented no client certificate"),
-        ("http", "from a CA this registry does not trust"),
+        ("http", "(subject \"CN=sfc-dev-client, O=sfc dev\", unverified) from a CA this registry does not trust"),
     ] {
         assert!(
             audit.iter().any(|l| l.contains(why) && l.contains(&format!("surface=\"{surface}\""))),
