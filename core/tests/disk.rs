@@ -1,5 +1,6 @@
 //! A full or read-only data directory: the registry keeps serving from memory, and once the
-//! disk recovers it writes what it missed. Uses a real tmpfs mount (needs root, as CI runs).
+//! disk recovers it writes what it missed. Uses a real tmpfs mount and a real ext4 image on a
+//! loop device (both need root, as CI runs).
 
 mod common;
 
@@ -29,6 +30,25 @@ impl Mount {
         }
         let m = Mount(dir.path().to_path_buf());
         Some((dir, m))
+    }
+
+    /// A 32 MiB ext4 image on a loop device, mounted with `errors=remount-ro`, and the name of
+    /// the loop device (`loop0`); None where this process may not (not root, no loop devices).
+    fn ext4() -> Option<(tempfile::TempDir, Mount, String)> {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, mnt) = (dir.path().join("disk.img"), dir.path().join("mnt"));
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
+        let run = |cmd: &mut Command| cmd.output().map(|o| o.status.success()).unwrap_or(false);
+        if !run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img))
+            || !run(Command::new("mount").args(["-o", "loop,errors=remount-ro"]).arg(&img).arg(&mnt))
+        {
+            return None;
+        }
+        let m = Mount(mnt.clone());
+        let src = Command::new("findmnt").args(["-n", "-o", "SOURCE"]).arg(&mnt).output().ok()?;
+        let dev = String::from_utf8_lossy(&src.stdout).trim().trim_start_matches("/dev/").to_string();
+        Some((dir, m, dev))
     }
 
     fn remount(&self, opt: &str) {
@@ -67,6 +87,24 @@ async fn history(reg: &RegistryProc) -> Vec<sfc::model::Event> {
     out
 }
 
+/// `<group>/during` joins and leaves while the disk is broken; a watcher sees both transitions.
+async fn join_and_leave_while_broken(reg: &RegistryProc, obs: &sfc::client::Client, group: &str) {
+    let mut w = obs.watch(Filter::group(group), false).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = reg.service(group, "during").start().unwrap();
+    b.wait_connected(LIMIT).await.unwrap();
+    b.stop().await.unwrap();
+    let id = format!("{group}/during");
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let ev = tokio::time::timeout(LIMIT, w.next()).await.expect("events while the disk is broken").unwrap();
+        if ev.id == id {
+            kinds.push(ev.kind);
+        }
+    }
+    assert_eq!(kinds, vec![EventKind::Joined, EventKind::Left]);
+}
+
 async fn serve_through_a_disk_fault(break_disk: impl Fn(&Path, &Mount), heal_disk: impl Fn(&Path, &Mount)) {
     let Some((dir, mount)) = Mount::tmpfs() else {
         eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs as root)");
@@ -80,19 +118,7 @@ async fn serve_through_a_disk_fault(break_disk: impl Fn(&Path, &Mount), heal_dis
 
     break_disk(dir.path(), &mount);
     // Transitions while the store fails: the registry keeps serving and broadcasting them.
-    let mut w = obs.watch(Filter::group("disk"), false).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let b = reg.service("disk", "during").start().unwrap();
-    b.wait_connected(LIMIT).await.unwrap();
-    b.stop().await.unwrap();
-    let mut kinds = Vec::new();
-    while kinds.len() < 2 {
-        let ev = tokio::time::timeout(LIMIT, w.next()).await.expect("events while the disk is broken").unwrap();
-        if ev.id == "disk/during" {
-            kinds.push(ev.kind);
-        }
-    }
-    assert_eq!(kinds, vec![EventKind::Joined, EventKind::Left]);
+    join_and_leave_while_broken(&reg, &obs, "disk").await;
     assert!(a.is_connected(), "the existing client was disturbed");
     // Said loudly on the operator surfaces.
     let (code, body) = get(&reg, "/readyz");
@@ -133,9 +159,7 @@ async fn full_data_directory() {
 }
 
 /// A data directory that is read-only when the registry starts (a volume mounted wrong): it
-/// serves from memory, and writes everything once the directory becomes writable. (A disk that
-/// turns read-only under a running registry cannot be made here: a tmpfs refuses to remount
-/// read-only while SQLite holds its file open.)
+/// serves from memory, and writes everything once the directory becomes writable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_data_directory_at_start() {
     let Some((dir, mount)) = Mount::tmpfs() else {
@@ -165,5 +189,49 @@ async fn read_only_data_directory_at_start() {
     for id in ["ro/first", "ro/second"] {
         assert!(h.iter().any(|e| e.id == id && e.kind == EventKind::Joined), "{id} joined missing: {h:?}");
     }
+    drop(mount);
+}
+
+/// A disk that turns read-only under a running registry, as ext4 does on an I/O error with
+/// `errors=remount-ro`: the error is raised through ext4's own `trigger_fs_error` knob on a real
+/// ext4 image. The registry keeps serving and broadcasting from memory and says so on its
+/// operator surfaces; the clients already there are not disturbed. (The file system stays
+/// read-only until an operator repairs it, so there is no recovery step here; recovery from a
+/// full disk is in `full_data_directory`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_directory_turns_read_only_while_serving() {
+    let Some((_img, mount, dev)) = Mount::ext4() else {
+        eprintln!("SKIPPED: mounting an ext4 image needs root and loop devices (CI runs as root)");
+        return;
+    };
+    let data = mount.0.join("sfc");
+    let reg = RegistryProc::start_at("127.0.0.1:0", &data, &[]);
+    let obs = reg.observer();
+    let a = reg.service("rorun", "before").start().unwrap();
+    a.wait_connected(LIMIT).await.unwrap();
+    wait_record(&obs, "rorun/before", LIMIT, "online", |r| r.status == Status::Online).await;
+    assert_eq!(get(&reg, "/readyz").0, 200);
+
+    std::fs::write(format!("/sys/fs/ext4/{dev}/trigger_fs_error"), "sfc disk test").expect("trigger an ext4 error");
+    assert!(
+        std::fs::write(data.join("probe"), "x").is_err(),
+        "the file system should be read-only now"
+    );
+
+    // Transitions while the disk is read-only: served and broadcast from memory.
+    join_and_leave_while_broken(&reg, &obs, "rorun").await;
+    let recs = obs.query(Filter::group("rorun")).await.unwrap();
+    assert!(recs.iter().any(|r| r.id == "rorun/during" && r.status == Status::Left), "{recs:?}");
+    assert!(a.is_connected(), "the existing client was disturbed");
+    wait_record(&obs, "rorun/before", LIMIT, "still online", |r| r.status == Status::Online).await;
+
+    // Said on the operator surfaces and in the log.
+    let (code, body) = get(&reg, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("store-failing"), "{body}");
+    assert!(get(&reg, "/metrics").1.contains("sfc_registry_store_up 0"));
+    assert!(reg.log().contains("STORE FAILING"), "{}", reg.log());
+    drop(obs);
+    drop(reg);
     drop(mount);
 }
