@@ -369,3 +369,64 @@ async fn mtls_refusals_are_audited_and_counted() {
         assert!(!matches!(ev, sfc::client::ClientEvent::Error { .. }), "the good client saw {ev:?}");
     }
 }
+
+/// `command-result` frames pass the rate limit only as answers to commands the registry sent:
+/// a flood of results that answer nothing is limited like any other traffic, while a real
+/// answer gets through even when the flood has emptied the session's budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_results_pass_the_rate_limit_only_as_answers() {
+    let reg = RegistryProc::start(&["--max-frame-rate", "20", "--admin-token", "t0ken"]);
+    let (mut s, w) = raw_session(&reg, Some(("cr", "flooder")), None).await;
+    assert!(matches!(w, Message::Welcome(_)));
+    let obs = reg.observer();
+    wait_record(&obs, "cr/flooder", LIMIT, "online", |r| r.status == Status::Online).await;
+
+    // 500 results to commands never sent, then leave (which always passes).
+    let mut burst = Vec::new();
+    for id in 0..500u64 {
+        burst.extend(frame(format!(r#"{{"type":"command-result","command_id":{},"ok":true}}"#, 1_000_000 + id).as_bytes()));
+    }
+    s.write_all(&burst).await.unwrap();
+    let (mut unknown, mut limited) = (0, 0);
+    // A command sent over HTTP while the budget is spent: its result must still get through.
+    let url = reg.url("/v1/instances/cr/flooder/commands");
+    let http = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).proxy(None).build().into();
+        let mut r = agent
+            .post(&url)
+            .header("authorization", "Bearer t0ken")
+            .send_json(serde_json::json!({"command": "ping-me", "timeout": "15s"}))
+            .expect("command call");
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    });
+    loop {
+        match tokio::time::timeout(LIMIT, read_message(&mut s)).await.expect("frames from the registry") {
+            Message::Error(e) if e.code == ErrorCode::InvalidField => {
+                assert!(e.message.contains("unknown or no longer awaited"), "{}", e.message);
+                unknown += 1;
+            }
+            Message::Error(e) if e.code == ErrorCode::RateLimited => limited += 1,
+            Message::Command(c) => {
+                // Spend the budget again first, then answer.
+                let mut out = Vec::new();
+                for id in 0..100u64 {
+                    out.extend(frame(format!(r#"{{"type":"command-result","command_id":{},"ok":true}}"#, 2_000_000 + id).as_bytes()));
+                }
+                out.extend(frame(
+                    format!(r#"{{"type":"command-result","command_id":{},"ok":true,"result":"pong"}}"#, c.command_id).as_bytes(),
+                ));
+                out.extend(frame(br#"{"type":"leave","reason":null}"#));
+                s.write_all(&out).await.unwrap();
+            }
+            Message::Leave(_) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let (status, body) = http.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((v["ok"].as_bool(), v["result"].as_str()), (Some(true), Some("pong")), "{body}");
+    assert!(limited >= 1, "results that answer nothing were never rate-limited");
+    assert!(unknown < 600, "{unknown} of 600 unanswerable results reached the registry's state");
+    eprintln!("600 unanswerable results: {unknown} refused as unknown, the rest dropped by the limit ({limited} rate-limited errors)");
+}

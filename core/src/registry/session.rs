@@ -291,8 +291,10 @@ async fn serve_stream<S>(
         role = ?hello.role, client = ?hello.client, "session opened");
 
     let writer_done = CancellationToken::new();
-    let writer_task = tokio::spawn(write_loop(writer, rx, writer_done.clone()));
+    let commands_sent = CommandsSent::default();
+    let writer_task = tokio::spawn(write_loop(writer, rx, writer_done.clone(), commands_sent.clone()));
     let mut session = Session {
+        commands_sent,
         reg: reg.clone(),
         id: session_id,
         instance,
@@ -360,6 +362,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: FrameWriter<W>,
     mut rx: mpsc::Receiver<Box<Outbound>>,
     done: CancellationToken,
+    commands_sent: CommandsSent,
 ) {
     let _guard = done.drop_guard();
     'outer: while let Some(first) = rx.recv().await {
@@ -367,7 +370,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         // Batch whatever is already queued into one flush.
         while let Some(ob) = next.take() {
             let res = match *ob {
-                Outbound::Send(m) => writer.feed(&m).await,
+                Outbound::Send(m) => {
+                    if let Message::Command(c) = &m {
+                        commands_sent.sent(c.command_id);
+                    }
+                    writer.feed(&m).await
+                }
                 Outbound::Close(m) => {
                     let _ = writer.feed(&m).await;
                     let _ = writer.shutdown().await;
@@ -381,6 +389,36 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         if writer.flush().await.is_err() {
             break;
+        }
+    }
+}
+
+/// Ids of the commands the writer sent to this client and not yet answered: the reader lets
+/// their results past the rate limit. Per session, and bounded: a client that never answers
+/// keeps only the newest [`CommandsSent::KEEP`] (the rest are answered as ordinary frames).
+#[derive(Clone, Default)]
+struct CommandsSent(Arc<std::sync::Mutex<std::collections::VecDeque<u64>>>);
+
+impl CommandsSent {
+    const KEEP: usize = 256;
+
+    fn sent(&self, id: u64) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() == Self::KEEP {
+            q.pop_front();
+        }
+        q.push_back(id);
+    }
+
+    /// Whether `id` answers a command sent here (and forgets it).
+    fn answered(&self, id: u64) -> bool {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match q.iter().position(|&x| x == id) {
+            Some(i) => {
+                q.remove(i);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -402,6 +440,8 @@ struct WatchSub {
 }
 
 struct Session {
+    /// Commands written to this client: each earns its `command-result` a pass past the rate limit.
+    commands_sent: CommandsSent,
     reg: Registry,
     id: u64,
     instance: Option<String>,
@@ -490,7 +530,14 @@ impl Session {
                         let now = Instant::now();
                         sleep.as_mut().reset(now + liveness);
                         // Leave and command results always pass: they end work, not add it.
-                        let exempt = matches!(msg, Message::Leave(_) | Message::CommandResult(_));
+                        // Leave always passes, and one command result per command sent: they
+                        // end work rather than add it. Results beyond that (answers to nothing)
+                        // are traffic like any other.
+                        let exempt = match &msg {
+                            Message::Leave(_) => true,
+                            Message::CommandResult(r) => self.commands_sent.answered(r.command_id),
+                            _ => false,
+                        };
                         if !exempt && !self.limit.allow(now) {
                             self.reg.shared.stats.rate_limited_total.fetch_add(1, Ordering::Relaxed);
                             if let Some(n) = self.limit.warning(now) {
