@@ -126,7 +126,7 @@ impl Fleet {
     }
 
     pub fn group_of(&self, index: usize) -> &'static str {
-        if index % self.lat_stride == 0 {
+        if index.is_multiple_of(self.lat_stride) {
             LAT_GROUP
         } else {
             GROUP

@@ -221,7 +221,7 @@ impl ClientBuilder {
         self
     }
 
-    fn from_env(&self, name: &str) -> Option<String> {
+    fn env_var(&self, name: &str) -> Option<String> {
         if self.no_env {
             None
         } else {
@@ -233,7 +233,7 @@ impl ClientBuilder {
     pub fn build(self) -> Result<ClientConfig> {
         let mut registries: Vec<String> = self.registries.iter().map(|s| s.trim().to_string()).collect();
         if registries.is_empty() {
-            if let Some(v) = self.from_env("SFC_REGISTRY") {
+            if let Some(v) = self.env_var("SFC_REGISTRY") {
                 registries = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
             }
         }
@@ -247,8 +247,8 @@ impl ClientBuilder {
         crate::limits::check_interval_ms(interval.as_millis() as u64)?;
         let mut registration = Registration::default();
         if self.role == Role::Service {
-            let group = self.group.clone().or_else(|| self.from_env("SFC_GROUP"));
-            let service = self.service.clone().or_else(|| self.from_env("SFC_SERVICE"));
+            let group = self.group.clone().or_else(|| self.env_var("SFC_GROUP"));
+            let service = self.service.clone().or_else(|| self.env_var("SFC_SERVICE"));
             let (group, service) = match (group, service) {
                 (Some(g), Some(s)) => (g, s),
                 (Some(g), None) => (g.clone(), g),
@@ -262,7 +262,7 @@ impl ClientBuilder {
             let instance_id = self
                 .instance_id
                 .clone()
-                .or_else(|| self.from_env("SFC_INSTANCE_ID"))
+                .or_else(|| self.env_var("SFC_INSTANCE_ID"))
                 .unwrap_or_else(|| format!("{hostname}-{pid}"));
             registration = Registration {
                 group,
@@ -285,7 +285,7 @@ impl ClientBuilder {
             None
         } else {
             let pick = |v: &Option<PemSource>, var: &str| {
-                v.clone().or_else(|| self.from_env(var).map(|s| PemSource::parse(&s)))
+                v.clone().or_else(|| self.env_var(var).map(|s| PemSource::parse(&s)))
             };
             let opts = ClientTlsOptions {
                 ca: pick(&self.ca, "SFC_CA"),
