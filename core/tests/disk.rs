@@ -195,28 +195,27 @@ async fn read_only_data_directory_at_start() {
 /// A disk that turns read-only under a running registry, as ext4 does on an I/O error with
 /// `errors=remount-ro`: the error is raised through ext4's own `trigger_fs_error` knob on a real
 /// ext4 image. The registry keeps serving and broadcasting from memory and says so on its
-/// operator surfaces; the clients already there are not disturbed. (The file system stays
-/// read-only until an operator repairs it, so there is no recovery step here; recovery from a
-/// full disk is in `full_data_directory`.)
+/// operator surfaces; the clients already there are not disturbed. Then the operator repairs
+/// the disk as one would (unmount, `e2fsck`, mount again in place): the registry has let go of
+/// the file, opens it afresh, writes what it missed, and says it is healthy again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_directory_turns_read_only_while_serving() {
-    let Some((_img, mount, dev)) = Mount::ext4() else {
+    let Some((img, mount, dev)) = Mount::ext4() else {
         eprintln!("SKIPPED: mounting an ext4 image needs root and loop devices (CI runs as root)");
         return;
     };
     let data = mount.0.join("sfc");
-    let reg = RegistryProc::start_at("127.0.0.1:0", &data, &[]);
+    let mut reg = RegistryProc::start_at("127.0.0.1:0", &data, &[]);
     let obs = reg.observer();
     let a = reg.service("rorun", "before").start().unwrap();
     a.wait_connected(LIMIT).await.unwrap();
     wait_record(&obs, "rorun/before", LIMIT, "online", |r| r.status == Status::Online).await;
     assert_eq!(get(&reg, "/readyz").0, 200);
 
+    // What was written so far reaches the image; then the file system fails.
+    assert!(Command::new("sync").status().unwrap().success());
     std::fs::write(format!("/sys/fs/ext4/{dev}/trigger_fs_error"), "sfc disk test").expect("trigger an ext4 error");
-    assert!(
-        std::fs::write(data.join("probe"), "x").is_err(),
-        "the file system should be read-only now"
-    );
+    assert!(std::fs::write(data.join("probe"), "x").is_err(), "the file system should be read-only now");
 
     // Transitions while the disk is read-only: served and broadcast from memory.
     join_and_leave_while_broken(&reg, &obs, "rorun").await;
@@ -231,7 +230,44 @@ async fn data_directory_turns_read_only_while_serving() {
     assert!(body.contains("store-failing"), "{body}");
     assert!(get(&reg, "/metrics").1.contains("sfc_registry_store_up 0"));
     assert!(reg.log().contains("STORE FAILING"), "{}", reg.log());
-    drop(obs);
+
+    // The repair. A plain (not lazy) unmount succeeds only once the registry holds no file
+    // on it; it retries the store in the background, so the unmount is tried until it lands.
+    let mnt = mount.0.clone();
+    let image = img.path().join("disk.img");
+    let start = std::time::Instant::now();
+    loop {
+        let out = Command::new("umount").arg(&mnt).output().unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(start.elapsed() < LIMIT, "the registry keeps the broken file system busy: {}", String::from_utf8_lossy(&out.stderr));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fsck = Command::new("e2fsck").args(["-f", "-y"]).arg(&image).output().unwrap();
+    assert!(matches!(fsck.status.code(), Some(0..=2)), "e2fsck: {}", String::from_utf8_lossy(&fsck.stdout));
+    let st = Command::new("mount").args(["-o", "loop,errors=remount-ro"]).arg(&image).arg(&mnt).status().unwrap();
+    assert!(st.success(), "mount the repaired image again");
+
+    // The next transition finds the store again, and everything it missed is written.
+    let c = reg.service("rorun", "after").start().unwrap();
+    c.wait_connected(LIMIT).await.unwrap();
+    wait_record(&obs, "rorun/after", LIMIT, "online", |r| r.status == Status::Online).await;
+    eventually(LIMIT, "/readyz 200 after the repair", || (get(&reg, "/readyz").0 == 200).then_some(())).await;
+    assert!(get(&reg, "/metrics").1.contains("sfc_registry_store_up 1"));
+    drop((a, c, obs));
+    reg.kill();
+
+    let reg = RegistryProc::start_at("127.0.0.1:0", &data, &[]);
+    let h = history(&reg).await;
+    for (id, kind) in [
+        ("rorun/before", EventKind::Joined),
+        ("rorun/during", EventKind::Joined),
+        ("rorun/during", EventKind::Left),
+        ("rorun/after", EventKind::Joined),
+    ] {
+        assert!(h.iter().any(|e| e.id == id && e.kind == kind), "{id} {kind:?} missing after restart: {h:?}");
+    }
     drop(reg);
     drop(mount);
 }

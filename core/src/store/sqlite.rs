@@ -86,17 +86,22 @@ impl SqliteStore {
         Ok(conn)
     }
 
-    /// Runs `f` on the connection, opening it first if it is not open yet.
+    /// Runs `f` on the connection, opening it first if it is not open yet. A failed operation
+    /// drops the connection, and the next one opens the file again: a connection whose file
+    /// system went away (turned read-only, remounted after a repair, the volume replaced)
+    /// never recovers by itself, while a fresh open finds the repaired file.
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
         let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
             *guard = Some(Self::connect(&self.path)?);
             tracing::warn!(target: "sfc::store", path = %self.path.display(), "store opened");
         }
-        match guard.as_mut() {
-            Some(c) => f(c),
-            None => Err(Error::invalid("store", "not open")),
+        let Some(c) = guard.as_mut() else { return Err(Error::invalid("store", "not open")) };
+        let out = f(c);
+        if out.is_err() {
+            *guard = None;
         }
+        out
     }
 
     fn err(&self, what: &str, e: rusqlite::Error) -> Error {
