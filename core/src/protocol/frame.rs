@@ -287,7 +287,9 @@ fn decompress_zstd(body: &[u8], max: usize) -> Result<Vec<u8>, ProtocolError> {
     };
     let decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(bad)?;
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max));
-    decoder.take(max as u64 + 1).read_to_end(&mut out).map_err(bad)?;
+    // One byte past the limit tells "too large" from "exactly max"; saturating, as `max` may be
+    // `usize::MAX` (no limit), which once overflowed here (found by fuzzing).
+    decoder.take((max as u64).saturating_add(1)).read_to_end(&mut out).map_err(bad)?;
     if out.len() > max {
         return Err(ProtocolError::new(
             ErrorCode::FrameTooLarge,
@@ -441,6 +443,9 @@ mod tests {
         // Threshold 0: a result of three records is compressed.
         let w = Wire { threshold: 0, ..Wire::new(Codec::Protobuf, Some(Compression::Zstd)) };
         assert_eq!(w.encode(&msgs[7])[0], FLAG_ZSTD);
+        // No limit (`usize::MAX`) on a compressed frame: the limit check once overflowed here
+        // (found by the pb_decode fuzz target; its input is in fuzz/corpus/pb_decode/).
+        assert_eq!(w.decode(&w.encode(&msgs[7]), usize::MAX).unwrap(), msgs[7]);
     }
 
     #[test]
