@@ -11,10 +11,10 @@ export SFC_TEST_OUT ?= $(CURDIR)/target/test-out
 test: build test-rust test-etcd test-bench-smoke test-node test-browser test-c test-go test-fuzz
 	@echo "make test: all suites passed"
 
-# setup.sh first: building sfc-core's `etcd` feature needs protoc.
+# setup.sh first: building the `etcd` feature (sfc-registry's, through sfc's) needs protoc.
 # Every debug-profile cargo call below selects the same packages and features as this one
-# (`--workspace --features sfc-core/etcd`), so that none of them builds the tree a second time.
-WS := --workspace --features sfc-core/etcd
+# (`--workspace --features sfc/etcd`), so that none of them builds the tree a second time.
+WS := --workspace --features sfc/etcd
 build:
 	bash tests/setup.sh
 	$(CARGO) build $(WS) --all-targets
@@ -57,7 +57,7 @@ test-browser: build
 	bash tests/setup.sh
 	node --test tests/browser/
 
-# etcd mode (core/tests/etcd.rs): real etcd members on loopback ports, real registries and
+# etcd mode (crates/sfc/tests/etcd.rs): real etcd members on loopback ports, real registries and
 # clients. The tests are #[ignore]d in plain `cargo test` because they need Debian's etcd-server.
 test-etcd: build
 	$(CARGO) test $(WS) --test etcd -- --ignored --test-threads 1

@@ -13,7 +13,7 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
 }
 
-# --- etcd store (core/tests/etcd.rs): etcd-client needs protoc to build (so `make build`
+# --- etcd store (crates/sfc/tests/etcd.rs): etcd-client needs protoc to build (so `make build`
 # runs this script first), and the tests run a real etcd on loopback ---
 if ! command -v protoc >/dev/null; then
     apt_install protobuf-compiler

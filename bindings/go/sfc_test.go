@@ -19,7 +19,7 @@ import (
 )
 
 // The registry every test talks to: the real `sfc registry` binary (target/debug/sfc, built
-// by `cargo build -p sfc-core --bins`), on a loopback port the OS picks, with real TLS.
+// by `cargo build -p sfc --bins`), on a loopback port the OS picks, with real TLS.
 var (
 	registryAddr string
 	httpAddr     string
@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) int {
 	bin, err := filepath.Abs("../../target/debug/sfc")
 	if err != nil || fileMissing(bin) {
-		fmt.Fprintf(os.Stderr, "%s is missing: run `cargo build -p sfc-core --bins` first\n", bin)
+		fmt.Fprintf(os.Stderr, "%s is missing: run `cargo build -p sfc --bins` first\n", bin)
 		return 1
 	}
 	dir, err := os.MkdirTemp("", "sfc-go-test-")

@@ -5,8 +5,8 @@ use std::ffi::{c_char, c_int};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use sfc_core::client::{Client, ClientEvent, LookupOptions};
-use sfc_core::model::{Filter, Health};
+use ::sfc_client::{Client, ClientEvent, LookupOptions};
+use ::sfc_client::model::{Filter, Health};
 use tokio::sync::{broadcast, watch};
 
 use crate::arg::{into_c_string, json_arg, millis, opt_str_arg, out_arg, ref_arg, str_arg};
@@ -455,7 +455,7 @@ pub unsafe extern "C" fn sfc_client_next_event(
             Some(Ok(ev)) => sfc_event::from_client_event(ev)?,
             Some(Err(broadcast::error::RecvError::Lagged(n))) => sfc_event::lagged(n)?,
             Some(Err(broadcast::error::RecvError::Closed)) | None => {
-                return Err(sfc_core::Error::Stopped.into())
+                return Err(::sfc_client::Error::Stopped.into())
             }
         };
         *out = Box::into_raw(ev);

@@ -2,8 +2,8 @@
 
 use std::ffi::c_char;
 
-use sfc_core::client::ClientBuilder;
-use sfc_core::model::{ApiDescription, ApiKind, Endpoint};
+use ::sfc_client::ClientBuilder;
+use ::sfc_client::model::{ApiDescription, ApiKind, Endpoint};
 
 use crate::arg::{millis, mut_arg, opt_str_arg, str_arg};
 use crate::error::{run, sfc_status, FfiError};

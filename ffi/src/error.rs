@@ -57,7 +57,7 @@ pub(crate) enum FfiError {
     #[error("invalid {what}: {why}")]
     Json { what: &'static str, why: String },
     #[error(transparent)]
-    Core(#[from] sfc_core::Error),
+    Core(#[from] ::sfc_client::Error),
     #[error("no event within {0} ms")]
     NoEvent(u64),
     #[error("panic in libsfc: {0}")]
@@ -66,7 +66,7 @@ pub(crate) enum FfiError {
 
 impl FfiError {
     pub(crate) fn status(&self) -> sfc_status {
-        use sfc_core::Error as E;
+        use ::sfc_client::Error as E;
         match self {
             FfiError::Null(_) => sfc_status::NullArgument,
             FfiError::Utf8(_) => sfc_status::InvalidUtf8,

@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, CString};
 
-use sfc_core::client::ClientEvent;
+use ::sfc_client::ClientEvent;
 
 use crate::error::FfiError;
 

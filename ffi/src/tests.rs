@@ -11,9 +11,9 @@ use crate::client::*;
 use crate::config::*;
 use crate::event::*;
 use crate::*;
-use sfc_core::model::{Filter, Status};
-use sfc_core::registry::{self, Registry, RegistryConfig};
-use sfc_core::tls::{MtlsMode, PemSource, ServerTlsOptions};
+use ::sfc_client::model::{Filter, Status};
+use sfc_registry::registry::{self, Registry, RegistryConfig};
+use sfc_registry::tls::{MtlsMode, PemSource, ServerTlsOptions};
 
 fn c(s: &str) -> CString {
     CString::new(s).unwrap()
@@ -51,8 +51,8 @@ struct TestRegistry {
 impl TestRegistry {
     fn start() -> TestRegistry {
         let dir = tempfile::tempdir().unwrap();
-        let paths = sfc_core::certs::init(dir.path(), &["127.0.0.1".to_string()]).unwrap();
-        let tls = sfc_core::tls::server_config(&ServerTlsOptions {
+        let paths = sfc_registry::certs::init(dir.path(), &["127.0.0.1".to_string()]).unwrap();
+        let tls = sfc_registry::tls::server_config(&ServerTlsOptions {
             cert: PemSource::File(paths.server.clone()),
             key: PemSource::File(paths.server_key.clone()),
             mtls: MtlsMode::Off,

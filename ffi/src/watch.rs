@@ -4,7 +4,7 @@ use std::ffi::c_char;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use sfc_core::client::{Client, WatchStream};
+use ::sfc_client::{Client, WatchStream};
 
 use crate::arg::{into_c_string, out_arg, ref_arg};
 use crate::client::to_json;
@@ -68,7 +68,7 @@ pub unsafe extern "C" fn sfc_watch_next(
                 Err(_) => return Err(FfiError::NoEvent(timeout_ms)),
             }
         };
-        let ev = got.ok_or(sfc_core::Error::Stopped)?;
+        let ev = got.ok_or(::sfc_client::Error::Stopped)?;
         *out = into_c_string(to_json(&ev, "event")?, "event")?;
         Ok(())
     })

@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sfc::protocol::connection::{FrameReader, ReadError};
-use sfc::protocol::ErrorCode;
+use sfc_registry::protocol::connection::{FrameReader, ReadError};
+use sfc_registry::protocol::ErrorCode;
 use sfc_fuzz::{block_on, check_error, check_round_trip, Chunked, DECODE_CODES};
 
 /// Small, so the fuzzer reaches the limit with small inputs.

@@ -5,10 +5,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sfc::protocol::connection::{FrameReader, ReadError};
-use sfc::protocol::frame::{self, PREAMBLE_LEN};
-use sfc::protocol::{legacy, ErrorCode, Message};
-use sfc::registry::Registry;
+use sfc_registry::protocol::connection::{FrameReader, ReadError};
+use sfc_registry::protocol::frame::{self, PREAMBLE_LEN};
+use sfc_registry::protocol::{legacy, ErrorCode, Message};
+use sfc_registry::registry::Registry;
 use sfc_fuzz::{block_on, check_error, check_hello, Chunked, DECODE_CODES};
 
 thread_local! {
@@ -21,8 +21,8 @@ fuzz_target!(|data: &[u8]| {
         // serve_legacy: parse, then the same limits a v1 hello gets.
         match legacy::parse(data) {
             Ok(doc) => {
-                let _ = sfc::limits::check_registration(&doc.registration)
-                    .and_then(|_| sfc::limits::check_interval_ms(doc.interval_ms));
+                let _ = sfc_registry::limits::check_registration(&doc.registration)
+                    .and_then(|_| sfc_registry::limits::check_interval_ms(doc.interval_ms));
             }
             Err(e) => check_error(
                 &e,

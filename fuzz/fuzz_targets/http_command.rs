@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use libfuzzer_sys::fuzz_target;
 use percent_encoding::{percent_encode, NON_ALPHANUMERIC};
-use sfc::http::{Access, AppState, HttpConfig, Peer};
+use sfc_registry::http::{Access, AppState, HttpConfig, Peer};
 use tower::ServiceExt;
 
 const TOKEN: &str = "fuzz-token";
@@ -18,7 +18,7 @@ const TOKEN: &str = "fuzz-token";
 thread_local! {
     static APP: axum::Router = {
         let config = HttpConfig { access: Access::new(Some(TOKEN.into()), Vec::new()), ..Default::default() };
-        sfc::http::router(AppState::new(sfc_fuzz::registry(), config))
+        sfc_registry::http::router(AppState::new(sfc_fuzz::registry(), config))
     };
 }
 

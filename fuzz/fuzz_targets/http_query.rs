@@ -38,7 +38,7 @@ const LOOSE: &AsciiSet = &CONTROLS
     .add(b']');
 
 thread_local! {
-    static APP: axum::Router = sfc::http::router(sfc::http::AppState::new(sfc_fuzz::registry(), Default::default()));
+    static APP: axum::Router = sfc_registry::http::router(sfc_registry::http::AppState::new(sfc_fuzz::registry(), Default::default()));
 }
 
 fuzz_target!(|data: &[u8]| {

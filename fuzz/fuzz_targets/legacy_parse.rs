@@ -1,4 +1,4 @@
-//! The legacy-format parser (`sfc::protocol::legacy::parse`), the one JSON document an
+//! The legacy-format parser (`sfc_registry::protocol::legacy::parse`), the one JSON document an
 //! original Node client sends per connection. Raw bytes, or (input starting with a 0 byte) a
 //! document built from the fuzzer's input with the original field names and edge values for
 //! the numbers and the time that the parser converts.
@@ -6,8 +6,8 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use sfc::protocol::legacy::{self, LegacyAction};
-use sfc::protocol::ErrorCode;
+use sfc_registry::protocol::legacy::{self, LegacyAction};
+use sfc_registry::protocol::ErrorCode;
 use sfc_fuzz::{check_error, push_str, Json};
 
 const ACTIONS: &[&str] = &["HEALTH", "JOIN", "LEAVE", "health", ""];
@@ -137,8 +137,8 @@ fn check(bytes: &[u8]) {
             );
             assert_eq!(r.instance_id, r.hostname);
             // What serve_legacy does next.
-            if sfc::limits::check_registration(r)
-                .and_then(|_| sfc::limits::check_interval_ms(doc.interval_ms))
+            if sfc_registry::limits::check_registration(r)
+                .and_then(|_| sfc_registry::limits::check_interval_ms(doc.interval_ms))
                 .is_ok()
             {
                 let _window = std::time::Duration::from_millis(doc.interval_ms) * 3;

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sfc::registry::Registry;
+use sfc_registry::registry::Registry;
 
 thread_local! {
     static REG: Registry = sfc_fuzz::registry();

@@ -6,8 +6,8 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use sfc::protocol::MESSAGE_TYPES;
-use sfc::registry::Registry;
+use sfc_registry::protocol::MESSAGE_TYPES;
+use sfc_registry::registry::Registry;
 use sfc_fuzz::{object_fields, push_str, render_object, Key};
 
 thread_local! {

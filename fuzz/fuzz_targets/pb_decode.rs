@@ -6,8 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sfc::protocol::{Codec, Compression, ErrorCode, Wire};
-use sfc::registry::Registry;
+use sfc_registry::protocol::{Codec, Compression, ErrorCode, Wire};
+use sfc_registry::registry::Registry;
 
 thread_local! {
     static REG: Registry = sfc_fuzz::registry();

@@ -178,6 +178,6 @@ def dictionary():
 
 dictionary()
 
-# Inputs that crashed a target once (core/tests/fuzz_regressions.rs feeds them again).
+# Inputs that crashed a target once (crates/sfc/tests/fuzz_regressions.rs feeds them again).
 put("message_decode", "regress-sent-at-2pow63.json", b'{"type":"report","sent_at":9223372036854775808}')
 put("http_command", "regress-path-not-utf8", b'{""re=ration":"\xe5ploy"\n')

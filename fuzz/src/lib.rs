@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use arbitrary::{Arbitrary, Result as ArbResult, Unstructured};
-use sfc::protocol::{Codec, ErrorCode, Message, ProtocolError};
+use sfc_registry::protocol::{Codec, ErrorCode, Message, ProtocolError};
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// Runs `f` on this thread's current-thread tokio runtime (one per fuzzing process).
@@ -127,8 +127,8 @@ pub fn decode_checked(payload: &[u8]) -> Option<Message> {
     }
 }
 
-/// Every field name of the protocol's messages and records (`core/src/model.rs`,
-/// `core/src/protocol/message.rs`), so generated objects hit real fields most of the time.
+/// Every field name of the protocol's messages and records (`crates/sfc-proto/src/model.rs`,
+/// `crates/sfc-proto/src/protocol/message.rs`), so generated objects hit real fields most of the time.
 pub const FIELD_NAMES: &[&str] = &[
     "type",
     "after",
@@ -424,9 +424,9 @@ impl<'a> Arbitrary<'a> for Json {
 
 /// A registry with the documented defaults and one registered instance (`fuzz/known`, no
 /// session), for the targets that apply what they decoded.
-pub fn registry() -> sfc::registry::Registry {
-    let reg = sfc::registry::Registry::new(sfc::registry::RegistryConfig::default());
-    let known = sfc::model::Registration {
+pub fn registry() -> sfc_registry::registry::Registry {
+    let reg = sfc_registry::registry::Registry::new(sfc_registry::registry::RegistryConfig::default());
+    let known = sfc_registry::model::Registration {
         group: "fuzz".into(),
         instance_id: "known".into(),
         service: "svc".into(),
@@ -444,7 +444,7 @@ pub const KNOWN_ID: &str = "fuzz/known";
 
 /// Does with a decoded message what a service's session does with the parts that touch shared
 /// state: a hello is validated like the handshake does, a report is applied to the instance.
-pub fn apply(reg: &sfc::registry::Registry, m: Message) {
+pub fn apply(reg: &sfc_registry::registry::Registry, m: Message) {
     match m {
         Message::Hello(h) => check_hello(reg, h),
         Message::Report(r) => {
@@ -455,9 +455,9 @@ pub fn apply(reg: &sfc::registry::Registry, m: Message) {
 }
 
 /// The handshake's hello validation, with the checks on what it accepts.
-pub fn check_hello(reg: &sfc::registry::Registry, h: sfc::protocol::Hello) {
-    use sfc::protocol::Role;
-    match sfc::registry::session::check_hello(reg, h) {
+pub fn check_hello(reg: &sfc_registry::registry::Registry, h: sfc_registry::protocol::Hello) {
+    use sfc_registry::protocol::Role;
+    match sfc_registry::registry::session::check_hello(reg, h) {
         Ok((h, codec, interval)) => {
             assert!(
                 h.codecs.iter().any(|c| c == codec.name()),
@@ -467,14 +467,14 @@ pub fn check_hello(reg: &sfc::registry::Registry, h: sfc::protocol::Hello) {
             );
             let ms = interval.as_millis() as u64;
             assert!(
-                (sfc::limits::MIN_INTERVAL_MS..=sfc::limits::MAX_INTERVAL_MS).contains(&ms),
+                (sfc_registry::limits::MIN_INTERVAL_MS..=sfc_registry::limits::MAX_INTERVAL_MS).contains(&ms),
                 "accepted interval {ms} ms outside the documented limits"
             );
             match (h.role, &h.registration) {
                 (Role::Service, Some(r)) => {
-                    sfc::limits::check_registration(r)
+                    sfc_registry::limits::check_registration(r)
                         .expect("accepted registration passes the limits");
-                    let _ = sfc::model::InstanceRecord::make_id(&r.group, &r.instance_id);
+                    let _ = sfc_registry::model::InstanceRecord::make_id(&r.group, &r.instance_id);
                 }
                 (Role::Observer, None) => {}
                 (role, r) => panic!("accepted a {role:?} hello with registration {r:?}"),

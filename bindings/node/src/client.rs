@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use sfc::client::{Client, ClientConfig, ClientEvent, LookupOptions};
-use sfc::model::{ApiDescription, ApiKind, Endpoint, Filter, Health, Status as InstanceStatus};
-use sfc::tls::{ClientTlsOptions, PemSource};
+use sfc_client::{Client, ClientConfig, ClientEvent, LookupOptions};
+use sfc_client::model::{ApiDescription, ApiKind, Endpoint, Filter, Health, Status as InstanceStatus};
+use sfc_client::tls::{ClientTlsOptions, PemSource};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::AbortHandle;
 
@@ -150,7 +150,7 @@ fn millis(what: &str, v: Option<f64>) -> Result<Option<Duration>> {
 }
 
 fn build_config(o: NativeClientOptions) -> Result<ClientConfig> {
-    let mut b = Client::builder().client_name(format!("sfc-node/{}", sfc::VERSION));
+    let mut b = Client::builder().client_name(format!("sfc-node/{}", sfc_client::VERSION));
     if let Some(r) = o.registry {
         b = b.registries(r);
     }
@@ -226,7 +226,7 @@ fn build_config(o: NativeClientOptions) -> Result<ClientConfig> {
     }
     b.build().map_err(|e| match e {
         // The core checks ca, cert and key together; name the option that is wrong.
-        sfc::Error::Tls(_) | sfc::Error::File { .. } => invalid(tls_culprit(&o.ca, &o.key), e),
+        sfc_client::Error::Tls(_) | sfc_client::Error::File { .. } => invalid(tls_culprit(&o.ca, &o.key), e),
         other => to_napi(other),
     })
 }
@@ -240,7 +240,7 @@ fn tls_culprit(ca: &Option<String>, key: &Option<String>) -> &'static str {
             cert: None,
             key: None,
         };
-        if sfc::tls::client_config(&alone).is_err() {
+        if sfc_client::tls::client_config(&alone).is_err() {
             return "ca";
         }
     }
@@ -385,11 +385,11 @@ impl NativeClient {
         let health: Health = status.parse().map_err(|e| invalid("health", e))?;
         if note
             .as_ref()
-            .is_some_and(|n| n.len() > sfc::limits::MAX_NOTE_LEN)
+            .is_some_and(|n| n.len() > sfc_client::limits::MAX_NOTE_LEN)
         {
             return Err(invalid(
                 "health note",
-                format!("longer than {} bytes", sfc::limits::MAX_NOTE_LEN),
+                format!("longer than {} bytes", sfc_client::limits::MAX_NOTE_LEN),
             ));
         }
         let mut st = lock(&self.state);
@@ -403,12 +403,12 @@ impl NativeClient {
     /// Sets a custom gauge reported with every report.
     #[napi]
     pub fn set_gauge(&self, name: String, value: f64) -> Result<()> {
-        sfc::limits::check_gauge(&name, value).map_err(to_napi)?;
+        sfc_client::limits::check_gauge(&name, value).map_err(to_napi)?;
         let mut st = lock(&self.state);
-        if !st.gauges.contains_key(&name) && st.gauges.len() >= sfc::limits::MAX_GAUGES {
+        if !st.gauges.contains_key(&name) && st.gauges.len() >= sfc_client::limits::MAX_GAUGES {
             return Err(invalid(
                 "gauges",
-                format!("more than {} gauges", sfc::limits::MAX_GAUGES),
+                format!("more than {} gauges", sfc_client::limits::MAX_GAUGES),
             ));
         }
         st.gauges.insert(name.clone(), value);

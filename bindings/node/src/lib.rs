@@ -2,7 +2,7 @@
 //! (linked directly, not through the C ABI).
 //!
 //! # Layout
-//! - [`client`]: `NativeClient`, a core [`sfc::client::Client`] on its own runtime thread.
+//! - [`client`]: `NativeClient`, a core [`sfc_client::Client`] on its own runtime thread.
 //! - [`registry`]: `NativeRegistry`, the core registry served from a thread the addon owns.
 //! - [`logging`]: native log output for `DEBUG=SFC,SFC_client,SFC_registry`.
 //!
@@ -33,9 +33,9 @@ pub(crate) fn deliver(cb: &JsonCallback, json: String) {
 
 /// Maps a core error to a napi error. `Invalid` becomes `InvalidArg`, which the JavaScript side
 /// throws as a `TypeError`; the setting is renamed to the JavaScript option that carries it.
-pub(crate) fn to_napi(e: sfc::Error) -> Error {
+pub(crate) fn to_napi(e: sfc_client::Error) -> Error {
     match e {
-        sfc::Error::Invalid { what, why } => invalid(&option_name(&what), why),
+        sfc_client::Error::Invalid { what, why } => invalid(&option_name(&what), why),
         other => Error::new(Status::GenericFailure, other.to_string()),
     }
 }
@@ -87,7 +87,7 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) 
 /// The version of this package's native part (the core's version).
 #[napi_derive::napi]
 pub fn native_version() -> String {
-    sfc::VERSION.to_string()
+    sfc_client::VERSION.to_string()
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! `NativeRegistry`: the core registry embedded in a Node.js process. It is configured exactly
-//! like `sfc registry` (the same [`RegistryArgs`], so development certificates, mTLS and limits
+//! like `sfc registry` (the same [`RegistryOptions`], so development certificates, mTLS and limits
 //! behave the same) and served on a tokio runtime that runs on a thread the addon owns, never
 //! on the event loop. Transitions reach JavaScript through a weak thread-safe function.
 
@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use sfc::cli::registry::RegistryArgs;
-use sfc::model::Filter;
-use sfc::registry::Registry;
-use sfc::tls::MtlsMode;
+use sfc_registry::model::Filter;
+use sfc_registry::server::RegistryOptions;
+use sfc_registry::tls::MtlsMode;
+use sfc_registry::Registry;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::oneshot;
 
@@ -62,7 +62,7 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 /// An embedded registry. Wrapped by the JavaScript `Registry` class.
 #[napi]
 pub struct NativeRegistry {
-    args: RegistryArgs,
+    options: RegistryOptions,
     state: Arc<Mutex<State>>,
 }
 
@@ -79,7 +79,7 @@ fn millis(what: &str, v: Option<f64>, default: Duration) -> Result<Duration> {
     }
 }
 
-fn build_args(o: NativeRegistryOptions) -> Result<RegistryArgs> {
+fn build_options(o: NativeRegistryOptions) -> Result<RegistryOptions> {
     let insecure_plaintext = o.insecure_plaintext.unwrap_or(false);
     // The checks clap makes for `sfc registry`.
     if insecure_plaintext && (o.tls_cert.is_some() || o.tls_key.is_some()) {
@@ -112,7 +112,7 @@ fn build_args(o: NativeRegistryOptions) -> Result<RegistryArgs> {
     let max_frame = o
         .max_frame
         .map(|n| n as usize)
-        .unwrap_or(sfc::protocol::DEFAULT_MAX_FRAME);
+        .unwrap_or(sfc_registry::protocol::DEFAULT_MAX_FRAME);
     if !(1024..=64 * 1024 * 1024).contains(&max_frame) {
         return Err(invalid(
             "maxFrame",
@@ -131,7 +131,7 @@ fn build_args(o: NativeRegistryOptions) -> Result<RegistryArgs> {
     {
         return Err(invalid("listen", format!("{listen:?} is not host:port")));
     }
-    let mut a = default_args()?;
+    let mut a = RegistryOptions::default();
     a.listen = listen;
     a.data_dir = PathBuf::from(o.data_dir.unwrap_or_else(|| "./sfc-data".into()));
     a.tls_cert = o.tls_cert;
@@ -145,32 +145,6 @@ fn build_args(o: NativeRegistryOptions) -> Result<RegistryArgs> {
     a.handshake_timeout = millis("handshakeTimeout", o.handshake_timeout, a.handshake_timeout)?;
     a.max_connections = max_connections;
     Ok(a)
-}
-
-/// `sfc registry`'s defaults, without its `SFC_*` environment fallbacks: an embedded registry
-/// is configured by its options alone.
-fn default_args() -> Result<RegistryArgs> {
-    use clap::{CommandFactory, FromArgMatches, Parser};
-    #[derive(Parser)]
-    struct Defaults {
-        #[command(flatten)]
-        args: RegistryArgs,
-    }
-    let cmd = Defaults::command().mut_args(|a| a.env(None));
-    let matches = cmd.try_get_matches_from(["sfc-node"]).map_err(|e| {
-        Error::new(
-            Status::GenericFailure,
-            format!("cannot read the registry defaults: {e}"),
-        )
-    })?;
-    Defaults::from_arg_matches(&matches)
-        .map(|d| d.args)
-        .map_err(|e| {
-            Error::new(
-                Status::GenericFailure,
-                format!("cannot read the registry defaults: {e}"),
-            )
-        })
 }
 
 fn not_running() -> Error {
@@ -193,7 +167,7 @@ impl NativeRegistry {
     #[napi(constructor)]
     pub fn new(options: NativeRegistryOptions) -> Result<Self> {
         Ok(NativeRegistry {
-            args: build_args(options)?,
+            options: build_options(options)?,
             state: Arc::new(Mutex::new(State::default())),
         })
     }
@@ -207,7 +181,7 @@ impl NativeRegistry {
     /// Whether the registry is serving TLS.
     #[napi(getter)]
     pub fn tls(&self) -> bool {
-        !self.args.insecure_plaintext
+        !self.options.insecure_plaintext
     }
 
     /// Binds and serves. Resolves to the bound address; `onEvent` receives every transition as
@@ -227,7 +201,7 @@ impl NativeRegistry {
             // A start that failed earlier: its thread has ended.
             let _ = st.thread.take().map(JoinHandle::join);
         }
-        let args = self.args.clone();
+        let args = self.options.clone();
         let state = self.state.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -245,10 +219,10 @@ impl NativeRegistry {
             .spawn(move || {
                 runtime.block_on(async move {
                     let bound = async {
-                        std::fs::create_dir_all(&args.data_dir).map_err(|e| sfc::Error::write_file(&args.data_dir, e))?;
-                        let cfg = sfc::cli::registry::config(&args)?;
-                        let (listener, addr) = sfc::registry::bind(&args.listen).await?;
-                        Ok::<_, sfc::Error>((Registry::new(cfg), listener, addr))
+                        std::fs::create_dir_all(&args.data_dir).map_err(|e| sfc_registry::Error::write_file(&args.data_dir, e))?;
+                        let cfg = sfc_registry::server::registry_config(&args)?;
+                        let (listener, addr) = sfc_registry::bind(&args.listen).await?;
+                        Ok::<_, sfc_registry::Error>((Registry::new(cfg), listener, addr))
                     };
                     let (registry, listener, addr) = match bound.await {
                         Ok(x) => x,
@@ -276,7 +250,7 @@ impl NativeRegistry {
                     });
                     tracing::info!(target: "sfc::registry", %address, "embedded registry listening");
                     deferred.resolve(move |_| Ok(address));
-                    sfc::registry::serve(registry, listener, async {
+                    sfc_registry::serve(registry, listener, async {
                         let _ = rx.await;
                     })
                     .await;

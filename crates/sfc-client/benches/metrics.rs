@@ -1,11 +1,11 @@
 //! Cost of one metrics sample, as every client pays it on every report tick.
 //!
-//! `cargo bench -p sfc-core --bench metrics`
+//! `cargo bench -p sfc-client --bench metrics`
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use sfc::metrics::Sampler;
+use sfc_client::metrics::Sampler;
 
 fn sample(c: &mut Criterion) {
     let mut sampler = Sampler::new();

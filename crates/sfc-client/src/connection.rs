@@ -143,7 +143,7 @@ async fn connect(shared: &Shared, addr: &str) -> Result<(Connection<Stream>, Wel
         let mut stream: Stream = match &cfg.tls {
             Some(opts) => {
                 let tls = crate::tls::client_config(opts)?;
-                let name = crate::tls::server_name(&host)?;
+                let name = sfc_proto::tls::server_name(&host)?;
                 let s = tokio_rustls::TlsConnector::from(tls)
                     .connect(name, tcp)
                     .await

@@ -7,9 +7,30 @@
 //! registry addresses, and never blocks or crashes the host: problems arrive as
 //! [`ClientEvent`]s. It runs on the caller's tokio runtime when there is one, otherwise on a
 //! small runtime thread of its own.
+//!
+//! # Layout
+//! - [`Client`] (this file): the handle, its events, lookups and watches.
+//! - `config`: [`ClientBuilder`] and the `SFC_*` environment fallbacks.
+//! - `connection`: one session with a registry (handshake, report tick, incoming frames) and
+//!   the reconnect loop around it.
+//! - [`metrics`]: host and process sampling with sysinfo.
+//! - [`tls`]: the client's rustls configuration.
+//!
+//! The data model and the protocol come from `sfc-proto`, re-exported here ([`model`],
+//! [`protocol`], [`limits`], [`duration`]) so that a binding needs only this crate.
+//!
+//! # The path of a report
+//! Every interval the session task samples [`metrics`], adds the health and gauges the
+//! application set, encodes one `report` frame with the negotiated codec and writes it on the
+//! session's TLS connection. The registry records it and forwards it to the watchers whose
+//! filter matches (see `sfc-registry`).
 
 mod config;
 mod connection;
+pub mod metrics;
+pub mod tls;
+
+pub use sfc_proto::{duration, error, limits, model, protocol, Error, Result, VERSION};
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -22,7 +43,6 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use config::{split_host_port, ClientBuilder, ClientConfig, DEFAULT_REGISTRY};
 
-use crate::error::{Error, Result};
 use crate::model::{Event, Filter, Health, InstanceRecord, Status};
 use crate::protocol::{Command, CommandResult, ErrorCode};
 

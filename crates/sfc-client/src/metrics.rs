@@ -6,7 +6,7 @@
 //! the process's thread and fd counts are re-read at most every [`SLOW_REFRESH`] (10 s). It
 //! never reads the whole process table, disks or networks.
 //!
-//! measured: 35 µs per sample on a 2-core machine, `cargo bench -p sfc-core --bench metrics`
+//! measured: 35 µs per sample on a 2-core machine, `cargo bench -p sfc-client --bench metrics`
 //! (29-48 µs over five runs, with the machine's load; samples back to back: warm caches, and
 //! the /proc/stat re-read, ~5 µs, only every 200 ms).
 //! With 250 ms between samples, thread CPU time per sample on that machine (a firecracker VM)

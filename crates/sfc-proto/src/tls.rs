@@ -1,66 +1,19 @@
-//! rustls configuration for the registry (server side) and the client.
+//! TLS material shared by the client and the registry: PEM sources (a file path or inline
+//! text), the loaders that read certificates and keys from them, and server-name parsing.
 //!
-//! Every config is built with an explicit ring [`CryptoProvider`](rustls::crypto::CryptoProvider):
-//! the crate never installs or relies on a process-wide default provider, so it behaves the
-//! same inside the C ABI, Node.js and Go hosts, whatever else they have loaded.
-//!
-//! Certificates and keys are given as [`PemSource`]s: a file path or inline PEM text.
+//! Every config built from these (in `sfc-client` and `sfc-registry`) uses an explicit ring
+//! [`CryptoProvider`](rustls::crypto::CryptoProvider): no crate installs or relies on a
+//! process-wide default provider, so they behave the same inside the C ABI, Node.js and Go hosts,
+//! whatever else those have loaded.
 
 use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
-use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::RootCertStore;
 
 use crate::error::{Error, Result};
-
-/// Whether the registry asks connecting clients for a certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum MtlsMode {
-    /// No client certificate is requested.
-    #[default]
-    Off,
-    /// A client certificate is requested and verified if presented, but not required.
-    Optional,
-    /// Every client must present a certificate signed by the client CA.
-    Required,
-}
-
-impl MtlsMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MtlsMode::Off => "off",
-            MtlsMode::Optional => "optional",
-            MtlsMode::Required => "required",
-        }
-    }
-}
-
-impl FromStr for MtlsMode {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "off" => Ok(MtlsMode::Off),
-            "optional" => Ok(MtlsMode::Optional),
-            "required" => Ok(MtlsMode::Required),
-            other => Err(Error::invalid(
-                "mtls mode",
-                format!("{other:?} is not one of off, optional, required"),
-            )),
-        }
-    }
-}
-
-impl fmt::Display for MtlsMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// PEM material given either as a file path or as PEM text (Node.js users pass both).
 /// A string starting with "-----BEGIN" is text, otherwise a path.
@@ -80,7 +33,7 @@ impl PemSource {
         }
     }
 
-    fn read(&self) -> Result<Vec<u8>> {
+    pub fn read(&self) -> Result<Vec<u8>> {
         match self {
             PemSource::File(path) => std::fs::read(path).map_err(|e| Error::read_file(path, e)),
             PemSource::Text(text) => Ok(text.as_bytes().to_vec()),
@@ -88,7 +41,7 @@ impl PemSource {
     }
 
     /// How error messages name this source, e.g. "ca file /etc/sfc/ca.pem" or "ca pem text".
-    fn describe(&self, kind: &str) -> String {
+    pub fn describe(&self, kind: &str) -> String {
         match self {
             PemSource::File(path) => format!("{kind} file {}", path.display()),
             PemSource::Text(_) => format!("{kind} pem text"),
@@ -112,139 +65,6 @@ impl From<&str> for PemSource {
     }
 }
 
-/// TLS settings of the registry.
-#[derive(Debug, Clone)]
-pub struct ServerTlsOptions {
-    pub cert: PemSource,
-    pub key: PemSource,
-    pub mtls: MtlsMode,
-    /// CA that signs client certificates; required unless `mtls` is off.
-    pub client_ca: Option<PemSource>,
-}
-
-/// Builds the registry's rustls config.
-pub fn server_config(opts: &ServerTlsOptions) -> Result<Arc<ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs = load_certs(&opts.cert, "certificate")?;
-    let key = load_key(&opts.key)?;
-
-    let verifier = match opts.mtls {
-        MtlsMode::Off => {
-            if opts.client_ca.is_some() {
-                tracing::debug!("client ca ignored because mtls is off");
-            }
-            WebPkiClientVerifier::no_client_auth()
-        }
-        MtlsMode::Optional | MtlsMode::Required => {
-            let ca = opts.client_ca.as_ref().ok_or_else(|| {
-                Error::invalid(
-                    "--client-ca",
-                    "a client ca is required when --mtls is optional or required",
-                )
-            })?;
-            let mut roots = RootCertStore::empty();
-            add_ca(&mut roots, ca)?;
-            let mut builder =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-            if opts.mtls == MtlsMode::Optional {
-                builder = builder.allow_unauthenticated();
-            }
-            let verifier = builder.build().map_err(|e| {
-                Error::Tls(format!(
-                    "cannot use {} for client verification: {e}",
-                    ca.describe("client ca")
-                ))
-            })?;
-            #[cfg(feature = "server")]
-            let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = Arc::new(NoteRefused(verifier));
-            verifier
-        }
-    };
-
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls(format!("cannot select protocol versions: {e}")))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            Error::Tls(format!(
-                "cannot use {} with {}: {e}",
-                opts.cert.describe("certificate"),
-                opts.key.describe("key")
-            ))
-        })?;
-    Ok(Arc::new(config))
-}
-
-/// TLS settings of a client. All empty means: trust the system roots, present no certificate.
-#[derive(Debug, Clone, Default)]
-pub struct ClientTlsOptions {
-    /// Extra CA to trust, on top of the system roots (typically the registry's dev CA).
-    pub ca: Option<PemSource>,
-    /// Client certificate for mTLS; needs `key`.
-    pub cert: Option<PemSource>,
-    /// Private key of `cert`.
-    pub key: Option<PemSource>,
-}
-
-/// Builds a client rustls config that trusts the system roots plus `opts.ca`.
-pub fn client_config(opts: &ClientTlsOptions) -> Result<Arc<ClientConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-
-    // Check the cheap argument error before touching the file system.
-    let identity = match (&opts.cert, &opts.key) {
-        (Some(cert), Some(key)) => Some((cert, key)),
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(Error::invalid(
-                "client key",
-                "required when a client certificate is given",
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(Error::invalid(
-                "client certificate",
-                "required when a client key is given",
-            ))
-        }
-    };
-
-    let mut roots = RootCertStore::empty();
-    // Containers and minimal images often have no system roots at all; with an explicit CA
-    // that is fine, so a failure here is only worth a debug line.
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::debug!("cannot load system root certificates: {e}");
-    }
-    let (added, ignored) = roots.add_parsable_certificates(native.certs);
-    tracing::debug!(added, ignored, "system root certificates");
-    if let Some(ca) = &opts.ca {
-        add_ca(&mut roots, ca)?;
-    }
-
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls(format!("cannot select protocol versions: {e}")))?
-        .with_root_certificates(roots);
-    let config = match identity {
-        Some((cert, key)) => {
-            let certs = load_certs(cert, "client certificate")?;
-            let private_key = load_key(key)?;
-            builder
-                .with_client_auth_cert(certs, private_key)
-                .map_err(|e| {
-                    Error::Tls(format!(
-                        "cannot use {} with {}: {e}",
-                        cert.describe("client certificate"),
-                        key.describe("client key")
-                    ))
-                })?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    Ok(Arc::new(config))
-}
-
 /// Parses the name a client checks the registry certificate against: a DNS name or an IP
 /// literal ("127.0.0.1", "::1", or bracketed "[::1]" as in URLs).
 pub fn server_name(host: &str) -> Result<ServerName<'static>> {
@@ -260,165 +80,8 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>> {
     })
 }
 
-/// Subject DN of the peer's leaf certificate, e.g. "CN=client, O=sfc dev".
-/// `None` if the client presented no certificate (or it cannot be parsed).
-#[cfg(feature = "server")]
-pub fn peer_subject(conn: &rustls::ServerConnection) -> Option<String> {
-    let leaf = conn.peer_certificates()?.first()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
-    Some(cert.subject().to_string())
-}
-
-/// SAN URIs of the peer leaf certificate (for later policy work).
-#[cfg(feature = "server")]
-pub fn peer_san_uris(conn: &rustls::ServerConnection) -> Vec<String> {
-    use x509_parser::extensions::GeneralName;
-
-    let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) else {
-        return Vec::new();
-    };
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
-        return Vec::new();
-    };
-    match cert.subject_alternative_name() {
-        Ok(Some(san)) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|name| match name {
-                GeneralName::URI(uri) => Some((*uri).to_owned()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-std::thread_local! {
-    /// Subject of the last client certificate the verifier refused on this thread.
-    #[cfg(feature = "server")]
-    static REFUSED_SUBJECT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-}
-
-/// WebPKI client verification, unchanged, except that it notes the subject of a certificate it
-/// refuses, for the audit line: rustls returns only the error. The note is thread-local, and
-/// reliable because verification runs inside the poll of the handshake future that then
-/// returns the error to [`CertRefusal::classify`], on the same thread.
-#[cfg(feature = "server")]
-#[derive(Debug)]
-struct NoteRefused(Arc<dyn rustls::server::danger::ClientCertVerifier>);
-
-#[cfg(feature = "server")]
-impl rustls::server::danger::ClientCertVerifier for NoteRefused {
-    fn offer_client_auth(&self) -> bool {
-        self.0.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.0.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        self.0.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: rustls::pki_types::UnixTime,
-    ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        let verdict = self.0.verify_client_cert(end_entity, intermediates, now);
-        if verdict.is_err() {
-            let subject = x509_parser::parse_x509_certificate(end_entity).ok().map(|(_, c)| c.subject().to_string());
-            REFUSED_SUBJECT.with(|s| *s.borrow_mut() = subject);
-        }
-        verdict
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// Why a TLS handshake was refused because of the client's certificate (`--mtls`): an
-/// access-control refusal, audited and counted apart from handshakes that merely fail.
-#[cfg(feature = "server")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CertRefusal {
-    /// `--mtls required` and the client presented none.
-    NoCertificate,
-    /// No CA this registry trusts signed the certificate.
-    UnknownCa,
-    /// Any other verification failure (expired, not yet valid, wrong key usage...).
-    BadCertificate,
-}
-
-#[cfg(feature = "server")]
-impl CertRefusal {
-    pub const ALL: [CertRefusal; 3] = [CertRefusal::NoCertificate, CertRefusal::UnknownCa, CertRefusal::BadCertificate];
-
-    /// The `reason` label in `/metrics` and in the audit log.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CertRefusal::NoCertificate => "no-certificate",
-            CertRefusal::UnknownCa => "unknown-ca",
-            CertRefusal::BadCertificate => "bad-certificate",
-        }
-    }
-
-    /// Classifies the error of a server-side handshake (`tokio_rustls` wraps rustls' error
-    /// in the `io::Error`), with a sentence for the log. `None`: not a certificate refusal.
-    pub fn classify(e: &std::io::Error) -> Option<(CertRefusal, String)> {
-        use rustls::{CertificateError, Error as TlsError};
-        match e.get_ref()?.downcast_ref::<TlsError>()? {
-            TlsError::NoCertificatesPresented => {
-                Some((CertRefusal::NoCertificate, "presented no client certificate (--mtls required)".into()))
-            }
-            // BadSignature: the issuer's name is a trusted CA's but its key is not, as with a
-            // second development CA (`sfc certs init` names every CA alike) or a forgery.
-            TlsError::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => Some((
-                CertRefusal::UnknownCa,
-                format!("presented a client certificate{} from a CA this registry does not trust", claimed_subject()),
-            )),
-            TlsError::InvalidCertificate(c) => Some((
-                CertRefusal::BadCertificate,
-                format!("presented a client certificate{} that failed verification: {c}", claimed_subject()),
-            )),
-            _ => None,
-        }
-    }
-}
-
-/// ` (subject "CN=..., O=...", unverified)` for the certificate just refused on this thread.
-#[cfg(feature = "server")]
-fn claimed_subject() -> String {
-    match REFUSED_SUBJECT.with(|s| s.borrow_mut().take()) {
-        Some(subject) => format!(" (subject {subject:?}, unverified)"),
-        None => String::new(),
-    }
-}
-
 /// Reads all certificates of `src`; `kind` names it in errors ("certificate", "ca", ...).
-fn load_certs(src: &PemSource, kind: &str) -> Result<Vec<CertificateDer<'static>>> {
+pub fn load_certs(src: &PemSource, kind: &str) -> Result<Vec<CertificateDer<'static>>> {
     let pem = src.read()?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<std::result::Result<Vec<_>, _>>()
@@ -433,7 +96,7 @@ fn load_certs(src: &PemSource, kind: &str) -> Result<Vec<CertificateDer<'static>
 }
 
 /// Reads the first private key (PKCS#8, PKCS#1 or SEC1) of `src`.
-fn load_key(src: &PemSource) -> Result<PrivateKeyDer<'static>> {
+pub fn load_key(src: &PemSource) -> Result<PrivateKeyDer<'static>> {
     let pem = src.read()?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => {
@@ -446,7 +109,7 @@ fn load_key(src: &PemSource) -> Result<PrivateKeyDer<'static>> {
 /// Adds every certificate of a CA source to `roots`. Unlike the system roots, an explicit CA
 /// that cannot be used is an error: silently ignoring it would only surface later as an
 /// unexplained "unknown issuer".
-fn add_ca(roots: &mut RootCertStore, ca: &PemSource) -> Result<()> {
+pub fn add_ca(roots: &mut RootCertStore, ca: &PemSource) -> Result<()> {
     for cert in load_certs(ca, "ca")? {
         roots.add(cert).map_err(|e| {
             Error::Tls(format!("invalid certificate in {}: {e}", ca.describe("ca")))
@@ -460,16 +123,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mtls_mode_parses_and_displays() {
-        for mode in [MtlsMode::Off, MtlsMode::Optional, MtlsMode::Required] {
-            assert_eq!(mode.to_string().parse::<MtlsMode>().unwrap(), mode);
-        }
-        assert_eq!(MtlsMode::default(), MtlsMode::Off);
-        let err = "sometimes".parse::<MtlsMode>().unwrap_err().to_string();
-        assert!(err.contains("sometimes"), "{err}");
-    }
-
-    #[test]
     fn pem_source_parse() {
         assert_eq!(
             PemSource::parse("/etc/ca.pem"),
@@ -478,47 +131,6 @@ mod tests {
         let text = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert_eq!(PemSource::parse(text), PemSource::Text(text.into()));
         assert!(!format!("{:?}", PemSource::parse(text)).contains("AAAA"));
-    }
-
-    #[test]
-    fn missing_ca_file_names_the_path() {
-        let path = "/nonexistent/sfc-test/ca.pem";
-        let opts = ClientTlsOptions {
-            ca: Some(PemSource::parse(path)),
-            ..Default::default()
-        };
-        let err = client_config(&opts).unwrap_err().to_string();
-        assert!(err.contains(path), "{err}");
-    }
-
-    #[test]
-    fn ca_without_certificates_is_an_error() {
-        let dir = std::env::temp_dir().join(format!("sfc-tls-empty-ca-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("ca.pem");
-        std::fs::write(&path, "not a certificate\n").unwrap();
-        let opts = ClientTlsOptions {
-            ca: Some(PemSource::File(path.clone())),
-            ..Default::default()
-        };
-        let err = client_config(&opts).unwrap_err().to_string();
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(err.contains("no certificates found in ca file"), "{err}");
-        assert!(err.contains(&path.display().to_string()), "{err}");
-    }
-
-    #[test]
-    fn client_cert_needs_key() {
-        let opts = ClientTlsOptions {
-            cert: Some(PemSource::parse("c.pem")),
-            ..Default::default()
-        };
-        assert!(matches!(client_config(&opts), Err(Error::Invalid { .. })));
-        let opts = ClientTlsOptions {
-            key: Some(PemSource::parse("k.pem")),
-            ..Default::default()
-        };
-        assert!(matches!(client_config(&opts), Err(Error::Invalid { .. })));
     }
 
     #[test]
@@ -541,233 +153,5 @@ mod tests {
         ));
         let err = server_name("not a host").unwrap_err().to_string();
         assert!(err.contains("not a host"), "{err}");
-    }
-
-    #[cfg(feature = "server")]
-    mod handshake {
-        use std::net::SocketAddr;
-        use std::path::{Path, PathBuf};
-        use std::time::Duration;
-
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        use tokio::net::{TcpListener, TcpStream};
-        use tokio_rustls::{TlsAcceptor, TlsConnector};
-
-        use super::super::*;
-        use crate::certs::{self, CertPaths};
-
-        /// A fresh directory of dev certificates, removed on drop.
-        struct TestCerts {
-            paths: CertPaths,
-        }
-
-        impl TestCerts {
-            fn new(name: &str) -> Self {
-                let dir = std::env::temp_dir()
-                    .join(format!("sfc-tls-test-{}-{name}", std::process::id()));
-                let hosts = ["localhost", "127.0.0.1", "::1"].map(String::from);
-                TestCerts {
-                    paths: certs::init(&dir, &hosts).unwrap(),
-                }
-            }
-
-            fn server(&self, mtls: MtlsMode) -> Arc<ServerConfig> {
-                server_config(&ServerTlsOptions {
-                    cert: file(&self.paths.server),
-                    key: file(&self.paths.server_key),
-                    mtls,
-                    client_ca: Some(file(&self.paths.ca)),
-                })
-                .unwrap()
-            }
-
-            fn client(&self, with_cert: bool) -> Arc<ClientConfig> {
-                let mut opts = ClientTlsOptions {
-                    ca: Some(file(&self.paths.ca)),
-                    ..Default::default()
-                };
-                if with_cert {
-                    opts.cert = Some(file(&self.paths.client));
-                    opts.key = Some(file(&self.paths.client_key));
-                }
-                client_config(&opts).unwrap()
-            }
-        }
-
-        impl Drop for TestCerts {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.paths.dir);
-            }
-        }
-
-        fn file(p: &Path) -> PemSource {
-            PemSource::File(PathBuf::from(p))
-        }
-
-        struct Outcome {
-            /// Server side: (peer subject, peer SAN URIs) or the handshake error.
-            server: std::result::Result<(Option<String>, Vec<String>), String>,
-            /// Client side: the greeting read after the handshake, or the error.
-            client: std::result::Result<Vec<u8>, String>,
-        }
-
-        /// Runs one TLS connection over loopback TCP. `name` is what the client verifies the
-        /// server certificate against; the TCP connection always goes to 127.0.0.1.
-        async fn connect(
-            server: Arc<ServerConfig>,
-            client: Arc<ClientConfig>,
-            name: &str,
-        ) -> Outcome {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr: SocketAddr = listener.local_addr().unwrap();
-            let acceptor = TlsAcceptor::from(server);
-            let server_task = tokio::spawn(async move {
-                let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
-                let mut tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
-                let (_, conn) = tls.get_ref();
-                let peer = (peer_subject(conn), peer_san_uris(conn));
-                tls.write_all(b"ok").await.map_err(|e| e.to_string())?;
-                tls.shutdown().await.map_err(|e| e.to_string())?;
-                Ok(peer)
-            });
-
-            let name = server_name(name).unwrap();
-            let client = async move {
-                let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-                let mut tls = TlsConnector::from(client)
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                // With TLS 1.3 the server rejects a client certificate only after the client
-                // considers the handshake done, so the rejection shows up on the first read.
-                let mut buf = [0u8; 2];
-                tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-                Ok(buf.to_vec())
-            };
-            let limit = Duration::from_secs(10);
-            let client = tokio::time::timeout(limit, client)
-                .await
-                .expect("client timed out");
-            let server = tokio::time::timeout(limit, server_task)
-                .await
-                .expect("server timed out")
-                .unwrap();
-            Outcome { server, client }
-        }
-
-        #[tokio::test]
-        async fn required_mtls_rejects_client_without_cert() {
-            let certs = TestCerts::new("required-no-cert");
-            let out = connect(
-                certs.server(MtlsMode::Required),
-                certs.client(false),
-                "localhost",
-            )
-            .await;
-            assert!(
-                out.server.is_err(),
-                "server accepted a client without certificate"
-            );
-            assert!(
-                out.client.is_err(),
-                "client read succeeded without certificate"
-            );
-        }
-
-        #[tokio::test]
-        async fn required_mtls_accepts_client_with_cert() {
-            let certs = TestCerts::new("required-cert");
-            let out = connect(
-                certs.server(MtlsMode::Required),
-                certs.client(true),
-                "localhost",
-            )
-            .await;
-            assert_eq!(out.client.unwrap(), b"ok");
-            let (subject, uris) = out.server.unwrap();
-            let subject = subject.expect("peer subject");
-            assert!(subject.contains("CN=sfc-dev-client"), "{subject}");
-            assert_eq!(uris, vec!["sfc://client/dev".to_string()]);
-        }
-
-        #[tokio::test]
-        async fn optional_mtls_accepts_both() {
-            let certs = TestCerts::new("optional");
-            let out = connect(
-                certs.server(MtlsMode::Optional),
-                certs.client(false),
-                "localhost",
-            )
-            .await;
-            assert_eq!(out.client.unwrap(), b"ok");
-            assert_eq!(out.server.unwrap(), (None, Vec::new()));
-
-            let out = connect(
-                certs.server(MtlsMode::Optional),
-                certs.client(true),
-                "localhost",
-            )
-            .await;
-            assert_eq!(out.client.unwrap(), b"ok");
-            assert!(out.server.unwrap().0.unwrap().contains("sfc-dev-client"));
-        }
-
-        #[tokio::test]
-        async fn server_cert_valid_for_loopback_names() {
-            let certs = TestCerts::new("names");
-            for name in ["localhost", "127.0.0.1", "::1", "[::1]"] {
-                let out = connect(certs.server(MtlsMode::Off), certs.client(false), name).await;
-                assert_eq!(out.client.as_deref(), Ok(&b"ok"[..]), "server name {name}");
-                assert!(out.server.is_ok(), "server name {name}");
-            }
-            let out = connect(
-                certs.server(MtlsMode::Off),
-                certs.client(false),
-                "example.com",
-            )
-            .await;
-            assert!(
-                out.client.is_err(),
-                "certificate must not be valid for example.com"
-            );
-        }
-
-        #[tokio::test]
-        async fn inline_pem_text_works() {
-            let certs = TestCerts::new("inline");
-            let text = |p: &Path| PemSource::parse(&std::fs::read_to_string(p).unwrap());
-            assert!(matches!(text(&certs.paths.server), PemSource::Text(_)));
-            let server = server_config(&ServerTlsOptions {
-                cert: text(&certs.paths.server),
-                key: text(&certs.paths.server_key),
-                mtls: MtlsMode::Required,
-                client_ca: Some(text(&certs.paths.ca)),
-            })
-            .unwrap();
-            let client = client_config(&ClientTlsOptions {
-                ca: Some(text(&certs.paths.ca)),
-                cert: Some(text(&certs.paths.client)),
-                key: Some(text(&certs.paths.client_key)),
-            })
-            .unwrap();
-            let out = connect(server, client, "127.0.0.1").await;
-            assert_eq!(out.client.unwrap(), b"ok");
-            assert!(out.server.is_ok());
-        }
-
-        #[test]
-        fn mtls_without_client_ca_is_invalid() {
-            let certs = TestCerts::new("no-client-ca");
-            for mtls in [MtlsMode::Optional, MtlsMode::Required] {
-                let err = server_config(&ServerTlsOptions {
-                    cert: file(&certs.paths.server),
-                    key: file(&certs.paths.server_key),
-                    mtls,
-                    client_ca: None,
-                })
-                .unwrap_err();
-                assert!(err.to_string().contains("--client-ca"), "{err}");
-            }
-        }
     }
 }

@@ -1,16 +1,16 @@
 //! The registry's hot paths without the network: applying a report to the state, a query
 //! over 10,000 instances, and fanning one event out to 1,000 watchers.
 //!
-//! `cargo bench -p sfc-core --bench registry`
+//! `cargo bench -p sfc-registry --bench registry`
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use sfc::model::{Event, EventKind, Filter, Registration};
-use sfc::protocol::{Codec, EventMessage, Message, QueryResult, Report};
-use sfc::registry::state::{Outbound, OutboundTx, SessionRef};
-use sfc::registry::{Registry, RegistryConfig};
+use sfc_registry::model::{Event, EventKind, Filter, Registration};
+use sfc_registry::protocol::{Codec, EventMessage, Message, QueryResult, Report};
+use sfc_registry::registry::state::{Outbound, OutboundTx, SessionRef};
+use sfc_registry::registry::{Registry, RegistryConfig};
 use tokio::sync::{broadcast, mpsc};
 
 const INSTANCES: usize = 10_000;
@@ -18,13 +18,13 @@ const GROUPS: usize = 10;
 const WATCHERS: usize = 1_000;
 
 fn sampled_report() -> Report {
-    let mut sampler = sfc::metrics::Sampler::new();
+    let mut sampler = sfc_client::metrics::Sampler::new();
     std::thread::sleep(std::time::Duration::from_millis(250));
     let mut metrics = sampler.sample();
     metrics.custom.insert("queue_depth".into(), 17.0);
     Report {
         seq: 1,
-        sent_at: Some(sfc::model::now_ms()),
+        sent_at: Some(sfc_registry::model::now_ms()),
         health: None,
         health_note: None,
         metrics,
@@ -135,7 +135,7 @@ fn fanout(c: &mut Criterion) {
     let record = reg.get("g0/i0").unwrap();
     let ev = Arc::new(Event {
         seq: 7,
-        at: sfc::model::now_ms(),
+        at: sfc_registry::model::now_ms(),
         kind: EventKind::HealthChanged,
         id: record.id.clone(),
         group: record.group.clone(),

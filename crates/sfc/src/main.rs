@@ -1,12 +1,21 @@
-//! `sfc`: the registry and the operator commands. A thin layer over the `sfc` library; see
-//! `sfc --help`.
+//! `sfc`: the registry and the operator commands, a thin layer over `sfc-registry` and
+//! `sfc-client`; see `sfc --help`.
+//!
+//! # Layout
+//! - `cli`: the argument definitions (clap) and one module per command.
+//! - `bench`: `sfc bench`, simulated fleets against a registry.
+//! - `value`: parsers for flag values that several commands share.
+
+mod bench;
+mod cli;
+mod value;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = sfc::cli::Cli::parse();
-    sfc::cli::init_logging(&cli);
-    match sfc::cli::run(cli) {
+    let cli = cli::Cli::parse();
+    cli::init_logging(&cli);
+    match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -7,9 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sfc::model::{Filter, Status};
-use sfc::protocol::frame::{encode_preamble, PREAMBLE_LEN};
-use sfc::protocol::{Codec, ErrorCode, Message};
+use sfc_client::model::{Filter, Status};
+use sfc_client::protocol::frame::{encode_preamble, PREAMBLE_LEN};
+use sfc_client::protocol::{Codec, ErrorCode, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -19,7 +19,7 @@ async fn raw(reg: &RegistryProc) -> RawTls {
 }
 
 /// Sends `bytes`, reads until the registry closes, and returns the error frame it sent.
-async fn refused(reg: &RegistryProc, bytes: &[u8]) -> sfc::protocol::ErrorMessage {
+async fn refused(reg: &RegistryProc, bytes: &[u8]) -> sfc_client::protocol::ErrorMessage {
     let mut s = raw(reg).await;
     s.write_all(bytes).await.unwrap();
     s.flush().await.unwrap();

@@ -11,7 +11,7 @@ mod common;
 use std::path::PathBuf;
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
 /// Runs prost-build on the schema into `out` and returns the generated text.
@@ -29,23 +29,23 @@ fn generate(out: &std::path::Path) -> String {
 fn committed_protobuf_code_matches_schema() {
     let tmp = tempfile::tempdir().unwrap();
     let fresh = generate(tmp.path());
-    let committed_path = repo_root().join("core/src/protocol/pb_gen.rs");
+    let committed_path = repo_root().join("crates/sfc-proto/src/protocol/pb_gen.rs");
     if std::env::var_os("SFC_REGENERATE_PB").is_some() {
         std::fs::write(&committed_path, &fresh).unwrap();
     }
     let committed = std::fs::read_to_string(&committed_path).unwrap();
     assert!(
         committed == fresh,
-        "core/src/protocol/pb_gen.rs differs from what prost-build generates from proto/sfc/v1/sfc.proto; \
-         regenerate with `SFC_REGENERATE_PB=1 cargo test -p sfc-core --test codec committed_protobuf_code_matches_schema`"
+        "crates/sfc-proto/src/protocol/pb_gen.rs differs from what prost-build generates from proto/sfc/v1/sfc.proto; \
+         regenerate with `SFC_REGENERATE_PB=1 cargo test -p sfc --test codec committed_protobuf_code_matches_schema`"
     );
 }
 
 use std::time::Duration;
 
 use common::*;
-use sfc::model::{Filter, Health, Metrics};
-use sfc::protocol::{Codec, Compression, ErrorCode, Message, Ping, Query, Report, Wire};
+use sfc_client::model::{Filter, Health, Metrics};
+use sfc_client::protocol::{Codec, Compression, ErrorCode, Message, Ping, Query, Report, Wire};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -82,7 +82,7 @@ async fn raw_answer(
     if let Some(c) = compression {
         hello["compression"] = serde_json::json!(c);
     }
-    let mut v = sfc::protocol::frame::encode_preamble(1, 1).to_vec();
+    let mut v = sfc_client::protocol::frame::encode_preamble(1, 1).to_vec();
     v.extend(frame(hello.to_string().as_bytes()));
     s.write_all(&v).await.unwrap();
     let mut p = [0u8; 8];

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use sfc::model::{EventKind, Filter, Status};
+use sfc_client::model::{EventKind, Filter, Status};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -77,7 +77,7 @@ fn get(reg: &RegistryProc, path: &str) -> (u16, String) {
     (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default())
 }
 
-async fn history(reg: &RegistryProc) -> Vec<sfc::model::Event> {
+async fn history(reg: &RegistryProc) -> Vec<sfc_client::model::Event> {
     let obs = reg.observer();
     let mut w = obs.watch_after(Filter::default(), false, 0).unwrap();
     let mut out = Vec::new();
@@ -88,7 +88,7 @@ async fn history(reg: &RegistryProc) -> Vec<sfc::model::Event> {
 }
 
 /// `<group>/during` joins and leaves while the disk is broken; a watcher sees both transitions.
-async fn join_and_leave_while_broken(reg: &RegistryProc, obs: &sfc::client::Client, group: &str) {
+async fn join_and_leave_while_broken(reg: &RegistryProc, obs: &sfc_client::Client, group: &str) {
     let mut w = obs.watch(Filter::group(group), false).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let b = reg.service(group, "during").start().unwrap();

@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use sfc::model::{EventKind, Filter, OfflineReason, Status};
+use sfc_client::model::{EventKind, Filter, OfflineReason, Status};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
 /// Every history event after `cursor`, replayed by a fresh observer.
-async fn history(reg: &RegistryProc, cursor: u64) -> Vec<sfc::model::Event> {
+async fn history(reg: &RegistryProc, cursor: u64) -> Vec<sfc_client::model::Event> {
     let obs = reg.observer();
     let mut w = obs.watch_after(Filter::default(), false, cursor).unwrap();
     let mut out = Vec::new();

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sfc::client::{Client, ClientBuilder};
+use sfc_client::{Client, ClientBuilder};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const TOKEN: &str = "etcd-test-token";
@@ -445,7 +445,7 @@ fn sigkill_one_registry_its_clients_fail_over_and_the_survivor_is_right() {
             .ca(a.dir().join("tls/ca.pem").display().to_string())
             .start()
             .unwrap();
-        let w = obs.watch(sfc::model::Filter::group("pool"), false).unwrap();
+        let w = obs.watch(sfc_client::model::Filter::group("pool"), false).unwrap();
         (obs, w)
     });
     drop(doomed);
@@ -470,8 +470,8 @@ fn sigkill_one_registry_its_clients_fail_over_and_the_survivor_is_right() {
     // Watchers of b heard it: doomed evicted (a's lease expired), never an offline for c3.
     let mut evicted_doomed = false;
     while let Some(ev) = w.1.try_next() {
-        assert!(!(ev.id == "pool/c3" && ev.kind == sfc::model::EventKind::Offline), "{ev:?}");
-        evicted_doomed |= ev.id == "pool/doomed" && ev.kind == sfc::model::EventKind::Evicted;
+        assert!(!(ev.id == "pool/c3" && ev.kind == sfc_client::model::EventKind::Offline), "{ev:?}");
+        evicted_doomed |= ev.id == "pool/doomed" && ev.kind == sfc_client::model::EventKind::Evicted;
     }
     assert!(evicted_doomed, "registry b's watchers did not hear pool/doomed go");
     // A command through b reaches a client that failed over to it.

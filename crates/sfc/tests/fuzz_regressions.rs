@@ -9,17 +9,17 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{frame, raw_session, read_message, RegistryProc};
-use sfc::protocol::Message;
+use sfc_client::protocol::Message;
 use tokio::io::AsyncWriteExt;
 
 /// A report whose `sent_at` is 2^63 ms: the registry's clock-skew subtraction overflowed and
 /// the session task panicked (debug builds) or stored a wrapped skew (release builds).
 const SENT_AT_2POW63: &[u8] =
-    include_bytes!("../../fuzz/corpus/message_decode/regress-sent-at-2pow63.json");
+    include_bytes!("../../../fuzz/corpus/message_decode/regress-sent-at-2pow63.json");
 
 /// `http_command` input: the path `/v1/instances/<group>/known/commands` where the group is
 /// not UTF-8 once percent-decoded; axum answered with a plain-text 400, not the JSON error body.
-const PATH_NOT_UTF8: &[u8] = include_bytes!("../../fuzz/corpus/http_command/regress-path-not-utf8");
+const PATH_NOT_UTF8: &[u8] = include_bytes!("../../../fuzz/corpus/http_command/regress-path-not-utf8");
 
 #[tokio::test]
 async fn report_with_a_clock_past_i64_max_keeps_the_session() {

@@ -8,13 +8,13 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sfc::model::{Filter, Health, OfflineReason, Status};
-use sfc::protocol::{ErrorCode, Message};
+use sfc_client::model::{Filter, Health, OfflineReason, Status};
+use sfc_client::protocol::{ErrorCode, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-fn error_of(m: Message) -> sfc::protocol::ErrorMessage {
+fn error_of(m: Message) -> sfc_client::protocol::ErrorMessage {
     match m {
         Message::Error(e) => e,
         other => panic!("expected an error frame, got {other:?}"),
@@ -141,9 +141,9 @@ async fn content_beyond_limits_is_refused_by_name() {
     assert!(obs.query(Filter::group("g")).await.unwrap().iter().all(|r| r.instance_id != "i"));
 }
 
-async fn refused_hello(reg: &RegistryProc, hello: &[u8]) -> sfc::protocol::ErrorMessage {
+async fn refused_hello(reg: &RegistryProc, hello: &[u8]) -> sfc_client::protocol::ErrorMessage {
     let mut s = raw_tls(reg, None).await;
-    let mut v = sfc::protocol::frame::encode_preamble(1, 1).to_vec();
+    let mut v = sfc_client::protocol::frame::encode_preamble(1, 1).to_vec();
     v.extend(frame(hello));
     s.write_all(&v).await.unwrap();
     let mut p = [0u8; 8];
@@ -161,7 +161,7 @@ async fn a_lying_clock_does_not_move_liveness() {
     // Year 2100 and year 1970: the registry keeps its own clock and says how far off the client is.
     s.write_all(&frame(br#"{"type":"report","seq":1,"sent_at":4102444800000,"health":"passing"}"#)).await.unwrap();
     let r = wait_record(&obs, "clock/future", LIMIT, "skew recorded", |r| r.clock_skew_ms.unwrap_or(0) > 0).await;
-    let now = sfc::model::now_ms();
+    let now = sfc_client::model::now_ms();
     assert!(r.last_report_at.unwrap() <= now && r.last_report_at.unwrap() + 60_000 > now, "{r:?}");
     assert!(r.clock_skew_ms.unwrap() > 365 * 24 * 3600 * 1000, "{:?}", r.clock_skew_ms);
     s.write_all(&frame(br#"{"type":"report","seq":2,"sent_at":1000,"health":"warning"}"#)).await.unwrap();
@@ -366,7 +366,7 @@ async fn mtls_refusals_are_audited_and_counted() {
     assert!(rec.iter().any(|r| r.instance_id == "good" && r.status == Status::Online), "{rec:?}");
     assert!(rec.iter().all(|r| r.instance_id == "good"), "a refused client was recorded: {rec:?}");
     while let Ok(ev) = good_events.try_recv() {
-        assert!(!matches!(ev, sfc::client::ClientEvent::Error { .. }), "the good client saw {ev:?}");
+        assert!(!matches!(ev, sfc_client::ClientEvent::Error { .. }), "the good client saw {ev:?}");
     }
 }
 

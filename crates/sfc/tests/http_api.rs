@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sfc::client::ClientBuilder;
-use sfc::model::Health;
+use sfc_client::ClientBuilder;
+use sfc_client::model::Health;
 
 const TOKEN: &str = "test-admin-token";
 

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sfc::model::{InstanceRecord, OfflineReason, Status};
+use sfc_client::model::{InstanceRecord, OfflineReason, Status};
 
 const LEGACY_CLIENT: &str = r#"
 const tls = require('tls');

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sfc::client::{ClientEvent, LookupOptions};
-use sfc::model::{EventKind, Filter, Health, OfflineReason, Status};
+use sfc_client::{ClientEvent, LookupOptions};
+use sfc_client::model::{EventKind, Filter, Health, OfflineReason, Status};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -18,7 +18,7 @@ async fn register_report_lookup() {
         .service("billing", "b-1")
         .tag("eu")
         .metadata("zone", "a")
-        .endpoint(sfc::model::Endpoint { name: "http".into(), host: "127.0.0.1".into(), port: 8080, protocol: "http".into() })
+        .endpoint(sfc_client::model::Endpoint { name: "http".into(), host: "127.0.0.1".into(), port: 8080, protocol: "http".into() })
         .start()
         .unwrap();
     a.wait_connected(LIMIT).await.unwrap();
@@ -120,7 +120,7 @@ async fn watch_sees_joined_offline_and_left() {
 }
 
 /// The next event of `kind`, skipping others.
-async fn next_kind(w: &mut sfc::client::WatchStream, kind: EventKind) -> sfc::model::Event {
+async fn next_kind(w: &mut sfc_client::WatchStream, kind: EventKind) -> sfc_client::model::Event {
     loop {
         let ev = tokio::time::timeout(LIMIT, w.next()).await.expect("event in time").expect("stream open");
         if ev.kind == kind {
@@ -232,7 +232,7 @@ async fn mtls_required_rejects_a_client_without_certificate() {
         .start()
         .unwrap();
     ok.wait_connected(LIMIT).await.unwrap();
-    let obs = sfc::client::ClientBuilder::observer()
+    let obs = sfc_client::ClientBuilder::observer()
         .ignore_env()
         .registry(&reg.addr)
         .ca(reg.ca().display().to_string())
@@ -262,7 +262,7 @@ async fn superseded_session_is_told_and_closed() {
     })
     .await
     .expect("superseded error");
-    assert_eq!(msg.0, sfc::protocol::ErrorCode::Superseded, "{}", msg.1);
+    assert_eq!(msg.0, sfc_client::protocol::ErrorCode::Superseded, "{}", msg.1);
     // The superseded client stays down instead of taking the identity back (no flapping),
     // well past its reconnect backoff (at most 500 ms here).
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use sfc::model::{InstanceRecord, OfflineReason, Status};
+use sfc_client::model::{InstanceRecord, OfflineReason, Status};
 
 const REG_IP: &str = "169.254.77.1";
 const CLI_IP: &str = "169.254.77.2";

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use sfc::client::{Client, ClientEvent, LookupOptions};
-use sfc::model::{Endpoint, Health};
+use sfc_client::{Client, ClientEvent, LookupOptions};
+use sfc_client::model::{Endpoint, Health};
 
 fn flag(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
@@ -34,7 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         b = b.instance_id(i);
     }
     if let Some(i) = flag(&args, "--interval") {
-        b = b.interval(sfc::duration::parse("--interval", &i)?);
+        b = b.interval(sfc_client::duration::parse("--interval", &i)?);
     }
     if args.iter().any(|a| a == "--insecure-plaintext") {
         b = b.insecure_plaintext(true);

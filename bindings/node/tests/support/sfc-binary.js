@@ -14,7 +14,7 @@ function sfcPath() {
   if (process.env.SFC_BIN) return process.env.SFC_BIN
   const meta = JSON.parse(execFileSync('cargo', ['metadata', '--format-version', '1', '--no-deps'], { cwd: repoRoot }))
   const bin = path.join(meta.target_directory, 'debug', process.platform === 'win32' ? 'sfc.exe' : 'sfc')
-  if (!fs.existsSync(bin)) execFileSync('cargo', ['build', '-p', 'sfc-core', '--bin', 'sfc'], { cwd: repoRoot, stdio: 'inherit' })
+  if (!fs.existsSync(bin)) execFileSync('cargo', ['build', '-p', 'sfc', '--bin', 'sfc'], { cwd: repoRoot, stdio: 'inherit' })
   return bin
 }
 

@@ -9,8 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
 
-use super::frame::{self, Codec, Compression, ProtocolError, Wire, PREAMBLE_LEN};
-use super::message::{ErrorCode, Message};
+use super::frame::{self, Codec, Compression, Wire, PREAMBLE_LEN};
+use super::message::{ErrorCode, Message, ProtocolError};
 
 /// Initial size of each direction's frame buffer.
 const INITIAL_BUFFER: usize = 1024;

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use tokio_util::codec::LengthDelimitedCodec;
 
-use super::message::{ErrorCode, Message, MESSAGE_TYPES};
+use super::message::{ErrorCode, Message, ProtocolError, MESSAGE_TYPES};
 
 pub const MAGIC: [u8; 4] = *b"SFCP";
 pub const PREAMBLE_LEN: usize = 8;
@@ -26,20 +26,6 @@ pub fn encode_preamble(min: u16, max: u16) -> [u8; PREAMBLE_LEN] {
     p[4..6].copy_from_slice(&min.to_be_bytes());
     p[6..8].copy_from_slice(&max.to_be_bytes());
     p
-}
-
-/// A decoding failure, with the code that goes into the error frame.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct ProtocolError {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl ProtocolError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ProtocolError { code, message: message.into() }
-    }
 }
 
 /// Reads a peer's preamble: the (min, max) version range it offered.

@@ -4,8 +4,7 @@
 
 use serde::Deserialize;
 
-use super::frame::ProtocolError;
-use super::message::{ErrorCode, Report};
+use super::message::{ErrorCode, ProtocolError, Report};
 use crate::model::{HostMetrics, Metrics, ProcessMetrics, Registration};
 
 /// What a legacy document asks for.

@@ -308,3 +308,17 @@ pub const MESSAGE_TYPES: &[&str] = &[
     "hello", "welcome", "report", "leave", "ping", "pong", "query", "result", "watch", "unwatch",
     "event", "command", "command-result", "error",
 ];
+
+/// A decoding failure, with the code that goes into the error frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ProtocolError { code, message: message.into() }
+    }
+}

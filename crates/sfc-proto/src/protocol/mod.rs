@@ -8,5 +8,5 @@ pub mod message;
 pub mod pb;
 
 pub use connection::Connection;
-pub use frame::{Codec, Compression, Wire, ProtocolError, DEFAULT_MAX_FRAME, PROTOCOL_MAX, PROTOCOL_MIN};
+pub use frame::{Codec, Compression, Wire, DEFAULT_MAX_FRAME, PROTOCOL_MAX, PROTOCOL_MIN};
 pub use message::*;

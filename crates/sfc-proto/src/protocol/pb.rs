@@ -2,15 +2,14 @@
 //! protobuf types generated from `proto/sfc/v1/sfc.proto` (the contract; see PROTOCOL.md).
 //!
 //! The generated code lives in `pb_gen.rs`, committed so that no ordinary build needs `protoc`;
-//! `core/tests/codec.rs` regenerates it with prost-build and fails on a difference.
+//! `crates/sfc/tests/codec.rs` regenerates it with prost-build and fails on a difference.
 //! JSON-valued fields (command payload and result, event detail) travel as JSON text.
 
 use prost::Message as _;
 
-use super::frame::ProtocolError;
 use super::message::{
     Command, CommandResult, ErrorCode, ErrorMessage, EventMessage, Hello, Leave, Message, Ping,
-    Pong, Query, QueryResult, Report, Role, Unwatch, Watch, Welcome,
+    Pong, ProtocolError, Query, QueryResult, Report, Role, Unwatch, Watch, Welcome,
 };
 use crate::model;
 

@@ -320,7 +320,7 @@ where
 /// Keeps [`SelfFigures`] current: the report rate over a 5 s window, and the registry
 /// process's CPU and memory.
 async fn sample_figures(state: AppState) {
-    let mut sampler = crate::metrics::Sampler::new();
+    let mut sampler = sfc_client::metrics::Sampler::new();
     let mut window: VecDeque<(Instant, u64)> = VecDeque::with_capacity(8);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

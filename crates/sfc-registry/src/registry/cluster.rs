@@ -553,14 +553,15 @@ fn close_superseded(closes: Vec<(String, String, super::state::SessionRef)>) {
 #[cfg(test)]
 mod tests {
     //! The hooks etcd mode adds to the fleet state; the whole path runs against a real etcd
-    //! in core/tests/etcd.rs.
+    //! in crates/sfc/tests/etcd.rs.
     use std::sync::Arc;
     use std::time::Duration;
 
     use tokio::sync::broadcast;
 
     use crate::model::{EventKind, Filter, InstanceRecord, Registration, Status};
-    use crate::registry::state::{OutboundTx, RemoteTransition, SessionRef, State};
+    use crate::registry::state::{OutboundTx, SessionRef, State};
+    use crate::store::RemoteTransition;
 
     fn state() -> (State, broadcast::Receiver<Arc<crate::model::Event>>) {
         let (events, rx) = broadcast::channel(64);

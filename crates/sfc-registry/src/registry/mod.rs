@@ -60,6 +60,10 @@ pub struct RegistryConfig {
     pub codecs: Vec<crate::protocol::Codec>,
     /// Frame compressions a session may negotiate (`--compression`).
     pub compression: Vec<crate::protocol::Compression>,
+    /// `--store etcd`: the shared state of the etcd store, which the registry's cluster tasks
+    /// (fleet cache, cross-registry commands) use. Set together with `store`.
+    #[cfg(feature = "etcd")]
+    pub cluster: Option<Arc<crate::store::etcd::EtcdInner>>,
 }
 
 impl Default for RegistryConfig {
@@ -80,6 +84,8 @@ impl Default for RegistryConfig {
             max_frame_rate: 100,
             codecs: crate::protocol::Codec::ALL.to_vec(),
             compression: crate::protocol::Compression::ALL.to_vec(),
+            #[cfg(feature = "etcd")]
+            cluster: None,
         }
     }
 }
@@ -200,7 +206,7 @@ impl Registry {
         }
         // `--store etcd`: the rest of the fleet, kept current by a watch.
         #[cfg(feature = "etcd")]
-        if let Some(etcd) = reg.shared.config.store.etcd() {
+        if let Some(etcd) = reg.shared.config.cluster.clone() {
             let cluster = cluster::start(&reg, etcd)?;
             let _ = reg.shared.cluster.set(cluster);
         }
@@ -241,7 +247,7 @@ impl Registry {
         &self.shared.stats
     }
 
-    /// The state behind its lock. Public only for the benches in core/benches; not an API.
+    /// The state behind its lock. Public only for the benches in crates/sfc-registry/benches; not an API.
     #[doc(hidden)]
     pub fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would poison it; the state is still consistent

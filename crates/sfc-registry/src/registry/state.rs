@@ -13,7 +13,7 @@ use crate::model::{
     now_ms, Event, EventKind, Filter, Health, InstanceRecord, OfflineReason, Registration, Status,
 };
 use crate::protocol::{CommandResult, Message, Report};
-use crate::store::{Snapshot, Store};
+use crate::store::{RemoteTransition, Snapshot, Store};
 
 /// What a session's writer is asked to do.
 #[derive(Debug)]
@@ -114,16 +114,6 @@ pub struct State {
     /// Events that other registries wrote (`--store etcd`) while the store failed: never
     /// written again by this one.
     remote_seqs: std::collections::HashSet<u64>,
-}
-
-/// A transition another registry made (`--store etcd`), as it travels through etcd.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct RemoteTransition {
-    pub kind: EventKind,
-    /// When the owner made it, Unix ms.
-    pub at: u64,
-    #[serde(default)]
-    pub detail: serde_json::Value,
 }
 
 /// What registering a session did.

@@ -26,10 +26,9 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
-use super::{Snapshot, Store};
+use super::{RemoteTransition, Snapshot, Store};
 use crate::error::{Error, Result};
 use crate::model::{Event, InstanceRecord};
-use crate::registry::state::RemoteTransition;
 use crate::tls::PemSource;
 
 /// Every key this registry writes starts with this.
@@ -192,6 +191,12 @@ pub fn instance_key(id: &str) -> String {
 impl EtcdStore {
     /// Connects, grants this registry's lease and announces it under `registries/`.
     /// Must not be called from inside an async task (it waits for etcd).
+    /// What the registry's cluster tasks share with this store: the client, the lease and the
+    /// fleet cache. Given to the registry in [`RegistryConfig::cluster`](crate::RegistryConfig).
+    pub fn cluster(&self) -> Arc<EtcdInner> {
+        self.inner.clone()
+    }
+
     pub fn connect(opts: &EtcdOptions) -> Result<EtcdStore> {
         if opts.endpoints.is_empty() {
             return Err(Error::invalid("--etcd-endpoints", "--store etcd needs at least one endpoint"));
@@ -577,10 +582,6 @@ impl Store for EtcdStore {
         })?;
         tracing::trace!(target: "sfc::store", revision = rev, "etcd compaction tick");
         Ok(0)
-    }
-
-    fn etcd(&self) -> Option<Arc<EtcdInner>> {
-        Some(self.inner.clone())
     }
 }
 

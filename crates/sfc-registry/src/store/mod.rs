@@ -44,11 +44,17 @@ pub trait Store: Send + Sync + 'static {
     fn available(&self) -> bool {
         true
     }
-    /// `--store etcd`: what the registry's cluster tasks share with the store.
-    #[cfg(feature = "etcd")]
-    fn etcd(&self) -> Option<Arc<etcd::EtcdInner>> {
-        None
-    }
+}
+
+/// A transition another registry made (`--store etcd`), as it travels through the shared
+/// store to the registries that apply it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RemoteTransition {
+    pub kind: crate::model::EventKind,
+    /// When the owner made it, Unix ms.
+    pub at: u64,
+    #[serde(default)]
+    pub detail: serde_json::Value,
 }
 
 /// State kept in memory only.

@@ -22,10 +22,10 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::cli::parse_duration;
-use crate::error::{Error, Result};
-use crate::protocol::{Codec, Compression, Message, Report, Wire};
-use crate::tls::{ClientTlsOptions, PemSource};
+use crate::value::parse_duration;
+use sfc_client::error::{Error, Result};
+use sfc_client::protocol::{Codec, Compression, Message, Report, Wire};
+use sfc_client::tls::{ClientTlsOptions, PemSource};
 use sim::{Action, Fleet, Phase};
 use target::{ProcSample, ProcWatch, Spawned};
 
@@ -133,12 +133,12 @@ impl BenchArgs {
                 format!("{} is outside 1 ..= 1000000", self.clients),
             ));
         }
-        crate::limits::check_interval_ms(self.interval.as_millis() as u64).map_err(|_| {
+        sfc_client::limits::check_interval_ms(self.interval.as_millis() as u64).map_err(|_| {
             Error::invalid(
                 "--interval",
                 format!(
                     "{} is outside 100ms ..= 1h",
-                    crate::duration::format(self.interval)
+                    sfc_client::duration::format(self.interval)
                 ),
             )
         })?;
@@ -151,13 +151,13 @@ impl BenchArgs {
                 "must be at least 1 connection per second",
             ));
         }
-        if self.payload_bytes > crate::protocol::DEFAULT_MAX_FRAME / 2 {
+        if self.payload_bytes > sfc_client::protocol::DEFAULT_MAX_FRAME / 2 {
             return Err(Error::invalid(
                 "--payload-bytes",
                 format!(
                     "{} is over the limit of {}",
                     self.payload_bytes,
-                    crate::protocol::DEFAULT_MAX_FRAME / 2
+                    sfc_client::protocol::DEFAULT_MAX_FRAME / 2
                 ),
             ));
         }
@@ -451,8 +451,8 @@ impl Results {
 }
 
 /// A sampled report, padded with custom gauges to about `bytes` of JSON.
-fn payload(bytes: usize) -> crate::model::Metrics {
-    let mut sampler = crate::metrics::Sampler::new();
+fn payload(bytes: usize) -> sfc_client::model::Metrics {
+    let mut sampler = sfc_client::metrics::Sampler::new();
     // CPU figures need two readings 200 ms apart; a real client's reports have them.
     std::thread::sleep(Duration::from_millis(250));
     let mut metrics = sampler.sample();
@@ -467,11 +467,11 @@ fn payload(bytes: usize) -> crate::model::Metrics {
     metrics
 }
 
-fn encoded_len(metrics: &crate::model::Metrics, wire: &Wire) -> usize {
+fn encoded_len(metrics: &sfc_client::model::Metrics, wire: &Wire) -> usize {
     let msg = Message::Report(Report {
         seq: 1,
         sent_at: Some(1),
-        health: Some(crate::model::Health::Passing),
+        health: Some(sfc_client::model::Health::Passing),
         health_note: None,
         metrics: metrics.clone(),
     });
@@ -504,7 +504,7 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
         let dir = std::env::temp_dir().join(format!(
             "sfc-bench-{}-{}",
             std::process::id(),
-            crate::model::now_ms()
+            sfc_client::model::now_ms()
         ));
         let extra = a.registry_args.clone();
         let s = tokio::task::spawn_blocking(move || Spawned::start("127.0.0.1:0", dir, extra))
@@ -520,7 +520,7 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
         out
     } else {
         let text = a.registry.clone().unwrap_or_default();
-        let (host, port) = crate::client::split_host_port(&text)?;
+        let (host, port) = sfc_client::split_host_port(&text)?;
         let addr = tokio::net::lookup_host((host.as_str(), port))
             .await
             .map_err(|e| Error::invalid("--registry", format!("cannot resolve {text:?}: {e}")))?
@@ -528,12 +528,12 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
             .ok_or_else(|| Error::invalid("--registry", format!("{text:?} has no IPv4 address")))?;
         (addr, host, a.ca.clone(), a.registry_pid)
     };
-    let tls = crate::tls::client_config(&ClientTlsOptions {
+    let tls = sfc_client::tls::client_config(&ClientTlsOptions {
         ca: ca.as_deref().map(PemSource::parse),
         cert: None,
         key: None,
     })?;
-    let server_name = crate::tls::server_name(&server_name)?;
+    let server_name = sfc_proto::tls::server_name(&server_name)?;
 
     // Loopback source addresses only make sense for a loopback target.
     let sources: Vec<IpAddr> = if addr.ip().is_loopback() {
@@ -556,7 +556,7 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     .map_err(|e| Error::Io(std::io::Error::other(e)))?;
     let wire = Wire::new(a.codec, a.compression());
     let report_frame_bytes =
-        encoded_len(&metrics, &wire) + crate::protocol::frame::FRAME_HEADER_LEN;
+        encoded_len(&metrics, &wire) + sfc_client::protocol::frame::FRAME_HEADER_LEN;
     // Time about 500 report updates a second at the observer, at least one client.
     let per_second = (a.clients as f64 / a.interval.as_secs_f64()).max(1.0);
     let lat_stride = ((per_second / 500.0).ceil() as usize).max(1);

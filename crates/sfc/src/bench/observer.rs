@@ -12,10 +12,10 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::sim::{now_us, Fleet, Phase, LAT_GROUP, SENT_GAUGE};
-use crate::error::{Error, Result};
-use crate::model::{Event, EventKind, Filter, Status};
-use crate::protocol::connection::client_preamble;
-use crate::protocol::{frame, Connection, Hello, Message, Ping, Role, Watch};
+use sfc_client::error::{Error, Result};
+use sfc_client::model::{Event, EventKind, Filter, Status};
+use sfc_client::protocol::connection::client_preamble;
+use sfc_client::protocol::{frame, Connection, Hello, Message, Ping, Role, Watch};
 
 const TRANSITIONS: u64 = 2;
 const REPORTS: u64 = 3;
@@ -61,7 +61,7 @@ async fn connect(fleet: &Fleet, reports: bool) -> Result<Conn> {
                 codecs: vec!["json".into()],
                 interval_ms: None,
                 registration: None,
-                client: Some(format!("sfc-bench/{}", crate::VERSION)),
+                client: Some(format!("sfc-bench/{}", sfc_client::VERSION)),
                 compression: Vec::new(),
             }))
             .await?;
@@ -75,7 +75,7 @@ async fn connect(fleet: &Fleet, reports: bool) -> Result<Conn> {
             }
             Some(Ok(other)) => {
                 return Err(Error::Protocol {
-                    code: crate::protocol::ErrorCode::UnexpectedMessage,
+                    code: sfc_client::protocol::ErrorCode::UnexpectedMessage,
                     message: format!("expected welcome, got {}", other.name()),
                 })
             }
@@ -241,7 +241,7 @@ pub(super) async fn run(
                     }
                     seen.online.store(online.len() as u64, Ordering::Relaxed);
                 }
-                Message::Error(e) if e.code == crate::protocol::ErrorCode::Lagged => {
+                Message::Error(e) if e.code == sfc_client::protocol::ErrorCode::Lagged => {
                     seen.lagged.fetch_add(1, Ordering::Relaxed);
                 }
                 _ => {}

@@ -1,7 +1,7 @@
 //! One simulated service instance: a real TLS connection speaking protocol v1 and reporting a
 //! realistic payload on a timer. Tens of thousands run as tasks in one process, so each keeps
 //! only what a connection needs: no metrics sampler, lookup cache or command handling, which
-//! are what make `sfc::client::Client` the right thing for a real service and the wrong one
+//! are what make `sfc_client::Client` the right thing for a real service and the wrong one
 //! for a load generator.
 
 use std::io;
@@ -22,10 +22,10 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::codec::{FramedWrite, LengthDelimitedCodec};
 
-use crate::error::{Error, Result};
-use crate::model::{Health, Metrics, Registration};
-use crate::protocol::connection::{client_preamble, FrameReader};
-use crate::protocol::{frame, Hello, Message, Ping, Report, Role, Welcome, Wire};
+use sfc_client::error::{Error, Result};
+use sfc_client::model::{Health, Metrics, Registration};
+use sfc_client::protocol::connection::{client_preamble, FrameReader};
+use sfc_client::protocol::{frame, Hello, Message, Ping, Report, Role, Welcome, Wire};
 
 /// Group of the clients whose reports the observer times.
 pub(super) const LAT_GROUP: &str = "bench-lat";
@@ -36,7 +36,7 @@ pub(super) const SENT_GAUGE: &str = "bench_sent_us";
 /// Reports a `max` client sends back to back before it waits for a pong.
 pub(super) const WINDOW: u64 = 16;
 const MAX_FRAME: usize = frame::DEFAULT_MAX_FRAME;
-/// Reconnect backoff, the same as `sfc::client`'s defaults: capped exponential, full jitter.
+/// Reconnect backoff, the same as `sfc_client`'s defaults: capped exponential, full jitter.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -267,7 +267,7 @@ async fn connect(fleet: &Fleet, index: usize, hello: &Bytes) -> Result<(Reader, 
                 );
                 if got != want {
                     return Err(Error::Protocol {
-                        code: crate::protocol::ErrorCode::UnsupportedCodec,
+                        code: sfc_client::protocol::ErrorCode::UnsupportedCodec,
                         message: format!("registry picked codec {:?} and compression {:?}; the bench asked for {:?} and {:?}",
                             got.0, got.1, want.0, want.1),
                     });
@@ -281,7 +281,7 @@ async fn connect(fleet: &Fleet, index: usize, hello: &Bytes) -> Result<(Reader, 
                 message: e.message,
             }),
             Some(Ok(other)) => Err(Error::Protocol {
-                code: crate::protocol::ErrorCode::UnexpectedMessage,
+                code: sfc_client::protocol::ErrorCode::UnexpectedMessage,
                 message: format!("expected welcome, got {}", other.name()),
             }),
             Some(Err(e)) => Err(e.into()),
@@ -322,7 +322,7 @@ pub(super) async fn run(fleet: Arc<Fleet>, index: usize, mut phase: watch::Recei
         codecs: vec![fleet.wire.codec.name().into()],
         interval_ms: Some(fleet.interval.as_millis() as u64),
         registration: Some(registration),
-        client: Some(format!("sfc-bench/{}", crate::VERSION)),
+        client: Some(format!("sfc-bench/{}", sfc_client::VERSION)),
         compression: fleet
             .wire
             .compression
@@ -518,7 +518,7 @@ async fn session(
                 }
                 Some(Ok(Message::Error(e))) => {
                     c.error_frames.fetch_add(1, Ordering::Relaxed);
-                    if e.code == crate::protocol::ErrorCode::RateLimited {
+                    if e.code == sfc_client::protocol::ErrorCode::RateLimited {
                         c.rate_limited.fetch_add(1, Ordering::Relaxed);
                         window_limited = true;
                         // Dropped reports cannot be told apart: nothing on this connection

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
-use crate::error::{Error, Result};
+use sfc_client::error::{Error, Result};
 
 /// How long a spawned registry may take to print its listening line (the first start also
 /// generates development certificates).
@@ -44,7 +44,7 @@ impl Spawned {
     }
 
     pub fn ca(&self) -> PathBuf {
-        self.data_dir.join("tls").join(crate::certs::CA)
+        self.data_dir.join("tls").join(sfc_registry::certs::CA)
     }
 
     /// Kills the registry (SIGKILL, as in a crash) and starts a new one on the same address.

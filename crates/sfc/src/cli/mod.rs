@@ -1,6 +1,7 @@
 //! Command-line surface of the `sfc` binary: argument definitions and one module per command.
 
 pub mod admin;
+pub mod http;
 pub mod observe;
 pub mod registry;
 
@@ -8,7 +9,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::error::Result;
+use sfc_client::error::Result;
+use crate::value::parse_duration;
 
 #[derive(Parser)]
 #[command(name = "sfc", version, about = "Service Fleet Control: service discovery and health status for a fleet of microservices")]
@@ -50,7 +52,7 @@ pub enum CertsCommand {
         #[arg(long)]
         dir: PathBuf,
         /// Names and addresses the server certificate covers.
-        #[arg(long, value_delimiter = ',', default_values_t = crate::certs::default_hosts())]
+        #[arg(long, value_delimiter = ',', default_values_t = sfc_registry::certs::default_hosts())]
         hosts: Vec<String>,
     },
     /// Issue a client certificate from the development CA (ca.pem and ca-key.pem in --ca-dir).
@@ -74,7 +76,7 @@ pub enum CertsCommand {
 #[derive(Args, Clone, Debug)]
 pub struct ConnectArgs {
     /// Registry address(es), host:port, comma-separated.
-    #[arg(long, env = "SFC_REGISTRY", value_delimiter = ',', default_value = crate::client::DEFAULT_REGISTRY)]
+    #[arg(long, env = "SFC_REGISTRY", value_delimiter = ',', default_value = sfc_client::DEFAULT_REGISTRY)]
     pub registry: Vec<String>,
     /// CA to trust (PEM). Defaults to <data-dir>/tls/ca.pem when that exists.
     #[arg(long, env = "SFC_CA")]
@@ -98,17 +100,17 @@ pub struct ConnectArgs {
 
 impl ConnectArgs {
     /// An observer client builder with these options.
-    pub fn observer(&self) -> crate::client::ClientBuilder {
-        let mut b = crate::client::ClientBuilder::observer()
+    pub fn observer(&self) -> sfc_client::ClientBuilder {
+        let mut b = sfc_client::ClientBuilder::observer()
             .ignore_env()
             .registries(self.registry.clone())
             .connect_timeout(self.timeout)
             .sample_metrics(false)
-            .client_name(format!("sfc-cli/{}", crate::VERSION));
+            .client_name(format!("sfc-cli/{}", sfc_client::VERSION));
         if self.insecure_plaintext {
             return b.insecure_plaintext(true);
         }
-        let dev_ca = self.data_dir.join("tls").join(crate::certs::CA);
+        let dev_ca = self.data_dir.join("tls").join(sfc_registry::certs::CA);
         match &self.ca {
             Some(ca) => b = b.ca(ca),
             None if dev_ca.exists() => b = b.ca(dev_ca.display().to_string()),
@@ -122,10 +124,6 @@ impl ConnectArgs {
         }
         b
     }
-}
-
-pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
-    crate::duration::parse("duration", s).map_err(|e| e.to_string())
 }
 
 /// Logs to stderr; `RUST_LOG` filters by target (`RUST_LOG=sfc::registry=debug`). The
@@ -149,14 +147,14 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Registry(a) => registry::run(a),
         Command::Certs(CertsCommand::Init { dir, hosts }) => {
-            let p = crate::certs::init(&dir, &hosts)?;
+            let p = sfc_registry::certs::init(&dir, &hosts)?;
             println!("wrote {}, {}, {}, {}, {}", p.ca.display(), p.server.display(), p.server_key.display(),
                 p.client.display(), p.client_key.display());
             println!("server certificate covers: {}", hosts.join(", "));
             Ok(())
         }
         Command::Certs(CertsCommand::Client { ca_dir, name, uri, out }) => {
-            let (cert, key) = crate::certs::issue_client(&ca_dir, out.as_deref().unwrap_or(&ca_dir), &name, &uri)?;
+            let (cert, key) = sfc_registry::certs::issue_client(&ca_dir, out.as_deref().unwrap_or(&ca_dir), &name, &uri)?;
             println!("wrote {} and {}", cert.display(), key.display());
             Ok(())
         }
@@ -175,5 +173,5 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| crate::Error::Io(std::io::Error::other(format!("cannot start the runtime: {e}"))))
+        .map_err(|e| sfc_client::Error::Io(std::io::Error::other(format!("cannot start the runtime: {e}"))))
 }

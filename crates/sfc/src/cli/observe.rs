@@ -2,11 +2,11 @@
 
 use clap::Args;
 
-use super::admin::{query_string, HttpArgs, HttpClient};
+use super::http::{query_string, HttpArgs, HttpClient};
 use super::ConnectArgs;
-use crate::client::{Client, ClientEvent};
-use crate::error::{Error, Result};
-use crate::model::{now_ms, Event, Filter, InstanceRecord};
+use sfc_client::{Client, ClientEvent};
+use sfc_client::error::{Error, Result};
+use sfc_client::model::{now_ms, Event, Filter, InstanceRecord};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -196,7 +196,7 @@ fn status_http(a: &StatusArgs, url: &str) -> Result<()> {
     let client = http_client(&a.connect, url)?;
     let v = client.get(&format!("/v1/instances{}", query_string(&[("group", a.group.clone())])))?;
     let records: Vec<InstanceRecord> = serde_json::from_value(v).map_err(|e| Error::Remote {
-        code: crate::protocol::ErrorCode::BadJson,
+        code: sfc_client::protocol::ErrorCode::BadJson,
         message: format!("{url} answered records in an unexpected shape: {e}"),
     })?;
     if a.json {

@@ -1,16 +1,16 @@
-//! `sfc registry`: flags (each also from an `SFC_` environment variable), TLS setup with
-//! development certificates on first run, signal handling.
+//! `sfc registry`: its flags (each also from an `SFC_` environment variable) and signal
+//! handling. What the flags mean and do lives in `sfc_registry::server`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use sfc_registry::protocol::Codec;
+use sfc_registry::server::RegistryOptions;
+use sfc_registry::tls::MtlsMode;
 
-use super::parse_duration;
-use crate::error::{Error, Result};
-use crate::registry::{Registry, RegistryConfig};
-use crate::tls::{MtlsMode, PemSource, ServerTlsOptions};
+use sfc_client::error::Result;
+use crate::value::parse_duration;
 
 #[derive(Args, Debug, Clone)]
 pub struct RegistryArgs {
@@ -42,7 +42,7 @@ pub struct RegistryArgs {
     #[arg(long, env = "SFC_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub retention: Duration,
     /// Largest frame payload accepted, in bytes.
-    #[arg(long, env = "SFC_MAX_FRAME", default_value_t = crate::protocol::DEFAULT_MAX_FRAME, value_parser = parse_max_frame)]
+    #[arg(long, env = "SFC_MAX_FRAME", default_value_t = sfc_registry::protocol::DEFAULT_MAX_FRAME, value_parser = parse_max_frame)]
     pub max_frame: usize,
     /// Time allowed for TLS, preamble and hello.
     #[arg(long, env = "SFC_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -107,27 +107,51 @@ pub struct RegistryArgs {
     /// Codecs sessions may negotiate after hello, comma-separated: protobuf, json. `json` alone
     /// answers every hello as a registry without the binary codec would.
     #[arg(long, env = "SFC_CODECS", value_delimiter = ',', default_value = "protobuf,json", value_parser = parse_codec)]
-    pub codecs: Vec<crate::protocol::Codec>,
+    pub codecs: Vec<Codec>,
     /// Frame compressions sessions may negotiate, comma-separated: zstd, or none.
     #[arg(long, env = "SFC_COMPRESSION", value_delimiter = ',', default_value = "zstd")]
     pub compression: Vec<String>,
 }
 
-fn parse_codec(s: &str) -> std::result::Result<crate::protocol::Codec, String> {
-    crate::protocol::Codec::from_name(s).ok_or_else(|| format!("unknown codec {s:?} (expected protobuf or json)"))
-}
-
-fn parse_compressions(list: &[String]) -> Result<Vec<crate::protocol::Compression>> {
-    let mut out = Vec::new();
-    for c in list {
-        match c.as_str() {
-            "none" => {}
-            other => out.push(crate::protocol::Compression::from_name(other).ok_or_else(|| {
-                Error::invalid("--compression", format!("unknown compression {other:?} (expected zstd or none)"))
-            })?),
+impl From<RegistryArgs> for RegistryOptions {
+    fn from(a: RegistryArgs) -> Self {
+        RegistryOptions {
+            listen: a.listen,
+            data_dir: a.data_dir,
+            tls_cert: a.tls_cert,
+            tls_key: a.tls_key,
+            mtls: a.mtls,
+            client_ca: a.client_ca,
+            insecure_plaintext: a.insecure_plaintext,
+            missed_reports: a.missed_reports,
+            retention: a.retention,
+            max_frame: a.max_frame,
+            handshake_timeout: a.handshake_timeout,
+            max_connections: a.max_connections,
+            policy: a.policy,
+            max_frame_rate: a.max_frame_rate,
+            store: a.store,
+            etcd_endpoints: a.etcd_endpoints,
+            etcd_ca: a.etcd_ca,
+            etcd_cert: a.etcd_cert,
+            etcd_key: a.etcd_key,
+            etcd_lease_ttl: a.etcd_lease_ttl,
+            snapshot_interval: a.snapshot_interval,
+            history_retention: a.history_retention,
+            http: a.http,
+            http_tls: a.http_tls,
+            admin_token: a.admin_token,
+            admin_subject: a.admin_subject,
+            command_timeout: a.command_timeout,
+            http_heartbeat: a.http_heartbeat,
+            codecs: a.codecs,
+            compression: a.compression,
         }
     }
-    Ok(out)
+}
+
+fn parse_codec(s: &str) -> std::result::Result<Codec, String> {
+    Codec::from_name(s).ok_or_else(|| format!("unknown codec {s:?} (expected protobuf or json)"))
 }
 
 fn parse_max_frame(s: &str) -> std::result::Result<usize, String> {
@@ -136,95 +160,6 @@ fn parse_max_frame(s: &str) -> std::result::Result<usize, String> {
         return Err(format!("{n} is outside 1024..=67108864 bytes"));
     }
     Ok(n)
-}
-
-/// Raises the soft open-file limit to the hard limit: every session is a socket.
-fn raise_nofile() {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::info!(target: "sfc::registry", limit = n, "open-file limit"),
-        Err(e) => tracing::warn!(target: "sfc::registry", error = %e, "could not raise the open-file limit"),
-    }
-}
-
-/// Builds the registry configuration: TLS material and limits.
-pub fn config(a: &RegistryArgs) -> Result<RegistryConfig> {
-    let tls = if a.insecure_plaintext {
-        tracing::warn!(target: "sfc::registry",
-            "--insecure-plaintext: reports, commands and identities travel unencrypted and unauthenticated");
-        if a.mtls != MtlsMode::Off {
-            return Err(Error::invalid("--mtls", "needs TLS; it cannot be used with --insecure-plaintext"));
-        }
-        None
-    } else {
-        let (cert, key, dev_ca) = match (&a.tls_cert, &a.tls_key) {
-            (Some(c), Some(k)) => (PemSource::parse(c), PemSource::parse(k), None),
-            _ => {
-                let (paths, created) = crate::certs::ensure_dev_certs(&a.data_dir)?;
-                if created {
-                    tracing::info!(target: "sfc::registry", dir = %paths.dir.display(), "created development certificates");
-                }
-                tracing::info!(target: "sfc::registry", ca = %paths.ca.display(),
-                    "development TLS: clients must trust this CA (SFC_CA={})", paths.ca.display());
-                (PemSource::File(paths.server), PemSource::File(paths.server_key), Some(paths.ca))
-            }
-        };
-        let client_ca = match (&a.client_ca, dev_ca) {
-            (Some(c), _) => Some(PemSource::parse(c)),
-            (None, Some(ca)) if a.mtls != MtlsMode::Off => Some(PemSource::File(ca)),
-            _ => None,
-        };
-        Some(crate::tls::server_config(&ServerTlsOptions { cert, key, mtls: a.mtls, client_ca })?)
-    };
-    Ok(RegistryConfig {
-        tls,
-        missed_reports: a.missed_reports,
-        retention: a.retention,
-        max_frame: a.max_frame,
-        handshake_timeout: a.handshake_timeout,
-        max_connections: a.max_connections,
-        policy: match &a.policy {
-            None => None,
-            Some(_) if a.mtls == MtlsMode::Off => {
-                return Err(Error::invalid("--policy", "binds certificates to rights, so it needs --mtls optional or required"))
-            }
-            Some(p) => Some(Arc::new(crate::registry::policy::Policy::load(p)?)),
-        },
-        max_frame_rate: a.max_frame_rate,
-        store: open_store(a)?,
-        snapshot_interval: a.snapshot_interval,
-        history_retention: a.history_retention,
-        codecs: a.codecs.clone(),
-        compression: parse_compressions(&a.compression)?,
-        ..RegistryConfig::default()
-    })
-}
-
-/// The store named by --store, with its options.
-fn open_store(a: &RegistryArgs) -> Result<std::sync::Arc<dyn crate::store::Store>> {
-    let etcd_flags = !a.etcd_endpoints.is_empty() || a.etcd_ca.is_some() || a.etcd_cert.is_some();
-    if a.store != "etcd" {
-        if etcd_flags {
-            return Err(Error::invalid("--etcd-endpoints", format!("needs --store etcd (the store is {})", a.store)));
-        }
-        return crate::store::open(&a.store, &a.data_dir);
-    }
-    #[cfg(feature = "etcd")]
-    {
-        let opts = crate::store::etcd::EtcdOptions {
-            endpoints: a.etcd_endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect(),
-            ca: a.etcd_ca.as_deref().map(PemSource::parse),
-            cert: a.etcd_cert.as_deref().map(PemSource::parse),
-            key: a.etcd_key.as_deref().map(PemSource::parse),
-            lease_ttl: a.etcd_lease_ttl,
-            ..Default::default()
-        };
-        Ok(std::sync::Arc::new(crate::store::etcd::EtcdStore::connect(&opts)?))
-    }
-    #[cfg(not(feature = "etcd"))]
-    Err(Error::invalid(
-        "--store",
-        "this sfc was built without etcd support; build it with `cargo build --release --features etcd` (needs protoc: Debian protobuf-compiler)",
-    ))
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -248,66 +183,37 @@ pub async fn shutdown_signal() {
     tracing::info!(target: "sfc::registry", "signal received: shutting down");
 }
 
-/// Binds the HTTP API's address. An explicit address that cannot be bound is an error; the
-/// default one (127.0.0.1:7481) only a warning, so several registries can run side by side.
-async fn http_listener(a: &RegistryArgs, tls: bool) -> Result<Option<(tokio::net::TcpListener, std::net::SocketAddr)>> {
-    if a.http_tls && !tls {
-        return Err(Error::invalid("--http-tls", "needs the registry's TLS; it cannot be used with --insecure-plaintext"));
-    }
-    match a.http.as_deref() {
-        Some("off") => Ok(None),
-        Some(addr) => crate::http::bind(addr).await.map(Some),
-        None => match crate::http::bind(crate::http::DEFAULT_HTTP_ADDR).await {
-            Ok(l) => Ok(Some(l)),
-            Err(e) => {
-                tracing::warn!(target: "sfc::http", error = %e,
-                    "the HTTP API is off: pass --http ADDR (127.0.0.1:0 picks a free port) to serve it");
-                Ok(None)
-            }
-        },
-    }
-}
-
-fn http_config(a: &RegistryArgs, tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> crate::http::HttpConfig {
-    crate::http::HttpConfig {
-        tls: if a.http_tls { tls } else { None },
-        access: crate::http::Access::new(a.admin_token.clone(), a.admin_subject.clone()),
-        command_timeout: a.command_timeout,
-        heartbeat: a.http_heartbeat,
-        ..Default::default()
-    }
-}
-
+/// Runs `sfc registry` until SIGINT or SIGTERM.
 pub fn run(a: RegistryArgs) -> Result<()> {
-    raise_nofile();
-    std::fs::create_dir_all(&a.data_dir).map_err(|e| Error::write_file(&a.data_dir, e))?;
-    let cfg = config(&a)?;
-    let secure = cfg.tls.is_some();
-    let rt = super::runtime()?;
-    rt.block_on(async {
-        let (listener, addr) = crate::registry::bind(&a.listen).await?;
-        let http = http_listener(&a, cfg.tls.is_some()).await?;
-        let registry = Registry::open(cfg)?;
-        // This line is the contract tests and scripts wait for.
-        println!("sfc registry listening on {addr} ({})", if secure { "tls" } else { "plaintext" });
-        let stop = tokio_util::sync::CancellationToken::new();
-        let http_task = http.map(|(listener, haddr)| {
-            let hcfg = http_config(&a, registry.config().tls.clone());
-            crate::http::warn_about_exposure(haddr, &hcfg);
-            // The second line: where the HTTP API, /metrics and the dashboard are.
-            println!("sfc http listening on {haddr} ({})", if hcfg.tls.is_some() { "tls" } else { "plaintext" });
-            tokio::spawn(crate::http::serve(registry.clone(), listener, hcfg, stop.clone().cancelled_owned()))
-        });
-        let signalled = stop.clone();
-        crate::registry::serve(registry, listener, async move {
-            shutdown_signal().await;
-            signalled.cancel();
-        })
-        .await;
-        stop.cancel();
-        if let Some(t) = http_task {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-        }
-        Ok(())
-    })
+    sfc_registry::server::raise_nofile();
+    let opts = RegistryOptions::from(a);
+    super::runtime()?.block_on(sfc_registry::server::run(&opts, shutdown_signal()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        args: RegistryArgs,
+    }
+
+    /// The flags' defaults (in clap's attributes) are the library's, so `sfc registry` and an
+    /// embedded registry (Node.js) start alike.
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let matches = Flags::command()
+            .mut_args(|a| a.env(None))
+            .try_get_matches_from(["sfc-registry"])
+            .unwrap();
+        let flags = Flags::from_arg_matches(&matches).unwrap().args;
+        assert_eq!(
+            format!("{:?}", RegistryOptions::from(flags)),
+            format!("{:?}", RegistryOptions::default())
+        );
+    }
 }

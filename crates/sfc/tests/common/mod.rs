@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sfc::client::{Client, ClientBuilder};
-use sfc::model::{Filter, InstanceRecord};
+use sfc_client::{Client, ClientBuilder};
+use sfc_client::model::{Filter, InstanceRecord};
 
 pub fn sfc_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sfc"))
@@ -260,19 +260,19 @@ pub type RawTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// Opens a raw TLS connection, optionally with a client certificate.
 pub async fn raw_tls(reg: &RegistryProc, cert: Option<(PathBuf, PathBuf)>) -> RawTls {
-    let cfg = sfc::tls::client_config(&sfc::tls::ClientTlsOptions {
-        ca: Some(sfc::tls::PemSource::File(reg.ca())),
+    let cfg = sfc_client::tls::client_config(&sfc_client::tls::ClientTlsOptions {
+        ca: Some(sfc_client::tls::PemSource::File(reg.ca())),
         cert: cert
             .as_ref()
-            .map(|c| sfc::tls::PemSource::File(c.0.clone())),
+            .map(|c| sfc_client::tls::PemSource::File(c.0.clone())),
         key: cert
             .as_ref()
-            .map(|c| sfc::tls::PemSource::File(c.1.clone())),
+            .map(|c| sfc_client::tls::PemSource::File(c.1.clone())),
     })
     .unwrap();
     let tcp = tokio::net::TcpStream::connect(&reg.addr).await.unwrap();
     tokio_rustls::TlsConnector::from(cfg)
-        .connect(sfc::tls::server_name("127.0.0.1").unwrap(), tcp)
+        .connect(sfc_proto::tls::server_name("127.0.0.1").unwrap(), tcp)
         .await
         .unwrap()
 }
@@ -285,7 +285,7 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
 }
 
 /// Reads one frame and decodes it.
-pub async fn read_message<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> sfc::protocol::Message {
+pub async fn read_message<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> sfc_client::protocol::Message {
     use tokio::io::AsyncReadExt;
     let mut len = [0u8; 4];
     tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut len))
@@ -294,7 +294,7 @@ pub async fn read_message<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> sfc::pr
         .expect("frame");
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
     s.read_exact(&mut body).await.expect("frame body");
-    sfc::protocol::Codec::Json
+    sfc_client::protocol::Codec::Json
         .decode(&body)
         .expect("decodable frame")
 }
@@ -304,7 +304,7 @@ pub async fn raw_session(
     reg: &RegistryProc,
     who: Option<(&str, &str)>,
     cert: Option<(PathBuf, PathBuf)>,
-) -> (RawTls, sfc::protocol::Message) {
+) -> (RawTls, sfc_client::protocol::Message) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = raw_tls(reg, cert).await;
     let hello = match who {
@@ -312,7 +312,7 @@ pub async fn raw_session(
             "registration": {"group": g, "instance_id": i, "service": g}}),
         None => serde_json::json!({"type": "hello", "id": 1, "role": "observer"}),
     };
-    let mut v = sfc::protocol::frame::encode_preamble(1, 1).to_vec();
+    let mut v = sfc_client::protocol::frame::encode_preamble(1, 1).to_vec();
     v.extend(frame(hello.to_string().as_bytes()));
     s.write_all(&v).await.unwrap();
     let mut p = [0u8; 8];
@@ -323,11 +323,11 @@ pub async fn raw_session(
 
 /// The message of the first error event a client reports from now on.
 #[allow(dead_code)]
-pub async fn first_error(c: &sfc::client::Client) -> String {
+pub async fn first_error(c: &sfc_client::Client) -> String {
     let mut ev = c.subscribe();
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            if let Ok(sfc::client::ClientEvent::Error { message, .. }) = ev.recv().await {
+            if let Ok(sfc_client::ClientEvent::Error { message, .. }) = ev.recv().await {
                 return message;
             }
         }

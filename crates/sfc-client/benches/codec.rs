@@ -2,18 +2,18 @@
 //! the issue names: a typical report, a record carrying a large API document in its metadata,
 //! and a query result over 10,000 instances. Prints one table; nothing is asserted.
 //!
-//! `cargo bench -p sfc-core --bench codec`
+//! `cargo bench -p sfc-client --bench codec`
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use sfc::model::{Health, InstanceRecord, Metrics, Status};
-use sfc::protocol::{Codec, Compression, Message, QueryResult, Report, Wire};
+use sfc_client::model::{Health, InstanceRecord, Metrics, Status};
+use sfc_client::protocol::{Codec, Compression, Message, QueryResult, Report, Wire};
 
 /// A report as a client sends it: one real sample of this machine plus two custom gauges.
 fn sampled_metrics() -> Metrics {
-    let mut sampler = sfc::metrics::Sampler::new();
+    let mut sampler = sfc_client::metrics::Sampler::new();
     std::thread::sleep(Duration::from_millis(250));
     let mut metrics = sampler.sample();
     metrics.custom.insert("queue_depth".into(), 17.0);
@@ -33,7 +33,7 @@ fn record(i: usize, metrics: &Metrics, metadata: BTreeMap<String, String>) -> In
         offline_reason: None,
         health: Health::Passing,
         health_note: None,
-        endpoints: vec![sfc::model::Endpoint {
+        endpoints: vec![sfc_client::model::Endpoint {
             name: "http".into(),
             host: format!("10.0.{}.{}", i / 250, i % 250),
             port: 8080,

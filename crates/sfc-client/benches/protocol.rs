@@ -1,18 +1,18 @@
 //! Frame encode and decode: what every report costs each side before TLS.
 //!
-//! `cargo bench -p sfc-core --bench protocol`
+//! `cargo bench -p sfc-client --bench protocol`
 
 use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sfc::protocol::frame::length_codec;
-use sfc::protocol::{Codec, Message, Report};
+use sfc_client::protocol::frame::length_codec;
+use sfc_client::protocol::{Codec, Message, Report};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// A report as a client sends it: one real sample of this machine plus two custom gauges.
 fn report() -> Message {
-    let mut sampler = sfc::metrics::Sampler::new();
+    let mut sampler = sfc_client::metrics::Sampler::new();
     std::thread::sleep(std::time::Duration::from_millis(250));
     let mut metrics = sampler.sample();
     metrics.custom.insert("queue_depth".into(), 17.0);
@@ -29,7 +29,7 @@ fn report() -> Message {
 fn frames(c: &mut Criterion) {
     let msg = report();
     let payload = Codec::Json.encode(&msg);
-    let mut codec = length_codec(sfc::protocol::DEFAULT_MAX_FRAME);
+    let mut codec = length_codec(sfc_client::protocol::DEFAULT_MAX_FRAME);
     let mut wire = BytesMut::new();
     codec.encode(payload.clone(), &mut wire).unwrap();
     let wire = wire.freeze();
