@@ -6,9 +6,9 @@ export CARGO_TERM_COLOR := never
 # Test artefacts (screenshots, logs) land here.
 export SFC_TEST_OUT ?= $(CURDIR)/target/test-out
 
-.PHONY: test build test-rust test-etcd test-bench-smoke test-node test-browser test-c test-go test-fuzz header header-check ffi-release bench-footprint-c
+.PHONY: test build test-rust test-etcd test-bench-smoke test-node test-artifacts test-browser test-c test-go test-fuzz header header-check ffi-release bench-footprint-c
 # test-rust runs ffi/tests/header.rs too (what header-check runs alone).
-test: build test-rust test-etcd test-bench-smoke test-node test-browser test-c test-go test-fuzz
+test: build test-rust test-etcd test-bench-smoke test-node test-artifacts test-browser test-c test-go test-fuzz
 	@echo "make test: all suites passed"
 
 # setup.sh first: building the `etcd` feature (sfc-registry's, through sfc's) needs protoc.
@@ -50,6 +50,13 @@ test-bench-smoke: build
 test-node: build
 	bash tests/setup.sh
 	cd bindings/node && SFC_BIN=$(SFC_BIN) SFC_NODE_CARGO_ARGS="$(WS) --lib --examples" npm test
+
+# Client artifacts carry no server code: libsfc (C, and Go through it) and the Node.js client
+# addon define no symbol of axum, hyper, SQLite, etcd-client or sfc-registry; the Node.js
+# registry addon, loaded only by `Registry`, is the control that shows the search works.
+test-artifacts: build ffi-release test-node
+	bash tests/artifacts/client-symbols.sh target/release/libsfc.a target/release/libsfc.so \
+		bindings/node/sfc.linux-x64-gnu.node bindings/node/sfc-registry.linux-x64-gnu.node
 
 # Dashboard in headless Debian chromium (playwright-core): a real registry and two example
 # services; the screenshot lands in $(SFC_TEST_OUT). node:test prints the summary.

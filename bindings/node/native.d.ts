@@ -51,35 +51,6 @@ export declare class NativeClient {
   respond(commandId: number, ok: boolean, result?: string | undefined | null, error?: string | undefined | null): void
 }
 
-/** An embedded registry. Wrapped by the JavaScript `Registry` class. */
-export declare class NativeRegistry {
-  /**
-   * Validates the options; throws `InvalidArg` naming the option that is wrong. Nothing is
-   * bound or written before `start()`.
-   */
-  constructor(options: NativeRegistryOptions)
-  /** The address the registry listens on (`host:port`), once started. */
-  get address(): string | null
-  /** Whether the registry is serving TLS. */
-  get tls(): boolean
-  /**
-   * Binds and serves. Resolves to the bound address; `onEvent` receives every transition as
-   * JSON. Development certificates are created in `<dataDir>/tls/` if needed.
-   */
-  start(onEvent: JsonCallback): Promise<string>
-  /** Closes every session and stops listening. Resolves once the registry has stopped. */
-  stop(): Promise<void>
-  /** Records grouped by group, as JSON `{ group: [record...] }`. */
-  fleet(filter?: NativeFilter | undefined | null): string
-  /** Records matching `filter`, sorted by id, as a JSON array. */
-  instances(filter?: NativeFilter | undefined | null): string
-  /**
-   * Sends a command to an online instance (`<group>/<instanceId>`) and resolves to its result
-   * as JSON `{command_id, ok, result, error}`.
-   */
-  sendCommand(id: string, name: string, payload?: string | undefined | null, reason?: string | undefined | null, timeout?: number | undefined | null): Promise<string>
-}
-
 /** Where the instance's API is described. */
 export interface ApiOptions {
   /** `openapi`, `graphql` or `other`. */
@@ -141,25 +112,6 @@ export interface NativeLookupOptions {
   healthyOnly?: boolean
   service?: string
   tag?: string
-}
-
-/** Options of `NativeRegistry`; durations are milliseconds. Defaults are those of `sfc registry`. */
-export interface NativeRegistryOptions {
-  /** `host:port`; port 0 picks a free port (read it from `address`). */
-  listen?: string
-  /** Development certificates go in `<dataDir>/tls/` when no `tlsCert` is given. */
-  dataDir?: string
-  tlsCert?: string
-  tlsKey?: string
-  /** `off`, `optional` or `required`. */
-  mtls?: string
-  clientCa?: string
-  insecurePlaintext?: boolean
-  missedReports?: number
-  retention?: number
-  handshakeTimeout?: number
-  maxConnections?: number
-  maxFrame?: number
 }
 
 /** The version of this package's native part (the core's version). */

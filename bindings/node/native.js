@@ -836,6 +836,5 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativeClient = nativeBinding.NativeClient
-module.exports.NativeRegistry = nativeBinding.NativeRegistry
 module.exports.enableNativeLogs = nativeBinding.enableNativeLogs
 module.exports.nativeVersion = nativeBinding.nativeVersion

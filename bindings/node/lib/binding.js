@@ -1,5 +1,6 @@
-// Loads the native module (through the napi-rs loader `native.js`), turns its `InvalidArg`
-// errors into TypeErrors, and switches on native log output when DEBUG asks for it.
+// Loads the client addon (through the napi-rs loader `native.js`) and, on first use only, the
+// registry addon (`native-registry.js`); turns their `InvalidArg` errors into TypeErrors, and
+// switches on native log output when DEBUG asks for it.
 'use strict'
 
 const createDebug = require('debug')
@@ -45,6 +46,18 @@ function nativeLogDirectives() {
 const directives = nativeLogDirectives()
 if (directives) call(() => native.enableNativeLogs(directives))
 
+// The registry addon: loaded by the first `Registry`, so a process that only runs a `Client`
+// never maps registry code. Each addon has its own log output switch.
+let registryAddon = null
+function registryNative() {
+  if (registryAddon === null) {
+    const addon = require('../native-registry.js')
+    if (directives) call(() => addon.enableNativeLogs(directives))
+    registryAddon = addon
+  }
+  return registryAddon
+}
+
 // Runs a user callback from a native callback: an exception becomes an uncaught exception, as
 // it would from any EventEmitter listener, instead of disappearing inside the addon.
 function guard(fn) {
@@ -57,4 +70,4 @@ function guard(fn) {
   }
 }
 
-module.exports = { native, call, settle, convertError, guard }
+module.exports = { native, registryNative, call, settle, convertError, guard }

@@ -2,7 +2,7 @@
 'use strict'
 
 const { EventEmitter } = require('node:events')
-const { native, call, settle, guard } = require('./binding.js')
+const { registryNative, call, settle, guard } = require('./binding.js')
 const { check, pick, filter, oneOf } = require('./options.js')
 
 const registrySpec = {
@@ -30,7 +30,7 @@ class Registry extends EventEmitter {
 
   constructor(options) {
     super()
-    this.#native = call(() => new native.NativeRegistry(pick('option', options, registrySpec)))
+    this.#native = call(() => new (registryNative().NativeRegistry)(pick('option', options, registrySpec)))
   }
 
   /** `host:port` it listens on, once started. */

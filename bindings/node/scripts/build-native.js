@@ -1,13 +1,17 @@
 #!/usr/bin/env node
-// Builds the native module with plain `cargo build -p sfc-node` in the workspace's own target
-// directory, copies it next to the loader as `sfc.<platform>.node`, and renders the napi-rs
-// loader (`native.js`) and type definitions (`native.d.ts`) from the build's type information,
-// with @napi-rs/cli's own generators.
+// Builds the two native addons with plain `cargo build -p sfc-node -p sfc-node-registry` in the
+// workspace's own target directory: the client (`sfc.<platform>.node`, loaded by `native.js`)
+// and the embedded registry (`sfc-registry.<platform>.node`, loaded by `native-registry.js` when
+// a `Registry` is first created). Copies each next to its loader and renders the napi-rs loaders
+// and type definitions (`native.d.ts`, `native-registry.d.ts`) from the build's type
+// information, with @napi-rs/cli's own generators.
 //
-//   node scripts/build-native.js [--release] --write   regenerate native.js / native.d.ts
+//   node scripts/build-native.js [--release] --write   regenerate the loaders and .d.ts files
 //   node scripts/build-native.js [--release] --check   fail if the committed ones differ
 //
-// SFC_NODE_CARGO_ARGS (default `-p sfc-node`) replaces the package selection, so that a caller
+// A release build is stripped (`--strip`): that is what the npm platform package carries.
+//
+// SFC_NODE_CARGO_ARGS (default `-p sfc-node -p sfc-node-registry`) replaces the package selection, so that a caller
 // that builds the whole workspace (the root Makefile) can reuse that build: cargo rebuilds the
 // dependencies whenever the selected packages unify to other features.
 'use strict'
@@ -44,16 +48,23 @@ function platformSuffix() {
   }
 }
 
-function libraryName() {
+// The file cargo writes for the cdylib of `crate` (a package name with `-` turned into `_`).
+function libraryName(crate) {
   switch (process.platform) {
     case 'darwin':
-      return 'libsfc_node.dylib'
+      return `lib${crate}.dylib`
     case 'win32':
-      return 'sfc_node.dll'
+      return `${crate}.dll`
     default:
-      return 'libsfc_node.so'
+      return `lib${crate}.so`
   }
 }
+
+// The two addons: cargo package, file stem of the .node binary, and the loader's name.
+const ADDONS = [
+  { pkg: 'sfc-node', binaryName: 'sfc', loader: 'native' },
+  { pkg: 'sfc-node-registry', binaryName: 'sfc-registry', loader: 'native-registry' },
+]
 
 function targetDir() {
   const out = execFileSync('cargo', ['metadata', '--format-version', '1', '--no-deps'], { cwd: repoRoot, maxBuffer: 64 << 20 })
@@ -67,30 +78,43 @@ async function main() {
   const typeDefDir = path.join(work, 'typedef')
   fs.mkdirSync(typeDefDir)
   try {
-    const select = (process.env.SFC_NODE_CARGO_ARGS || '-p sfc-node').split(/\s+/).filter(Boolean)
+    const select = (process.env.SFC_NODE_CARGO_ARGS || '-p sfc-node -p sfc-node-registry').split(/\s+/).filter(Boolean)
     const args = ['build', ...select]
     if (release) args.push('--release')
     execFileSync('cargo', args, {
       cwd: repoRoot,
       stdio: 'inherit',
-      env: { ...process.env, NAPI_TYPE_DEF_TMP_FOLDER: typeDefDir, NAPI_FORCE_BUILD_SFC_NODE: String(Date.now()) },
+      env: {
+        ...process.env,
+        NAPI_TYPE_DEF_TMP_FOLDER: typeDefDir,
+        NAPI_FORCE_BUILD_SFC_NODE: String(Date.now()),
+        NAPI_FORCE_BUILD_SFC_NODE_REGISTRY: String(Date.now()),
+      },
     })
-    const lib = path.join(targetDir(), release ? 'release' : 'debug', libraryName())
-    const binary = `${pkg.napi.binaryName}.${platformSuffix()}.node`
-    fs.copyFileSync(lib, path.join(pkgDir, binary))
-    console.log(`copied ${lib} to ${binary}`)
-
-    const { exports, dts } = await generateTypeDef({ typeDefDir, cwd: pkgDir, declareBindingTarget: true })
-    await writeJsBinding({
-      platform: true,
-      binaryName: pkg.napi.binaryName,
-      packageName: pkg.name,
-      version: pkg.version,
-      idents: exports,
-      outputDir: work,
-      jsBinding: 'native.js',
-    })
-    const fresh = { 'native.d.ts': dts, 'native.js': fs.readFileSync(path.join(work, 'native.js'), 'utf8') }
+    const fresh = {}
+    for (const addon of ADDONS) {
+      const lib = path.join(targetDir(), release ? 'release' : 'debug', libraryName(addon.pkg.replace(/-/g, '_')))
+      const binary = `${addon.binaryName}.${platformSuffix()}.node`
+      fs.copyFileSync(lib, path.join(pkgDir, binary))
+      if (release && process.platform !== 'win32') execFileSync('strip', ['--strip-unneeded', path.join(pkgDir, binary)])
+      console.log(`copied ${lib} to ${binary}${release ? ' (stripped)' : ''}`)
+      // napi-derive writes one type-information file per package: give each addon its own.
+      const own = path.join(work, `typedef-${addon.pkg}`)
+      fs.mkdirSync(own)
+      fs.copyFileSync(path.join(typeDefDir, addon.pkg), path.join(own, addon.pkg))
+      const { exports, dts } = await generateTypeDef({ typeDefDir: own, cwd: pkgDir, declareBindingTarget: true })
+      await writeJsBinding({
+        platform: true,
+        binaryName: addon.binaryName,
+        packageName: pkg.name,
+        version: pkg.version,
+        idents: exports,
+        outputDir: work,
+        jsBinding: `${addon.loader}.js`,
+      })
+      fresh[`${addon.loader}.d.ts`] = dts
+      fresh[`${addon.loader}.js`] = fs.readFileSync(path.join(work, `${addon.loader}.js`), 'utf8')
+    }
     let stale = 0
     for (const [name, text] of Object.entries(fresh)) {
       const file = path.join(pkgDir, name)
@@ -106,7 +130,7 @@ async function main() {
       }
     }
     if (stale) process.exit(1)
-    if (check) console.log('native.js and native.d.ts match the fresh build')
+    if (check) console.log(`${Object.keys(fresh).join(', ')} match the fresh build`)
   } finally {
     fs.rmSync(work, { recursive: true, force: true })
   }

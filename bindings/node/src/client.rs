@@ -14,12 +14,13 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use sfc_client::{Client, ClientConfig, ClientEvent, LookupOptions};
-use sfc_client::model::{ApiDescription, ApiKind, Endpoint, Filter, Health, Status as InstanceStatus};
+use sfc_client::model::{ApiDescription, ApiKind, Endpoint, Health};
 use sfc_client::tls::{ClientTlsOptions, PemSource};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::AbortHandle;
 
-use crate::{deliver, from_json, invalid, to_json, to_napi, JsonCallback};
+use crate::boundary::{deliver, from_json, invalid, to_json, to_napi, JsonCallback};
+use crate::filter::NativeFilter;
 
 /// One endpoint the instance serves.
 #[napi(object)]
@@ -68,39 +69,6 @@ pub struct NativeLookupOptions {
     pub healthy_only: Option<bool>,
     pub service: Option<String>,
     pub tag: Option<String>,
-}
-
-/// Selects the instances a watch reports on; empty fields match everything.
-#[napi(object)]
-pub struct NativeFilter {
-    pub group: Option<String>,
-    pub service: Option<String>,
-    /// `online`, `offline` or `left`.
-    pub status: Option<String>,
-    /// `passing`, `warning` or `critical`.
-    pub health: Option<String>,
-    pub tag: Option<String>,
-}
-
-impl NativeFilter {
-    pub(crate) fn into_filter(self) -> Result<Filter> {
-        Ok(Filter {
-            group: self.group,
-            service: self.service,
-            status: self
-                .status
-                .map(|s| {
-                    s.parse::<InstanceStatus>()
-                        .map_err(|e| invalid("filter.status", e))
-                })
-                .transpose()?,
-            health: self
-                .health
-                .map(|h| h.parse::<Health>().map_err(|e| invalid("filter.health", e)))
-                .transpose()?,
-            tag: self.tag,
-        })
-    }
 }
 
 struct Running {

@@ -12,7 +12,7 @@ use napi_derive::napi;
 #[napi]
 pub fn enable_native_logs(directives: String) -> Result<bool> {
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
-        .map_err(|e| crate::invalid("log directives", format!("{directives:?}: {e}")))?;
+        .map_err(|e| crate::boundary::invalid("log directives", format!("{directives:?}: {e}")))?;
     Ok(tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -17,8 +17,8 @@ use sfc_registry::Registry;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::oneshot;
 
-use crate::client::NativeFilter;
-use crate::{deliver, from_json, invalid, to_json, to_napi, JsonCallback};
+use crate::boundary::{deliver, from_json, invalid, to_json, to_napi, JsonCallback};
+use crate::filter::NativeFilter;
 
 /// Options of `NativeRegistry`; durations are milliseconds. Defaults are those of `sfc registry`.
 #[napi(object)]
