@@ -449,12 +449,18 @@ impl WellBehaved {
         }
     }
 
-    /// Asserts the promise; call it at the end of the test, after the hostile part.
+    /// Asserts the promise; call it at the end of the test, after the hostile part. It waits
+    /// (bounded) for a report taken at least three intervals after the first one, so that the
+    /// client is watched over at least one whole liveness window (`--missed-reports` 3).
     pub async fn assert_undisturbed(&mut self) {
-        let first = self.start.last_report_at;
-        let now = own_record(&self.client, &self.id, "reporting since the start", |r| {
-            r.last_report_at > first
-        })
+        let first = self.start.last_report_at.unwrap_or(0);
+        let window = 3 * self.start.interval_ms;
+        let now = own_record(
+            &self.client,
+            &self.id,
+            "reporting a liveness window later",
+            |r| r.last_report_at.is_some_and(|t| t >= first + window),
+        )
         .await;
         assert_eq!(
             now.status,
@@ -468,7 +474,11 @@ impl WellBehaved {
             "the well-behaved {} had a transition or a new session: {now:?}",
             self.id
         );
-        assert!(self.client.is_connected(), "the well-behaved {} is not connected", self.id);
+        assert!(
+            self.client.is_connected(),
+            "the well-behaved {} is not connected",
+            self.id
+        );
         match self.events.try_recv() {
             Err(tokio::sync::broadcast::error::TryRecvError::Empty) => {}
             other => panic!("the well-behaved {} saw {other:?}", self.id),
@@ -591,5 +601,35 @@ impl WellBehaved {
             );
         }
         w
+    }
+}
+
+/// The registry's log lines that match `pred`, once there are at least `at_least` of them
+/// (bounded wait): the log reaches the test through a pipe and a reader thread, so a line
+/// written before a frame the test has already read may still be on its way.
+pub async fn log_lines_at_least(
+    reg: &RegistryProc,
+    at_least: usize,
+    pred: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let limit = Duration::from_secs(20);
+    let start = Instant::now();
+    loop {
+        let lines: Vec<String> = reg
+            .log()
+            .lines()
+            .filter(|l| pred(l))
+            .map(String::from)
+            .collect();
+        if lines.len() >= at_least {
+            return lines;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {at_least} such log lines, have {}:\n{}",
+            lines.len(),
+            reg.log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
