@@ -211,8 +211,12 @@ fn tls_refusal(addr: &str, e: ReadError) -> Error {
                 rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
                     " (the registry requires a client certificate: set cert and key)"
                 }
+                // A certificate from another CA with the same name as the trusted one (two
+                // `sfc certs init` directories) fails its signature check: `decrypt_error`.
                 rustls::Error::AlertReceived(
-                    rustls::AlertDescription::UnknownCA | rustls::AlertDescription::BadCertificate,
+                    rustls::AlertDescription::UnknownCA
+                    | rustls::AlertDescription::BadCertificate
+                    | rustls::AlertDescription::DecryptError,
                 ) => " (the registry does not trust this client certificate)",
                 _ => "",
             };

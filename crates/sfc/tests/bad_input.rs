@@ -131,16 +131,53 @@ async fn each_bad_input_gets_an_error_and_others_carry_on() {
     assert!(watch.try_next().is_none(), "the steady client had a transition");
 }
 
-#[tokio::test]
+/// Silent connections, each closed by the handshake timeout (PROTOCOL.md §6), while a
+/// well-behaved client on the same registry carries on:
+/// - a TCP connection that never starts TLS is closed (no TLS, so no frame can be read);
+/// - a TLS connection that sends nothing at all after the handshake is closed without a byte
+///   (the registry cannot know whether a v1 or a legacy client is there);
+/// - one that sends its preamble and then nothing gets `handshake-timeout` after the registry's
+///   preamble.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_timeout_closes_silent_connections() {
     let reg = RegistryProc::start(&["--handshake-timeout", "300ms"]);
+    let mut steady = WellBehaved::start_settled(reg.service("steady", "s-1")).await;
+
+    // Silent at TCP level.
+    let mut tcp = tokio::net::TcpStream::connect(&reg.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(LIMIT, tcp.read_to_end(&mut buf)).await.expect("closed in time");
+    assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?}");
+    assert!(buf.is_empty(), "bytes to a client that never started TLS: {buf:02x?}");
+    eventually(LIMIT, "the TLS timeout in the log", || reg.log().contains("tls handshake timed out").then_some(())).await;
+
+    // Silent after the TLS handshake: not one byte written.
+    let mut s = raw(&reg).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(LIMIT, s.read_to_end(&mut got)).await.expect("closed in time");
+    if let Err(e) = read {
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    }
+    assert!(got.is_empty(), "a connection that said nothing got {got:02x?}");
+    eventually(LIMIT, "the silent connection in the log", || {
+        reg.log().contains("connection sent nothing before the handshake timeout").then_some(())
+    })
+    .await;
+
+    // A preamble, then silence: the error frame follows the registry's preamble.
     let mut s = raw(&reg).await;
     s.write_all(&preamble()).await.unwrap();
     let mut got = Vec::new();
     let _ = tokio::time::timeout(LIMIT, s.read_to_end(&mut got)).await.expect("closed in time");
+    assert!(got.len() > PREAMBLE_LEN + 4, "no error frame, got {got:02x?}");
+    assert_eq!(&got[..4], b"SFCP");
     let len = u32::from_be_bytes(got[8..12].try_into().unwrap()) as usize;
     match Codec::Json.decode(&got[12..12 + len]).unwrap() {
-        Message::Error(e) => assert_eq!(e.code, ErrorCode::HandshakeTimeout),
+        Message::Error(e) => {
+            assert_eq!(e.code, ErrorCode::HandshakeTimeout, "{e:?}");
+            assert!(e.fatal && e.message.contains("no hello within 300ms"), "{e:?}");
+        }
         other => panic!("{other:?}"),
     }
+    steady.assert_undisturbed().await;
 }

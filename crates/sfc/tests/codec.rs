@@ -11,7 +11,10 @@ mod common;
 use std::path::PathBuf;
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Runs prost-build on the schema into `out` and returns the generated text.
@@ -20,8 +23,13 @@ fn generate(out: &std::path::Path) -> String {
     prost_build::Config::new()
         .btree_map(["."])
         .out_dir(out)
-        .compile_protos(&[root.join("proto/sfc/v1/sfc.proto")], &[root.join("proto")])
-        .unwrap_or_else(|e| panic!("prost-build on proto/sfc/v1/sfc.proto failed (is protoc installed?): {e}"));
+        .compile_protos(
+            &[root.join("proto/sfc/v1/sfc.proto")],
+            &[root.join("proto")],
+        )
+        .unwrap_or_else(|e| {
+            panic!("prost-build on proto/sfc/v1/sfc.proto failed (is protoc installed?): {e}")
+        });
     std::fs::read_to_string(out.join("sfc.v1.rs")).expect("prost-build wrote sfc.v1.rs")
 }
 
@@ -73,7 +81,9 @@ async fn raw_answer(
 ) -> (RawTls, serde_json::Value) {
     let mut s = raw_tls(reg, None).await;
     let mut hello = match registration {
-        Some(r) => serde_json::json!({"type": "hello", "id": 1, "interval_ms": 1000, "registration": r}),
+        Some(r) => {
+            serde_json::json!({"type": "hello", "id": 1, "interval_ms": 1000, "registration": r})
+        }
         None => serde_json::json!({"type": "hello", "id": 1, "role": "observer"}),
     };
     if let Some(c) = codecs {
@@ -89,14 +99,17 @@ async fn raw_answer(
     s.read_exact(&mut p).await.unwrap();
     assert_eq!(&p[..4], b"SFCP");
     let body = read_payload(&mut s).await;
-    let welcome: serde_json::Value =
-        serde_json::from_slice(&body).expect("the answer to hello is JSON whatever the codec offers");
+    let welcome: serde_json::Value = serde_json::from_slice(&body)
+        .expect("the answer to hello is JSON whatever the codec offers");
     (s, welcome)
 }
 
 async fn read_payload(s: &mut RawTls) -> Vec<u8> {
     let mut len = [0u8; 4];
-    tokio::time::timeout(LIMIT, s.read_exact(&mut len)).await.expect("frame in time").expect("frame");
+    tokio::time::timeout(LIMIT, s.read_exact(&mut len))
+        .await
+        .expect("frame in time")
+        .expect("frame");
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
     s.read_exact(&mut body).await.expect("frame body");
     body
@@ -110,7 +123,9 @@ async fn send(s: &mut RawTls, wire: &Wire, msg: &Message) {
 /// Reads frames until one that is not an event (a watch may be open).
 async fn recv(s: &mut RawTls, wire: &Wire) -> (Vec<u8>, Message) {
     let body = read_payload(s).await;
-    let msg = wire.decode(&body, 64 << 20).unwrap_or_else(|e| panic!("undecodable frame {body:02x?}: {e}"));
+    let msg = wire
+        .decode(&body, 64 << 20)
+        .unwrap_or_else(|e| panic!("undecodable frame {body:02x?}: {e}"));
     (body, msg)
 }
 
@@ -120,7 +135,13 @@ fn report(seq: u64) -> Report {
     metrics.host.cpu_count = Some(8);
     metrics.host.load_average = Some([0.5, 0.25, 0.125]);
     metrics.process.resident_bytes = Some(123_456_789);
-    Report { seq, sent_at: Some(1), health: Some(Health::Warning), health_note: Some("disk 91%".into()), metrics }
+    Report {
+        seq,
+        sent_at: Some(1),
+        health: Some(Health::Warning),
+        health_note: Some("disk 91%".into()),
+        metrics,
+    }
 }
 
 /// A new client (protobuf, zstd) against the new registry: welcome is JSON and names both;
@@ -129,8 +150,14 @@ fn report(seq: u64) -> Report {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_client_negotiates_protobuf_and_zstd() {
     let reg = RegistryProc::start(&[]);
-    let big: serde_json::Map<String, serde_json::Value> =
-        (0..40).map(|i| (format!("doc-{i:02}"), serde_json::json!(format!("section {i}: {}", "lorem ipsum ".repeat(12))))).collect();
+    let big: serde_json::Map<String, serde_json::Value> = (0..40)
+        .map(|i| {
+            (
+                format!("doc-{i:02}"),
+                serde_json::json!(format!("section {i}: {}", "lorem ipsum ".repeat(12))),
+            )
+        })
+        .collect();
     let (mut s, welcome) = raw_hello(
         &reg,
         Some(serde_json::json!({"group": "pb", "instance_id": "pb-1", "service": "pb", "metadata": big})),
@@ -146,14 +173,30 @@ async fn new_client_negotiates_protobuf_and_zstd() {
     send(&mut s, &wire, &Message::Ping(Ping { id: 9 })).await;
     let (body, pong) = recv(&mut s, &wire).await;
     assert_eq!(body[0], 0x00, "a small frame is not compressed");
-    assert!(matches!(pong, Message::Pong(ref p) if p.id == 9), "{pong:?}");
+    assert!(
+        matches!(pong, Message::Pong(ref p) if p.id == 9),
+        "{pong:?}"
+    );
 
     // The record with ~6 KB of metadata makes the answer larger than the threshold.
     let (body, result) = loop {
-        send(&mut s, &wire, &Message::Query(Query { id: 2, filter: Filter::group("pb") })).await;
+        send(
+            &mut s,
+            &wire,
+            &Message::Query(Query {
+                id: 2,
+                filter: Filter::group("pb"),
+            }),
+        )
+        .await;
         let (body, msg) = recv(&mut s, &wire).await;
-        let Message::Result(r) = &msg else { panic!("expected result, got {msg:?}") };
-        if r.instances.first().is_some_and(|i| i.last_report_at.is_some()) {
+        let Message::Result(r) = &msg else {
+            panic!("expected result, got {msg:?}")
+        };
+        if r.instances
+            .first()
+            .is_some_and(|i| i.last_report_at.is_some())
+        {
             break (body, r.clone());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -168,12 +211,20 @@ async fn new_client_negotiates_protobuf_and_zstd() {
     assert_eq!(rec.metrics.host.load_average, Some([0.5, 0.25, 0.125]));
     assert_eq!(rec.metrics.process.resident_bytes, Some(123_456_789));
     let json_len = Codec::Json.encode(&Message::Result(result.clone())).len();
-    assert!(body.len() < json_len / 2, "compressed protobuf {} bytes vs JSON {json_len}", body.len());
+    assert!(
+        body.len() < json_len / 2,
+        "compressed protobuf {} bytes vs JSON {json_len}",
+        body.len()
+    );
 
     // A body that is not a protobuf Frame gets an error frame (in protobuf) naming it.
-    s.write_all(&frame(&[0x00, 0x0a, 0xff, 0xff, 0xff])).await.unwrap();
+    s.write_all(&frame(&[0x00, 0x0a, 0xff, 0xff, 0xff]))
+        .await
+        .unwrap();
     let (_, err) = recv(&mut s, &wire).await;
-    let Message::Error(e) = err else { panic!("expected an error, got {err:?}") };
+    let Message::Error(e) = err else {
+        panic!("expected an error, got {err:?}")
+    };
     assert_eq!(e.code, ErrorCode::InvalidMessage, "{}", e.message);
     assert!(e.message.contains("protobuf"), "{}", e.message);
 
@@ -207,17 +258,38 @@ async fn v1_json_client_is_unchanged_on_the_new_registry() {
     assert!(welcome.get("compression").is_none(), "{welcome}");
     let wire = Wire::JSON;
     send(&mut s, &wire, &Message::Report(report(1))).await;
-    s.write_all(&frame(br#"{"type":"ping","id":5}"#)).await.unwrap();
+    s.write_all(&frame(br#"{"type":"ping","id":5}"#))
+        .await
+        .unwrap();
     let (body, pong) = recv(&mut s, &wire).await;
-    assert_eq!(body[0], b'{', "bare JSON: {}", String::from_utf8_lossy(&body));
-    assert!(matches!(pong, Message::Pong(ref p) if p.id == 5), "{pong:?}");
+    assert_eq!(
+        body[0],
+        b'{',
+        "bare JSON: {}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(
+        matches!(pong, Message::Pong(ref p) if p.id == 5),
+        "{pong:?}"
+    );
 
     // The real client told to offer only JSON works too, and a default observer sees it.
-    let c = reg.service("v1", "v1-2").codecs([Codec::Json]).compression([]).start().unwrap();
+    let c = reg
+        .service("v1", "v1-2")
+        .codecs([Codec::Json])
+        .compression([])
+        .start()
+        .unwrap();
     c.set_gauge("g", 1.0).unwrap();
     let obs = reg.observer();
-    wait_record(&obs, "v1/v1-1", LIMIT, "reporting", |r| r.health == Health::Warning).await;
-    wait_record(&obs, "v1/v1-2", LIMIT, "reporting its gauge", |r| r.metrics.custom.get("g") == Some(&1.0)).await;
+    wait_record(&obs, "v1/v1-1", LIMIT, "reporting", |r| {
+        r.health == Health::Warning
+    })
+    .await;
+    wait_record(&obs, "v1/v1-2", LIMIT, "reporting its gauge", |r| {
+        r.metrics.custom.get("g") == Some(&1.0)
+    })
+    .await;
     c.stop().await.unwrap();
     obs.stop().await.unwrap();
 }
@@ -248,25 +320,133 @@ async fn legacy_client_works_on_the_new_registry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_client_falls_back_to_json_on_an_old_registry() {
     let reg = RegistryProc::start(&["--codecs", "json", "--compression", "none"]);
-    let (mut s, welcome) = raw_hello(&reg, None, Some(&["protobuf", "json"]), Some(&["zstd"])).await;
+    let (mut s, welcome) =
+        raw_hello(&reg, None, Some(&["protobuf", "json"]), Some(&["zstd"])).await;
     assert_eq!(welcome["codec"], "json", "{welcome}");
     assert!(welcome.get("compression").is_none(), "{welcome}");
-    s.write_all(&frame(br#"{"type":"ping","id":3}"#)).await.unwrap();
+    s.write_all(&frame(br#"{"type":"ping","id":3}"#))
+        .await
+        .unwrap();
     let (body, pong) = recv(&mut s, &Wire::JSON).await;
     assert_eq!(body[0], b'{');
-    assert!(matches!(pong, Message::Pong(ref p) if p.id == 3), "{pong:?}");
+    assert!(
+        matches!(pong, Message::Pong(ref p) if p.id == 3),
+        "{pong:?}"
+    );
 
     // Offering only protobuf is refused with a clear error naming what the registry speaks.
     let (_, refused) = raw_answer(&reg, None, Some(&["protobuf"]), None).await;
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(refused["code"], "unsupported-codec", "{refused}");
-    assert!(refused["message"].as_str().unwrap().contains("speaks json"), "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("speaks json"),
+        "{refused}"
+    );
 
     // The real client and observer with default offers work against it.
     let c = reg.service("old", "o-1").start().unwrap();
     c.set_gauge("g", 2.0).unwrap();
     let obs = reg.observer();
-    wait_record(&obs, "old/o-1", LIMIT, "reporting its gauge", |r| r.metrics.custom.get("g") == Some(&2.0)).await;
+    wait_record(&obs, "old/o-1", LIMIT, "reporting its gauge", |r| {
+        r.metrics.custom.get("g") == Some(&2.0)
+    })
+    .await;
     c.stop().await.unwrap();
     obs.stop().await.unwrap();
+}
+
+/// Frames above 2 KiB are compressed, frames at or below it are not (when zstd was negotiated
+/// in hello), and nothing is compressed on a session that did not negotiate it. The answer to
+/// a query for one record is tuned, through the record's metadata, to a JSON body of exactly
+/// 2048 and 2049 bytes; the frame header byte says what the registry did with each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_applies_only_above_two_kib() {
+    const THRESHOLD: usize = 2048;
+    let reg = RegistryProc::start(&[]);
+    let (mut obs, welcome) = raw_hello(&reg, None, Some(&["json"]), Some(&["zstd"])).await;
+    assert_eq!(
+        (welcome["codec"].as_str(), welcome["compression"].as_str()),
+        (Some("json"), Some("zstd")),
+        "{welcome}"
+    );
+    let wire = Wire::new(Codec::Json, Some(Compression::Zstd));
+    let (mut plain, welcome) = raw_hello(&reg, None, Some(&["json"]), None).await;
+    assert!(welcome.get("compression").is_none(), "{welcome}");
+
+    // Records that do not change: no reports, a one-hour interval. Groups of one length, so
+    // that only the padding changes the size of an answer.
+    let mut held = Vec::new();
+    let register = |group: &'static str, pad: usize| {
+        let reg = &reg;
+        async move {
+            let registration = serde_json::json!({"group": group, "instance_id": "pad", "service": "svc",
+                "metadata": {"pad": "x".repeat(pad)}});
+            let mut s = raw_tls(reg, None).await;
+            let hello = serde_json::json!({"type": "hello", "id": 1, "interval_ms": 3_600_000, "registration": registration});
+            let mut v = sfc_client::protocol::frame::encode_preamble(1, 1).to_vec();
+            v.extend(frame(hello.to_string().as_bytes()));
+            s.write_all(&v).await.unwrap();
+            let mut p = [0u8; 8];
+            s.read_exact(&mut p).await.unwrap();
+            let answer: serde_json::Value =
+                serde_json::from_slice(&read_payload(&mut s).await).unwrap();
+            assert_eq!(answer["type"], "welcome", "{answer}");
+            s
+        }
+    };
+    // (flag byte, length of the JSON body, the answer)
+    async fn ask(s: &mut RawTls, wire: &Wire, id: u64, group: &str) -> (u8, usize, Message) {
+        let q = Message::Query(Query {
+            id,
+            filter: Filter::group(group),
+        });
+        send(s, wire, &q).await;
+        let (body, msg) = recv(s, wire).await;
+        let len = match body[0] {
+            0x00 => body.len() - 1,
+            0x01 => zstd::bulk::decompress(&body[1..], 1 << 20)
+                .expect("a zstd body")
+                .len(),
+            _ => body.len(), // bare JSON (no header): a session without compression
+        };
+        let Message::Result(r) = &msg else {
+            panic!("expected a result, got {msg:?}")
+        };
+        assert_eq!(r.instances.len(), 1, "{msg:?}");
+        (body[0], len, msg)
+    }
+
+    held.push(register("thr-p", 100).await);
+    let (flag, probe, _) = ask(&mut obs, &wire, 2, "thr-p").await;
+    assert_eq!(flag, 0x00, "a {probe}-byte answer is not compressed");
+    assert!(probe < THRESHOLD, "{probe}");
+    held.push(register("thr-a", 100 + THRESHOLD - probe).await);
+    held.push(register("thr-b", 100 + THRESHOLD + 1 - probe).await);
+
+    let (flag, len, at) = ask(&mut obs, &wire, 3, "thr-a").await;
+    assert_eq!(len, THRESHOLD, "the padding did not give the intended size");
+    assert_eq!(flag, 0x00, "a body of exactly 2048 bytes is sent as it is");
+    let (flag, len, over) = ask(&mut obs, &wire, 4, "thr-b").await;
+    assert_eq!(
+        len,
+        THRESHOLD + 1,
+        "the padding did not give the intended size"
+    );
+    assert_eq!(flag, 0x01, "a body of 2049 bytes is zstd-compressed");
+    let (Message::Result(at), Message::Result(over)) = (at, over) else {
+        unreachable!()
+    };
+    assert_eq!(
+        at.instances[0].metadata["pad"].len(),
+        100 + THRESHOLD - probe
+    );
+    assert_eq!(
+        over.instances[0].metadata["pad"].len(),
+        101 + THRESHOLD - probe
+    );
+
+    // Without compression negotiated, the same 2049-byte answer is bare JSON.
+    let (flag, len, _) = ask(&mut plain, &Wire::JSON, 4, "thr-b").await;
+    assert_eq!((flag, len), (b'{', THRESHOLD + 1));
+    drop(held);
 }

@@ -1,6 +1,7 @@
 //! A full or read-only data directory: the registry keeps serving from memory, and once the
 //! disk recovers it writes what it missed. Uses a real tmpfs mount and a real ext4 image on a
-//! loop device (both need root, as CI runs).
+//! loop device (both need root, as CI runs). The tests are `#[ignore]`d, so a plain `cargo test`
+//! lists them as ignored; `make test` runs them with `--ignored`, where they fail without root.
 
 mod common;
 
@@ -16,8 +17,8 @@ const LIMIT: Duration = Duration::from_secs(20);
 struct Mount(std::path::PathBuf);
 
 impl Mount {
-    /// A 4 MiB tmpfs, or None where this process may not mount (not root).
-    fn tmpfs() -> Option<(tempfile::TempDir, Mount)> {
+    /// A 4 MiB tmpfs; panics where this process may not mount (not root).
+    fn tmpfs() -> (tempfile::TempDir, Mount) {
         let dir = tempfile::tempdir().unwrap();
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
@@ -25,30 +26,29 @@ impl Mount {
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
-        if !ok {
-            return None;
-        }
+        assert!(ok, "mounting a tmpfs needs root (CI runs as root; `make test` runs this with --ignored)");
         let m = Mount(dir.path().to_path_buf());
-        Some((dir, m))
+        (dir, m)
     }
 
     /// A 32 MiB ext4 image on a loop device, mounted with `errors=remount-ro`, and the name of
-    /// the loop device (`loop0`); None where this process may not (not root, no loop devices).
-    fn ext4() -> Option<(tempfile::TempDir, Mount, String)> {
+    /// the loop device (`loop0`); panics where this process may not (not root, no loop devices).
+    fn ext4() -> (tempfile::TempDir, Mount, String) {
         let dir = tempfile::tempdir().unwrap();
         let (img, mnt) = (dir.path().join("disk.img"), dir.path().join("mnt"));
         std::fs::create_dir(&mnt).unwrap();
         std::fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
         let run = |cmd: &mut Command| cmd.output().map(|o| o.status.success()).unwrap_or(false);
-        if !run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img))
-            || !run(Command::new("mount").args(["-o", "loop,errors=remount-ro"]).arg(&img).arg(&mnt))
-        {
-            return None;
-        }
+        assert!(run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img)), "mkfs.ext4 failed (tests/setup.sh installs e2fsprogs)");
+        assert!(
+            run(Command::new("mount").args(["-o", "loop,errors=remount-ro"]).arg(&img).arg(&mnt)),
+            "mounting an ext4 image needs root and loop devices (CI runs as root; `make test` runs this with --ignored)"
+        );
         let m = Mount(mnt.clone());
-        let src = Command::new("findmnt").args(["-n", "-o", "SOURCE"]).arg(&mnt).output().ok()?;
+        let src = Command::new("findmnt").args(["-n", "-o", "SOURCE"]).arg(&mnt).output().expect("findmnt");
         let dev = String::from_utf8_lossy(&src.stdout).trim().trim_start_matches("/dev/").to_string();
-        Some((dir, m, dev))
+        assert!(dev.starts_with("loop"), "not on a loop device: {dev:?}");
+        (dir, m, dev)
     }
 
     fn remount(&self, opt: &str) {
@@ -77,20 +77,18 @@ fn get(reg: &RegistryProc, path: &str) -> (u16, String) {
     (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default())
 }
 
-async fn history(reg: &RegistryProc) -> Vec<sfc_client::model::Event> {
-    let obs = reg.observer();
-    let mut w = obs.watch_after(Filter::default(), false, 0).unwrap();
-    let mut out = Vec::new();
-    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(700), w.next()).await {
-        out.push(ev);
-    }
-    out
+/// The whole history, collected until it holds every (id, kind) in `want` (fails loudly if
+/// it does not within the harness's deadline).
+async fn history_with(reg: &RegistryProc, want: &[(&str, EventKind)]) -> Vec<sfc_client::model::Event> {
+    history_until(reg, 0, &format!("{want:?}"), |h| {
+        want.iter().all(|(id, kind)| h.iter().any(|e| e.id == *id && e.kind == *kind))
+    })
+    .await
 }
 
 /// `<group>/during` joins and leaves while the disk is broken; a watcher sees both transitions.
 async fn join_and_leave_while_broken(reg: &RegistryProc, obs: &sfc_client::Client, group: &str) {
-    let mut w = obs.watch(Filter::group(group), false).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut w = watch_ready(obs, Filter::group(group), false).await;
     let b = reg.service(group, "during").start().unwrap();
     b.wait_connected(LIMIT).await.unwrap();
     b.stop().await.unwrap();
@@ -106,10 +104,7 @@ async fn join_and_leave_while_broken(reg: &RegistryProc, obs: &sfc_client::Clien
 }
 
 async fn serve_through_a_disk_fault(break_disk: impl Fn(&Path, &Mount), heal_disk: impl Fn(&Path, &Mount)) {
-    let Some((dir, mount)) = Mount::tmpfs() else {
-        eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs as root)");
-        return;
-    };
+    let (dir, mount) = Mount::tmpfs();
     let reg = RegistryProc::start_at("127.0.0.1:0", dir.path(), &[]);
     let obs = reg.observer();
     let a = reg.service("disk", "before").start().unwrap();
@@ -125,6 +120,8 @@ async fn serve_through_a_disk_fault(break_disk: impl Fn(&Path, &Mount), heal_dis
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("store-failing"), "{body}");
     assert!(get(&reg, "/metrics").1.contains("sfc_registry_store_up 0"));
+    // Two transitions (and the retries on the snapshot timer) failed to write: said once.
+    assert_eq!(reg.log_count("STORE FAILING"), 1, "{}", reg.log());
 
     heal_disk(dir.path(), &mount);
     // The next transition after recovery also writes what the store missed.
@@ -133,14 +130,12 @@ async fn serve_through_a_disk_fault(break_disk: impl Fn(&Path, &Mount), heal_dis
     wait_record(&obs, "disk/after", LIMIT, "online", |r| r.status == Status::Online).await;
     assert_eq!(get(&reg, "/readyz").0, 200);
     assert!(get(&reg, "/metrics").1.contains("sfc_registry_store_up 1"));
+    assert_eq!(reg.log_count("STORE FAILING"), 1, "once for the whole outage: {}", reg.log());
     drop(obs);
     drop(reg);
 
     let reg = RegistryProc::start_at("127.0.0.1:0", dir.path(), &[]);
-    let h = history(&reg).await;
-    for (id, kind) in [("disk/during", EventKind::Joined), ("disk/during", EventKind::Left), ("disk/after", EventKind::Joined)] {
-        assert!(h.iter().any(|e| e.id == id && e.kind == kind), "{id} {kind:?} missing after restart: {h:?}");
-    }
+    history_with(&reg, &[("disk/during", EventKind::Joined), ("disk/during", EventKind::Left), ("disk/after", EventKind::Joined)]).await;
     let obs = reg.observer();
     let recs = obs.query(Filter::group("disk")).await.unwrap();
     assert!(recs.iter().any(|r| r.id == "disk/during" && r.status == Status::Left), "{recs:?}");
@@ -148,6 +143,7 @@ async fn serve_through_a_disk_fault(break_disk: impl Fn(&Path, &Mount), heal_dis
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (tmpfs/loop mounts): `make test` runs it with --ignored"]
 async fn full_data_directory() {
     serve_through_a_disk_fault(
         |dir, _| {
@@ -161,11 +157,9 @@ async fn full_data_directory() {
 /// A data directory that is read-only when the registry starts (a volume mounted wrong): it
 /// serves from memory, and writes everything once the directory becomes writable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (tmpfs/loop mounts): `make test` runs it with --ignored"]
 async fn read_only_data_directory_at_start() {
-    let Some((dir, mount)) = Mount::tmpfs() else {
-        eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs as root)");
-        return;
-    };
+    let (dir, mount) = Mount::tmpfs();
     let st = Command::new(sfc_bin()).args(["certs", "init", "--dir"]).arg(dir.path().join("tls")).output().unwrap();
     assert!(st.status.success());
     mount.remount("ro");
@@ -185,10 +179,7 @@ async fn read_only_data_directory_at_start() {
     drop(reg);
 
     let reg = RegistryProc::start_at("127.0.0.1:0", dir.path(), &[]);
-    let h = history(&reg).await;
-    for id in ["ro/first", "ro/second"] {
-        assert!(h.iter().any(|e| e.id == id && e.kind == EventKind::Joined), "{id} joined missing: {h:?}");
-    }
+    history_with(&reg, &[("ro/first", EventKind::Joined), ("ro/second", EventKind::Joined)]).await;
     drop(mount);
 }
 
@@ -199,11 +190,9 @@ async fn read_only_data_directory_at_start() {
 /// the disk as one would (unmount, `e2fsck`, mount again in place): the registry has let go of
 /// the file, opens it afresh, writes what it missed, and says it is healthy again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (tmpfs/loop mounts): `make test` runs it with --ignored"]
 async fn data_directory_turns_read_only_while_serving() {
-    let Some((img, mount, dev)) = Mount::ext4() else {
-        eprintln!("SKIPPED: mounting an ext4 image needs root and loop devices (CI runs as root)");
-        return;
-    };
+    let (img, mount, dev) = Mount::ext4();
     let data = mount.0.join("sfc");
     let mut reg = RegistryProc::start_at("127.0.0.1:0", &data, &[]);
     let obs = reg.observer();
@@ -229,7 +218,7 @@ async fn data_directory_turns_read_only_while_serving() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("store-failing"), "{body}");
     assert!(get(&reg, "/metrics").1.contains("sfc_registry_store_up 0"));
-    assert!(reg.log().contains("STORE FAILING"), "{}", reg.log());
+    assert_eq!(reg.log_count("STORE FAILING"), 1, "said once: {}", reg.log());
 
     // The repair. A plain (not lazy) unmount succeeds only once the registry holds no file
     // on it; it retries the store in the background, so the unmount is tried until it lands.
@@ -259,15 +248,16 @@ async fn data_directory_turns_read_only_while_serving() {
     reg.kill();
 
     let reg = RegistryProc::start_at("127.0.0.1:0", &data, &[]);
-    let h = history(&reg).await;
-    for (id, kind) in [
-        ("rorun/before", EventKind::Joined),
-        ("rorun/during", EventKind::Joined),
-        ("rorun/during", EventKind::Left),
-        ("rorun/after", EventKind::Joined),
-    ] {
-        assert!(h.iter().any(|e| e.id == id && e.kind == kind), "{id} {kind:?} missing after restart: {h:?}");
-    }
+    history_with(
+        &reg,
+        &[
+            ("rorun/before", EventKind::Joined),
+            ("rorun/during", EventKind::Joined),
+            ("rorun/during", EventKind::Left),
+            ("rorun/after", EventKind::Joined),
+        ],
+    )
+    .await;
     drop(reg);
     drop(mount);
 }

@@ -10,16 +10,9 @@ use sfc_client::model::{EventKind, Filter, OfflineReason, Status};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// Every history event after `cursor`, replayed by a fresh observer.
-async fn history(reg: &RegistryProc, cursor: u64) -> Vec<sfc_client::model::Event> {
-    let obs = reg.observer();
-    let mut w = obs.watch_after(Filter::default(), false, cursor).unwrap();
-    let mut out = Vec::new();
-    // Replay arrives right after the snapshot; stop once it has been quiet for a moment.
-    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(700), w.next()).await {
-        out.push(ev);
-    }
-    out
+/// True once `h` holds an event of `kind` for `id`.
+fn has(h: &[sfc_client::model::Event], id: &str, kind: EventKind) -> bool {
+    h.iter().any(|e| e.id == id && e.kind == kind)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,8 +28,13 @@ async fn restart_keeps_records_and_history() {
     wait_record(&obs, "shop/left", LIMIT, "left", |r| r.status == Status::Left).await;
     drop(stays); // the process side goes away without leave: offline, connection-lost
     wait_record(&obs, "shop/gone", LIMIT, "offline", |r| r.status == Status::Offline).await;
-    let before = history(&reg, 0).await;
-    assert!(before.len() >= 4, "{before:?}");
+    let before = history_until(&reg, 0, "both joined, one left, one offline", |h| {
+        has(h, "shop/gone", EventKind::Joined)
+            && has(h, "shop/left", EventKind::Joined)
+            && has(h, "shop/left", EventKind::Left)
+            && has(h, "shop/gone", EventKind::Offline)
+    })
+    .await;
     drop(obs);
     drop(reg); // SIGKILL
 
@@ -47,76 +45,134 @@ async fn restart_keeps_records_and_history() {
     assert_eq!(by_id["shop/left"].status, Status::Left);
     assert_eq!(by_id["shop/gone"].status, Status::Offline);
     assert_eq!(by_id["shop/gone"].offline_reason, Some(OfflineReason::ConnectionLost));
-    let after = history(&reg, 0).await;
+    let after = history_through(&reg, 0, before.last().unwrap().seq).await;
     for ev in &before {
         assert!(after.iter().any(|e| e.seq == ev.seq && e.kind == ev.kind && e.id == ev.id), "lost {ev:?}");
     }
     // Numbering continues: cursors that watchers saved stay valid.
     let c = reg.service("shop", "new").start().unwrap();
     c.wait_connected(LIMIT).await.unwrap();
-    let newest = history(&reg, before.last().unwrap().seq).await;
-    assert!(newest.iter().any(|e| e.kind == EventKind::Joined && e.id == "shop/new"));
+    let newest = history_until(&reg, before.last().unwrap().seq, "shop/new joined", |h| has(h, "shop/new", EventKind::Joined)).await;
     assert!(newest.iter().all(|e| e.seq > before.last().unwrap().seq));
 }
 
+/// "Held online for one window" after a restart, by states and event order: right after the
+/// restart both records are online exactly as the store had them; the client that comes back
+/// takes its record over without a single event; the one that does not stays online until its
+/// window (2 x 3 s) ends, and then its one and only event is `offline (registry-restart)`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_instances_wait_one_window_then_go_offline_registry_restart() {
     let dir = tempfile::tempdir().unwrap();
     let reg = RegistryProc::start_at("127.0.0.1:0", dir.path(), &["--missed-reports", "2"]);
     let addr = reg.addr.clone();
     // One client comes back after the restart, one does not.
-    let back = reg.service("pool", "back").start().unwrap();
-    let gone = ServiceProc::start(&reg, "pool", "gone", "300ms");
+    let back = reg.service("pool", "back").interval(Duration::from_secs(3)).start().unwrap();
+    let gone = ServiceProc::start(&reg, "pool", "gone", "3s");
     back.wait_connected(LIMIT).await.unwrap();
     let obs = reg.observer();
-    wait_record(&obs, "pool/gone", LIMIT, "online", |r| r.status == Status::Online).await;
+    let was = wait_record(&obs, "pool/gone", LIMIT, "online", |r| r.status == Status::Online).await;
+    let last = history_until(&reg, 0, "both joined", |h| has(h, "pool/gone", EventKind::Joined) && has(h, "pool/back", EventKind::Joined))
+        .await
+        .last()
+        .unwrap()
+        .seq;
     drop(obs);
     drop(reg); // SIGKILL: both records are online in the store
     drop(gone); // this one never returns
 
     let reg = RegistryProc::start_at(&addr, dir.path(), &["--missed-reports", "2"]);
     let obs = reg.observer();
-    let mut w = obs.watch(Filter::group("pool"), false).unwrap();
-    let r = wait_record(&obs, "pool/gone", LIMIT, "offline after its window", |r| r.status == Status::Offline).await;
-    assert_eq!(r.offline_reason, Some(OfflineReason::RegistryRestart));
+    // Every event since the kill, in order (a replay, then live).
+    let mut w = watch_after_ready(&obs, Filter::group("pool"), last).await;
+    let held = obs.query(Filter::group("pool")).await.unwrap();
+    let gone_rec = held.iter().find(|r| r.id == "pool/gone").expect("restored");
+    assert_eq!((gone_rec.status, gone_rec.offline_reason), (Status::Online, None), "held online: {gone_rec:?}");
+    assert_eq!(gone_rec.status_since, was.status_since, "restored as it was");
+    let ev = tokio::time::timeout(LIMIT, w.next()).await.expect("an event after the window").expect("stream");
+    assert_eq!((ev.id.as_str(), ev.kind), ("pool/gone", EventKind::Offline), "the first event after the restart: {ev:?}");
+    assert_eq!(ev.instance.as_ref().unwrap().offline_reason, Some(OfflineReason::RegistryRestart));
     let r = wait_record(&obs, "pool/back", LIMIT, "online", |r| r.status == Status::Online).await;
     assert!(back.is_connected());
     assert!(r.last_report_at.is_some());
-    // The client that came back never flapped offline.
+    // The client that came back never flapped offline: the history since the kill holds the
+    // one offline event of pool/gone and nothing for pool/back.
+    let since = history_through(&reg, last, ev.seq).await;
+    assert!(since.iter().all(|e| e.id != "pool/back"), "{since:?}");
     while let Some(ev) = w.try_next() {
         assert!(!(ev.id == "pool/back" && ev.kind == EventKind::Offline), "{ev:?}");
     }
 }
 
+/// SIGKILL while transitions are flowing: clients join, flip their health and leave in a loop,
+/// and the registry is killed the moment its watcher has seen enough, with the churn still
+/// running. Every transition the watcher was sent (committed before broadcast) must be in the
+/// history after the restart, with the same number.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_broadcast_transition() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
-    let reg = RegistryProc::start_at("127.0.0.1:0", dir.path(), &[]);
+    let mut reg = RegistryProc::start_at("127.0.0.1:0", dir.path(), &["--max-frame-rate", "10000"]);
     let obs = reg.observer();
-    let mut w = obs.watch(Filter::default(), false).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // Load: clients joining, reporting fast and leaving while the registry is killed.
-    let mut clients = Vec::new();
-    for i in 0..20 {
-        let c = reg.service("load", &format!("c-{i}")).interval(Duration::from_millis(100)).start().unwrap();
-        clients.push(c);
-    }
-    for c in clients.iter().take(10) {
-        c.wait_connected(LIMIT).await.unwrap();
-        c.stop().await.unwrap();
+    let mut obs_events = obs.subscribe();
+    let mut w = watch_ready(&obs, Filter::default(), false).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let mut churn = Vec::new();
+    for t in 0..4 {
+        let (stop, rounds) = (stop.clone(), rounds.clone());
+        let b = reg.service("load", "x").interval(Duration::from_millis(100));
+        churn.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let c = b.clone().instance_id(format!("t{t}-{}", n % 3)).start().unwrap();
+                n += 1;
+                if c.wait_connected(Duration::from_secs(5)).await.is_err() {
+                    continue;
+                }
+                for h in [sfc_client::model::Health::Warning, sfc_client::model::Health::Critical, sfc_client::model::Health::Passing] {
+                    let _ = c.set_health(h, None);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(2), c.stop()).await;
+                rounds.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
     }
     let mut seen = Vec::new();
-    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(300), w.next()).await {
+    while seen.len() < 150 {
+        let ev = tokio::time::timeout(LIMIT, w.next()).await.expect("transitions flowing").expect("stream");
         seen.push(ev);
     }
-    drop(reg); // SIGKILL while the other ten keep reporting
-    assert!(seen.len() >= 20, "saw only {} events", seen.len());
+    let rounds_at_kill = rounds.load(Ordering::Relaxed);
+    reg.kill(); // the churn is still running
+    // Everything the registry sent before it died reaches the stream before the disconnect.
+    tokio::time::timeout(LIMIT, async {
+        while !matches!(obs_events.recv().await, Ok(sfc_client::ClientEvent::Disconnected { .. })) {}
+    })
+    .await
+    .expect("the watcher notices the registry is gone");
+    while let Some(ev) = w.try_next() {
+        seen.push(ev);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in churn {
+        t.abort();
+    }
+    drop(obs);
+    assert!(rounds_at_kill >= 1, "the churn had not got going");
+    let kinds: std::collections::HashSet<_> = seen.iter().map(|e| e.kind).collect();
+    for k in [EventKind::Joined, EventKind::HealthChanged, EventKind::Left] {
+        assert!(kinds.contains(&k), "no {k:?} among {} events seen", seen.len());
+    }
 
     let reg = RegistryProc::start_at("127.0.0.1:0", dir.path(), &[]);
-    let after = history(&reg, 0).await;
+    let newest = seen.iter().map(|e| e.seq).max().unwrap();
+    let after = history_through(&reg, 0, newest).await;
     for ev in &seen {
         assert!(after.iter().any(|e| e.seq == ev.seq && e.kind == ev.kind && e.id == ev.id), "lost {ev:?}");
     }
+    eprintln!("{} transitions seen before the SIGKILL, all in the history", seen.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

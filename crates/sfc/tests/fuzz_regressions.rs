@@ -43,12 +43,15 @@ async fn report_with_a_clock_past_i64_max_keeps_the_session() {
     };
     assert_eq!(record.id, "fuzzreg/a");
     assert!(record.last_report_at.is_some(), "{record:?}");
-    if let Some(skew) = record.clock_skew_ms {
-        assert!(
-            skew > 0,
-            "a clock in the far future has a positive skew, got {skew}"
-        );
-    }
+    // 2^63 ms minus the registry's clock: far in the future, so a huge positive skew (a wrapped
+    // subtraction made it negative; a missing one would hide the bug).
+    let skew = record
+        .clock_skew_ms
+        .expect("a report with sent_at has a clock skew");
+    assert!(
+        skew > i64::MAX / 2,
+        "a clock in the far future has a huge positive skew, got {skew}"
+    );
 }
 
 #[test]

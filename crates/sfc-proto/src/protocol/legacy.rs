@@ -72,7 +72,9 @@ pub const LEGACY_DEFAULT_INTERVAL_MS: u64 = 1000;
 
 /// Parses one legacy document.
 pub fn parse(bytes: &[u8]) -> Result<LegacyReport, ProtocolError> {
-    let doc: Doc = serde_json::from_slice(bytes).map_err(|e| {
+    // Any ASCII whitespace selects the legacy format (form feed included), but JSON itself
+    // allows only space, tab, CR and LF around a document.
+    let doc: Doc = serde_json::from_slice(bytes.trim_ascii()).map_err(|e| {
         ProtocolError::new(ErrorCode::BadJson, format!("legacy document is not valid: {e}"))
     })?;
     let action = match doc.action.as_str() {
@@ -92,12 +94,19 @@ pub fn parse(bytes: &[u8]) -> Result<LegacyReport, ProtocolError> {
             return Err(ProtocolError::new(ErrorCode::InvalidField, format!("{what} is empty")));
         }
     }
+    // The v1 interval limits apply (a v1 hello outside them is refused too); out of them the
+    // document is rejected like any other out-of-limits document, naming the legacy field.
+    let (lo, hi) = (crate::limits::MIN_INTERVAL_MS, crate::limits::MAX_INTERVAL_MS);
     let interval_ms = match m.update_interval_seconds {
-        Some(s) if s.is_finite() && s > 0.0 => (s * 1000.0).round() as u64,
+        Some(s) if s.is_finite() && (lo as f64..=hi as f64).contains(&(s * 1000.0).round()) => (s * 1000.0).round() as u64,
         Some(s) => {
             return Err(ProtocolError::new(
                 ErrorCode::InvalidField,
-                format!("payload.metrics.updateIntervalSeconds must be a positive number, got {s}"),
+                format!(
+                    "payload.metrics.updateIntervalSeconds is {s}; it must be within {} ..= {} seconds",
+                    lo as f64 / 1000.0,
+                    hi / 1000
+                ),
             ))
         }
         None => LEGACY_DEFAULT_INTERVAL_MS,

@@ -350,7 +350,11 @@ impl Registry {
         })?;
         self.shared.stats.commands_total.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(Ok(r))) => Ok(r),
+            Ok(Ok(Err(why))) => Err(Error::Remote {
+                code: ErrorCode::NotOnline,
+                message: format!("command {name:?} to {id:?} failed: {why}"),
+            }),
             Ok(Err(_)) => Err(Error::Remote {
                 code: ErrorCode::NotOnline,
                 message: format!("instance {id:?} went away before answering command {name:?}"),

@@ -781,8 +781,6 @@ async fn serve_legacy<S: AsyncRead + Unpin>(
     if let Err(e) = authorize(reg, &who, peer, Some(&doc.registration.group)) {
         return fail(e.message);
     }
-    reg.shared.stats.legacy_reports_total.fetch_add(1, Ordering::Relaxed);
-    reg.shared.stats.reports_total.fetch_add(1, Ordering::Relaxed);
     let id = crate::model::InstanceRecord::make_id(&doc.registration.group, &doc.registration.instance_id);
     let window = Duration::from_millis(doc.interval_ms) * reg.shared.config.missed_reports;
     let arm = {
@@ -791,6 +789,9 @@ async fn serve_legacy<S: AsyncRead + Unpin>(
             drop(st);
             return fail(format!("{id} belongs to a live v1 session"));
         }
+        // Counted once accepted: a rejected document is a protocol error, not a report.
+        reg.shared.stats.legacy_reports_total.fetch_add(1, Ordering::Relaxed);
+        reg.shared.stats.reports_total.fetch_add(1, Ordering::Relaxed);
         if doc.action == legacy::LegacyAction::Leave {
             st.mark_left(&id, None, Some("legacy LEAVE".into()));
             return;

@@ -95,7 +95,8 @@ struct PendingCommand {
     instance: String,
     session: u64,
     name: String,
-    reply: oneshot::Sender<CommandResult>,
+    /// The instance's answer, or why it will never come (it went offline, left, ...).
+    reply: oneshot::Sender<Result<CommandResult, String>>,
 }
 
 pub struct State {
@@ -523,7 +524,7 @@ impl State {
         &mut self,
         id: &str,
         command: crate::protocol::Command,
-    ) -> Result<oneshot::Receiver<CommandResult>, crate::protocol::ErrorCode> {
+    ) -> Result<oneshot::Receiver<Result<CommandResult, String>>, crate::protocol::ErrorCode> {
         let inst = self.instances.get(id).ok_or(crate::protocol::ErrorCode::UnknownInstance)?;
         let session = match (&inst.session, inst.record.status) {
             (Some(s), Status::Online) => s.clone(),
@@ -563,7 +564,7 @@ impl State {
             "error": result.error,
         });
         self.emit(EventKind::CommandResult, &p.instance, detail);
-        let _ = p.reply.send(result);
+        let _ = p.reply.send(Ok(result));
         true
     }
 
@@ -685,12 +686,9 @@ impl State {
         let ids: Vec<u64> = self.pending.iter().filter(|(_, p)| p.instance == id).map(|(k, _)| *k).collect();
         for cid in ids {
             if let Some(p) = self.pending.remove(&cid) {
-                let _ = p.reply.send(CommandResult {
-                    command_id: cid,
-                    ok: false,
-                    result: serde_json::Value::Null,
-                    error: Some(why.to_string()),
-                });
+                // Not an answer: the caller gets `not-online` with the reason, never an
+                // `ok: false` result as if the instance had answered.
+                let _ = p.reply.send(Err(why.to_string()));
             }
         }
     }

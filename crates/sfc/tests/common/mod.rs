@@ -152,6 +152,17 @@ impl RegistryProc {
             .expect("observer")
     }
 
+    /// Stops the registry gracefully (SIGTERM) and returns its exit status once it has exited.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.pid(), "TERM");
+        self.child.wait().expect("wait for the registry to exit")
+    }
+
+    /// How many lines of the registry's log so far contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
     /// Stops the registry abruptly (SIGKILL) and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -216,6 +227,63 @@ pub async fn wait_record(
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// A watch that the registry has set up. A session handles its frames in order, and the
+/// client sends its requests in the order they were made (also when they wait for a
+/// connection), so the answer to a query sent after the watch is the acknowledgement that the
+/// watch is in place: every transition after it reaches the stream.
+pub async fn watch_ready(obs: &Client, filter: Filter, reports: bool) -> sfc_client::WatchStream {
+    let w = obs.watch(filter, reports).expect("watch");
+    ack(obs).await;
+    w
+}
+
+/// Like [`watch_ready`], resuming after `cursor`.
+pub async fn watch_after_ready(obs: &Client, filter: Filter, cursor: u64) -> sfc_client::WatchStream {
+    let w = obs.watch_after(filter, false, cursor).expect("watch");
+    ack(obs).await;
+    w
+}
+
+/// Waits for the answer to a query: everything this client asked for before is in place.
+async fn ack(obs: &Client) {
+    let start = Instant::now();
+    loop {
+        match obs.query(Filter::group("-ack-")).await {
+            Ok(_) => return,
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(30), "no answer from the registry: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The registry's event history after `cursor`, replayed by a fresh observer, collected until
+/// `done` holds on what has arrived. Fails (never returns short) when it does not within 30 s.
+pub async fn history_until(
+    reg: &RegistryProc,
+    cursor: u64,
+    what: &str,
+    done: impl Fn(&[sfc_client::model::Event]) -> bool,
+) -> Vec<sfc_client::model::Event> {
+    let limit = Duration::from_secs(30);
+    let obs = reg.observer();
+    let mut w = obs.watch_after(Filter::default(), false, cursor).expect("watch");
+    let mut out = Vec::new();
+    let start = Instant::now();
+    while !done(&out) {
+        let left = limit.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, w.next()).await {
+            Ok(Some(ev)) => out.push(ev),
+            _ => panic!("history after {cursor}: timed out after {limit:?} waiting for {what}; got {out:?}"),
+        }
+    }
+    out
+}
+
+/// The history after `cursor` up to and including event `seq`.
+pub async fn history_through(reg: &RegistryProc, cursor: u64, seq: u64) -> Vec<sfc_client::model::Event> {
+    history_until(reg, cursor, &format!("event {seq}"), |h| h.last().is_some_and(|e| e.seq >= seq)).await
 }
 
 /// An example service process (a real client in another process).
@@ -334,4 +402,234 @@ pub async fn first_error(c: &sfc_client::Client) -> String {
     })
     .await
     .expect("an error event")
+}
+
+/// A well-behaved service client kept running through a hostile test. RELIABILITY.md promises
+/// that such a client, on the same registry, keeps reporting without a single transition:
+/// [`WellBehaved::assert_undisturbed`] checks that it is still online in the same session
+/// (`status_since` and `connected_since` unchanged), that the registry took a report from it
+/// since the start, and that its client library saw no event at all (no disconnect, no
+/// reconnect, no error).
+pub struct WellBehaved {
+    pub client: Client,
+    id: String,
+    events: tokio::sync::broadcast::Receiver<sfc_client::ClientEvent>,
+    start: InstanceRecord,
+}
+
+impl WellBehaved {
+    /// Starts `builder`'s client and waits until its record is online with a report.
+    pub async fn start(builder: ClientBuilder) -> WellBehaved {
+        let client = builder.start().expect("start the well-behaved client");
+        client
+            .wait_connected(Duration::from_secs(20))
+            .await
+            .expect("the well-behaved client connects");
+        let mut events = client.subscribe();
+        let id = client.id();
+        let start = own_record(&client, &id, "online with a report", |r| {
+            r.status == sfc_client::model::Status::Online && r.last_report_at.is_some()
+        })
+        .await;
+        // The first `Connected` is sent just after `wait_connected` can return: it may be
+        // here already (once at most). Anything else is a disturbance.
+        let mut connected = 0;
+        loop {
+            match events.try_recv() {
+                Ok(sfc_client::ClientEvent::Connected { .. }) if connected == 0 => connected += 1,
+                Err(tokio::sync::broadcast::error::TryRecvError::Empty) => break,
+                other => panic!("the well-behaved {id} saw {other:?} while starting"),
+            }
+        }
+        WellBehaved {
+            client,
+            id,
+            events,
+            start,
+        }
+    }
+
+    /// Asserts the promise; call it at the end of the test, after the hostile part. It waits
+    /// (bounded) for a report taken at least three intervals after the first one, so that the
+    /// client is watched over at least one whole liveness window (`--missed-reports` 3).
+    pub async fn assert_undisturbed(&mut self) {
+        let first = self.start.last_report_at.unwrap_or(0);
+        let window = 3 * self.start.interval_ms;
+        let now = own_record(
+            &self.client,
+            &self.id,
+            "reporting a liveness window later",
+            |r| r.last_report_at.is_some_and(|t| t >= first + window),
+        )
+        .await;
+        assert_eq!(
+            now.status,
+            sfc_client::model::Status::Online,
+            "the well-behaved {} is not online: {now:?}",
+            self.id
+        );
+        assert_eq!(
+            (now.status_since, now.connected_since),
+            (self.start.status_since, self.start.connected_since),
+            "the well-behaved {} had a transition or a new session: {now:?}",
+            self.id
+        );
+        assert!(
+            self.client.is_connected(),
+            "the well-behaved {} is not connected",
+            self.id
+        );
+        match self.events.try_recv() {
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty) => {}
+            other => panic!("the well-behaved {} saw {other:?}", self.id),
+        }
+    }
+}
+
+/// Queries through `client` itself (any role may query) until `pred` holds on record `id`.
+/// Polls at most ten times a second, well within any rate limit a test sets.
+async fn own_record(
+    client: &Client,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&InstanceRecord) -> bool,
+) -> InstanceRecord {
+    let limit = Duration::from_secs(20);
+    let start = Instant::now();
+    loop {
+        if let Ok(rs) = client.query(Filter::default()).await {
+            if let Some(r) = rs.into_iter().find(|r| r.id == id) {
+                if pred(&r) {
+                    return r;
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {id} to be {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of one sample in Prometheus text, e.g. `name` or `name{a="b"}`; None when absent.
+pub fn metric(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .filter(|rest| rest.starts_with(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// `GET /metrics` over plain HTTP (the harness's `--http`), as text.
+pub fn metrics_text(reg: &RegistryProc) -> String {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    agent
+        .get(&reg.url("/metrics"))
+        .call()
+        .expect("GET /metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("metrics body")
+}
+
+/// A raw observer session with one watch (id 1) on `filter` (JSON, e.g. `{"group":"g"}`),
+/// returned once the registry has answered the watch with its snapshot: every transition
+/// from then on reaches it.
+pub async fn raw_watch(reg: &RegistryProc, filter: serde_json::Value) -> RawTls {
+    use tokio::io::AsyncWriteExt;
+    let (mut s, welcome) = raw_session(reg, None, None).await;
+    assert!(
+        matches!(welcome, sfc_client::protocol::Message::Welcome(_)),
+        "{welcome:?}"
+    );
+    let watch = serde_json::json!({"type": "watch", "id": 1, "filter": filter});
+    s.write_all(&frame(watch.to_string().as_bytes()))
+        .await
+        .unwrap();
+    loop {
+        match read_message(&mut s).await {
+            sfc_client::protocol::Message::Result(r) if r.id == 1 => return s,
+            sfc_client::protocol::Message::Error(e) => panic!("the watch was refused: {e:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// The next event a raw watch delivers (any other frame fails the test).
+pub async fn next_event<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> sfc_client::model::Event {
+    match read_message(s).await {
+        sfc_client::protocol::Message::Event(e) => e.event,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+/// `GET /v1/instances` over plain HTTP: every record the registry holds.
+pub fn http_instances(reg: &RegistryProc) -> Vec<InstanceRecord> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let body = agent
+        .get(&reg.url("/v1/instances"))
+        .call()
+        .expect("GET /v1/instances")
+        .body_mut()
+        .read_to_string()
+        .expect("instances body");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("/v1/instances is not a list of records ({e}): {body}"))
+}
+
+impl WellBehaved {
+    /// Like [`WellBehaved::start`], without its race: the client library raises its
+    /// `connected` flag before it sends the `Connected` event, so a subscription taken after
+    /// `wait_connected` may still receive that first event. `start` returns once the client's
+    /// own query was answered, which its session does only after that event was sent; what
+    /// is pending then may only be that `Connected`, and it is drained.
+    pub async fn start_settled(builder: ClientBuilder) -> WellBehaved {
+        let mut w = WellBehaved::start(builder).await;
+        while let Ok(ev) = w.events.try_recv() {
+            assert!(
+                matches!(ev, sfc_client::ClientEvent::Connected { .. }),
+                "the well-behaved {} saw {ev:?} while starting",
+                w.id
+            );
+        }
+        w
+    }
+}
+
+/// The registry's log lines that match `pred`, once there are at least `at_least` of them
+/// (bounded wait): the log reaches the test through a pipe and a reader thread, so a line
+/// written before a frame the test has already read may still be on its way.
+pub async fn log_lines_at_least(
+    reg: &RegistryProc,
+    at_least: usize,
+    pred: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let limit = Duration::from_secs(20);
+    let start = Instant::now();
+    loop {
+        let lines: Vec<String> = reg
+            .log()
+            .lines()
+            .filter(|l| pred(l))
+            .map(String::from)
+            .collect();
+        if lines.len() >= at_least {
+            return lines;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {at_least} such log lines, have {}:\n{}",
+            lines.len(),
+            reg.log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
