@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::state::{Outbound, OutboundTx, SessionRef};
 use super::Registry;
 use crate::model::{Event, Filter, OfflineReason};
-use crate::protocol::connection::{FrameWriter, ReadError};
+use crate::protocol::connection::{FrameReader, FrameWriter, ReadError};
 use crate::protocol::frame::{self, PREAMBLE_LEN};
 use crate::protocol::{
     legacy, Codec, Compression, Connection, ErrorCode, Hello, Message, Pong, ProtocolError, QueryResult, Role,
@@ -161,47 +161,103 @@ async fn serve_stream<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let max_frame = reg.shared.config.max_frame;
-    let mut first = [0u8; PREAMBLE_LEN];
-    match tokio::time::timeout_at(deadline, stream.read_exact(&mut first[..1])).await {
+    let first = match sniff(&mut stream, peer, deadline).await {
+        Some(Sniffed::Legacy(byte)) => return serve_legacy(&reg, stream, byte, peer, who, deadline).await,
+        Some(Sniffed::V1(byte)) => byte,
+        None => return,
+    };
+    let Some(version) = negotiate_version(&reg, &mut stream, first, peer, deadline).await else { return };
+    let Connection { mut reader, mut writer } = Connection::new(stream, reg.shared.config.max_frame);
+    let Some((hello, codec, interval)) = handshake(&reg, &mut reader, &mut writer, &who, peer, deadline).await else {
+        return;
+    };
+    let Some(opened) = open_session(&reg, &mut writer, hello, version, codec, interval, &who, peer).await else {
+        return;
+    };
+    // hello and welcome are JSON; every later frame uses what welcome announced.
+    reader.set_codec(codec);
+    reader.set_compression(opened.compression);
+    writer.set_codec(codec);
+    writer.set_compression(opened.compression);
+    run_session(&reg, reader, writer, opened, peer, stop).await;
+}
+
+/// What the first byte of a connection says it is.
+enum Sniffed {
+    /// A legacy client's JSON document (`{`, or whitespace before it); the byte is kept.
+    Legacy(u8),
+    /// Anything else must be the v1 preamble; its first byte.
+    V1(u8),
+}
+
+/// Reads the first byte within the handshake deadline. None: the connection closed or stayed
+/// silent, which is logged and needs no answer.
+async fn sniff<S: AsyncRead + Unpin>(stream: &mut S, peer: SocketAddr, deadline: Instant) -> Option<Sniffed> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.read_exact(&mut first)).await {
         Ok(Ok(_)) => {}
-        Ok(Err(_)) => return, // closed before saying anything
+        Ok(Err(_)) => return None, // closed before saying anything
         Err(_) => {
             tracing::info!(target: "sfc::registry", %peer, "connection sent nothing before the handshake timeout");
-            return;
+            return None;
         }
     }
-    if first[0] == b'{' || first[0].is_ascii_whitespace() {
-        return serve_legacy(&reg, stream, first[0], peer, who, deadline).await;
-    }
-    let protocol_error = |e: ProtocolError| Message::error(None, e.code, e.message, true);
-    let version = match tokio::time::timeout_at(deadline, stream.read_exact(&mut first[1..])).await {
-        Ok(Ok(_)) => frame::parse_preamble(&first).and_then(|(lo, hi)| frame::negotiate_version(lo, hi)),
+    Some(if first[0] == b'{' || first[0].is_ascii_whitespace() { Sniffed::Legacy(first[0]) } else { Sniffed::V1(first[0]) })
+}
+
+fn refusal(e: ProtocolError) -> Message {
+    Message::error(None, e.code, e.message, true)
+}
+
+/// Reads the rest of the preamble and answers with ours for the version both sides speak. A
+/// bad or late preamble is answered with an error after our preamble, and the connection closed.
+async fn negotiate_version<S: AsyncRead + AsyncWrite + Unpin>(
+    reg: &Registry,
+    stream: &mut S,
+    first: u8,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<u16> {
+    let mut preamble = [0u8; PREAMBLE_LEN];
+    preamble[0] = first;
+    let version = match tokio::time::timeout_at(deadline, stream.read_exact(&mut preamble[1..])).await {
+        Ok(Ok(_)) => frame::parse_preamble(&preamble).and_then(|(lo, hi)| frame::negotiate_version(lo, hi)),
         Ok(Err(_)) => Err(ProtocolError::new(ErrorCode::BadPreamble, "connection closed inside the preamble")),
         Err(_) => Err(ProtocolError::new(
             ErrorCode::HandshakeTimeout,
             "the preamble did not arrive within the handshake timeout",
         )),
     };
-    let version = match version {
-        Ok(v) => v,
+    match version {
+        Ok(v) => stream.write_all(&frame::encode_preamble(v, v)).await.ok().map(|_| v),
         Err(e) => {
             reg.shared.stats.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
             tracing::info!(target: "sfc::registry", %peer, error = %e, "refused connection");
             let _ = tokio::time::timeout(
                 Duration::from_secs(2),
-                send_preamble_and_close(&mut stream, &protocol_error(e), max_frame),
+                send_preamble_and_close(stream, &refusal(e), reg.shared.config.max_frame),
             )
             .await;
-            return;
+            None
         }
-    };
-    if stream.write_all(&frame::encode_preamble(version, version)).await.is_err() {
-        return;
     }
-    let Connection { mut reader, mut writer } = Connection::new(stream, max_frame);
+}
 
-    // Handshake: the first frame must be hello, within the handshake timeout.
+/// The first frame must be a hello, within the handshake timeout, that passes the checks and
+/// the identity policy. Returns it with the codec and interval chosen; a refusal is answered
+/// with its error and the connection closed.
+async fn handshake<R, W>(
+    reg: &Registry,
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    who: &PeerIdentity,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<(Hello, Codec, Duration)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let hello = match tokio::time::timeout_at(deadline, reader.next()).await {
         Ok(Some(Ok(Message::Hello(h)))) => Ok(h),
         Ok(Some(Ok(other))) => Err(ProtocolError::new(
@@ -209,30 +265,54 @@ async fn serve_stream<S>(
             format!("expected hello as the first message, got {}", other.name()),
         )),
         Ok(Some(Err(ReadError::Protocol(e)))) => Err(e),
-        Ok(None) | Ok(Some(Err(ReadError::Io(_)))) => return,
+        Ok(None) | Ok(Some(Err(ReadError::Io(_)))) => return None,
         Err(_) => Err(ProtocolError::new(
             ErrorCode::HandshakeTimeout,
             format!("no hello within {}", crate::duration::format(reg.shared.config.handshake_timeout)),
         )),
     };
-    let accepted = hello.and_then(|h| check_hello(&reg, h)).and_then(|(h, codec, interval)| {
-        authorize(&reg, &who, peer, h.registration.as_ref().map(|r| r.group.as_str()))?;
+    let accepted = hello.and_then(|h| check_hello(reg, h)).and_then(|(h, codec, interval)| {
+        authorize(reg, who, peer, h.registration.as_ref().map(|r| r.group.as_str()))?;
         Ok((h, codec, interval))
     });
-    let (hello, codec, interval) = match accepted {
-        Ok(x) => x,
+    match accepted {
+        Ok(x) => Some(x),
         Err(e) => {
             reg.shared.stats.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
             tracing::info!(target: "sfc::registry", %peer, error = %e, "refused handshake");
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                writer.send(&protocol_error(e)).await?;
+                writer.send(&refusal(e)).await?;
                 writer.shutdown().await
             })
             .await;
-            return;
+            None
         }
-    };
+    }
+}
 
+/// A session past its handshake: registered (when it registers an instance) and welcomed.
+struct Opened {
+    id: u64,
+    instance: Option<String>,
+    tx: OutboundTx,
+    rx: mpsc::Receiver<Box<Outbound>>,
+    liveness: Duration,
+    compression: Option<Compression>,
+}
+
+/// Registers the instance (superseding an older session for it) and sends welcome. None: the
+/// welcome could not be written, and the instance is already marked offline again.
+#[allow(clippy::too_many_arguments)]
+async fn open_session<W: AsyncWrite + Unpin>(
+    reg: &Registry,
+    writer: &mut FrameWriter<W>,
+    hello: Hello,
+    version: u16,
+    codec: Codec,
+    interval: Duration,
+    who: &PeerIdentity,
+    peer: SocketAddr,
+) -> Option<Opened> {
     let session_id = reg.shared.next_session.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = OutboundTx::channel(OUTBOUND_QUEUE);
     let missed = reg.shared.config.missed_reports;
@@ -248,7 +328,7 @@ async fn serve_stream<S>(
         interval_ms: interval.as_millis() as u64,
         missed_reports: missed,
         liveness_ms: liveness.as_millis() as u64,
-        max_frame: max_frame as u32,
+        max_frame: reg.shared.config.max_frame as u32,
         server_time: crate::model::now_ms(),
         instance: instance.clone(),
         compression: compression.map(|c| c.name().to_string()),
@@ -279,17 +359,28 @@ async fn serve_stream<S>(
         if let Some(id) = &instance {
             reg.state().mark_offline(id, Some(session_id), OfflineReason::ConnectionLost);
         }
-        return;
+        return None;
     }
-    // hello and welcome are JSON; every later frame uses what welcome announced.
-    reader.set_codec(codec);
-    reader.set_compression(compression);
-    writer.set_codec(codec);
-    writer.set_compression(compression);
-    reg.shared.stats.sessions_current.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(target: "sfc::registry", session = session_id, %peer, instance = ?instance,
         role = ?hello.role, client = ?hello.client, "session opened");
+    Some(Opened { id: session_id, instance, tx, rx, liveness, compression })
+}
 
+/// Runs the session loop beside its writer task until the session ends, then settles the
+/// instance's state by how it ended and lets the writer flush its last frames.
+async fn run_session<R, W>(
+    reg: &Registry,
+    reader: FrameReader<R>,
+    writer: FrameWriter<W>,
+    opened: Opened,
+    peer: SocketAddr,
+    stop: broadcast::Receiver<()>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let Opened { id: session_id, instance, tx, rx, liveness, .. } = opened;
+    reg.shared.stats.sessions_current.fetch_add(1, Ordering::Relaxed);
     let writer_done = CancellationToken::new();
     let commands_sent = CommandsSent::default();
     let writer_task = tokio::spawn(write_loop(writer, rx, writer_done.clone(), commands_sent.clone()));

@@ -496,9 +496,18 @@ fn cpu_between(a: Option<ProcSample>, b: Option<ProcSample>) -> Option<f64> {
     Some(target::cpu_percent(&a?, &b?))
 }
 
-async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
-    let epoch = Instant::now();
-    let load_start = sysinfo::System::load_average().map_or(0.0, |l| l.one);
+/// The registry under test: spawned by the bench (`--spawn`) or given by address.
+struct Target {
+    addr: std::net::SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    server_name: rustls::pki_types::ServerName<'static>,
+    /// The registry's pid, when known: its CPU and memory are measured.
+    pid: Option<u32>,
+    spawned: Option<Spawned>,
+}
+
+/// Starts the registry (`--spawn`) or resolves `--registry`, and builds the clients' TLS config.
+async fn connect_target(a: &BenchArgs) -> Result<Target> {
     let mut spawned = None;
     let (addr, server_name, ca, pid) = if a.spawn {
         let dir = std::env::temp_dir().join(format!(
@@ -535,6 +544,13 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     })?;
     let server_name = sfc_proto::tls::server_name(&server_name)?;
 
+    Ok(Target { addr, tls, server_name, pid, spawned })
+}
+
+/// The simulated fleet's shared settings: source addresses, the report each client sends, the
+/// scenario's action and its batch. Also returns the size of one report frame.
+async fn fleet_for(a: &BenchArgs, target: &Target, epoch: Instant) -> Result<(Arc<Fleet>, usize)> {
+    let addr = target.addr;
     // Loopback source addresses only make sense for a loopback target.
     let sources: Vec<IpAddr> = if addr.ip().is_loopback() {
         let n = if a.source_addrs > 0 {
@@ -563,9 +579,9 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     let batch = a.batch();
     let fleet = Arc::new(Fleet {
         addr,
-        tls,
-        server_name,
-        sources: sources.clone(),
+        tls: target.tls.clone(),
+        server_name: target.server_name.clone(),
+        sources,
         interval: a.interval,
         blast: a.scenario == Scenario::Max,
         action: match a.scenario {
@@ -582,28 +598,12 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
         marks: Default::default(),
         wire,
     });
-    let mut proc_watch = pid.map(ProcWatch::new);
-    let mut own = ProcWatch::new(std::process::id());
-    let (phase_tx, phase_rx) = watch::channel(Phase::Ramp);
+    Ok((fleet, report_frame_bytes))
+}
 
-    // The observer first, so it sees every join.
-    let seen = Arc::new(observer::Observed::default());
-    let (ready_tx, ready_rx) = oneshot::channel();
-    let observer = tokio::spawn(observer::run(
-        fleet.clone(),
-        seen.clone(),
-        a.scenario != Scenario::Max,
-        phase_rx.clone(),
-        ready_tx,
-    ));
-    match tokio::time::timeout(Duration::from_secs(15), ready_rx).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => return Err(e),
-        _ => return Err(Error::Timeout(format!("observer could not watch {addr}"))),
-    }
-    let baseline = proc_watch.as_mut().and_then(ProcWatch::sample);
-
-    // Ramp: start clients at --connect-rate.
+/// Starts the clients at `--connect-rate` and waits until they are connected (or the ramp's
+/// limit passes). Returns their tasks, how long the ramp took and how many connected.
+async fn ramp(a: &BenchArgs, fleet: &Arc<Fleet>, phase_rx: &watch::Receiver<Phase>) -> (Vec<tokio::task::JoinHandle<()>>, u64, u64) {
     let ramp_start = Instant::now();
     let mut tasks = Vec::with_capacity(a.clients);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -630,6 +630,176 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     wait_until(ramp_limit, || c.connected.load(Ordering::Relaxed) >= n).await;
     let ramp_ms = ramp_start.elapsed().as_millis() as u64;
     let connected_after_ramp = c.connected.load(Ordering::Relaxed);
+
+    (tasks, ramp_ms, connected_after_ramp)
+}
+
+/// `storm`: restarts the spawned registry and measures how the fleet comes back. Returns the
+/// figures and a fresh watch on the new registry process.
+async fn restart_storm(
+    a: &BenchArgs,
+    fleet: &Arc<Fleet>,
+    seen: &observer::Observed,
+    spawned: &mut Option<Spawned>,
+) -> Result<(Storm, ProcWatch)> {
+    let c = &fleet.counters;
+    let n = a.clients as u64;
+    let mut s = spawned
+        .take()
+        .ok_or_else(|| Error::invalid("--scenario", "storm needs --spawn"))?;
+    let kill_at = Instant::now();
+    let (s, restarted) = tokio::task::spawn_blocking(move || {
+        let r = s.restart();
+        (s, r)
+    })
+    .await
+    .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    restarted?;
+    let ready_at = Instant::now();
+    let watch = ProcWatch::new(s.pid());
+    *spawned = Some(s);
+    let storm_errors0 = c.connect_errors.load(Ordering::Relaxed);
+    let limit =
+        Duration::from_secs(60).max(Duration::from_secs_f64(a.clients as f64 / 500.0));
+    // Connected again means a welcome after the restart, counted at the clients.
+    let back = || {
+        fleet
+            .marks
+            .welcomes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|w| **w >= kill_at)
+            .count()
+    };
+    wait_until(limit, || back() >= a.clients).await;
+    let mut welcomes: Vec<Instant> = fleet
+        .marks
+        .welcomes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .copied()
+        .filter(|w| *w >= kill_at)
+        .collect();
+    welcomes.sort_unstable();
+    let mut peak = 0;
+    let mut lo = 0;
+    for hi in 0..welcomes.len() {
+        while welcomes[hi].duration_since(welcomes[lo]) >= Duration::from_secs(1) {
+            lo += 1;
+        }
+        peak = peak.max(hi - lo + 1);
+    }
+    // The observer reconnects with its own backoff; give it a moment to catch up.
+    wait_until(Duration::from_secs(5), || {
+        seen.online.load(Ordering::Relaxed) >= n
+    })
+    .await;
+    let storm = Storm {
+        restart_ms: ready_at.duration_since(kill_at).as_millis() as u64,
+        reconnected: welcomes.len(),
+        all_online_ms: (welcomes.len() >= a.clients)
+            .then(|| {
+                welcomes
+                    .last()
+                    .map(|w| w.saturating_duration_since(ready_at).as_millis() as u64)
+            })
+            .flatten(),
+        peak_connects_per_s: peak,
+        connect_errors: c.connect_errors.load(Ordering::Relaxed) - storm_errors0,
+        online_at_end: seen.online.load(Ordering::Relaxed),
+    };
+    Ok((storm, watch))
+}
+
+/// Offline events the observer saw: those outside the scenario's batch are false, and for
+/// `crash` and `hang` how soon each of the batch was seen offline after its mark.
+fn offline_figures(
+    a: &BenchArgs,
+    fleet: &Fleet,
+    seen: &observer::Observed,
+    liveness: Duration,
+) -> (usize, std::collections::BTreeMap<String, usize>, Option<Detection>, Option<Detection>) {
+    let batch = a.batch();
+    let offline = std::mem::take(&mut *seen.offline.lock().unwrap_or_else(|e| e.into_inner()));
+    let in_batch = |i: usize| fleet.batch.contains(&i);
+    let false_offline = offline.iter().filter(|(i, _, _)| !in_batch(*i)).count();
+    let mut false_offline_reasons = std::collections::BTreeMap::new();
+    for (_, _, reason) in offline.iter().filter(|(i, _, _)| !in_batch(*i)) {
+        *false_offline_reasons.entry(reason.clone()).or_insert(0) += 1;
+    }
+    let detect = |marks: &[(usize, Instant)], expected_ms: Option<u64>| {
+        let delays: Vec<u64> = marks
+            .iter()
+            .filter_map(|(i, at)| {
+                offline
+                    .iter()
+                    .find(|(j, seen, _)| j == i && seen >= at)
+                    .map(|(_, seen, _)| seen.duration_since(*at).as_micros() as u64)
+            })
+            .collect();
+        Detection {
+            batch,
+            detected: delays.len(),
+            expected_ms,
+            latency: Latency::of(delays),
+        }
+    };
+    let crash = (a.scenario == Scenario::Crash).then(|| {
+        detect(
+            &fleet
+                .marks
+                .crashed_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+            None,
+        )
+    });
+    let hang = (a.scenario == Scenario::Hang).then(|| {
+        detect(
+            &fleet
+                .marks
+                .hung_last_sent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+            Some(liveness.as_millis() as u64),
+        )
+    });
+    (false_offline, false_offline_reasons, crash, hang)
+}
+
+async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
+    let epoch = Instant::now();
+    let load_start = sysinfo::System::load_average().map_or(0.0, |l| l.one);
+    let mut target = connect_target(a).await?;
+    let (addr, pid) = (target.addr, target.pid);
+    let mut spawned = target.spawned.take();
+
+    let (fleet, report_frame_bytes) = fleet_for(a, &target, epoch).await?;
+    let mut proc_watch = pid.map(ProcWatch::new);
+    let mut own = ProcWatch::new(std::process::id());
+    let (phase_tx, phase_rx) = watch::channel(Phase::Ramp);
+
+    // The observer first, so it sees every join.
+    let seen = Arc::new(observer::Observed::default());
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let observer = tokio::spawn(observer::run(
+        fleet.clone(),
+        seen.clone(),
+        a.scenario != Scenario::Max,
+        phase_rx.clone(),
+        ready_tx,
+    ));
+    match tokio::time::timeout(Duration::from_secs(15), ready_rx).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(e),
+        _ => return Err(Error::Timeout(format!("observer could not watch {addr}"))),
+    }
+    let baseline = proc_watch.as_mut().and_then(ProcWatch::sample);
+
+    let (tasks, ramp_ms, connected_after_ramp) = ramp(a, &fleet, &phase_rx).await;
+    let c = &fleet.counters;
     // One interval so every client is on its own schedule before measuring.
     tokio::time::sleep(a.interval).await;
 
@@ -662,72 +832,9 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     if let Some(at) = act_at {
         tokio::time::sleep_until(t0 + at).await;
         if a.scenario == Scenario::Storm {
-            let mut s = spawned
-                .take()
-                .ok_or_else(|| Error::invalid("--scenario", "storm needs --spawn"))?;
-            let kill_at = Instant::now();
-            let (s, restarted) = tokio::task::spawn_blocking(move || {
-                let r = s.restart();
-                (s, r)
-            })
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-            restarted?;
-            let ready_at = Instant::now();
-            proc_watch = Some(ProcWatch::new(s.pid()));
-            spawned = Some(s);
-            let storm_errors0 = c.connect_errors.load(Ordering::Relaxed);
-            let limit =
-                Duration::from_secs(60).max(Duration::from_secs_f64(a.clients as f64 / 500.0));
-            // Connected again means a welcome after the restart, counted at the clients.
-            let back = || {
-                fleet
-                    .marks
-                    .welcomes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .filter(|w| **w >= kill_at)
-                    .count()
-            };
-            wait_until(limit, || back() >= a.clients).await;
-            let mut welcomes: Vec<Instant> = fleet
-                .marks
-                .welcomes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .copied()
-                .filter(|w| *w >= kill_at)
-                .collect();
-            welcomes.sort_unstable();
-            let mut peak = 0;
-            let mut lo = 0;
-            for hi in 0..welcomes.len() {
-                while welcomes[hi].duration_since(welcomes[lo]) >= Duration::from_secs(1) {
-                    lo += 1;
-                }
-                peak = peak.max(hi - lo + 1);
-            }
-            // The observer reconnects with its own backoff; give it a moment to catch up.
-            wait_until(Duration::from_secs(5), || {
-                seen.online.load(Ordering::Relaxed) >= n
-            })
-            .await;
-            storm = Some(Storm {
-                restart_ms: ready_at.duration_since(kill_at).as_millis() as u64,
-                reconnected: welcomes.len(),
-                all_online_ms: (welcomes.len() >= a.clients)
-                    .then(|| {
-                        welcomes
-                            .last()
-                            .map(|w| w.saturating_duration_since(ready_at).as_millis() as u64)
-                    })
-                    .flatten(),
-                peak_connects_per_s: peak,
-                connect_errors: c.connect_errors.load(Ordering::Relaxed) - storm_errors0,
-                online_at_end: seen.online.load(Ordering::Relaxed),
-            });
+            let (s, watch) = restart_storm(a, &fleet, &seen, &mut spawned).await?;
+            proc_watch = Some(watch);
+            storm = Some(s);
             // The new registry's CPU is measured from here.
             measured = measured.max(t0.elapsed() + Duration::from_secs(1));
         } else {
@@ -787,50 +894,7 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
         .max(t1.duration_since(t0));
     let measured_s = t1.duration_since(t0).as_secs_f64();
 
-    let offline = std::mem::take(&mut *seen.offline.lock().unwrap_or_else(|e| e.into_inner()));
-    let in_batch = |i: usize| fleet.batch.contains(&i);
-    let false_offline = offline.iter().filter(|(i, _, _)| !in_batch(*i)).count();
-    let mut false_offline_reasons = std::collections::BTreeMap::new();
-    for (_, _, reason) in offline.iter().filter(|(i, _, _)| !in_batch(*i)) {
-        *false_offline_reasons.entry(reason.clone()).or_insert(0) += 1;
-    }
-    let detect = |marks: &[(usize, Instant)], expected_ms: Option<u64>| {
-        let delays: Vec<u64> = marks
-            .iter()
-            .filter_map(|(i, at)| {
-                offline
-                    .iter()
-                    .find(|(j, seen, _)| j == i && seen >= at)
-                    .map(|(_, seen, _)| seen.duration_since(*at).as_micros() as u64)
-            })
-            .collect();
-        Detection {
-            batch,
-            detected: delays.len(),
-            expected_ms,
-            latency: Latency::of(delays),
-        }
-    };
-    let crash = (a.scenario == Scenario::Crash).then(|| {
-        detect(
-            &fleet
-                .marks
-                .crashed_at
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-            None,
-        )
-    });
-    let hang = (a.scenario == Scenario::Hang).then(|| {
-        detect(
-            &fleet
-                .marks
-                .hung_last_sent
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-            Some(liveness.as_millis() as u64),
-        )
-    });
+    let (false_offline, false_offline_reasons, crash, hang) = offline_figures(a, &fleet, &seen, liveness);
     let latencies =
         std::mem::take(&mut *seen.latencies_us.lock().unwrap_or_else(|e| e.into_inner()));
     let rss = cpu1.map(|s| s.rss_bytes);
@@ -857,7 +921,7 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
             load_start,
             sysinfo::System::load_average().map_or(0.0, |l| l.one),
         ],
-        source_addrs: sources.len(),
+        source_addrs: fleet.sources.len(),
         connected: connected_after_ramp,
         connected_at_end,
         connect_errors: errors0,
