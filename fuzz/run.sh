@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Bounded fuzzing run of every target (what `make test-fuzz`, part of `make test`, calls).
 # Installs cargo-fuzz if it is missing, builds the targets, then runs each one for FUZZ_SECONDS
-# from its committed seed corpus (corpus/<target>, read only) plus a scratch corpus
-# (run-corpus/<target>, ignored by git), FUZZ_JOBS targets at a time. A crash, a panic, a
+# from its committed seed corpus (corpus/<target>, read only: libFuzzer writes only to the
+# first corpus directory it is given) plus a fresh, empty scratch corpus in a temporary
+# directory that is removed when the script exits, so every run starts from the same inputs
+# and nothing carries over between runs. FUZZ_JOBS targets run at a time. A crash, a panic, a
 # timeout or an out-of-memory fails the target; libFuzzer leaves the input in
 # artifacts/<target>/. Prints one line per target and `N passed, N failed`.
 #
@@ -11,7 +13,7 @@
 #
 #   FUZZ_SECONDS=20       seconds per target (libFuzzer -max_total_time)
 #   FUZZ_TARGETS="a b"    a subset of the targets
-#   FUZZ_JOBS=N           targets run at once (default: the number of cores)
+#   FUZZ_JOBS=2           targets run at once (default 2, as the Makefile says)
 #   FUZZ_SANITIZER=none   cargo fuzz -s: none (default: the targets are safe Rust), address, ...
 #   FUZZ_CGU=16           codegen units: 16 builds the fresh tree in about two thirds of the time
 #                         of cargo-fuzz's default 1, at some cost in executions per second
@@ -21,7 +23,7 @@ cd "$(dirname "$0")"
 export RUSTC_BOOTSTRAP=1
 SECONDS_EACH=${FUZZ_SECONDS:-20}
 SAN=${FUZZ_SANITIZER:-none}
-JOBS=${FUZZ_JOBS:-$(nproc)}
+JOBS=${FUZZ_JOBS:-2}
 CGU=${FUZZ_CGU:-16}
 ALL="frame_decoder handshake message_decode message_structured legacy_parse http_query http_command pb_decode"
 TARGETS=${FUZZ_TARGETS:-$ALL}
@@ -45,18 +47,31 @@ echo "fuzz: installed and built in $(( $(date +%s) - start ))s"
 BIN_DIR="${CARGO_TARGET_DIR:-target}/$(rustc -vV | sed -n 's/^host: //p')/release"
 OUT=../target/test-out
 mkdir -p "$OUT"
+# Scratch corpora of this run only (libFuzzer adds what it finds there); removed on exit.
+SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/sfc-fuzz-corpus.XXXXXX") || { echo "fuzz: mktemp failed"; echo "0 passed, 1 failed"; exit 1; }
+trap 'rm -rf "$SCRATCH"' EXIT
+# Interrupted: stop the running targets (each run_one job's `timeout`, which passes the signal
+# on to the fuzzer, then the job itself) before the scratch corpus is removed.
+stop_jobs() {
+    local j
+    for j in $(jobs -p); do
+        kill -TERM $(ps -o pid= --ppid "$j") "$j" 2>/dev/null
+    done
+    wait
+}
+trap 'stop_jobs; exit 1' INT TERM HUP
 
 # One target: runs it and writes its one-line verdict to $OUT/fuzz-<target>.result.
 run_one() {
     local t=$1 log="$OUT/fuzz-$1.log" t0 rc runs cov
-    mkdir -p "run-corpus/$t" "artifacts/$t"
+    mkdir -p "$SCRATCH/$t" "artifacts/$t"
     t0=$(date +%s)
     # The binary `cargo fuzz build` made, run as `cargo fuzz run` runs it, but without a second
     # build: core may change under a long run and a rebuild must not eat the time budget.
     # timeout: a hard stop should libFuzzer itself hang (it has its own -timeout per input).
     timeout $((SECONDS_EACH + 60)) "$BIN_DIR/$t" -artifact_prefix="artifacts/$t/" \
         -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -dict=dict/sfc.dict \
-        -print_final_stats=1 "run-corpus/$t" "corpus/$t" >"$log" 2>&1
+        -print_final_stats=1 "$SCRATCH/$t" "corpus/$t" >"$log" 2>&1
     rc=$?
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1)

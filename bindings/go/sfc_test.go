@@ -310,8 +310,33 @@ func TestCloseIsIdempotent(t *testing.T) {
 	}
 }
 
+// The library this package links (sfc_version()) must be the version of the header cgo
+// compiles against: include/sfc.h's SFC_VERSION and its MAJOR/MINOR/PATCH macros, read from
+// the file itself.
 func TestVersionMatchesHeader(t *testing.T) {
-	if v := sfc.Version(); v == "" || strings.Count(v, ".") < 2 {
-		t.Fatalf("version %q", v)
+	const header = "../../include/sfc.h"
+	text, err := os.ReadFile(header)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defines := map[string]string{}
+	for _, line := range strings.Split(string(text), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 3 && f[0] == "#define" && strings.HasPrefix(f[1], "SFC_VERSION") {
+			defines[f[1]] = f[2]
+		}
+	}
+	want, ok := defines["SFC_VERSION"]
+	if !ok || len(want) < 2 || want[0] != '"' || want[len(want)-1] != '"' {
+		t.Fatalf("%s has no #define SFC_VERSION \"x.y.z\" (found %q)", header, want)
+	}
+	want = want[1 : len(want)-1]
+	parts := fmt.Sprintf("%s.%s.%s", defines["SFC_VERSION_MAJOR"], defines["SFC_VERSION_MINOR"],
+		defines["SFC_VERSION_PATCH"])
+	if parts != want {
+		t.Fatalf("%s: SFC_VERSION %q but MAJOR.MINOR.PATCH %q", header, want, parts)
+	}
+	if got := sfc.Version(); got != want {
+		t.Fatalf("sfc.Version() = %q, %s says SFC_VERSION %q", got, header, want)
 	}
 }

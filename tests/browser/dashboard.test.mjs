@@ -2,6 +2,11 @@
 // `sfc registry` and two real example services on loopback. It checks that both show online,
 // kills one (SIGKILL by PID) and sees it turn offline without a reload, then shuts the other
 // down from the page through the token dialog, and saves a screenshot.
+// A second test connects four protocol-v1 services of its own (a few lines over node:tls, for
+// health, tags, metadata and hostnames the example service does not set), checks that every
+// filter of the toolbar (search, group, status, health, and all of them together) shows exactly
+// the matching rows and hides the others, then deregisters an offline instance through the
+// deregister button and the token dialog and sees its record gone.
 //
 // Run from the repository root after `cargo build --workspace`: `node --test tests/browser/`.
 
@@ -9,7 +14,9 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, readFileSync } from 'node:fs';
+import { connect as tlsConnect } from 'node:tls';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,6 +29,7 @@ const TOKEN = 'browser-test-token';
 const STEP = 20_000; // the longest any single expectation may wait
 
 const started = []; // child processes this test started, stopped by PID in after()
+const rawClients = []; // sessions of rawService(), closed in after()
 let dataDir, registry, httpAddr, browser, page; // browser: a persistent context
 
 function start(cmd, args, env) {
@@ -61,6 +69,72 @@ function exited(child) {
   return new Promise((ok) => child.on('exit', (code) => ok(code)));
 }
 
+// A protocol-v1 service over TLS (PROTOCOL.md §3-§7: preamble, length-prefixed JSON frames,
+// hello, then a report every 500 ms with the given health). Resolves once the registry sent
+// its welcome; `crash()` drops the connection without a leave (the registry marks it offline).
+function rawService({ group, instanceId, hostname, health, tags, metadata }) {
+  const at = registry.protocol.lastIndexOf(':');
+  const sock = tlsConnect({
+    host: registry.protocol.slice(0, at), port: Number(registry.protocol.slice(at + 1)),
+    ca: readFileSync(join(dataDir, 'tls', 'ca.pem')),
+  });
+  const send = (msg) => {
+    const payload = Buffer.from(JSON.stringify(msg));
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(payload.length);
+    sock.write(Buffer.concat([head, payload]));
+  };
+  let timer = null;
+  const client = {
+    crash() { clearInterval(timer); sock.destroy(); },
+  };
+  rawClients.push(client);
+  return new Promise((ok, fail) => {
+    let buf = Buffer.alloc(0), preamble = false, seq = 0;
+    const report = () => send({ type: 'report', seq: ++seq, sent_at: Date.now(), health, health_note: `browser test ${health}`, metrics: {} });
+    sock.on('error', fail);
+    sock.on('close', () => { clearInterval(timer); fail(new Error(`${group}/${instanceId}: connection closed before welcome`)); });
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      if (!preamble && buf.length >= 8) { preamble = true; buf = buf.subarray(8); }
+      while (preamble && buf.length >= 4 && buf.length >= 4 + buf.readUInt32BE(0)) {
+        const n = buf.readUInt32BE(0);
+        const msg = JSON.parse(buf.subarray(4, 4 + n).toString());
+        buf = buf.subarray(4 + n);
+        if (msg.type === 'welcome') { report(); timer = setInterval(report, 500); ok(client); }
+        else if (msg.type === 'error') fail(new Error(`${group}/${instanceId}: ${JSON.stringify(msg)}`));
+      }
+    });
+    sock.write(Buffer.from([0x53, 0x46, 0x43, 0x50, 0, 1, 0, 1]));
+    send({
+      type: 'hello', id: 1, role: 'service', codecs: ['json'], interval_ms: 2000, client: 'browser-test/0',
+      registration: { group, instance_id: instanceId, service: `${group}-api`, hostname, pid: 4242, tags, metadata },
+    });
+  });
+}
+
+async function apiJson(path) {
+  const r = await fetch(`http://${httpAddr}${path}`, { headers: { accept: 'application/json' } });
+  return { status: r.status, body: await r.json().catch(() => null) };
+}
+
+// Waits until the rows in the table are exactly the records (from the JSON API) that `want`
+// accepts, i.e. the matching ones shown and every other one hidden; fails with both lists.
+async function expectShown(what, want) {
+  const deadline = Date.now() + STEP;
+  let shown, expected, records;
+  for (;;) {
+    records = (await apiJson('/v1/instances')).body;
+    expected = records.filter(want).map((r) => r.id).sort();
+    shown = (await page.$$eval('tr.instance', (rows) => rows.map((r) => r.dataset.id))).sort();
+    if (JSON.stringify(shown) === JSON.stringify(expected) || Date.now() > deadline) break;
+    await sleep(100);
+  }
+  const seen = records.map((r) => `${r.id} ${r.status} ${r.health}`).join(', ');
+  assert.deepEqual(shown, expected, `${what}: rows shown (the registry has: ${seen})`);
+  return shown;
+}
+
 const row = (id, status) => page.locator(`tr.instance[data-id="${id}"]${status ? `[data-status="${status}"]` : ''}`);
 
 before(async () => {
@@ -86,6 +160,7 @@ before(async () => {
 after(async () => {
   if (page) await page.screenshot({ path: join(out, 'dashboard-last.png'), fullPage: true }).catch(() => {});
   if (browser) await browser.close();
+  for (const c of rawClients) c.crash();
   for (const c of started) {
     if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   }
@@ -146,4 +221,113 @@ test('dashboard shows the fleet live and shuts an instance down', async () => {
   assert.deepEqual(errors, [], 'the page threw');
   const foreign = requests.filter((u) => !u.startsWith(`http://${httpAddr}/`) && !u.startsWith('data:'));
   assert.deepEqual(foreign, [], 'the page fetched something from elsewhere');
+});
+
+test('dashboard filters the fleet and deregisters an offline instance', async () => {
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await rawService({ group: 'pay', instanceId: 'p1', hostname: 'host-p1', health: 'warning', tags: ['blue-tag'], metadata: { zone: 'eu-west-9' } });
+  await rawService({ group: 'pay', instanceId: 'p2', hostname: 'host-p2', health: 'critical' });
+  const p3 = await rawService({ group: 'pay', instanceId: 'p3', hostname: 'host-p3', health: 'passing' });
+  await rawService({ group: 'web', instanceId: 'w1', hostname: 'host-w1', health: 'passing' });
+  await page.goto(`http://${httpAddr}/`);
+  await page.evaluate(() => sessionStorage.clear()); // the token dialog starts empty
+  for (const id of ['pay/p1', 'pay/p2', 'pay/p3', 'web/w1']) await row(id, 'online').waitFor();
+  await page.locator('tr.instance[data-id="pay/p1"][data-health="warning"]').waitFor();
+  await page.locator('tr.instance[data-id="pay/p2"][data-health="critical"]').waitFor();
+
+  // p3 drops its connection: offline at once.
+  p3.crash();
+  await row('pay/p3', 'offline').waitFor();
+  const all = await expectShown('no filter', () => true);
+  assert.ok(all.length >= 4, `all rows: ${all}`);
+
+  // Each filter alone: exactly the matching rows. The includes/excludes keep each check from
+  // passing with a filter that shows everything or nothing.
+  const check = async (what, want, mustShow, mustHide) => {
+    const shown = await expectShown(what, want);
+    for (const id of mustShow) assert.ok(shown.includes(id), `${what}: ${id} is not shown (shown: ${shown})`);
+    for (const id of mustHide) assert.ok(!shown.includes(id), `${what}: ${id} is shown (shown: ${shown})`);
+  };
+  await page.selectOption('#filter-group', 'pay');
+  await check('group pay', (r) => r.group === 'pay', ['pay/p1', 'pay/p2', 'pay/p3'], ['web/w1']);
+  assert.match(await page.locator('.group[data-group="pay"] h2 .count').textContent(), /^2\/3 online$/);
+  await page.selectOption('#filter-group', 'web');
+  await check('group web', (r) => r.group === 'web', ['web/w1'], ['pay/p1', 'pay/p3']);
+  await page.selectOption('#filter-group', '');
+
+  await page.selectOption('#filter-status', 'offline');
+  await check('status offline', (r) => r.status === 'offline', ['pay/p3'], ['pay/p1', 'pay/p2', 'web/w1']);
+  await page.selectOption('#filter-status', 'online');
+  await check('status online', (r) => r.status === 'online', ['pay/p1', 'pay/p2', 'web/w1'], ['pay/p3']);
+  await page.selectOption('#filter-status', '');
+
+  await page.selectOption('#filter-health', 'warning');
+  await check('health warning', (r) => r.health === 'warning', ['pay/p1'], ['pay/p2', 'pay/p3', 'web/w1']);
+  await page.selectOption('#filter-health', 'critical');
+  await check('health critical', (r) => r.health === 'critical', ['pay/p2'], ['pay/p1', 'pay/p3', 'web/w1']);
+  await page.selectOption('#filter-health', 'passing');
+  await check('health passing', (r) => r.health === 'passing', ['pay/p3', 'web/w1'], ['pay/p1', 'pay/p2']);
+  await page.selectOption('#filter-health', '');
+
+  // Search: id, tag, metadata (key=value), hostname, case-insensitive; nothing matching says so.
+  const searches = [
+    ['PAY/', ['pay/p1', 'pay/p2', 'pay/p3']],
+    ['blue-tag', ['pay/p1']],
+    ['zone=eu-west-9', ['pay/p1']],
+    ['host-p2', ['pay/p2']],
+  ];
+  for (const [q, ids] of searches) {
+    await page.fill('#search', q);
+    await check(`search ${q}`, (r) => ids.includes(r.id), ids, ['web/w1']);
+  }
+  await page.fill('#search', 'no-such-instance-anywhere');
+  await check('search without a match', () => false, [], ['pay/p1', 'web/w1']);
+  await page.locator('#fleet p.empty', { hasText: 'no instance matches the filters' }).waitFor();
+
+  // All together: search, group, status and health each narrow the rows.
+  await page.fill('#search', 'host-');
+  await page.selectOption('#filter-group', 'pay');
+  await page.selectOption('#filter-health', 'passing');
+  await check('search host- + group pay + health passing', (r) => r.id === 'pay/p3', ['pay/p3'], ['pay/p1', 'web/w1']);
+  await page.selectOption('#filter-status', 'online');
+  await check('... + status online', () => false, [], ['pay/p3']);
+  await page.fill('#search', '');
+  for (const sel of ['#filter-group', '#filter-status', '#filter-health']) await page.selectOption(sel, '');
+  await expectShown('filters cleared', () => true);
+
+  // Deregister: refused for an online instance (the button is disabled), done for an offline
+  // one through the token dialog; a wrong token leaves the record in place.
+  await row('pay/p1').click();
+  await page.locator('#detail-title', { hasText: 'pay/p1' }).waitFor();
+  assert.equal(await page.locator('#deregister').isDisabled(), true, 'deregister is enabled for an online instance');
+  await row('pay/p3').click();
+  await page.locator('#detail-title', { hasText: 'pay/p3' }).waitFor();
+  await page.locator('#deregister:not([disabled])').waitFor();
+  const total = Number(await page.locator('#count-total').textContent());
+  await page.click('#deregister');
+  await page.locator('#confirm-dialog[open]').waitFor();
+  assert.equal(await page.locator('#confirm-title').textContent(), 'deregister');
+  // dashboard.js sets `hidden` on the reason field for deregister (the call takes no reason);
+  // the field must not show.
+  assert.equal(await page.locator('#reason-label').isHidden(), true, 'the deregister dialog shows the reason field');
+  assert.equal(await page.inputValue('#token'), '', 'the token field is not empty');
+  await page.fill('#token', 'not-the-token');
+  await page.click('#confirm');
+  await page.locator('#confirm-error', { hasText: 'wrong admin token' }).waitFor();
+  assert.equal((await apiJson('/v1/instances/pay/p3')).status, 200, 'a wrong token removed the record');
+  await page.fill('#token', TOKEN);
+  await page.click('#confirm');
+  await page.locator('#confirm-dialog').waitFor({ state: 'hidden' });
+  await row('pay/p3').waitFor({ state: 'detached' });
+  await page.locator('#detail').waitFor({ state: 'hidden' });
+  await page.locator('#feed li[data-kind="evicted"]', { hasText: 'pay/p3' })
+    .filter({ hasText: 'deregistered' }).filter({ hasText: 'by token@127.0.0.1' }).waitFor();
+  await page.locator('#count-total', { hasText: String(total - 1) }).waitFor();
+  assert.equal((await apiJson('/v1/instances/pay/p3')).status, 404, 'the record is still in the registry');
+  await expectShown('after deregistering', () => true);
+  for (const id of ['pay/p1', 'pay/p2', 'web/w1']) await row(id, 'online').waitFor();
+
+  await page.screenshot({ path: join(out, 'dashboard-filters.png'), fullPage: true });
+  assert.deepEqual(errors, [], 'the page threw');
 });
