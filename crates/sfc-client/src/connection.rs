@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::ReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -14,9 +15,10 @@ use tokio_util::either::Either;
 use super::{lock, ClientEvent, GroupCache, Shared};
 use crate::error::{Error, Result};
 use crate::model::{now_ms, Event, EventKind, Filter, InstanceRecord};
-use crate::protocol::connection::{client_preamble, FrameWriter, ReadError};
+use crate::protocol::connection::{client_preamble, FrameReader, FrameWriter, ReadError};
 use crate::protocol::{
-    Codec, CommandResult, Compression, Connection, ErrorCode, Hello, Leave, Message, Ping, Query, Report, Role, Unwatch, Watch,
+    Codec, Command, CommandResult, Compression, Connection, ErrorCode, ErrorMessage, EventMessage, Hello, Leave, Message, Ping,
+    Query, QueryResult, Report, Role, Unwatch, Watch,
     Welcome,
 };
 
@@ -375,80 +377,105 @@ impl Task {
     ) -> End {
         let Connection { mut reader, writer } = conn;
         let mut c = Conn { writer, next_id: 1, pending: HashMap::new(), targets: HashMap::new() };
+        let res = match self.resume(&mut c).await {
+            Ok(None) => self.run(&mut c, &mut reader, welcome, ctl).await,
+            other => other.map(|end| end.unwrap_or(End::Stopped)),
+        };
+        let end = res.unwrap_or_else(|e| End::Lost(format!("write failed: {e}")));
+        self.finish(c, reader).await;
+        end
+    }
+
+    /// On a new connection: the watches (lookup groups and the application's) again, then the
+    /// requests that waited for a connection.
+    async fn resume(&mut self, c: &mut Conn) -> std::io::Result<Option<End>> {
+        let groups: Vec<String> = lock(&self.shared.cache).keys().cloned().collect();
+        for g in groups {
+            self.send_watch(c, Target::Group(g)).await?;
+        }
+        let users: Vec<u64> = self.watches.keys().copied().collect();
+        for u in users {
+            self.send_watch(c, Target::User(u)).await?;
+        }
+        for m in std::mem::take(&mut self.waiting) {
+            if let Some(end) = self.control(c, m).await? {
+                return Ok(Some(end));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The session loop: a report (or, for an observer, a ping) every interval, a ping when the
+    /// registry has been quiet too long, the application's requests, and incoming frames.
+    async fn run(
+        &mut self,
+        c: &mut Conn,
+        reader: &mut FrameReader<ReadHalf<Stream>>,
+        welcome: &Welcome,
+        ctl: &mut mpsc::UnboundedReceiver<Control>,
+    ) -> std::io::Result<End> {
         let interval = Duration::from_millis(welcome.interval_ms.max(1));
         // A registry that sends nothing for this long gets a ping; no answer within as long
         // again means it is gone (a hung host or a partition: no RST ever comes).
         let quiet = Duration::from_millis(welcome.liveness_ms).max(Duration::from_secs(10));
         let is_service = self.shared.config.role == Role::Service;
-        let res: std::io::Result<End> = async {
-            let groups: Vec<String> = lock(&self.shared.cache).keys().cloned().collect();
-            for g in groups {
-                self.send_watch(&mut c, Target::Group(g)).await?;
-            }
-            let users: Vec<u64> = self.watches.keys().copied().collect();
-            for u in users {
-                self.send_watch(&mut c, Target::User(u)).await?;
-            }
-            for m in std::mem::take(&mut self.waiting) {
-                if let Some(end) = self.control(&mut c, m).await? {
-                    return Ok(end);
+        // Reports start at once, so the registry has metrics from the first moment.
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_rx = Instant::now();
+        let mut ping_sent: Option<Instant> = None;
+        let mut check = tokio::time::interval(quiet / 2);
+        check.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if is_service {
+                        let r = self.build_report();
+                        c.writer.send(&Message::Report(r)).await?;
+                    } else {
+                        // Observers ping every interval: the registry's liveness timer only
+                        // counts frames it receives, however busy our watch is.
+                        let id = c.id();
+                        c.pending.insert(id, Pending::Ping);
+                        c.writer.send(&Message::Ping(Ping { id })).await?;
+                    }
                 }
-            }
-            // Reports start at once, so the registry has metrics from the first moment.
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_rx = Instant::now();
-            let mut ping_sent: Option<Instant> = None;
-            let mut check = tokio::time::interval(quiet / 2);
-            check.tick().await;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        if is_service {
-                            let r = self.build_report();
-                            c.writer.send(&Message::Report(r)).await?;
-                        } else {
-                            // Observers ping every interval: the registry's liveness timer only
-                            // counts frames it receives, however busy our watch is.
-                            let id = c.id();
-                            c.pending.insert(id, Pending::Ping);
-                            c.writer.send(&Message::Ping(Ping { id })).await?;
+                _ = check.tick() => {
+                    if let Some(at) = ping_sent {
+                        if at.elapsed() >= quiet {
+                            return Ok(End::Lost(format!("registry did not answer a ping within {quiet:?}")));
                         }
+                    } else if last_rx.elapsed() >= quiet {
+                        let id = c.id();
+                        c.pending.insert(id, Pending::Ping);
+                        c.writer.send(&Message::Ping(Ping { id })).await?;
+                        ping_sent = Some(Instant::now());
                     }
-                    _ = check.tick() => {
-                        if let Some(at) = ping_sent {
-                            if at.elapsed() >= quiet {
-                                return Ok(End::Lost(format!("registry did not answer a ping within {quiet:?}")));
-                            }
-                        } else if last_rx.elapsed() >= quiet {
-                            let id = c.id();
-                            c.pending.insert(id, Pending::Ping);
-                            c.writer.send(&Message::Ping(Ping { id })).await?;
-                            ping_sent = Some(Instant::now());
+                }
+                m = ctl.recv() => match m {
+                    Some(m) => if let Some(end) = self.control(c, m).await? { return Ok(end) },
+                    None => return Ok(End::Stopped),
+                },
+                m = reader.next() => {
+                    last_rx = Instant::now();
+                    ping_sent = None;
+                    match m {
+                        None => return Ok(End::Lost("registry closed the connection".into())),
+                        Some(Err(ReadError::Io(e))) => return Ok(End::Lost(format!("read failed: {e}"))),
+                        Some(Err(ReadError::Protocol(e))) => {
+                            let _ = c.writer.send(&Message::error(None, e.code, e.message.clone(), true)).await;
+                            return Ok(End::Lost(format!("protocol error from registry: {e}")));
                         }
-                    }
-                    m = ctl.recv() => match m {
-                        Some(m) => if let Some(end) = self.control(&mut c, m).await? { return Ok(end) },
-                        None => return Ok(End::Stopped),
-                    },
-                    m = reader.next() => {
-                        last_rx = Instant::now();
-                        ping_sent = None;
-                        match m {
-                            None => return Ok(End::Lost("registry closed the connection".into())),
-                            Some(Err(ReadError::Io(e))) => return Ok(End::Lost(format!("read failed: {e}"))),
-                            Some(Err(ReadError::Protocol(e))) => {
-                                let _ = c.writer.send(&Message::error(None, e.code, e.message.clone(), true)).await;
-                                return Ok(End::Lost(format!("protocol error from registry: {e}")));
-                            }
-                            Some(Ok(msg)) => if let Some(end) = self.incoming(&mut c, msg).await? { return Ok(end) },
-                        }
+                        Some(Ok(msg)) => if let Some(end) = self.incoming(c, msg).await? { return Ok(end) },
                     }
                 }
             }
         }
-        .await;
-        let end = res.unwrap_or_else(|e| End::Lost(format!("write failed: {e}")));
+    }
+
+    /// After the session: a stop waits for the registry's echo of `leave`; requests in flight
+    /// fail (queries) or wait for the next connection (lookups).
+    async fn finish(&mut self, mut c: Conn, mut reader: FrameReader<ReadHalf<Stream>>) {
         if let Some(done) = self.stop_done.take() {
             // The registry echoes `leave` after it has recorded it, then closes; an error or
             // the end of the stream ends the wait too. Everything else still in flight is
@@ -461,7 +488,6 @@ impl Task {
             }
             let _ = done.send(());
         }
-        // Requests in flight: queries fail now; group waiters retry on the next connection.
         for (_, p) in c.pending.drain() {
             match p {
                 Pending::Query(tx) => {
@@ -475,118 +501,137 @@ impl Task {
                 _ => {}
             }
         }
-        drop(reader);
-        end
     }
 
+    /// One frame from the registry. Returns how the session ends, when it does.
     async fn incoming(&mut self, c: &mut Conn, msg: Message) -> std::io::Result<Option<End>> {
         match msg {
-            Message::Result(r) => match c.pending.remove(&r.id) {
-                Some(Pending::Query(tx)) => {
-                    let _ = tx.send(Ok(r.instances));
-                }
-                Some(Pending::Group(g, waiters)) => {
-                    let mut cache = lock(&self.shared.cache);
-                    let gc = cache.entry(g).or_default();
-                    gc.instances = r.instances.into_iter().map(|i| (i.id.clone(), i)).collect();
-                    gc.fresh = true;
-                    drop(cache);
-                    for w in waiters {
-                        let _ = w.send(Ok(()));
-                    }
-                }
-                Some(Pending::User(u)) => {
-                    if let Some(w) = self.watches.get_mut(&u) {
-                        // Keep our cursor while the replay that follows advances it; a lower
-                        // registry cursor means the registry restarted and numbering began again.
-                        w.cursor = Some(match w.cursor {
-                            Some(c) if c <= r.cursor => c,
-                            _ => r.cursor,
-                        });
-                    }
-                }
-                _ => {}
-            },
-            Message::Event(e) => match c.targets.get(&e.watch).cloned() {
-                Some(Target::Group(g)) => {
-                    let mut cache = lock(&self.shared.cache);
-                    if let Some(gc) = cache.get_mut(&g) {
-                        apply_event(gc, &e.event);
-                    }
-                }
-                Some(Target::User(u)) => {
-                    let gone = match self.watches.get_mut(&u) {
-                        Some(w) => {
-                            if e.event.seq > 0 {
-                                w.cursor = Some(e.event.seq);
-                            }
-                            w.tx.send(e.event).is_err()
-                        }
-                        None => true,
-                    };
-                    if gone {
-                        self.control(c, Control::Unwatch(u)).await?;
-                    }
-                }
-                None => {}
-            },
-            Message::Command(cmd) => {
-                let id = cmd.command_id;
-                let name = cmd.name.clone();
-                if self.shared.events.send(ClientEvent::Command(cmd)).is_err() {
-                    let r = CommandResult {
-                        command_id: id,
-                        ok: false,
-                        result: serde_json::Value::Null,
-                        error: Some(format!("no command handler is installed for {name:?}")),
-                    };
-                    c.writer.send(&Message::CommandResult(r)).await?;
-                }
-            }
+            Message::Result(r) => self.answered(c, r),
+            Message::Event(e) => self.event(c, e).await?,
+            Message::Command(cmd) => self.command(c, cmd).await?,
             Message::Pong(p) => {
                 c.pending.remove(&p.id);
             }
-            Message::Error(e) => {
-                let pending = e.id.and_then(|id| c.pending.remove(&id));
-                match pending {
-                    Some(Pending::Query(tx)) => {
-                        let _ = tx.send(Err(Error::Remote { code: e.code, message: e.message }));
-                    }
-                    Some(Pending::Group(_, waiters)) => {
-                        for w in waiters {
-                            let _ = w.send(Err(Error::Remote { code: e.code, message: e.message.clone() }));
-                        }
-                    }
-                    _ if e.code == ErrorCode::Lagged => {
-                        // We missed events: take fresh snapshots and resume the user watches.
-                        let old: Vec<u64> = c.targets.keys().copied().collect();
-                        for w in old {
-                            let target = c.targets.remove(&w);
-                            let id = c.id();
-                            c.pending.insert(id, Pending::Ack);
-                            c.writer.send(&Message::Unwatch(Unwatch { id, watch: w })).await?;
-                            if let Some(t) = target {
-                                self.send_watch(c, t).await?;
-                            }
-                        }
-                    }
-                    _ => {
-                        let _ = self.shared.events.send(ClientEvent::Error {
-                            code: Some(e.code),
-                            message: e.message.clone(),
-                        });
-                        if e.fatal && e.code == ErrorCode::Superseded {
-                            return Ok(Some(End::Superseded(format!("{}: {}", e.code, e.message))));
-                        }
-                        if e.fatal {
-                            return Ok(Some(End::Lost(format!("registry closed the session: {}: {}", e.code, e.message))));
-                        }
-                    }
-                }
-            }
+            Message::Error(e) => return self.error(c, e).await,
             Message::Leave(_) => {}
             other => {
                 tracing::debug!(target: "sfc::client", message = other.name(), "ignored unexpected message");
+            }
+        }
+        Ok(None)
+    }
+
+    /// The answer to a query, a lookup group's snapshot, or a watch's acknowledgement.
+    fn answered(&mut self, c: &mut Conn, r: QueryResult) {
+        match c.pending.remove(&r.id) {
+        Some(Pending::Query(tx)) => {
+            let _ = tx.send(Ok(r.instances));
+        }
+        Some(Pending::Group(g, waiters)) => {
+            let mut cache = lock(&self.shared.cache);
+            let gc = cache.entry(g).or_default();
+            gc.instances = r.instances.into_iter().map(|i| (i.id.clone(), i)).collect();
+            gc.fresh = true;
+            drop(cache);
+            for w in waiters {
+                let _ = w.send(Ok(()));
+            }
+        }
+        Some(Pending::User(u)) => {
+            if let Some(w) = self.watches.get_mut(&u) {
+                // Keep our cursor while the replay that follows advances it; a lower
+                // registry cursor means the registry restarted and numbering began again.
+                w.cursor = Some(match w.cursor {
+                    Some(c) if c <= r.cursor => c,
+                    _ => r.cursor,
+                });
+            }
+        }
+        _ => {}
+        }
+    }
+
+    /// An event of a watch: into a lookup group's cache, or to the application's watch.
+    async fn event(&mut self, c: &mut Conn, e: EventMessage) -> std::io::Result<()> {
+        match c.targets.get(&e.watch).cloned() {
+        Some(Target::Group(g)) => {
+            let mut cache = lock(&self.shared.cache);
+            if let Some(gc) = cache.get_mut(&g) {
+                apply_event(gc, &e.event);
+            }
+        }
+        Some(Target::User(u)) => {
+            let gone = match self.watches.get_mut(&u) {
+                Some(w) => {
+                    if e.event.seq > 0 {
+                        w.cursor = Some(e.event.seq);
+                    }
+                    w.tx.send(e.event).is_err()
+                }
+                None => true,
+            };
+            if gone {
+                self.control(c, Control::Unwatch(u)).await?;
+            }
+        }
+        None => {}
+        }
+        Ok(())
+    }
+
+    /// A command: to the application's handler, or answered at once when there is none.
+    async fn command(&mut self, c: &mut Conn, cmd: Command) -> std::io::Result<()> {
+        let id = cmd.command_id;
+        let name = cmd.name.clone();
+        if self.shared.events.send(ClientEvent::Command(cmd)).is_err() {
+            let r = CommandResult {
+                command_id: id,
+                ok: false,
+                result: serde_json::Value::Null,
+                error: Some(format!("no command handler is installed for {name:?}")),
+            };
+            c.writer.send(&Message::CommandResult(r)).await?;
+        }
+        Ok(())
+    }
+
+    /// An error frame: it fails the request it answers; `lagged` takes fresh snapshots; any
+    /// other is told to the application, and a fatal one ends the session.
+    async fn error(&mut self, c: &mut Conn, e: ErrorMessage) -> std::io::Result<Option<End>> {
+        let pending = e.id.and_then(|id| c.pending.remove(&id));
+        match pending {
+            Some(Pending::Query(tx)) => {
+                let _ = tx.send(Err(Error::Remote { code: e.code, message: e.message }));
+            }
+            Some(Pending::Group(_, waiters)) => {
+                for w in waiters {
+                    let _ = w.send(Err(Error::Remote { code: e.code, message: e.message.clone() }));
+                }
+            }
+            _ if e.code == ErrorCode::Lagged => {
+                // We missed events: take fresh snapshots and resume the user watches.
+                let old: Vec<u64> = c.targets.keys().copied().collect();
+                for w in old {
+                    let target = c.targets.remove(&w);
+                    let id = c.id();
+                    c.pending.insert(id, Pending::Ack);
+                    c.writer.send(&Message::Unwatch(Unwatch { id, watch: w })).await?;
+                    if let Some(t) = target {
+                        self.send_watch(c, t).await?;
+                    }
+                }
+            }
+            _ => {
+                let _ = self.shared.events.send(ClientEvent::Error {
+                    code: Some(e.code),
+                    message: e.message.clone(),
+                });
+                if e.fatal && e.code == ErrorCode::Superseded {
+                    return Ok(Some(End::Superseded(format!("{}: {}", e.code, e.message))));
+                }
+                if e.fatal {
+                    return Ok(Some(End::Lost(format!("registry closed the session: {}: {}", e.code, e.message))));
+                }
             }
         }
         Ok(None)

@@ -10,6 +10,7 @@
 //!   dashboard.
 //! - [`server`]: [`RegistryOptions`], what `sfc registry` and the Node.js `Registry` accept, and
 //!   [`server::run`], which binds both listeners and serves until shut down.
+//! - `listener`: the one accept loop that the protocol port and the HTTP API share.
 //! - [`certs`]: development certificates (rcgen).
 //! - [`tls`]: the registry's rustls configuration and client-certificate checks.
 //!
@@ -23,6 +24,7 @@
 
 pub mod certs;
 pub mod http;
+mod listener;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -34,7 +34,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -229,31 +228,17 @@ pub async fn serve_state(
         c.alpn_protocols = vec![b"http/1.1".to_vec()];
         tokio_rustls::TlsAcceptor::from(Arc::new(c))
     });
-    let limit = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
     let app = router(state.clone());
-    let tracker = tokio_util::task::TaskTracker::new();
     state.ready.store(true, Ordering::Relaxed);
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, addr) = tokio::select! {
-            _ = &mut shutdown => break,
-            a = listener.accept() => match a {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(target: "sfc::http", error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+    let max = state.config.max_connections;
+    let tracker = crate::listener::accept_loop(&listener, max, "http", shutdown, |tcp, addr, permit| {
+        let Some(permit) = permit else {
             tracing::warn!(target: "sfc::http", %addr, "too many HTTP connections; closing this one");
-            continue;
+            return None;
         };
-        let _ = tcp.set_nodelay(true);
         let (app, tls, stop) = (app.clone(), tls.clone(), state.shutdown.clone());
         let registry = state.registry.clone();
-        tracker.spawn(async move {
+        Some(async move {
             match tls {
                 None => connection(tcp, Peer { addr, subject: None, uris: Vec::new() }, app, stop).await,
                 Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
@@ -275,11 +260,11 @@ pub async fn serve_state(
                 },
             }
             drop(permit);
-        });
-    }
+        })
+    })
+    .await;
     state.ready.store(false, Ordering::Relaxed);
     state.shutdown.cancel();
-    tracker.close();
     if tokio::time::timeout(Duration::from_secs(3), tracker.wait())
         .await
         .is_err()

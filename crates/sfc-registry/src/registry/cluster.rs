@@ -233,11 +233,16 @@ impl Cluster {
         }
     }
 
-    /// Applies one batch of watch events.
+    /// Applies one batch of watch events. Registries first: a lease that expired deletes the
+    /// registry key and its records in the same revision, and the records' reason depends on it.
     fn apply(self: &Arc<Self>, resp: &WatchResponse) {
-        let me = self.etcd.id.clone();
-        // Registries first: a lease that expired deletes the registry key and its records in
-        // the same revision, and the records' reason depends on it.
+        self.apply_registries(resp);
+        self.apply_instances(resp);
+        self.apply_commands(resp);
+    }
+
+    /// Keeps the set of live registries.
+    fn apply_registries(&self, resp: &WatchResponse) {
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             let Ok(key) = kv.key_str() else { continue };
@@ -248,6 +253,12 @@ impl Cluster {
                 };
             }
         }
+    }
+
+    /// Applies other registries' records; a deletion of one of ours whose client is still
+    /// connected here is written back.
+    fn apply_instances(&self, resp: &WatchResponse) {
+        let me = self.etcd.id.clone();
         let Some(reg) = self.registry() else { return };
         let mut closes = Vec::new();
         let mut reput = Vec::new();
@@ -313,7 +324,12 @@ impl Cluster {
                 }
             });
         }
-        // Commands for instances here, and results of commands sent from here.
+    }
+
+    /// Commands for instances here (run, and their outcome put), and results of commands sent
+    /// from here (handed to the waiting caller).
+    fn apply_commands(self: &Arc<Self>, resp: &WatchResponse) {
+        let me = &self.etcd.id;
         let cmd_prefix = format!("{COMMANDS}{me}/");
         let res_prefix = format!("{RESULTS}{me}/");
         for ev in resp.events() {

@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, Semaphore};
+use futures_util::future::Either;
+use tokio::sync::broadcast;
 
 use crate::error::Error;
 use crate::model::{Event, Filter, InstanceRecord, Status};
@@ -479,44 +480,28 @@ impl Registry {
 /// close and waits (bounded) for them.
 pub async fn serve(registry: Registry, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let sweeper = registry.spawn_sweeper();
-    let limit = Arc::new(Semaphore::new(registry.shared.config.max_connections));
     let (stop_tx, _) = broadcast::channel::<()>(1);
-    let tracker = tokio_util::task::TaskTracker::new();
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut shutdown => break,
-            a = listener.accept() => a,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(target: "sfc::registry", error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
+    let max = registry.shared.config.max_connections;
+    let tracker = crate::listener::accept_loop(&listener, max, "protocol", shutdown, |tcp, peer, permit| {
         registry.shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
         let reg = registry.clone();
-        let stop = stop_tx.subscribe();
-        match limit.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tracker.spawn(async move {
+        Some(match permit {
+            Some(permit) => {
+                let stop = stop_tx.subscribe();
+                Either::Left(async move {
                     session::run(reg, tcp, peer, stop).await;
                     drop(permit);
-                });
+                })
             }
-            Err(_) => {
+            None => {
                 reg.shared.stats.refused_connections_total.fetch_add(1, Ordering::Relaxed);
-                tracker.spawn(session::refuse(reg, tcp, peer));
+                Either::Right(session::refuse(reg, tcp, peer))
             }
-        }
-    }
+        })
+    })
+    .await;
     tracing::info!(target: "sfc::registry", "shutting down: closing sessions");
     let _ = stop_tx.send(());
-    tracker.close();
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
         tracing::warn!(target: "sfc::registry", "some sessions did not close within 5s");
     }
