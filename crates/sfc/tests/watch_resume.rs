@@ -89,6 +89,9 @@ async fn watch_resumes_after_a_registry_restart_without_gaps_or_repeats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagged_watcher_resyncs_without_gaps() {
     use tokio::io::AsyncWriteExt;
+    // More than the ring (4,096) and the session's queue (1,024) hold, plus what the kernel's
+    // socket buffers hold (a few MB on loopback: with 16 KiB of metadata in every event, a few
+    // hundred), and fewer than the 10,000 events the history keeps, so the resume has no gap.
     const FLIPS: u64 = 8000;
     let reg = RegistryProc::start(&["--store", "memory", "--max-frame-rate", "1000000"]);
     let mut watcher = Command::new(sfc_bin())
@@ -120,7 +123,18 @@ async fn a_lagged_watcher_resyncs_without_gaps() {
     }
     let _watcher = Kill(watcher);
 
-    let (mut s, welcome) = raw_session(&reg, Some(("lag", "flipper")), None).await;
+    // Large events: the kernel's buffers then hold few of them, so the registry's own queue fills.
+    let metadata: serde_json::Map<String, serde_json::Value> =
+        (0..4).map(|i| (format!("k{i}"), serde_json::Value::String("x".repeat(4000)))).collect();
+    let hello = serde_json::json!({"type": "hello", "id": 1, "interval_ms": 1000,
+        "registration": {"group": "lag", "instance_id": "flipper", "service": "lag", "metadata": metadata}});
+    let mut s = raw_tls(&reg, None).await;
+    let mut opening = sfc_client::protocol::frame::encode_preamble(1, 1).to_vec();
+    opening.extend(frame(hello.to_string().as_bytes()));
+    s.write_all(&opening).await.unwrap();
+    let mut preamble = [0u8; 8];
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut preamble).await.unwrap();
+    let welcome = read_message(&mut s).await;
     assert!(matches!(welcome, sfc_client::protocol::Message::Welcome(_)), "{welcome:?}");
     let report = |seq: u64, health: &str| frame(serde_json::json!({"type": "report", "seq": seq, "health": health}).to_string().as_bytes());
     // The watch is in place once it prints a transition of ours: flip until it does.
