@@ -133,15 +133,67 @@ test-c: build ffi-release
 	bash tests/setup.sh
 	SFC_BIN=$(SFC_BIN) bash tests/c/run.sh
 
-# Go binding (bindings/go) and example (examples/go): gofmt-clean, go vet, go test -race.
+# Go binding (bindings/go) and example (examples/go): gofmt-clean, go vet, go test -race. The
+# binding finds libsfc through pkg-config (sfc-static); here the .pc files under
+# target/pkgconfig name include/ and target/release/.
+GO_PC := PKG_CONFIG_PATH=$(CURDIR)/target/pkgconfig
 test-go: build ffi-release
 	bash tests/setup.sh
 	@cd bindings/go && unformatted=$$(gofmt -l . ../../examples/go) && \
 		{ [ -z "$$unformatted" ] || { echo "not gofmt-clean: $$unformatted"; exit 1; }; }
-	cd bindings/go && go vet ./... && go test -race -count=1 ./...
-	cd examples/go && go vet ./... && go build -o $(SFC_TEST_OUT)/example-go .
+	bash scripts/dist-c.sh dev-pc target/pkgconfig
+	cd bindings/go && $(GO_PC) go vet ./... && $(GO_PC) go test -race -count=1 ./...
+	cd examples/go && $(GO_PC) go vet ./... && $(GO_PC) go build -o $(SFC_TEST_OUT)/example-go .
 
 # Footprint benchmark (not a test): a C host reporting once a second vs the same host without
 # the client, for 60 s. Figures go to BENCHMARKS.md.
 bench-footprint-c: build ffi-release
 	bash examples/c/footprint.sh 60
+
+# Release artifacts for the build machine's platform, in dist/ (README "Install"), one version
+# from the workspace's Cargo.toml: `make dist`. dist-bin: the operator's
+# dist/sfc-<version>-<target>.tar.gz (bin/sfc, release, stripped, with etcd support);
+# dist-npm: dist/npm/service-fleet-control-<version>.tgz (JavaScript, no binary) and
+# service-fleet-control-<platform>-<version>.tgz (the stripped addons). Both build with the
+# `dist` profile when Cargo.toml has one, `release` otherwise.
+.PHONY: dist dist-bin dist-npm test-dist-node
+dist: dist-bin dist-npm dist-c
+
+dist-bin:
+	bash tests/setup.sh
+	CARGO="$(CARGO)" bash scripts/dist-bin.sh
+
+dist-npm:
+	bash tests/setup.sh
+	cd bindings/node && node scripts/pack.js
+
+# tests/dist, operator and Node.js parts: one version everywhere (tests/dist/version.sh), then,
+# in a scratch directory outside the checkout with nothing from target/ on any path, the sfc
+# tarball's registry (SQLite, and etcd) and a service installed from the two npm tarballs,
+# shut down by `sfc shutdown` (tests/dist/node.sh).
+test-dist-node: dist-bin dist-npm
+	bash tests/dist/version.sh
+	bash tests/dist/node.sh
+
+# libsfc for C/C++ and Go users (scripts/dist-c.sh), from the `dist` profile: `make install
+# PREFIX=DIR` installs include/sfc.h, lib/libsfc.so.<x.y.z> (SONAME libsfc.so.<x>) and its two
+# symlinks, lib/libsfc.a (only sfc_* global), lib/pkgconfig/sfc.pc + sfc-static.pc, the CMake
+# package lib/cmake/sfc and share/sfc/valgrind.supp, plus bin/sfc from dist-bin's tarball;
+# `make dist-c` writes dist/libsfc-<version>-<target>.tar.gz (the same C layout, LICENSE,
+# README.md). test-dist-c (tests/dist/c.sh) builds and runs C, CMake and Go programs from them
+# outside the checkout.
+PREFIX ?= /usr/local
+.PHONY: ffi-dist install dist-c test-dist-c
+ffi-dist:
+	$(CARGO) build -p sfc-ffi --profile dist
+
+install: ffi-dist dist-bin
+	bash scripts/dist-c.sh install "$(PREFIX)"
+	bash scripts/dist-c.sh install-bin "$(PREFIX)"
+
+dist-c: ffi-dist
+	bash scripts/dist-c.sh tarball dist
+
+test-dist-c: build dist-c
+	bash tests/setup.sh
+	SFC_BIN=$(SFC_BIN) bash tests/dist/c.sh

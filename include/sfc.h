@@ -2,6 +2,19 @@
  * sfc.h: the C ABI of the Service Fleet Control client (libsfc).
  *
  * Link libsfc.so or libsfc.a (with -lm -ldl -lpthread) and include this header, from C or C++.
+ * Installed (make install, or the libsfc-<version>-<target>.tar.gz release), pkg-config finds
+ * it: `pkg-config --cflags --libs sfc` (libsfc.so, SONAME libsfc.so.<major>) or
+ * `pkg-config --static --cflags --libs sfc-static` (libsfc.a); CMake: find_package(sfc) and
+ * the target sfc::sfc. libsfc.so exports, and libsfc.a defines as global, only sfc_* symbols:
+ * the zstd and ring code inside stay private, so a program may also link the system libzstd.
+ *
+ * Valgrind
+ * --------
+ * Run a host under Memcheck with the suppressions the library ships,
+ * <prefix>/share/sfc/valgrind.supp: `valgrind --suppressions=<prefix>/share/sfc/valgrind.supp`.
+ * They cover known false positives only: ring's AES-GCM assembly, which Memcheck cannot
+ * follow (TLS records look uninitialised), and the one thread handle Rust's std keeps per
+ * thread (a "possibly lost" block on the host's main thread).
  *
  * Thread safety
  * -------------

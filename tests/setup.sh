@@ -54,3 +54,15 @@ fi
 if ! command -v go >/dev/null && [ ! -x /usr/local/go/bin/go ]; then
     apt_install golang-go
 fi
+
+# --- libsfc's installs (tests/dist/c.sh): pkg-config and CMake find the library; a program
+# that links libsfc.a and the system's libzstd checks that libsfc's own zstd stays private ---
+if ! command -v pkg-config >/dev/null; then
+    apt_install pkg-config
+fi
+if ! command -v cmake >/dev/null; then
+    apt_install cmake
+fi
+if [ ! -f /usr/include/zstd.h ]; then
+    apt_install libzstd-dev
+fi

@@ -2,8 +2,12 @@
 // a registry, reports its health, gauges and metrics every interval, looks up and watches
 // other services, and answers commands such as shutdown.
 //
-// It is built over cgo on the C ABI (include/sfc.h) and links the static library
-// target/release/libsfc.a, which `make go-lib` (or `cargo build -p sfc-ffi --release`) builds.
+// It is built over cgo on the C ABI (sfc.h) of libsfc, found through pkg-config: by default
+// the module sfc-static (libsfc.a, so that programs need no libsfc.so at run time; see
+// link_static.go), with the build tag sfc_shared the module sfc (libsfc.so). Point
+// PKG_CONFIG_PATH at <prefix>/lib/pkgconfig of an installed libsfc (`make install
+// PREFIX=...` or the libsfc-<version>-<target>.tar.gz release). A build without cgo fails
+// with a message saying so (cgo_required.go).
 //
 // Memory: no Go pointer is ever passed into C. Strings go in as C copies freed after each
 // call, results come back as C strings copied into Go and freed at once, and the library never
@@ -14,8 +18,6 @@
 package sfc
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../include
-#cgo LDFLAGS: ${SRCDIR}/../../target/release/libsfc.a -lm -ldl -lpthread
 #include <stdlib.h>
 #include "sfc.h"
 */

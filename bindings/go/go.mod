@@ -1,3 +1,3 @@
-module github.com/sfc/sfc-go
+module github.com/sfc/sfc/bindings/go
 
 go 1.22

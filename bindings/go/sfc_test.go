@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	sfc "github.com/sfc/sfc-go"
+	sfc "github.com/sfc/sfc/bindings/go"
 )
 
 // The registry every test talks to: the real `sfc registry` binary (target/debug/sfc, built

@@ -92,7 +92,7 @@ function requireNative() {
         loadErrors.push(e)
       }
       try {
-        const binding = require('service-fleet-control-android-arm64')
+        const binding = require('service-fleet-control-android-arm64/sfc-registry.android-arm64.node')
         const bindingPackageVersion = require('service-fleet-control-android-arm64/package.json').version
         if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
           throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -108,7 +108,7 @@ function requireNative() {
         loadErrors.push(e)
       }
       try {
-        const binding = require('service-fleet-control-android-arm-eabi')
+        const binding = require('service-fleet-control-android-arm-eabi/sfc-registry.android-arm-eabi.node')
         const bindingPackageVersion = require('service-fleet-control-android-arm-eabi/package.json').version
         if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
           throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -129,7 +129,7 @@ function requireNative() {
           loadErrors.push(e)
         }
         try {
-          const binding = require('service-fleet-control-win32-x64-gnu')
+          const binding = require('service-fleet-control-win32-x64-gnu/sfc-registry.win32-x64-gnu.node')
           const bindingPackageVersion = require('service-fleet-control-win32-x64-gnu/package.json').version
           if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
             throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -145,7 +145,7 @@ function requireNative() {
           loadErrors.push(e)
         }
         try {
-          const binding = require('service-fleet-control-win32-x64-msvc')
+          const binding = require('service-fleet-control-win32-x64-msvc/sfc-registry.win32-x64-msvc.node')
           const bindingPackageVersion = require('service-fleet-control-win32-x64-msvc/package.json').version
           if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
             throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -162,7 +162,7 @@ function requireNative() {
         loadErrors.push(e)
       }
       try {
-        const binding = require('service-fleet-control-win32-ia32-msvc')
+        const binding = require('service-fleet-control-win32-ia32-msvc/sfc-registry.win32-ia32-msvc.node')
         const bindingPackageVersion = require('service-fleet-control-win32-ia32-msvc/package.json').version
         if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
           throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -178,7 +178,7 @@ function requireNative() {
         loadErrors.push(e)
       }
       try {
-        const binding = require('service-fleet-control-win32-arm64-msvc')
+        const binding = require('service-fleet-control-win32-arm64-msvc/sfc-registry.win32-arm64-msvc.node')
         const bindingPackageVersion = require('service-fleet-control-win32-arm64-msvc/package.json').version
         if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
           throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -197,7 +197,7 @@ function requireNative() {
       loadErrors.push(e)
     }
     try {
-      const binding = require('service-fleet-control-darwin-universal')
+      const binding = require('service-fleet-control-darwin-universal/sfc-registry.darwin-universal.node')
       const bindingPackageVersion = require('service-fleet-control-darwin-universal/package.json').version
       if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
         throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -213,7 +213,7 @@ function requireNative() {
         loadErrors.push(e)
       }
       try {
-        const binding = require('service-fleet-control-darwin-x64')
+        const binding = require('service-fleet-control-darwin-x64/sfc-registry.darwin-x64.node')
         const bindingPackageVersion = require('service-fleet-control-darwin-x64/package.json').version
         if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
           throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -229,7 +229,7 @@ function requireNative() {
         loadErrors.push(e)
       }
       try {
-        const binding = require('service-fleet-control-darwin-arm64')
+        const binding = require('service-fleet-control-darwin-arm64/sfc-registry.darwin-arm64.node')
         const bindingPackageVersion = require('service-fleet-control-darwin-arm64/package.json').version
         if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
           throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -249,7 +249,7 @@ function requireNative() {
         loadErrors.push(e)
       }
       try {
-        const binding = require('service-fleet-control-freebsd-x64')
+        const binding = require('service-fleet-control-freebsd-x64/sfc-registry.freebsd-x64.node')
         const bindingPackageVersion = require('service-fleet-control-freebsd-x64/package.json').version
         if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
           throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -265,7 +265,7 @@ function requireNative() {
         loadErrors.push(e)
       }
       try {
-        const binding = require('service-fleet-control-freebsd-arm64')
+        const binding = require('service-fleet-control-freebsd-arm64/sfc-registry.freebsd-arm64.node')
         const bindingPackageVersion = require('service-fleet-control-freebsd-arm64/package.json').version
         if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
           throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -281,7 +281,7 @@ function requireNative() {
         loadErrors.push(e)
       }
       try {
-        const binding = require('service-fleet-control-freebsd-ppc64')
+        const binding = require('service-fleet-control-freebsd-ppc64/sfc-registry.freebsd-ppc64.node')
         const bindingPackageVersion = require('service-fleet-control-freebsd-ppc64/package.json').version
         if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
           throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -302,7 +302,7 @@ function requireNative() {
           loadErrors.push(e)
         }
         try {
-          const binding = require('service-fleet-control-linux-x64-musl')
+          const binding = require('service-fleet-control-linux-x64-musl/sfc-registry.linux-x64-musl.node')
           const bindingPackageVersion = require('service-fleet-control-linux-x64-musl/package.json').version
           if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
             throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -318,7 +318,7 @@ function requireNative() {
           loadErrors.push(e)
         }
         try {
-          const binding = require('service-fleet-control-linux-x64-gnu')
+          const binding = require('service-fleet-control-linux-x64-gnu/sfc-registry.linux-x64-gnu.node')
           const bindingPackageVersion = require('service-fleet-control-linux-x64-gnu/package.json').version
           if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
             throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -336,7 +336,7 @@ function requireNative() {
           loadErrors.push(e)
         }
         try {
-          const binding = require('service-fleet-control-linux-arm64-musl')
+          const binding = require('service-fleet-control-linux-arm64-musl/sfc-registry.linux-arm64-musl.node')
           const bindingPackageVersion = require('service-fleet-control-linux-arm64-musl/package.json').version
           if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
             throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -352,7 +352,7 @@ function requireNative() {
           loadErrors.push(e)
         }
         try {
-          const binding = require('service-fleet-control-linux-arm64-gnu')
+          const binding = require('service-fleet-control-linux-arm64-gnu/sfc-registry.linux-arm64-gnu.node')
           const bindingPackageVersion = require('service-fleet-control-linux-arm64-gnu/package.json').version
           if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
             throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -370,7 +370,7 @@ function requireNative() {
           loadErrors.push(e)
         }
         try {
-          const binding = require('service-fleet-control-linux-arm-musleabihf')
+          const binding = require('service-fleet-control-linux-arm-musleabihf/sfc-registry.linux-arm-musleabihf.node')
           const bindingPackageVersion = require('service-fleet-control-linux-arm-musleabihf/package.json').version
           if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
             throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -386,7 +386,7 @@ function requireNative() {
           loadErrors.push(e)
         }
         try {
-          const binding = require('service-fleet-control-linux-arm-gnueabihf')
+          const binding = require('service-fleet-control-linux-arm-gnueabihf/sfc-registry.linux-arm-gnueabihf.node')
           const bindingPackageVersion = require('service-fleet-control-linux-arm-gnueabihf/package.json').version
           if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
             throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -404,7 +404,7 @@ function requireNative() {
           loadErrors.push(e)
         }
         try {
-          const binding = require('service-fleet-control-linux-loong64-musl')
+          const binding = require('service-fleet-control-linux-loong64-musl/sfc-registry.linux-loong64-musl.node')
           const bindingPackageVersion = require('service-fleet-control-linux-loong64-musl/package.json').version
           if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
             throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -420,7 +420,7 @@ function requireNative() {
           loadErrors.push(e)
         }
         try {
-          const binding = require('service-fleet-control-linux-loong64-gnu')
+          const binding = require('service-fleet-control-linux-loong64-gnu/sfc-registry.linux-loong64-gnu.node')
           const bindingPackageVersion = require('service-fleet-control-linux-loong64-gnu/package.json').version
           if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
             throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -438,7 +438,7 @@ function requireNative() {
           loadErrors.push(e)
         }
         try {
-          const binding = require('service-fleet-control-linux-riscv64-musl')
+          const binding = require('service-fleet-control-linux-riscv64-musl/sfc-registry.linux-riscv64-musl.node')
           const bindingPackageVersion = require('service-fleet-control-linux-riscv64-musl/package.json').version
           if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
             throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -454,7 +454,7 @@ function requireNative() {
           loadErrors.push(e)
         }
         try {
-          const binding = require('service-fleet-control-linux-riscv64-gnu')
+          const binding = require('service-fleet-control-linux-riscv64-gnu/sfc-registry.linux-riscv64-gnu.node')
           const bindingPackageVersion = require('service-fleet-control-linux-riscv64-gnu/package.json').version
           if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
             throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -471,7 +471,7 @@ function requireNative() {
         loadErrors.push(e)
       }
       try {
-        const binding = require('service-fleet-control-linux-ppc64-gnu')
+        const binding = require('service-fleet-control-linux-ppc64-gnu/sfc-registry.linux-ppc64-gnu.node')
         const bindingPackageVersion = require('service-fleet-control-linux-ppc64-gnu/package.json').version
         if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
           throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -487,7 +487,7 @@ function requireNative() {
         loadErrors.push(e)
       }
       try {
-        const binding = require('service-fleet-control-linux-s390x-gnu')
+        const binding = require('service-fleet-control-linux-s390x-gnu/sfc-registry.linux-s390x-gnu.node')
         const bindingPackageVersion = require('service-fleet-control-linux-s390x-gnu/package.json').version
         if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
           throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -507,7 +507,7 @@ function requireNative() {
         loadErrors.push(e)
       }
       try {
-        const binding = require('service-fleet-control-openharmony-arm64')
+        const binding = require('service-fleet-control-openharmony-arm64/sfc-registry.openharmony-arm64.node')
         const bindingPackageVersion = require('service-fleet-control-openharmony-arm64/package.json').version
         if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
           throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -523,7 +523,7 @@ function requireNative() {
         loadErrors.push(e)
       }
       try {
-        const binding = require('service-fleet-control-openharmony-x64')
+        const binding = require('service-fleet-control-openharmony-x64/sfc-registry.openharmony-x64.node')
         const bindingPackageVersion = require('service-fleet-control-openharmony-x64/package.json').version
         if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
           throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)
@@ -539,7 +539,7 @@ function requireNative() {
         loadErrors.push(e)
       }
       try {
-        const binding = require('service-fleet-control-openharmony-arm')
+        const binding = require('service-fleet-control-openharmony-arm/sfc-registry.openharmony-arm.node')
         const bindingPackageVersion = require('service-fleet-control-openharmony-arm/package.json').version
         if (bindingPackageVersion !== '0.1.0' && process.env.NAPI_RS_ENFORCE_VERSION_CHECK && process.env.NAPI_RS_ENFORCE_VERSION_CHECK !== '0') {
           throw new Error(`Native binding package version mismatch, expected 0.1.0 but got ${bindingPackageVersion}. You can reinstall dependencies to fix this issue.`)

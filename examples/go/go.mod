@@ -1,7 +1,7 @@
-module github.com/sfc/sfc-go/examples/go
+module github.com/sfc/sfc/examples/go
 
 go 1.22
 
-require github.com/sfc/sfc-go v0.0.0
+require github.com/sfc/sfc/bindings/go v0.0.0
 
-replace github.com/sfc/sfc-go => ../../bindings/go
+replace github.com/sfc/sfc/bindings/go => ../../bindings/go

@@ -20,7 +20,7 @@ import (
 	"syscall"
 	"time"
 
-	sfc "github.com/sfc/sfc-go"
+	sfc "github.com/sfc/sfc/bindings/go"
 )
 
 func main() {

@@ -4,7 +4,57 @@
 'use strict'
 
 const createDebug = require('debug')
-const native = require('../native.js')
+
+// The napi-rs name of this platform, as in the platform package's name
+// (`service-fleet-control-<platform>`) and the addons' file names.
+function platformName() {
+  const arch = process.arch
+  switch (process.platform) {
+    case 'linux': {
+      let musl
+      try {
+        musl = !process.report.getReport().header.glibcVersionRuntime
+      } catch {
+        musl = false
+      }
+      return `linux-${arch}-${musl ? 'musl' : 'gnu'}`
+    }
+    case 'win32':
+      return `win32-${arch}-msvc`
+    default:
+      return `${process.platform}-${arch}`
+  }
+}
+
+// A loader that finds no addon (no prebuilt platform package for this platform, or one that
+// does not load) fails with napi-rs's generic "Cannot find native binding": say instead which
+// platform this is and how to get an addon for it. The loader's error stays as `cause`.
+function loadAddon(loader, what) {
+  try {
+    return require(loader)
+  } catch (e) {
+    const platform = platformName()
+    const prefix = 'service-fleet-control-'
+    const published = Object.keys(require('../package.json').optionalDependencies || {})
+      .filter((name) => name.startsWith(prefix))
+      .map((name) => name.slice(prefix.length))
+    const err = new Error(
+      `service-fleet-control: no ${what} for this platform, ${platform} (${process.platform} ${process.arch}, Node.js ${process.version}).\n` +
+        `Prebuilt addons are published for: ${published.join(', ') || 'no platform'}, each in the optional dependency ${prefix}<platform>` +
+        (published.includes(platform) ? ` (reinstall without --omit=optional to get ${prefix}${platform})` : '') +
+        `.\nTo build from source (needs Rust, https://rustup.rs): in a checkout of the sfc repository run\n` +
+        `  cd bindings/node && npm ci && npm run build\n` +
+        `then install that directory in your app: npm install <checkout>/bindings/node\n` +
+        `(what the napi-rs loader tried is in this error's \`cause\`)`,
+    )
+    err.code = 'ERR_SFC_NATIVE_BINDING'
+    err.platform = platform
+    err.cause = e
+    throw err
+  }
+}
+
+const native = loadAddon('../native.js', 'native addon (sfc.<platform>.node)')
 
 // `invalid <option>: <why>` from the native side becomes a TypeError naming the option.
 function convertError(e) {
@@ -51,7 +101,7 @@ if (directives) call(() => native.enableNativeLogs(directives))
 let registryAddon = null
 function registryNative() {
   if (registryAddon === null) {
-    const addon = require('../native-registry.js')
+    const addon = loadAddon('../native-registry.js', 'registry addon (sfc-registry.<platform>.node)')
     if (directives) call(() => addon.enableNativeLogs(directives))
     registryAddon = addon
   }
@@ -70,4 +120,4 @@ function guard(fn) {
   }
 }
 
-module.exports = { native, registryNative, call, settle, convertError, guard }
+module.exports = { native, registryNative, call, settle, convertError, guard, platformName }

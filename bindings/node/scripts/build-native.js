@@ -6,10 +6,16 @@
 // and type definitions (`native.d.ts`, `native-registry.d.ts`) from the build's type
 // information, with @napi-rs/cli's own generators.
 //
-//   node scripts/build-native.js [--release] --write   regenerate the loaders and .d.ts files
-//   node scripts/build-native.js [--release] --check   fail if the committed ones differ
+//   node scripts/build-native.js [--release | --profile NAME] --write   regenerate the loaders and .d.ts files
+//   node scripts/build-native.js [--release | --profile NAME] --check   fail if the committed ones differ
 //
-// A release build is stripped (`--strip`): that is what the npm platform package carries.
+// A release build (`--release`, or `--profile dist`, the root Cargo.toml's artifact profile) is
+// stripped (`strip --strip-unneeded`): that is what the npm platform package carries
+// (scripts/pack.js builds it with `--profile dist --check`).
+//
+// Both addons ship in one platform package (`service-fleet-control-<platform>`, whose `main` is
+// the client addon), while @napi-rs/cli generates each loader for a platform package of its
+// own: `registryFromPlatformPackage` points the registry loader at its file inside that package.
 //
 // SFC_NODE_CARGO_ARGS (default `-p sfc-node -p sfc-node-registry`) replaces the package selection, so that a caller
 // that builds the whole workspace (the root Makefile) can reuse that build: cargo rebuilds the
@@ -23,13 +29,17 @@ const path = require('node:path')
 
 const pkgDir = path.resolve(__dirname, '..')
 const repoRoot = path.resolve(pkgDir, '..', '..')
-const release = process.argv.includes('--release')
+const profileAt = process.argv.indexOf('--profile')
+const profile = profileAt >= 0 ? process.argv[profileAt + 1] : process.argv.includes('--release') ? 'release' : 'dev'
+const release = profile !== 'dev'
 const check = process.argv.includes('--check')
 const write = process.argv.includes('--write')
-if (check === write) {
-  console.error('usage: build-native.js [--release] (--check | --write)')
+if (check === write || !profile || profile.startsWith('-')) {
+  console.error('usage: build-native.js [--release | --profile NAME] (--check | --write)')
   process.exit(2)
 }
+// cargo's output directory of a profile.
+const profileDir = { dev: 'debug', release: 'release' }[profile] ?? profile
 
 // The suffix napi-rs gives a platform's binary (its loader looks for exactly these names).
 function platformSuffix() {
@@ -66,6 +76,16 @@ const ADDONS = [
   { pkg: 'sfc-node-registry', binaryName: 'sfc-registry', loader: 'native-registry' },
 ]
 
+// The registry addon is not its platform package's `main` (the client addon is): its loader
+// requires the file inside the package, `service-fleet-control-<platform>/sfc-registry.<platform>.node`.
+// Only the native packages' `const binding = require(...)` lines change; the version checks
+// still read `<package>/package.json`.
+function registryFromPlatformPackage(text, packageName, binaryName) {
+  const escaped = packageName.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+  const re = new RegExp(`(const binding = require\\(')(${escaped}-([a-z0-9-]+))('\\))`, 'g')
+  return text.replace(re, (_, open, pkg, platform, close) => `${open}${pkg}/${binaryName}.${platform}.node${close}`)
+}
+
 function targetDir() {
   const out = execFileSync('cargo', ['metadata', '--format-version', '1', '--no-deps'], { cwd: repoRoot, maxBuffer: 64 << 20 })
   return JSON.parse(out.toString()).target_directory
@@ -80,7 +100,7 @@ async function main() {
   try {
     const select = (process.env.SFC_NODE_CARGO_ARGS || '-p sfc-node -p sfc-node-registry').split(/\s+/).filter(Boolean)
     const args = ['build', ...select]
-    if (release) args.push('--release')
+    if (profile !== 'dev') args.push('--profile', profile)
     execFileSync('cargo', args, {
       cwd: repoRoot,
       stdio: 'inherit',
@@ -93,7 +113,7 @@ async function main() {
     })
     const fresh = {}
     for (const addon of ADDONS) {
-      const lib = path.join(targetDir(), release ? 'release' : 'debug', libraryName(addon.pkg.replace(/-/g, '_')))
+      const lib = path.join(targetDir(), profileDir, libraryName(addon.pkg.replace(/-/g, '_')))
       const binary = `${addon.binaryName}.${platformSuffix()}.node`
       fs.copyFileSync(lib, path.join(pkgDir, binary))
       if (release && process.platform !== 'win32') execFileSync('strip', ['--strip-unneeded', path.join(pkgDir, binary)])
@@ -113,7 +133,9 @@ async function main() {
         jsBinding: `${addon.loader}.js`,
       })
       fresh[`${addon.loader}.d.ts`] = dts
-      fresh[`${addon.loader}.js`] = fs.readFileSync(path.join(work, `${addon.loader}.js`), 'utf8')
+      let loader = fs.readFileSync(path.join(work, `${addon.loader}.js`), 'utf8')
+      if (addon.loader === 'native-registry') loader = registryFromPlatformPackage(loader, pkg.name, addon.binaryName)
+      fresh[`${addon.loader}.js`] = loader
     }
     let stale = 0
     for (const [name, text] of Object.entries(fresh)) {

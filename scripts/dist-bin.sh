@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The operator's tarball: dist/sfc-<version>-<target>.tar.gz, one directory
+# sfc-<version>-<target>/ holding bin/sfc (release, stripped, built with etcd support),
+# LICENSE and README.md. <version> is the workspace's ([workspace.package] in Cargo.toml),
+# <target> the build machine's (`rustc -vV`'s host). The binary comes from the `dist` profile
+# when the root Cargo.toml has one (no debug info, stripped), else from `release`, stripped here.
+# Building the etcd feature needs protoc (tests/setup.sh installs it); running the binary does not.
+# Fails when the stripped binary is over its 20 MB budget (BENCHMARKS.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CARGO=${CARGO:-cargo}
+BUDGET=$((20 * 1000 * 1000))
+
+version=$(sed -n '/^\[workspace\.package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' Cargo.toml)
+target=$(rustc -vV | sed -n 's/^host: //p')
+[ -n "$version" ] && [ -n "$target" ] || { echo "dist-bin: no workspace version or host target" >&2; exit 1; }
+profile=release
+grep -q '^\[profile\.dist\]' Cargo.toml && profile=dist
+
+$CARGO build --profile "$profile" -p sfc --bin sfc --features sfc/etcd
+target_dir=$($CARGO metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+bin="$target_dir/$profile/sfc"
+
+name="sfc-$version-$target"
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/$name/bin" dist
+install -m 0755 "$bin" "$stage/$name/bin/sfc"
+strip --strip-all "$stage/$name/bin/sfc"
+install -m 0644 LICENSE README.md "$stage/$name/"
+
+got=$("$stage/$name/bin/sfc" --version)
+[ "$got" = "sfc $version" ] || { echo "dist-bin: bin/sfc --version says '$got', expected 'sfc $version'" >&2; exit 1; }
+# A build without the feature carries the refusal it prints for --store etcd.
+if grep -q -a 'built without etcd support' "$stage/$name/bin/sfc"; then
+	echo "dist-bin: bin/sfc was built without etcd support" >&2; exit 1
+fi
+
+tar -C "$stage" --owner=0 --group=0 --numeric-owner --sort=name -czf "dist/$name.tar.gz" "$name"
+size=$(stat -c %s "$stage/$name/bin/sfc")
+echo "dist/$name.tar.gz: $(stat -c %s "dist/$name.tar.gz") bytes; bin/sfc $size bytes stripped (profile $profile, features sfc/etcd)"
+[ "$size" -le "$BUDGET" ] || { echo "dist-bin: bin/sfc is $size bytes, over its $BUDGET-byte budget" >&2; exit 1; }
