@@ -2,8 +2,8 @@
 # The operator's tarball: dist/sfc-<version>-<target>.tar.gz, one directory
 # sfc-<version>-<target>/ holding bin/sfc (release, stripped, built with etcd support),
 # LICENSE and README.md. <version> is the workspace's ([workspace.package] in Cargo.toml),
-# <target> the build machine's (`rustc -vV`'s host). The binary comes from the `dist` profile
-# when the root Cargo.toml has one (no debug info, stripped), else from `release`, stripped here.
+# <target> the build machine's (`rustc -vV`'s host). The binary comes from the release build,
+# stripped here.
 # Building the etcd feature needs protoc (tests/setup.sh installs it); running the binary does not.
 # Fails when the stripped binary is over its 20 MB budget (BENCHMARKS.md).
 set -euo pipefail
@@ -15,9 +15,10 @@ version=$(sed -n '/^\[workspace\.package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1
 target=$(rustc -vV | sed -n 's/^host: //p')
 [ -n "$version" ] && [ -n "$target" ] || { echo "dist-bin: no workspace version or host target" >&2; exit 1; }
 profile=release
-grep -q '^\[profile\.dist\]' Cargo.toml && profile=dist
 
-$CARGO build --profile "$profile" -p sfc --bin sfc --features sfc/etcd
+# SFC_RELEASE_SELECTION: the Makefile builds every release artifact in one cargo call, so the
+# dependencies are compiled once; the same selection here makes this call a no-op.
+$CARGO build --profile "$profile" ${SFC_RELEASE_SELECTION:--p sfc --bin sfc --features sfc/etcd}
 target_dir=$($CARGO metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 bin="$target_dir/$profile/sfc"
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# libsfc's installed layout, for C/C++ and Go users, from the `dist` profile's build
-# (cargo build -p sfc-ffi --profile dist; `make install` and `make dist-c` run it first):
+# libsfc's installed layout, for C/C++ and Go users, from the release build
+# (`make ffi-release`; `make install` and `make dist-c` run it first), debug info stripped here:
 #
 #   include/sfc.h
 #   lib/libsfc.so.<major>.<minor>.<patch>   SONAME libsfc.so.<major> (ffi/build.rs), exports sfc_* only
@@ -22,8 +22,8 @@
 #                              and target/release/ (or SFC_LIB_DIR) for the in-repo Go tests
 #                              (PKG_CONFIG_PATH=DIR)
 #   dist-c.sh version          prints the workspace version
-# SFC_LIB_DIR overrides where the built libsfc.so/libsfc.a are read (default target/dist for
-# install and tarball, target/release for dev-pc).
+# SFC_LIB_DIR overrides where the built libsfc.so/libsfc.a are read (default target/release for
+# install, tarball and dev-pc).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -32,7 +32,7 @@ version=$(sed -n '/^\[workspace\.package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1
 major=${BASH_REMATCH[1]}
 minor=${BASH_REMATCH[2]}
 full="${BASH_REMATCH[1]}.${BASH_REMATCH[2]}.${BASH_REMATCH[3]}"
-lib_dir=${SFC_LIB_DIR:-$repo/target/dist}
+lib_dir=${SFC_LIB_DIR:-$repo/target/release}
 # What a static link of libsfc needs besides libc (rustc --print native-static-libs, less what
 # the C compiler driver adds by itself: -lc, -lgcc_s).
 static_libs="-lm -ldl -lpthread"
@@ -165,7 +165,7 @@ make_archive() {
 layout() {
 	local dest=$1 pc_prefix=$2
 	for f in libsfc.so libsfc.a; do
-		[ -f "$lib_dir/$f" ] || { echo "dist-c: $lib_dir/$f is missing (cargo build -p sfc-ffi --profile dist)" >&2; exit 1; }
+		[ -f "$lib_dir/$f" ] || { echo "dist-c: $lib_dir/$f is missing (make ffi-release)" >&2; exit 1; }
 	done
 	mkdir -p "$dest/include" "$dest/lib" "$dest/share/sfc"
 	install -m 0644 "$repo/include/sfc.h" "$dest/include/sfc.h"

@@ -118,7 +118,8 @@ only_sfc_static() {
 	[ -n "$syms" ] && [ -z "$others" ] && grep -qx sfc_version <<<"$syms"
 }
 check "libsfc.a defines only sfc_* globals (no ZSTD_*, HUF_*, ring_*, Rust symbols)" only_sfc_static "$installed/lib/libsfc.a"
-no_debug() { ! readelf -SW "$1" | grep -q '\.debug_'; }
+# Section names, not substrings: a function named *debug_details* has a .text.*debug_details* section.
+no_debug() { ! readelf -SW "$1" | grep -qE '^ *\[ *[0-9]+\] \.z?debug_'; }
 check "libsfc.so and libsfc.a carry no debug info" bash -c "$(declare -f no_debug); no_debug '$installed/lib/libsfc.so.$version' && no_debug '$installed/lib/libsfc.a'"
 
 pc() { PKG_CONFIG_PATH="$1/lib/pkgconfig" pkg-config "${@:2}"; }

@@ -9,9 +9,9 @@
 //   node scripts/build-native.js [--release | --profile NAME] --write   regenerate the loaders and .d.ts files
 //   node scripts/build-native.js [--release | --profile NAME] --check   fail if the committed ones differ
 //
-// A release build (`--release`, or `--profile dist`, the root Cargo.toml's artifact profile) is
-// stripped (`strip --strip-unneeded`): that is what the npm platform package carries
-// (scripts/pack.js builds it with `--profile dist --check`).
+// A release build (`--release`, or another `--profile`) is stripped (`strip --strip-unneeded`):
+// that is what the npm platform package carries (scripts/pack.js builds it with
+// `--release --check`).
 //
 // Both addons ship in one platform package (`service-fleet-control-<platform>`, whose `main` is
 // the client addon), while @napi-rs/cli generates each loader for a platform package of its

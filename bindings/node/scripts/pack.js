@@ -14,8 +14,8 @@
 //
 //   node scripts/pack.js [--out DIR] [--no-build]
 //
-// Without --no-build it first runs `build-native.js --profile dist --check` (`--release` when the
-// root Cargo.toml has no `[profile.dist]`): a release build, stripped, whose loaders and type
+// Without --no-build it first runs `build-native.js --release --check`: a release build,
+// stripped, whose loaders and type
 // definitions must equal the committed ones. The version must be the workspace's
 // (`[workspace.package] version` in the root Cargo.toml): package.json's is checked, not
 // rewritten. The main package bundles its one runtime dependency (`debug`, and `ms` under it),
@@ -48,10 +48,6 @@ function workspaceVersion() {
   const m = section && /^version\s*=\s*"([^"]+)"/m.exec(section[1])
   if (!m) fail('no [workspace.package] version in Cargo.toml')
   return m[1]
-}
-
-function hasDistProfile() {
-  return /^\[profile\.dist\]/m.test(fs.readFileSync(path.join(repoRoot, 'Cargo.toml'), 'utf8'))
 }
 
 // napi-rs's suffix for this machine (as build-native.js and the loaders name the addons), and
@@ -110,8 +106,7 @@ function main() {
   const binaries = [`sfc.${plat.name}.node`, `sfc-registry.${plat.name}.node`]
 
   if (build) {
-    const profile = hasDistProfile() ? ['--profile', 'dist'] : ['--release']
-    execFileSync(process.execPath, [path.join(__dirname, 'build-native.js'), ...profile, '--check'], { cwd: pkgDir, stdio: 'inherit' })
+    execFileSync(process.execPath, [path.join(__dirname, 'build-native.js'), '--release', '--check'], { cwd: pkgDir, stdio: 'inherit' })
   }
   for (const b of binaries) {
     const file = path.join(pkgDir, b)
