@@ -185,7 +185,8 @@ pub fn raise_nofile() {
 }
 
 /// Builds the registry configuration: TLS material (development certificates on first use),
-/// limits, the policy and the store.
+/// limits, the policy and the store. It blocks (files, SQLite, etcd): from async code, call it
+/// through `spawn_blocking`, as [`run`] does.
 pub fn registry_config(a: &RegistryOptions) -> Result<RegistryConfig> {
     a.check()?;
     let tls = if a.insecure_plaintext {
@@ -309,7 +310,12 @@ fn http_config(a: &RegistryOptions, tls: Option<std::sync::Arc<rustls::ServerCon
 /// every session and the HTTP server when `shutdown` completes.
 pub async fn run(a: &RegistryOptions, shutdown: impl Future<Output = ()>) -> Result<()> {
     std::fs::create_dir_all(&a.data_dir).map_err(|e| Error::write_file(&a.data_dir, e))?;
-    let cfg = registry_config(a)?;
+    // Blocking: reading certificates, opening SQLite, and `--store etcd` connects on a runtime
+    // of its own, which must not be created or dropped inside this one.
+    let opts = a.clone();
+    let cfg = tokio::task::spawn_blocking(move || registry_config(&opts))
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
     let secure = cfg.tls.is_some();
     let (listener, addr) = crate::registry::bind(&a.listen).await?;
     let http = http_listener(a, secure).await?;

@@ -212,9 +212,21 @@ pub async fn wait_record(
     what: &str,
     pred: impl Fn(&InstanceRecord) -> bool,
 ) -> InstanceRecord {
+    poll_record(obs, id, limit, Duration::from_millis(25), what, pred).await
+}
+
+/// Queries through `client` every `every` until `pred` holds on the record `id`.
+async fn poll_record(
+    client: &Client,
+    id: &str,
+    limit: Duration,
+    every: Duration,
+    what: &str,
+    pred: impl Fn(&InstanceRecord) -> bool,
+) -> InstanceRecord {
     let start = Instant::now();
     loop {
-        if let Ok(rs) = obs.query(Filter::default()).await {
+        if let Ok(rs) = client.query(Filter::default()).await {
             if let Some(r) = rs.into_iter().find(|r| r.id == id) {
                 if pred(&r) {
                     return r;
@@ -225,7 +237,7 @@ pub async fn wait_record(
             start.elapsed() < limit,
             "timed out after {limit:?} waiting for {id} to be {what}"
         );
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -494,22 +506,7 @@ async fn own_record(
     what: &str,
     pred: impl Fn(&InstanceRecord) -> bool,
 ) -> InstanceRecord {
-    let limit = Duration::from_secs(20);
-    let start = Instant::now();
-    loop {
-        if let Ok(rs) = client.query(Filter::default()).await {
-            if let Some(r) = rs.into_iter().find(|r| r.id == id) {
-                if pred(&r) {
-                    return r;
-                }
-            }
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {id} to be {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_record(client, id, Duration::from_secs(20), Duration::from_millis(100), what, pred).await
 }
 
 /// The value of one sample in Prometheus text, e.g. `name` or `name{a="b"}`; None when absent.
@@ -632,4 +629,10 @@ pub async fn log_lines_at_least(
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Runs `sfc ARGS...` to completion and fails the test, with its stderr, if it fails.
+pub fn sfc_ok(args: &[&str]) {
+    let out = Command::new(sfc_bin()).args(args).output().expect("run sfc");
+    assert!(out.status.success(), "sfc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
