@@ -31,44 +31,14 @@ major=${version%%.*}
 target=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 tarball="$repo/dist/libsfc-$version-$target.tar.gz"
 
-# Nothing from the checkout's build tree on any search path.
-strip_target() { tr ':' '\n' <<<"${1:-}" | grep -v -e "^$repo/target" -e '^$' | paste -sd: -; }
-PATH=$(strip_target "$PATH")
-export PATH
+# shellcheck source=tests/dist/lib.sh
+. "$here/lib.sh"
+scrub_build_tree
 unset LD_LIBRARY_PATH PKG_CONFIG_PATH CMAKE_PREFIX_PATH SFC_REGISTRY SFC_CA CGO_CFLAGS CGO_LDFLAGS
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local GOWORK=off
 
-scratch=$(mktemp -d "${TMPDIR:-/tmp}/sfc-dist-c.XXXXXX")
-pids=()
-cleanup() {
-	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
-	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
-	if [ "${KEEP_SCRATCH:-}" = 1 ]; then echo "scratch directory kept: $scratch"; else rm -rf "$scratch"; fi
-}
-trap cleanup EXIT
+make_scratch c
 cd "$scratch" || exit 1
-
-pass=0
-fail=0
-log="$scratch/check.log"
-# check NAME CMD...: runs CMD (output to a log shown on failure), one line per check.
-check() {
-	local name=$1
-	shift
-	if "$@" >"$log" 2>&1; then
-		pass=$((pass + 1))
-		echo "ok: $name"
-	else
-		fail=$((fail + 1))
-		echo "FAILED: $name"
-		sed 's/^/    /' "$log" | tail -40
-	fi
-}
-finish() {
-	echo "$pass passed, $fail failed"
-	[ "$fail" -eq 0 ]
-	exit
-}
 
 # --- the artifacts ---
 installed="$scratch/prefix"

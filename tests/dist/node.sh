@@ -19,44 +19,13 @@ main_tgz="$repo/dist/npm/service-fleet-control-$version.tgz"
 plat_tgz="$repo/dist/npm/service-fleet-control-$platform-$version.tgz"
 TOKEN=dist-admin-token
 
-# Nothing from the checkout's build tree on any search path.
-strip_target() { tr ':' '\n' <<<"${1:-}" | grep -v -e "^$repo/target" -e '^$' | paste -sd: -; }
-PATH=$(strip_target "$PATH")
-export PATH
+# shellcheck source=tests/dist/lib.sh
+. "$repo/tests/dist/lib.sh"
+scrub_build_tree
 unset SFC_BIN NODE_PATH LD_LIBRARY_PATH NAPI_RS_NATIVE_LIBRARY_PATH SFC_REGISTRY SFC_CA SFC_HTTP SFC_ADMIN_TOKEN
-# Whatever else names the build tree (the Makefile exports SFC_TEST_OUT=<checkout>/target/...).
-for v in $(env | grep -F "$repo/target" | cut -d= -f1); do unset "$v"; done
 
-scratch=$(mktemp -d "${TMPDIR:-/tmp}/sfc-dist-node.XXXXXX")
-pids=()
-cleanup() {
-	for pid in "${pids[@]}"; do
-		kill "$pid" 2>/dev/null
-	done
-	for pid in "${pids[@]}"; do
-		wait "$pid" 2>/dev/null
-	done
-	if [ "${KEEP_SCRATCH:-}" = 1 ]; then echo "scratch directory kept: $scratch"; else rm -rf "$scratch"; fi
-}
-trap cleanup EXIT
+make_scratch node
 cd "$scratch" || exit 1
-
-pass=0
-fail=0
-log="$scratch/check.log"
-# check NAME CMD...: runs CMD (output to a log shown on failure), one line per check.
-check() {
-	local name=$1
-	shift
-	if "$@" >"$log" 2>&1; then
-		pass=$((pass + 1))
-		echo "ok: $name"
-	else
-		fail=$((fail + 1))
-		echo "FAILED: $name"
-		sed 's/^/    /' "$log" | tail -40
-	fi
-}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -302,5 +271,4 @@ no_platform_package() {
 }
 check "without the platform package, require fails naming $platform and how to build from source" no_platform_package
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -14,23 +14,9 @@ cd "$repo" || exit 1
 V=$(sed -n '/^\[workspace\.package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' Cargo.toml)
 target=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 platform=$(node -p "process.platform + '-' + process.arch + '-' + (process.report.getReport().header.glibcVersionRuntime ? 'gnu' : 'musl')")
-scratch=$(mktemp -d "${TMPDIR:-/tmp}/sfc-dist-version.XXXXXX")
-trap 'rm -rf "$scratch"' EXIT
-log="$scratch/check.log"
-pass=0
-fail=0
-check() {
-	local name=$1
-	shift
-	if "$@" >"$log" 2>&1; then
-		pass=$((pass + 1))
-		echo "ok: $name"
-	else
-		fail=$((fail + 1))
-		echo "FAILED: $name"
-		sed 's/^/    /' "$log" | tail -20
-	fi
-}
+# shellcheck source=tests/dist/lib.sh
+. "$repo/tests/dist/lib.sh"
+make_scratch version
 # same WHAT GOT: GOT must be the workspace version.
 same() {
 	echo "$1: '$2', workspace: '$V'"
@@ -121,5 +107,4 @@ npm_tarballs() {
 }
 check "npm tarballs: both versions, optionalDependencies, nativeVersion() of the packed addon" npm_tarballs
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish
