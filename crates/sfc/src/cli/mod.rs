@@ -19,8 +19,9 @@ pub struct Cli {
     pub command: Command,
 }
 
-// Parsed once per process: boxing the registry's many flags would buy nothing.
-#[allow(clippy::large_enum_variant)]
+// Parsed once per process: boxing the registry's many flags would buy nothing. The variant
+// `Command` is the `sfc command` subcommand: clap names subcommands after their variants.
+#[allow(clippy::large_enum_variant, clippy::enum_variant_names)]
 #[derive(Subcommand)]
 pub enum Command {
     /// Run a registry.
