@@ -1,7 +1,8 @@
 /*
  * sfc.h: the C ABI of the Service Fleet Control client (libsfc).
  *
- * Link libsfc.so or libsfc.a (with -lm -ldl -lpthread) and include this header, from C or C++.
+ * Link libsfc.so or libsfc.a (with -lm -ldl -lpthread) and include this header, from C (C99 or
+ * later: it includes <stdbool.h> and <stdint.h>) or C++.
  * Installed (make install, or the libsfc-<version>-<target>.tar.gz release), pkg-config finds
  * it: `pkg-config --cflags --libs sfc` (libsfc.so, SONAME libsfc.so.<major>) or
  * `pkg-config --static --cflags --libs sfc-static` (libsfc.a); CMake: find_package(sfc) and
@@ -66,87 +67,147 @@
 #define SFC_VERSION_PATCH 0
 
 
-// What a call did. `SFC_STATUS_OK` (0) is success; every other value is a failure whose text
-// `sfc_last_error_message()` returns. The numbers are part of the ABI: a value is never
-// reused for another meaning, and new values are only ever added at the end.
+/**
+ * What a call did. `SFC_STATUS_OK` (0) is success; every other value is a failure whose text
+ * `sfc_last_error_message()` returns. The numbers are part of the ABI: a value is never
+ * reused for another meaning, and new values are only ever added at the end.
+ */
 typedef enum sfc_status {
-  // Success; the call wrote its outputs.
+  /**
+   * Success; the call wrote its outputs.
+   */
   SFC_STATUS_OK = 0,
-  // A required pointer argument was NULL (the message names it).
+  /**
+   * A required pointer argument was NULL (the message names it).
+   */
   SFC_STATUS_NULL_ARGUMENT = 1,
-  // A string argument was not valid UTF-8 (the message names it).
+  /**
+   * A string argument was not valid UTF-8 (the message names it).
+   */
   SFC_STATUS_INVALID_UTF8 = 2,
-  // A setting or argument has a wrong value (the message names it and says why).
+  /**
+   * A setting or argument has a wrong value (the message names it and says why).
+   */
   SFC_STATUS_INVALID_ARGUMENT = 3,
-  // A JSON argument could not be parsed (the message names it and says why).
+  /**
+   * A JSON argument could not be parsed (the message names it and says why).
+   */
   SFC_STATUS_INVALID_JSON = 4,
-  // A file (CA, certificate, key) could not be read; the message names the path.
+  /**
+   * A file (CA, certificate, key) could not be read; the message names the path.
+   */
   SFC_STATUS_FILE = 5,
-  // TLS material was unusable.
+  /**
+   * TLS material was unusable.
+   */
   SFC_STATUS_TLS = 6,
-  // An operating-system I/O error.
+  /**
+   * An operating-system I/O error.
+   */
   SFC_STATUS_IO = 7,
-  // The registry answered with an error.
+  /**
+   * The registry answered with an error.
+   */
   SFC_STATUS_REMOTE = 8,
-  // The registry broke the protocol.
+  /**
+   * The registry broke the protocol.
+   */
   SFC_STATUS_PROTOCOL = 9,
-  // No registry could be reached and nothing was cached.
+  /**
+   * No registry could be reached and nothing was cached.
+   */
   SFC_STATUS_UNREACHABLE = 10,
-  // Something did not finish in time (for `sfc_client_stop`: the leave was not confirmed,
-  // but the client is stopped all the same).
+  /**
+   * Something did not finish in time (for `sfc_client_stop`: the leave was not confirmed,
+   * but the client is stopped all the same).
+   */
   SFC_STATUS_TIMEOUT = 11,
-  // The client (or the watch's client) has been stopped.
+  /**
+   * The client (or the watch's client) has been stopped.
+   */
   SFC_STATUS_STOPPED = 12,
-  // No event arrived within the timeout; not an error, call again.
+  /**
+   * No event arrived within the timeout; not an error, call again.
+   */
   SFC_STATUS_NO_EVENT = 13,
-  // A bug inside libsfc was caught before it could cross into the caller.
+  /**
+   * A bug inside libsfc was caught before it could cross into the caller.
+   */
   SFC_STATUS_PANIC = 14,
 } sfc_status;
 
-// What kind of event an `sfc_event` is. The numbers are never reused.
+/**
+ * What kind of event an `sfc_event` is. The numbers are never reused.
+ */
 typedef enum sfc_event_kind {
-  // A session with a registry is established. JSON: `{"registry": "host:port", "session": 7}`.
+  /**
+   * A session with a registry is established. JSON: `{"registry": "host:port", "session": 7}`.
+   */
   SFC_EVENT_KIND_CONNECTED = 1,
-  // The session ended; the client reconnects by itself. JSON: `{"registry", "reason"}`.
+  /**
+   * The session ended; the client reconnects by itself. JSON: `{"registry", "reason"}`.
+   */
   SFC_EVENT_KIND_DISCONNECTED = 2,
-  // A command from the registry; answer it with `sfc_client_respond(command_id, ...)`.
-  // `"shutdown"` asks the host to stop. JSON: `{"command_id", "name", "reason",
-  // "payload", "issued_by"}`.
+  /**
+   * A command from the registry; answer it with `sfc_client_respond(command_id, ...)`.
+   * `"shutdown"` asks the host to stop. JSON: `{"command_id", "name", "reason",
+   * "payload", "issued_by"}`.
+   */
   SFC_EVENT_KIND_COMMAND = 3,
-  // A problem the client recovers from by itself (bad certificate, refused hello...).
-  // JSON: `{"code": "not-authorized" or null, "message"}`.
+  /**
+   * A problem the client recovers from by itself (bad certificate, refused hello...).
+   * JSON: `{"code": "not-authorized" or null, "message"}`.
+   */
   SFC_EVENT_KIND_ERROR = 4,
-  // The caller fell more than 1024 events behind and the oldest were dropped.
-  // JSON: `{"missed": 12}`.
+  /**
+   * The caller fell more than 1024 events behind and the oldest were dropped.
+   * JSON: `{"missed": 12}`.
+   */
   SFC_EVENT_KIND_LAGGED = 5,
 } sfc_event_kind;
 
-// Health values for `sfc_client_set_health`. The numbers are never reused.
+/**
+ * Health values for `sfc_client_set_health`. The numbers are never reused.
+ */
 typedef enum sfc_health {
   SFC_HEALTH_PASSING = 0,
   SFC_HEALTH_WARNING = 1,
   SFC_HEALTH_CRITICAL = 2,
 } sfc_health;
 
-// A running client. Opaque; every function taking it may be called from any thread.
+/**
+ * A running client. Opaque; every function taking it may be called from any thread.
+ */
 typedef struct sfc_client sfc_client;
 
-// Client settings, filled in by the `sfc_config_set_*` / `sfc_config_add_*` calls. Opaque.
+/**
+ * Client settings, filled in by the `sfc_config_set_*` / `sfc_config_add_*` calls. Opaque.
+ */
 typedef struct sfc_config sfc_config;
 
-// A watch made by `sfc_client_watch`. Opaque.
+/**
+ * A watch made by `sfc_client_watch`. Opaque.
+ */
 typedef struct sfc_watch sfc_watch;
 
-// One event. Read the fields; do not change them. Free it with `sfc_event_free`; the strings
-// live exactly as long as the event.
+/**
+ * One event. Read the fields; do not change them. Free it with `sfc_event_free`; the strings
+ * live exactly as long as the event.
+ */
 typedef struct sfc_event {
   enum sfc_event_kind kind;
-  // The command id to answer with; 0 unless `kind` is `SFC_EVENT_KIND_COMMAND`.
+  /**
+   * The command id to answer with; 0 unless `kind` is `SFC_EVENT_KIND_COMMAND`.
+   */
   uint64_t command_id;
-  // The command name (`"shutdown"` or an application-defined name); NULL unless `kind` is
-  // `SFC_EVENT_KIND_COMMAND`.
+  /**
+   * The command name (`"shutdown"` or an application-defined name); NULL unless `kind` is
+   * `SFC_EVENT_KIND_COMMAND`.
+   */
   const char *command_name;
-  // Every detail of the event as a JSON object (see `sfc_event_kind`). Never NULL.
+  /**
+   * Every detail of the event as a JSON object (see `sfc_event_kind`). Never NULL.
+   */
   const char *json;
 } sfc_event;
 
@@ -154,164 +215,194 @@ typedef struct sfc_event {
 extern "C" {
 #endif // __cplusplus
 
-// The library's version, e.g. "0.1.0" (compare with the header's `SFC_VERSION` to catch a
-// header/library mismatch). Static: never free it.
+/**
+ * The library's version, e.g. "0.1.0" (compare with the header's `SFC_VERSION` to catch a
+ * header/library mismatch). Static: never free it.
+ */
 const char *sfc_version(void);
 
-// The message of the last failed call on the calling thread ("" if none failed yet).
-//
-// Lifetime: the text belongs to the library and stays valid until the next failing `sfc_`
-// call on the same thread; copy it to keep it. Never NULL, never free it.
+/**
+ * The message of the last failed call on the calling thread ("" if none failed yet).
+ *
+ * Lifetime: the text belongs to the library and stays valid until the next failing `sfc_`
+ * call on the same thread; copy it to keep it. Never NULL, never free it.
+ */
 const char *sfc_last_error_message(void);
 
-// A short constant name for a status value, e.g. "null-argument"; "unknown" for a value this
-// version does not know. Static: never free it.
+/**
+ * A short constant name for a status value, e.g. "null-argument"; "unknown" for a value this
+ * version does not know. Static: never free it.
+ */
 const char *sfc_status_name(int status);
 
-// Frees a string the library handed out (lookup and query results, watch events, ids).
-// NULL is ignored.
-//
-// # Safety
-// `s` is NULL or a string from this library that is not used again; never pass a string
-// that came from anywhere else.
+/**
+ * Frees a string the library handed out (lookup and query results, watch events, ids).
+ * NULL is ignored.
+ *
+ * # Safety
+ * `s` is NULL or a string from this library that is not used again; never pass a string
+ * that came from anywhere else.
+ */
 void sfc_string_free(char *s);
 
-// Starts a client from `config` and writes it to `*out_client`. Never waits on the network:
-// connecting, reconnecting and failover happen in the background and show up as events.
-// Fails at once on bad settings: a missing group, a bad address, an unreadable CA, certificate
-// or key file (`SFC_STATUS_FILE`), unusable TLS material (`SFC_STATUS_TLS`).
-//
-// The client runs on a runtime thread of its own (named `sfc-client`), started here and ended
-// by `sfc_client_free`.
-//
-// Ownership: `config` is only read (the caller still owns it and may free it at once).
-// On success the caller owns `*out_client` and frees it with `sfc_client_free`; on failure
-// `*out_client` is left untouched. NULL `config` or `out_client`: `SFC_STATUS_NULL_ARGUMENT`.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Starts a client from `config` and writes it to `*out_client`. Never waits on the network:
+ * connecting, reconnecting and failover happen in the background and show up as events.
+ * Fails at once on bad settings: a missing group, a bad address, an unreadable CA, certificate
+ * or key file (`SFC_STATUS_FILE`), unusable TLS material (`SFC_STATUS_TLS`).
+ *
+ * The client runs on a runtime thread of its own (named `sfc-client`), started here and ended
+ * by `sfc_client_free`.
+ *
+ * Ownership: `config` is only read (the caller still owns it and may free it at once).
+ * On success the caller owns `*out_client` and frees it with `sfc_client_free`; on failure
+ * `*out_client` is left untouched. NULL `config` or `out_client`: `SFC_STATUS_NULL_ARGUMENT`.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_client_start(const struct sfc_config *config,
                                  struct sfc_client **out_client);
 
-// Sends leave to the registry and closes the connection, waiting up to the stop timeout
-// (default 5 s). After it, calls on the client return `SFC_STATUS_STOPPED` (events already
-// queued can still be pulled), and watches end. Returns `SFC_STATUS_TIMEOUT` when the leave
-// was not confirmed in time (the client is stopped all the same).
-//
-// Stopping twice is fine: the second call does nothing and returns `SFC_STATUS_OK`.
-// It does not free the client: call `sfc_client_free` after it.
-//
-// NULL `client` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: any thread, concurrently with other calls on the same client.
-//
-// # Safety
-// `client` is NULL or a live client.
+/**
+ * Sends leave to the registry and closes the connection, waiting up to the stop timeout
+ * (default 5 s). After it, calls on the client return `SFC_STATUS_STOPPED` (events already
+ * queued can still be pulled), and watches end. Returns `SFC_STATUS_TIMEOUT` when the leave
+ * was not confirmed in time (the client is stopped all the same).
+ *
+ * Stopping twice is fine: the second call does nothing and returns `SFC_STATUS_OK`.
+ * It does not free the client: call `sfc_client_free` after it.
+ *
+ * NULL `client` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: any thread, concurrently with other calls on the same client.
+ *
+ * # Safety
+ * `client` is NULL or a live client.
+ */
 enum sfc_status sfc_client_stop(const struct sfc_client *client);
 
-// Frees a client. NULL is ignored. A client that was not stopped closes its connection
-// without a leave (the registry marks it offline, reason connection-lost); call
-// `sfc_client_stop` first for a clean leave. Joins the client's runtime thread (at most about
-// 100 ms), unless a watch of this client is still alive: the runtime then lives until the last
-// watch is freed.
-//
-// Must not be called while another thread is inside a call on the same client.
-//
-// # Safety
-// `client` is NULL or a client from `sfc_client_start` that is not used again.
+/**
+ * Frees a client. NULL is ignored. A client that was not stopped closes its connection
+ * without a leave (the registry marks it offline, reason connection-lost); call
+ * `sfc_client_stop` first for a clean leave. Joins the client's runtime thread (at most about
+ * 100 ms), unless a watch of this client is still alive: the runtime then lives until the last
+ * watch is freed.
+ *
+ * Must not be called while another thread is inside a call on the same client.
+ *
+ * # Safety
+ * `client` is NULL or a client from `sfc_client_start` that is not used again.
+ */
 void sfc_client_free(struct sfc_client *client);
 
-// Writes the instance's id, `<group>/<instance_id>` (empty for an observer), to `*out_id`.
-// The caller frees it with `sfc_string_free`.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Writes the instance's id, `<group>/<instance_id>` (empty for an observer), to `*out_id`.
+ * The caller frees it with `sfc_string_free`.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_client_id(const struct sfc_client *client,
                               char **out_id);
 
-// Whether a session with a registry is established now. NULL gives false.
-//
-// # Safety
-// `client` is NULL or a live client.
+/**
+ * Whether a session with a registry is established now. NULL gives false.
+ *
+ * # Safety
+ * `client` is NULL or a live client.
+ */
 bool sfc_client_is_connected(const struct sfc_client *client);
 
-// Blocks until a session with a registry is established, up to `timeout_ms`; returns
-// `SFC_STATUS_TIMEOUT` if not connected by then. Blocks the calling thread only.
-//
-// NULL `client` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: any thread, concurrently with other calls on the same client.
-//
-// # Safety
-// `client` is NULL or a live client.
+/**
+ * Blocks until a session with a registry is established, up to `timeout_ms`; returns
+ * `SFC_STATUS_TIMEOUT` if not connected by then. Blocks the calling thread only.
+ *
+ * NULL `client` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: any thread, concurrently with other calls on the same client.
+ *
+ * # Safety
+ * `client` is NULL or a live client.
+ */
 enum sfc_status sfc_client_wait_connected(const struct sfc_client *client,
                                           uint64_t timeout_ms);
 
-// Sets the health reported from now on (one of `sfc_health`); a change is sent at once.
-// `note` may be NULL (no note); it is copied. An unknown `health` value gives
-// `SFC_STATUS_INVALID_ARGUMENT`.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Sets the health reported from now on (one of `sfc_health`); a change is sent at once.
+ * `note` may be NULL (no note); it is copied. An unknown `health` value gives
+ * `SFC_STATUS_INVALID_ARGUMENT`.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_client_set_health(const struct sfc_client *client,
                                       int health,
                                       const char *note);
 
-// Sets a named gauge sent with every report. `name` is copied. A bad name, a value that is
-// not finite, or one gauge too many gives `SFC_STATUS_INVALID_ARGUMENT`.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Sets a named gauge sent with every report. `name` is copied. A bad name, a value that is
+ * not finite, or one gauge too many gives `SFC_STATUS_INVALID_ARGUMENT`.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_client_set_gauge(const struct sfc_client *client,
                                      const char *name,
                                      double value);
 
-// Removes a gauge (no error if there was none).
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Removes a gauge (no error if there was none).
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_client_remove_gauge(const struct sfc_client *client,
                                         const char *name);
 
-// Replaces the runtime figures the host supplies (heap size, GC pauses...): a JSON object of
-// names to numbers, e.g. `{"heap_bytes": 1048576}`. `{}` clears them. Copied.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Replaces the runtime figures the host supplies (heap size, GC pauses...): a JSON object of
+ * names to numbers, e.g. `{"heap_bytes": 1048576}`. `{}` clears them. Copied.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_client_set_runtime_metrics(const struct sfc_client *client,
                                                const char *metrics_json);
 
-// Looks up the instances of `group`, answered from a local cache that a watch keeps current.
-// The first lookup of a group waits for the registry (up to the connect timeout); later ones
-// do not wait. With the registry unreachable the cached answer comes back with
-// `*out_stale = true`; with nothing cached either, `SFC_STATUS_UNREACHABLE`.
-//
-// Filters: `healthy_only` keeps online instances whose health is passing; `service` and
-// `tag` may be NULL (no filter).
-//
-// Output: `*out_json` is a JSON array of instance records (fields as in the registry's
-// HTTP API: id, group, service, instance_id, status, health, endpoints, tags, metadata,
-// metrics...). The caller frees it with `sfc_string_free`. `out_stale` may be NULL.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Looks up the instances of `group`, answered from a local cache that a watch keeps current.
+ * The first lookup of a group waits for the registry (up to the connect timeout); later ones
+ * do not wait. With the registry unreachable the cached answer comes back with
+ * `*out_stale = true`; with nothing cached either, `SFC_STATUS_UNREACHABLE`.
+ *
+ * Filters: `healthy_only` keeps online instances whose health is passing; `service` and
+ * `tag` may be NULL (no filter).
+ *
+ * Output: `*out_json` is a JSON array of instance records (fields as in the registry's
+ * HTTP API: id, group, service, instance_id, status, health, endpoints, tags, metadata,
+ * metrics...). The caller frees it with `sfc_string_free`. `out_stale` may be NULL.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_client_lookup(const struct sfc_client *client,
                                   const char *group,
                                   bool healthy_only,
@@ -320,339 +411,401 @@ enum sfc_status sfc_client_lookup(const struct sfc_client *client,
                                   char **out_json,
                                   bool *out_stale);
 
-// Asks the registry directly (no cache) for every record matching `filter_json`, a JSON
-// object with any of `group`, `service`, `status` ("online", "offline", "left"), `health`,
-// `tag`; NULL or `{}` matches everything. Waits up to the connect timeout.
-//
-// Output: `*out_json`, a JSON array of instance records, freed with `sfc_string_free`.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Asks the registry directly (no cache) for every record matching `filter_json`, a JSON
+ * object with any of `group`, `service`, `status` ("online", "offline", "left"), `health`,
+ * `tag`; NULL or `{}` matches everything. Waits up to the connect timeout.
+ *
+ * Output: `*out_json`, a JSON array of instance records, freed with `sfc_string_free`.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_client_query(const struct sfc_client *client,
                                  const char *filter_json,
                                  char **out_json);
 
-// Starts watching the events (joined, online, offline, left, health-changed...) of the
-// instances matching `filter_json` (as `sfc_client_query`; NULL matches everything). With
-// `reports`, every report of a matching instance comes too. Across reconnects the watch
-// resumes where it was. Pull its events with `sfc_watch_next`.
-//
-// Ownership: the caller owns `*out_watch` and frees it with `sfc_watch_free`, which cancels
-// the watch. A watch keeps the client's runtime alive until it is freed.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Starts watching the events (joined, online, offline, left, health-changed...) of the
+ * instances matching `filter_json` (as `sfc_client_query`; NULL matches everything). With
+ * `reports`, every report of a matching instance comes too. Across reconnects the watch
+ * resumes where it was. Pull its events with `sfc_watch_next`.
+ *
+ * Ownership: the caller owns `*out_watch` and frees it with `sfc_watch_free`, which cancels
+ * the watch. A watch keeps the client's runtime alive until it is freed.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_client_watch(const struct sfc_client *client,
                                  const char *filter_json,
                                  bool reports,
                                  struct sfc_watch **out_watch);
 
-// Waits up to `timeout_ms` for the next event (0: only take one that is already waiting).
-//
-// Returns `SFC_STATUS_OK` and writes `*out_event` (free it with `sfc_event_free`),
-// `SFC_STATUS_NO_EVENT` when none came in time (call again), or `SFC_STATUS_STOPPED` once
-// the client is stopped and every queued event has been taken.
-//
-// Why a pull API and not callbacks: the host decides on which of its threads events are
-// handled, no library thread ever runs host code (no locking surprises, no re-entrancy, no
-// foreign threads for Go or other runtimes to adopt), and a Go binding maps it straight onto a
-// goroutine and a channel.
-//
-// Threads: any thread; concurrent callers on one client are served one at a time. Events
-// are buffered from `sfc_client_start` on; a caller more than 1024 events behind gets one
-// `SFC_EVENT_KIND_LAGGED` event in place of the ones dropped.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Waits up to `timeout_ms` for the next event (0: only take one that is already waiting).
+ *
+ * Returns `SFC_STATUS_OK` and writes `*out_event` (free it with `sfc_event_free`),
+ * `SFC_STATUS_NO_EVENT` when none came in time (call again), or `SFC_STATUS_STOPPED` once
+ * the client is stopped and every queued event has been taken.
+ *
+ * Why a pull API and not callbacks: the host decides on which of its threads events are
+ * handled, no library thread ever runs host code (no locking surprises, no re-entrancy, no
+ * foreign threads for Go or other runtimes to adopt), and a Go binding maps it straight onto a
+ * goroutine and a channel.
+ *
+ * Threads: any thread; concurrent callers on one client are served one at a time. Events
+ * are buffered from `sfc_client_start` on; a caller more than 1024 events behind gets one
+ * `SFC_EVENT_KIND_LAGGED` event in place of the ones dropped.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_client_next_event(const struct sfc_client *client,
                                       uint64_t timeout_ms,
                                       struct sfc_event **out_event);
 
-// Answers a command received as an `SFC_EVENT_KIND_COMMAND` event. With `ok`,
-// `result_or_error` is the result as JSON text (NULL means `null`); without, it is the error
-// message as plain text (NULL means "failed"). Copied. Does not wait for the registry.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Answers a command received as an `SFC_EVENT_KIND_COMMAND` event. With `ok`,
+ * `result_or_error` is the result as JSON text (NULL means `null`); without, it is the error
+ * message as plain text (NULL means "failed"). Copied. Does not wait for the registry.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_client_respond(const struct sfc_client *client,
                                    uint64_t command_id,
                                    bool ok,
                                    const char *result_or_error);
 
-// A new config for a service instance: no registry address (so `SFC_REGISTRY` or
-// 127.0.0.1:7480), TLS with the system roots, a 1 s interval. Settings not given fall back to
-// the `SFC_*` environment variables at `sfc_client_start` (see `sfc_config_ignore_env`).
-//
-// Ownership: the caller owns the result and frees it with `sfc_config_free`. Never NULL.
+/**
+ * A new config for a service instance: no registry address (so `SFC_REGISTRY` or
+ * 127.0.0.1:7480), TLS with the system roots, a 1 s interval. Settings not given fall back to
+ * the `SFC_*` environment variables at `sfc_client_start` (see `sfc_config_ignore_env`).
+ *
+ * Ownership: the caller owns the result and frees it with `sfc_config_free`. Never NULL.
+ */
 struct sfc_config *sfc_config_new(void);
 
-// A new config for an observer: a client that only looks up, queries and watches, and does
-// not register an instance (group, service and the other identity settings are ignored).
-//
-// Ownership: as `sfc_config_new`.
+/**
+ * A new config for an observer: a client that only looks up, queries and watches, and does
+ * not register an instance (group, service and the other identity settings are ignored).
+ *
+ * Ownership: as `sfc_config_new`.
+ */
 struct sfc_config *sfc_config_new_observer(void);
 
-// Frees a config. NULL is ignored. A client started from it does not need it any more.
-//
-// # Safety
-// `config` is NULL or a config from `sfc_config_new*` that is not used again.
+/**
+ * Frees a config. NULL is ignored. A client started from it does not need it any more.
+ *
+ * # Safety
+ * `config` is NULL or a config from `sfc_config_new*` that is not used again.
+ */
 void sfc_config_free(struct sfc_config *config);
 
-// Adds a registry address `host:port` (`[v6]:port` for IPv6); call again to add failover
-// addresses, tried in order. The address is checked at `sfc_client_start`.
-//
-// `config` and `address` must not be NULL; `address` is copied.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Adds a registry address `host:port` (`[v6]:port` for IPv6); call again to add failover
+ * addresses, tried in order. The address is checked at `sfc_client_start`.
+ *
+ * `config` and `address` must not be NULL; `address` is copied.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_config_add_registry(struct sfc_config *config,
                                         const char *address);
 
-// Sets the group that instances of one service share (what peers look up). Without it the
-// service name is used. Copied; checked at `sfc_client_start`.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Sets the group that instances of one service share (what peers look up). Without it the
+ * service name is used. Copied; checked at `sfc_client_start`.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_group(struct sfc_config *config,
                                      const char *group);
 
-// Sets the service's display name. Without it the group is used. Copied.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Sets the service's display name. Without it the group is used. Copied.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_service(struct sfc_config *config,
                                        const char *service);
 
-// Sets the instance id, unique within the group (default `<hostname>-<pid>`). Copied.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Sets the instance id, unique within the group (default `<hostname>-<pid>`). Copied.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_instance_id(struct sfc_config *config,
                                            const char *instance_id);
 
-// Overrides the hostname the instance reports. Copied.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Overrides the hostname the instance reports. Copied.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_hostname(struct sfc_config *config,
                                         const char *hostname);
 
-// Sets the report interval in milliseconds (default 1000); the accepted range is checked at
-// `sfc_client_start`.
-//
-// NULL `config` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: one thread at a time per config.
-//
-// # Safety
-// `config` is NULL or valid for the call.
+/**
+ * Sets the report interval in milliseconds (default 1000); the accepted range is checked at
+ * `sfc_client_start`.
+ *
+ * NULL `config` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * `config` is NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_interval_ms(struct sfc_config *config, uint64_t interval_ms);
 
-// Adds an endpoint the instance serves. `protocol` may be NULL (means "tcp"); the strings are
-// copied. `port` must not be 0.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Adds an endpoint the instance serves. `protocol` may be NULL (means "tcp"); the strings are
+ * copied. `port` must not be 0.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_config_add_endpoint(struct sfc_config *config,
                                         const char *name,
                                         const char *host,
                                         uint16_t port,
                                         const char *protocol);
 
-// Adds a tag (peers can look up by tag). Copied.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Adds a tag (peers can look up by tag). Copied.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_config_add_tag(struct sfc_config *config,
                                    const char *tag);
 
-// Sets one metadata entry (a later call with the same key replaces it). Copied.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Sets one metadata entry (a later call with the same key replaces it). Copied.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_metadata(struct sfc_config *config,
                                         const char *key,
                                         const char *value);
 
-// Sets the version the instance reports. Copied.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Sets the version the instance reports. Copied.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_version(struct sfc_config *config,
                                        const char *version);
 
-// Publishes where the instance's API is described. `kind` is "openapi", "graphql" or
-// "other". Copied.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Publishes where the instance's API is described. `kind` is "openapi", "graphql" or
+ * "other". Copied.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_api(struct sfc_config *config,
                                    const char *kind,
                                    const char *url);
 
-// Sets a CA to trust besides the system roots: a PEM file path, or PEM text (a string
-// starting with "-----BEGIN"). Read and checked at `sfc_client_start`. Copied.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Sets a CA to trust besides the system roots: a PEM file path, or PEM text (a string
+ * starting with "-----BEGIN"). Read and checked at `sfc_client_start`. Copied.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_ca(struct sfc_config *config,
                                   const char *path_or_pem);
 
-// Sets the client certificate for mutual TLS (path or PEM text, as `sfc_config_set_ca`);
-// needs `sfc_config_set_key`. Copied.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Sets the client certificate for mutual TLS (path or PEM text, as `sfc_config_set_ca`);
+ * needs `sfc_config_set_key`. Copied.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_cert(struct sfc_config *config,
                                     const char *path_or_pem);
 
-// Sets the private key of the client certificate (path or PEM text). Copied.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Sets the private key of the client certificate (path or PEM text). Copied.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_key(struct sfc_config *config,
                                    const char *path_or_pem);
 
-// Talks plaintext to a registry started with `--insecure-plaintext` (reports and commands
-// are not encrypted; a warning is logged). Cannot be combined with a CA or certificate.
-//
-// NULL `config` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: one thread at a time per config.
-//
-// # Safety
-// `config` is NULL or valid for the call.
+/**
+ * Talks plaintext to a registry started with `--insecure-plaintext` (reports and commands
+ * are not encrypted; a warning is logged). Cannot be combined with a CA or certificate.
+ *
+ * NULL `config` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * `config` is NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_insecure_plaintext(struct sfc_config *config, bool yes);
 
-// How long a connection attempt, a first lookup or a query may wait (default 5000 ms).
-//
-// NULL `config` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: one thread at a time per config.
-//
-// # Safety
-// `config` is NULL or valid for the call.
+/**
+ * How long a connection attempt, a first lookup or a query may wait (default 5000 ms).
+ *
+ * NULL `config` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * `config` is NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_connect_timeout_ms(struct sfc_config *config, uint64_t timeout_ms);
 
-// How long `sfc_client_stop` waits for the registry to confirm the leave (default 5000 ms).
-//
-// NULL `config` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: one thread at a time per config.
-//
-// # Safety
-// `config` is NULL or valid for the call.
+/**
+ * How long `sfc_client_stop` waits for the registry to confirm the leave (default 5000 ms).
+ *
+ * NULL `config` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * `config` is NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_stop_timeout_ms(struct sfc_config *config, uint64_t timeout_ms);
 
-// Reconnect backoff: capped exponential from `min_ms` to `max_ms`, with full jitter
-// (default 100 ms to 5000 ms). Checked at `sfc_client_start`.
-//
-// NULL `config` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: one thread at a time per config.
-//
-// # Safety
-// `config` is NULL or valid for the call.
+/**
+ * Reconnect backoff: capped exponential from `min_ms` to `max_ms`, with full jitter
+ * (default 100 ms to 5000 ms). Checked at `sfc_client_start`.
+ *
+ * NULL `config` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * `config` is NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_reconnect_backoff_ms(struct sfc_config *config,
                                                     uint64_t min_ms,
                                                     uint64_t max_ms);
 
-// Whether reports carry sampled host and process metrics (default true).
-//
-// NULL `config` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: one thread at a time per config.
-//
-// # Safety
-// `config` is NULL or valid for the call.
+/**
+ * Whether reports carry sampled host and process metrics (default true).
+ *
+ * NULL `config` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * `config` is NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_sample_metrics(struct sfc_config *config, bool yes);
 
-// Names the client library in the hello (default `sfc-c/<version>`; the Go binding sends
-// `sfc-go/<version>`). Copied.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Names the client library in the hello (default `sfc-c/<version>`; the Go binding sends
+ * `sfc-go/<version>`). Copied.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_config_set_client_name(struct sfc_config *config,
                                            const char *name);
 
-// Ignores the `SFC_*` environment variables (tests, hosts that configure everything).
-//
-// NULL `config` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: one thread at a time per config.
-//
-// # Safety
-// `config` is NULL or valid for the call.
+/**
+ * Ignores the `SFC_*` environment variables (tests, hosts that configure everything).
+ *
+ * NULL `config` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * `config` is NULL or valid for the call.
+ */
 enum sfc_status sfc_config_ignore_env(struct sfc_config *config);
 
-// Frees an event and its strings. NULL is ignored.
-//
-// # Safety
-// `event` is NULL or an event from `sfc_client_next_event` that is not used again.
+/**
+ * Frees an event and its strings. NULL is ignored.
+ *
+ * # Safety
+ * `event` is NULL or an event from `sfc_client_next_event` that is not used again.
+ */
 void sfc_event_free(struct sfc_event *event);
 
-// Waits up to `timeout_ms` for the watch's next event (0: only take one already waiting).
-//
-// Returns `SFC_STATUS_OK` and writes `*out_json`, one event as a JSON object (`seq`, `at`,
-// `kind` such as "joined", "online", "offline", "left", "evicted", "health-changed",
-// "report", `id`, `group`, `service`, `instance`, `detail`), which the caller frees with
-// `sfc_string_free`; `SFC_STATUS_NO_EVENT` when none came in time; `SFC_STATUS_STOPPED` once
-// the client has stopped and the watch has ended.
-//
-// Threads: any thread; concurrent callers on one watch are served one at a time.
-//
-// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
-// say what NULL means). Strings are borrowed for the call only. Threads: any thread.
-//
-// # Safety
-// Pointers are NULL or valid for the call.
+/**
+ * Waits up to `timeout_ms` for the watch's next event (0: only take one already waiting).
+ *
+ * Returns `SFC_STATUS_OK` and writes `*out_json`, one event as a JSON object (`seq`, `at`,
+ * `kind` such as "joined", "online", "offline", "left", "evicted", "health-changed",
+ * "report", `id`, `group`, `service`, `instance`, `detail`), which the caller frees with
+ * `sfc_string_free`; `SFC_STATUS_NO_EVENT` when none came in time; `SFC_STATUS_STOPPED` once
+ * the client has stopped and the watch has ended.
+ *
+ * Threads: any thread; concurrent callers on one watch are served one at a time.
+ *
+ * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
+ * say what NULL means). Strings are borrowed for the call only. Threads: any thread.
+ *
+ * # Safety
+ * Pointers are NULL or valid for the call.
+ */
 enum sfc_status sfc_watch_next(const struct sfc_watch *watch, uint64_t timeout_ms, char **out_json);
 
-// Cancels a watch and frees it. NULL is ignored. Must not be called while another thread is
-// inside `sfc_watch_next` on the same watch.
-//
-// # Safety
-// `watch` is NULL or a watch from `sfc_client_watch` that is not used again.
+/**
+ * Cancels a watch and frees it. NULL is ignored. Must not be called while another thread is
+ * inside `sfc_watch_next` on the same watch.
+ *
+ * # Safety
+ * `watch` is NULL or a watch from `sfc_client_watch` that is not used again.
+ */
 void sfc_watch_free(struct sfc_watch *watch);
 
 #ifdef __cplusplus

@@ -16,6 +16,8 @@ gcc -std=c11 "${warn[@]}" -g -O1 -I"$root/include" -fsanitize=address,undefined 
     "$root/tests/c/test_sfc.c" "${link[@]}" -o "$out/test_sfc_asan"
 gcc -std=c11 "${warn[@]}" -g -O1 -I"$root/include" "$root/tests/c/test_sfc.c" "${link[@]}" -o "$out/test_sfc"
 g++ -std=c++17 "${warn[@]}" -g -I"$root/include" "$root/tests/c/header_test.cpp" "${link[@]}" -o "$out/header_test_cpp"
+# The oldest standard the header promises (C99: it includes <stdbool.h> and <stdint.h>).
+gcc -std=c99 "${warn[@]}" -g -I"$root/include" "$root/tests/c/test_sfc.c" "${link[@]}" -o "$out/test_sfc_c99"
 # The examples must keep compiling with the same flags.
 gcc -std=c11 "${warn[@]}" -g -I"$root/include" -fsanitize=address,undefined "$root/examples/c/service.c" "${link[@]}" -o "$out/example_service"
 gcc -std=c11 "${warn[@]}" -O2 -I"$root/include" "$root/examples/c/footprint.c" "${link[@]}" -o "$out/footprint"
