@@ -166,7 +166,9 @@ pub unsafe extern "C" fn sfc_client_is_connected(client: *const sfc_client) -> b
 }
 
 /// Blocks until a session with a registry is established, up to `timeout_ms`; returns
-/// `SFC_STATUS_TIMEOUT` if not connected by then. Blocks the calling thread only.
+/// `SFC_STATUS_TIMEOUT` if not connected by then, and `SFC_STATUS_STOPPED` as soon as the client
+/// is stopped (by `sfc_client_stop` on another thread, or before the call). Blocks the calling
+/// thread only.
 ///
 /// NULL `client` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: any thread, concurrently with other calls on the same client.
 ///

@@ -7,6 +7,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -450,6 +451,38 @@ static int test_free_without_stop(void) {
     return 1;
 }
 
+struct waiter {
+    sfc_client *client;
+    sfc_status status;
+};
+
+static void *wait_connected_thread(void *arg) {
+    struct waiter *w = arg;
+    w->status = sfc_client_wait_connected(w->client, 20000);
+    return NULL;
+}
+
+static int test_stop_ends_wait_connected(void) {
+    /* No registry behind this address: the wait can only end by the stop (or its timeout). */
+    sfc_config *c = sfc_config_new();
+    struct waiter w = {NULL, SFC_STATUS_OK};
+    pthread_t t;
+    CHECK_OK(sfc_config_ignore_env(c));
+    CHECK_OK(sfc_config_add_registry(c, "127.0.0.1:9"));
+    CHECK_OK(sfc_config_set_ca(c, ca));
+    CHECK_OK(sfc_config_set_group(c, "c-wait"));
+    CHECK_OK(sfc_config_set_stop_timeout_ms(c, 500));
+    CHECK_OK(sfc_client_start(c, &w.client));
+    sfc_config_free(c);
+    CHECK(pthread_create(&t, NULL, wait_connected_thread, &w) == 0);
+    /* Whether the thread is already waiting or not, it must answer stopped, not timeout. */
+    sfc_client_stop(w.client);
+    CHECK(pthread_join(t, NULL) == 0);
+    CHECK_STATUS(w.status, SFC_STATUS_STOPPED);
+    sfc_client_free(w.client);
+    return 1;
+}
+
 int main(void) {
     registry = getenv("SFC_TEST_REGISTRY");
     ca = getenv("SFC_TEST_CA");
@@ -468,6 +501,7 @@ int main(void) {
     run("watch sees join, health and leave", test_watch_sees_join_health_and_leave);
     run("double stop and use after stop", test_double_stop_and_use_after_stop);
     run("free without stop", test_free_without_stop);
+    run("stop ends wait_connected", test_stop_ends_wait_connected);
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }

@@ -283,11 +283,13 @@ impl Client {
     /// Waits until connected, up to `timeout`.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
         let mut rx = self.shared.connected.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|c| *c))
+        // `stop` wakes the waiters (see there): a stop ends the wait at once, not at the timeout.
+        let stopped = &self.shared.stopped;
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c || stopped.load(Ordering::Acquire)))
             .await
             .map_err(|_| Error::Timeout(format!("not connected to {:?} within {timeout:?}", self.shared.config.registries)))?
             .map_err(|_| Error::Stopped)?;
-        Ok(())
+        self.check_running()
     }
 
     fn check_running(&self) -> Result<()> {
@@ -464,6 +466,8 @@ impl Client {
         if self.shared.stopped.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        // Wakes every `wait_connected`, which then sees `stopped`.
+        self.shared.connected.send_modify(|_| {});
         let (tx, rx) = oneshot::channel();
         let _ = self.shared.ctl.send(connection::Control::Stop(tx));
         let timeout = self.shared.config.stop_timeout;
