@@ -12,7 +12,6 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use sfc_registry::model::Filter;
 use sfc_registry::server::RegistryOptions;
-use sfc_registry::tls::MtlsMode;
 use sfc_registry::Registry;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::oneshot;
@@ -80,70 +79,29 @@ fn millis(what: &str, v: Option<f64>, default: Duration) -> Result<Duration> {
 }
 
 fn build_options(o: NativeRegistryOptions) -> Result<RegistryOptions> {
-    let insecure_plaintext = o.insecure_plaintext.unwrap_or(false);
-    // The checks clap makes for `sfc registry`.
-    if insecure_plaintext && (o.tls_cert.is_some() || o.tls_key.is_some()) {
-        return Err(invalid(
-            "insecurePlaintext",
-            "cannot be combined with tlsCert or tlsKey",
-        ));
-    }
-    match (&o.tls_cert, &o.tls_key) {
-        (Some(_), None) => return Err(invalid("tlsKey", "required when tlsCert is given")),
-        (None, Some(_)) => return Err(invalid("tlsCert", "required when tlsKey is given")),
-        _ => {}
-    }
-    let mtls = match &o.mtls {
-        None => MtlsMode::Off,
-        Some(m) => m.parse().map_err(|_| {
-            invalid(
-                "mtls",
-                format!("{m:?} is not one of off, optional, required"),
-            )
-        })?,
-    };
-    let missed_reports = o.missed_reports.unwrap_or(3);
-    if !(1..=100).contains(&missed_reports) {
-        return Err(invalid(
-            "missedReports",
-            format!("{missed_reports} is outside 1..=100"),
-        ));
-    }
-    let max_frame = o
-        .max_frame
-        .map(|n| n as usize)
-        .unwrap_or(sfc_registry::protocol::DEFAULT_MAX_FRAME);
-    if !(1024..=64 * 1024 * 1024).contains(&max_frame) {
-        return Err(invalid(
-            "maxFrame",
-            format!("{max_frame} is outside 1024..=67108864 bytes"),
-        ));
-    }
-    let max_connections = o.max_connections.unwrap_or(100_000) as usize;
-    if max_connections == 0 {
-        return Err(invalid("maxConnections", "must be at least 1"));
-    }
-    let listen = o.listen.unwrap_or_else(|| "127.0.0.1:7480".into());
-    // Port 0 is fine here: the OS picks one.
-    if !listen
-        .rsplit_once(':')
-        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-    {
-        return Err(invalid("listen", format!("{listen:?} is not host:port")));
-    }
     let mut a = RegistryOptions::default();
-    a.listen = listen;
-    a.data_dir = PathBuf::from(o.data_dir.unwrap_or_else(|| "./sfc-data".into()));
+    if let Some(listen) = o.listen {
+        a.listen = listen;
+    }
+    if let Some(dir) = o.data_dir {
+        a.data_dir = PathBuf::from(dir);
+    }
     a.tls_cert = o.tls_cert;
     a.tls_key = o.tls_key;
-    a.mtls = mtls;
+    if let Some(m) = &o.mtls {
+        a.mtls = m
+            .parse()
+            .map_err(|_| invalid("mtls", format!("{m:?} is not one of off, optional, required")))?;
+    }
     a.client_ca = o.client_ca;
-    a.insecure_plaintext = insecure_plaintext;
-    a.missed_reports = missed_reports;
+    a.insecure_plaintext = o.insecure_plaintext.unwrap_or(a.insecure_plaintext);
+    a.missed_reports = o.missed_reports.unwrap_or(a.missed_reports);
     a.retention = millis("retention", o.retention, a.retention)?;
-    a.max_frame = max_frame;
+    a.max_frame = o.max_frame.map_or(a.max_frame, |n| n as usize);
     a.handshake_timeout = millis("handshakeTimeout", o.handshake_timeout, a.handshake_timeout)?;
-    a.max_connections = max_connections;
+    a.max_connections = o.max_connections.map_or(a.max_connections, |n| n as usize);
+    // The same checks as `sfc registry`; the error names the JavaScript option (to_napi).
+    a.check().map_err(to_napi)?;
     Ok(a)
 }
 

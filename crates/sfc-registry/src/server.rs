@@ -133,6 +133,10 @@ impl RegistryOptions {
     /// The checks that need no file or network: ranges, and options that need or exclude
     /// another. Errors name the flag.
     pub fn check(&self) -> Result<()> {
+        // Port 0 is fine: the OS picks one.
+        if !self.listen.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+            return Err(Error::invalid("--listen", format!("{:?} is not host:port", self.listen)));
+        }
         if !(1..=100).contains(&self.missed_reports) {
             return Err(Error::invalid("--missed-reports", format!("{} is outside 1..=100", self.missed_reports)));
         }
@@ -148,8 +152,8 @@ impl RegistryOptions {
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => return Err(Error::invalid("--tls-key", "required when --tls-cert is given")),
             (None, Some(_)) => return Err(Error::invalid("--tls-cert", "required when --tls-key is given")),
-            (Some(_), Some(_)) if self.insecure_plaintext => {
-                return Err(Error::invalid("--insecure-plaintext", "cannot be combined with --tls-cert and --tls-key"))
+            _ if self.insecure_plaintext && (self.tls_cert.is_some() || self.tls_key.is_some()) => {
+                return Err(Error::invalid("--insecure-plaintext", "cannot be combined with --tls-cert or --tls-key"))
             }
             _ => {}
         }
