@@ -432,15 +432,17 @@ async fn session(
         if cur == Phase::Act && in_batch {
             match fleet.action {
                 Action::Crash => {
-                    // Dropping both halves closes the socket with no leave and no close_notify.
-                    drop(reader);
-                    drop(writer);
+                    // The mark comes first: taken after the close, a preempted task could
+                    // record it after the observer already saw the offline event.
                     fleet
                         .marks
                         .crashed_at
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push((index, Instant::now()));
+                    // Dropping both halves closes the socket with no leave and no close_notify.
+                    drop(reader);
+                    drop(writer);
                     return End::Down;
                 }
                 Action::Hang if !hung => {
