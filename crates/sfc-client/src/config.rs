@@ -37,12 +37,21 @@ pub struct ClientConfig {
     pub codecs: Vec<crate::protocol::Codec>,
     /// Frame compressions offered in hello; empty offers none.
     pub compression: Vec<crate::protocol::Compression>,
+    /// Legacy fallback: with a registry that selects no ALPN `sfc/1` (one that predates protocol
+    /// v1, such as the original `service_fleet_control` registry), report in the original wire
+    /// format (one TLS connection per report) instead of failing, and move to v1 by itself once
+    /// a report's connection finds an upgraded registry. Services over TLS only.
+    pub legacy: bool,
 }
 
 /// Codecs a client offers unless told otherwise.
-pub const DEFAULT_CODECS: &[crate::protocol::Codec] = &[crate::protocol::Codec::Protobuf, crate::protocol::Codec::Json];
+pub const DEFAULT_CODECS: &[crate::protocol::Codec] = &[
+    crate::protocol::Codec::Protobuf,
+    crate::protocol::Codec::Json,
+];
 /// Compressions a client offers unless told otherwise (frames above the threshold only).
-pub const DEFAULT_COMPRESSION: &[crate::protocol::Compression] = &[crate::protocol::Compression::Zstd];
+pub const DEFAULT_COMPRESSION: &[crate::protocol::Compression] =
+    &[crate::protocol::Compression::Zstd];
 
 /// Builds a [`ClientConfig`] or starts a [`super::Client`].
 #[derive(Default, Clone)]
@@ -70,6 +79,7 @@ pub struct ClientBuilder {
     client_name: Option<String>,
     codecs: Option<Vec<crate::protocol::Codec>>,
     compression: Option<Vec<crate::protocol::Compression>>,
+    legacy: bool,
     no_env: bool,
 }
 
@@ -84,7 +94,10 @@ impl ClientBuilder {
 
     /// A client that only queries and watches (operator tools).
     pub fn observer() -> Self {
-        ClientBuilder { role: Role::Observer, ..Default::default() }
+        ClientBuilder {
+            role: Role::Observer,
+            ..Default::default()
+        }
     }
 
     /// Adds a registry address (`host:port`); call again for failover addresses.
@@ -210,8 +223,21 @@ impl ClientBuilder {
     }
 
     /// Frame compressions to offer in hello (default: zstd); empty offers none.
-    pub fn compression(mut self, c: impl IntoIterator<Item = crate::protocol::Compression>) -> Self {
+    pub fn compression(
+        mut self,
+        c: impl IntoIterator<Item = crate::protocol::Compression>,
+    ) -> Self {
         self.compression = Some(c.into_iter().collect());
+        self
+    }
+
+    /// Legacy fallback (default off): against a registry that predates protocol v1 (it selects
+    /// no ALPN `sfc/1`), report in the original `service_fleet_control` format, one TLS
+    /// connection per report, and check every report's connection for an upgraded registry,
+    /// moving to v1 by itself. Off, such a registry is refused with an error (and sent nothing).
+    /// Needs TLS and the service role. Lookups, watches and commands wait for a v1 registry.
+    pub fn legacy(mut self, yes: bool) -> Self {
+        self.legacy = yes;
         self
     }
 
@@ -231,10 +257,18 @@ impl ClientBuilder {
 
     /// Validates everything and fills defaults.
     pub fn build(self) -> Result<ClientConfig> {
-        let mut registries: Vec<String> = self.registries.iter().map(|s| s.trim().to_string()).collect();
+        let mut registries: Vec<String> = self
+            .registries
+            .iter()
+            .map(|s| s.trim().to_string())
+            .collect();
         if registries.is_empty() {
             if let Some(v) = self.env_var("SFC_REGISTRY") {
-                registries = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                registries = v
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
             }
         }
         if registries.is_empty() {
@@ -254,10 +288,16 @@ impl ClientBuilder {
                 (Some(g), None) => (g.clone(), g),
                 (None, Some(s)) => (s.clone(), s),
                 (None, None) => {
-                    return Err(Error::invalid("group", "not set: give a group or service (or SFC_GROUP / SFC_SERVICE)"))
+                    return Err(Error::invalid(
+                        "group",
+                        "not set: give a group or service (or SFC_GROUP / SFC_SERVICE)",
+                    ))
                 }
             };
-            let hostname = self.hostname.clone().unwrap_or_else(crate::metrics::hostname);
+            let hostname = self
+                .hostname
+                .clone()
+                .unwrap_or_else(crate::metrics::hostname);
             let pid = std::process::id();
             let instance_id = self
                 .instance_id
@@ -278,14 +318,30 @@ impl ClientBuilder {
             };
             crate::limits::check_registration(&registration)?;
         }
+        if self.legacy && self.role != Role::Service {
+            return Err(Error::invalid(
+                "legacy",
+                "the legacy fallback is for services (observers need protocol v1)",
+            ));
+        }
+        if self.legacy && self.insecure_plaintext {
+            return Err(Error::invalid(
+                "legacy",
+                "the legacy fallback needs TLS: it tells the registries apart by ALPN, which plaintext lacks",
+            ));
+        }
         let tls = if self.insecure_plaintext {
             if self.ca.is_some() || self.cert.is_some() {
-                return Err(Error::invalid("insecure_plaintext", "cannot be combined with ca or cert"));
+                return Err(Error::invalid(
+                    "insecure_plaintext",
+                    "cannot be combined with ca or cert",
+                ));
             }
             None
         } else {
             let pick = |v: &Option<PemSource>, var: &str| {
-                v.clone().or_else(|| self.env_var(var).map(|s| PemSource::parse(&s)))
+                v.clone()
+                    .or_else(|| self.env_var(var).map(|s| PemSource::parse(&s)))
             };
             let opts = ClientTlsOptions {
                 ca: pick(&self.ca, "SFC_CA"),
@@ -296,10 +352,14 @@ impl ClientBuilder {
             crate::tls::client_config(&opts)?;
             Some(opts)
         };
-        let (reconnect_min, reconnect_max) =
-            self.reconnect.unwrap_or((Duration::from_millis(100), Duration::from_secs(5)));
+        let (reconnect_min, reconnect_max) = self
+            .reconnect
+            .unwrap_or((Duration::from_millis(100), Duration::from_secs(5)));
         if reconnect_min.is_zero() || reconnect_min > reconnect_max {
-            return Err(Error::invalid("reconnect backoff", "min must be > 0 and <= max"));
+            return Err(Error::invalid(
+                "reconnect backoff",
+                "min must be > 0 and <= max",
+            ));
         }
         Ok(ClientConfig {
             registries,
@@ -313,13 +373,20 @@ impl ClientBuilder {
             max_frame: crate::protocol::DEFAULT_MAX_FRAME,
             sample_metrics: self.sample_metrics.unwrap_or(true),
             stop_timeout: self.stop_timeout.unwrap_or(Duration::from_secs(5)),
-            client_name: self.client_name.unwrap_or_else(|| format!("sfc-rust/{}", crate::VERSION)),
+            client_name: self
+                .client_name
+                .unwrap_or_else(|| format!("sfc-rust/{}", crate::VERSION)),
             codecs: match self.codecs {
-                Some(c) if c.is_empty() => return Err(Error::invalid("codecs", "empty: offer at least json")),
+                Some(c) if c.is_empty() => {
+                    return Err(Error::invalid("codecs", "empty: offer at least json"))
+                }
                 Some(c) => c,
                 None => DEFAULT_CODECS.to_vec(),
             },
-            compression: self.compression.unwrap_or_else(|| DEFAULT_COMPRESSION.to_vec()),
+            compression: self
+                .compression
+                .unwrap_or_else(|| DEFAULT_COMPRESSION.to_vec()),
+            legacy: self.legacy,
         })
     }
 
@@ -348,16 +415,72 @@ mod tests {
 
     #[test]
     fn defaults_and_errors_name_the_setting() {
-        let c = ClientBuilder::new().ignore_env().group("g").insecure_plaintext(true).build().unwrap();
+        let c = ClientBuilder::new()
+            .ignore_env()
+            .group("g")
+            .insecure_plaintext(true)
+            .build()
+            .unwrap();
         assert_eq!(c.registration.service, "g");
-        assert!(c.registration.instance_id.ends_with(&format!("-{}", std::process::id())));
+        assert!(c
+            .registration
+            .instance_id
+            .ends_with(&format!("-{}", std::process::id())));
         assert_eq!(c.registries, vec![DEFAULT_REGISTRY.to_string()]);
-        let e = ClientBuilder::new().ignore_env().insecure_plaintext(true).build().err().unwrap().to_string();
+        let e = ClientBuilder::new()
+            .ignore_env()
+            .insecure_plaintext(true)
+            .build()
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("group"), "{e}");
-        let e = ClientBuilder::new().ignore_env().group("g").registry("nope").insecure_plaintext(true).build();
+        let e = ClientBuilder::new()
+            .ignore_env()
+            .group("g")
+            .registry("nope")
+            .insecure_plaintext(true)
+            .build();
         assert!(e.err().unwrap().to_string().contains("\"nope\""));
-        let e = ClientBuilder::new().ignore_env().group("a/b").insecure_plaintext(true).build();
+        let e = ClientBuilder::new()
+            .ignore_env()
+            .group("a/b")
+            .insecure_plaintext(true)
+            .build();
         assert!(e.err().unwrap().to_string().contains("group"));
-        assert_eq!(split_host_port("[::1]:7480").unwrap(), ("::1".to_string(), 7480));
+        assert_eq!(
+            split_host_port("[::1]:7480").unwrap(),
+            ("::1".to_string(), 7480)
+        );
+    }
+
+    #[test]
+    fn legacy_needs_tls_and_the_service_role() {
+        let e = ClientBuilder::new()
+            .ignore_env()
+            .group("g")
+            .insecure_plaintext(true)
+            .legacy(true)
+            .build();
+        let e = e.err().expect("plaintext refused").to_string();
+        assert!(e.contains("legacy") && e.contains("needs TLS"), "{e}");
+        let e = ClientBuilder::observer().ignore_env().legacy(true).build();
+        let e = e.err().expect("observer refused").to_string();
+        assert!(e.contains("legacy") && e.contains("for services"), "{e}");
+        let c = ClientBuilder::new()
+            .ignore_env()
+            .group("g")
+            .legacy(true)
+            .build()
+            .unwrap();
+        assert!(c.legacy);
+        assert!(
+            !ClientBuilder::new()
+                .ignore_env()
+                .group("g")
+                .build()
+                .unwrap()
+                .legacy
+        );
     }
 }

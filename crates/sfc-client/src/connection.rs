@@ -32,7 +32,9 @@ pub(crate) enum Control {
     Watch { id: u64, filter: Filter, reports: bool, tx: mpsc::UnboundedSender<Event>, cursor: Option<u64> },
     Unwatch(u64),
     Respond(CommandResult),
-    Stop(oneshot::Sender<()>),
+    /// Answered `true` once the registry has echoed the leave, `false` when the client closed
+    /// without that confirmation (no session, or the connection ended first).
+    Stop(oneshot::Sender<bool>),
 }
 
 struct UserWatch {
@@ -53,10 +55,20 @@ struct Task {
     seq: u64,
     /// `stop()` waiting for the registry to echo our `leave` (answered once it has, or the
     /// connection ends; `stop()` bounds the wait with its own timeout).
-    stop_done: Option<oneshot::Sender<()>>,
+    stop_done: Option<oneshot::Sender<bool>>,
 }
 
-type Stream = Either<tokio_rustls::client::TlsStream<TcpStream>, TcpStream>;
+type Stream = Either<crate::tls::TlsStream, TcpStream>;
+
+/// What a connection attempt found (made once per connection: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Connected {
+    /// A protocol v1 session.
+    V1(Connection<Stream>, Welcome),
+    /// A registry that predates protocol v1, with the legacy fallback on: a TLS connection
+    /// ready for one legacy document.
+    Legacy(Box<crate::tls::TlsStream>),
+}
 
 enum End {
     Stopped,
@@ -73,16 +85,39 @@ pub(crate) async fn run(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Co
     let n = task.shared.config.registries.len();
     let mut attempt: u32 = 0;
     let mut next = 0usize;
+    let mut addr = String::new();
+    // A v1 session that a legacy report's connection found (the registry was upgraded).
+    let mut upgraded: Option<(Connection<Stream>, Welcome)> = None;
     loop {
-        let addr = task.shared.config.registries[next % n].clone();
-        next += 1;
-        let shared = task.shared.clone();
-        let connected = tokio::select! {
-            c = connect(&shared, &addr) => c,
-            stop = task.wait_for_stop(&mut ctl) => { let _ = stop.send(()); return; }
+        let connected = match upgraded.take() {
+            Some((conn, welcome)) => Ok(Connected::V1(conn, welcome)),
+            None => {
+                addr = task.shared.config.registries[next % n].clone();
+                next += 1;
+                let shared = task.shared.clone();
+                tokio::select! {
+                    c = connect(&shared, &addr) => c,
+                    stop = task.wait_for_stop(&mut ctl) => { let _ = stop.send(false); return; }
+                }
+            }
         };
         match connected {
-            Ok((conn, welcome)) => {
+            Ok(Connected::Legacy(stream)) => {
+                attempt = 0;
+                match task.legacy(&addr, stream, &mut ctl).await {
+                    LegacyEnd::Stopped => return,
+                    LegacyEnd::Upgraded(session) => {
+                        upgraded = Some(*session);
+                        continue;
+                    }
+                    LegacyEnd::Lost(reason) => {
+                        tracing::info!(target: "sfc::client", registry = %addr, %reason, "legacy report failed");
+                        let _ = task.shared.events.send(ClientEvent::Disconnected { registry: addr.clone(), reason });
+                        next -= 1;
+                    }
+                }
+            }
+            Ok(Connected::V1(conn, welcome)) => {
                 attempt = 0;
                 tracing::info!(target: "sfc::client", registry = %addr, session = welcome.session, "connected");
                 let _ = task.shared.connected.send_replace(true);
@@ -99,7 +134,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Co
                             "superseded by another session with the same identity: not reconnecting");
                         let _ = task.shared.events.send(ClientEvent::Disconnected { registry: addr.clone(), reason });
                         let stop = task.wait_for_stop(&mut ctl).await;
-                        let _ = stop.send(());
+                        let _ = stop.send(false);
                         return;
                     }
                     End::Lost(reason) => {
@@ -128,12 +163,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Co
         let delay = Duration::from_millis(rand::random_range(0..=cap.as_millis() as u64));
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            stop = task.wait_for_stop(&mut ctl) => { let _ = stop.send(()); return; }
+            stop = task.wait_for_stop(&mut ctl) => { let _ = stop.send(false); return; }
         }
     }
 }
 
-async fn connect(shared: &Shared, addr: &str) -> Result<(Connection<Stream>, Welcome)> {
+async fn connect(shared: &Shared, addr: &str) -> Result<Connected> {
     let cfg = &shared.config;
     let (host, port) = super::split_host_port(addr)?;
     let tcp = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect((host.as_str(), port)))
@@ -146,11 +181,16 @@ async fn connect(shared: &Shared, addr: &str) -> Result<(Connection<Stream>, Wel
             Some(opts) => {
                 let tls = crate::tls::client_config(opts)?;
                 let name = sfc_proto::tls::server_name(&host)?;
-                let s = tokio_rustls::TlsConnector::from(tls)
-                    .connect(name, tcp)
+                // ALPN tells a v1 registry from one that predates v1, before our last
+                // handshake flight: see `crate::tls::connect`.
+                match crate::tls::connect(tls, name, tcp, cfg.legacy)
                     .await
-                    .map_err(|e| Error::Tls(format!("handshake with {addr} failed: {e}")))?;
-                Either::Left(s)
+                    .map_err(|e| Error::Tls(format!("handshake with {addr} failed: {e}")))?
+                {
+                    crate::tls::Handshake::V1(s) => Either::Left(s),
+                    crate::tls::Handshake::Legacy(s) => return Ok(Connected::Legacy(Box::new(s))),
+                    crate::tls::Handshake::Predates => return Err(predates_v1()),
+                }
             }
             None => Either::Right(tcp),
         };
@@ -189,7 +229,7 @@ async fn connect(shared: &Shared, addr: &str) -> Result<(Connection<Stream>, Wel
                     )?),
                 };
                 conn.set_wire(codec, compression);
-                Ok((conn, w))
+                Ok(Connected::V1(conn, w))
             }
             Some(Ok(Message::Error(e))) => Err(Error::Remote { code: e.code, message: e.message }),
             Some(Ok(other)) => Err(Error::Protocol {
@@ -203,6 +243,17 @@ async fn connect(shared: &Shared, addr: &str) -> Result<(Connection<Stream>, Wel
     tokio::time::timeout(cfg.connect_timeout, handshake)
         .await
         .map_err(|_| Error::Timeout(format!("handshake with {addr}")))?
+}
+
+/// A registry that selected no ALPN `sfc/1`, with the legacy fallback off.
+fn predates_v1() -> Error {
+    Error::Protocol {
+        code: ErrorCode::UnsupportedVersion,
+        message: "the registry predates protocol v1: it selected no ALPN \"sfc/1\" in the TLS handshake, so the \
+                  client abandoned the handshake and sent it nothing (upgrade it to `sfc registry`, or turn on the \
+                  client's legacy option to report to it in the original service_fleet_control format)"
+            .into(),
+    }
 }
 
 /// Turns a TLS alert surfacing as an I/O error into a TLS error that says what to fix.
@@ -245,10 +296,18 @@ enum Target {
 }
 
 struct Conn {
+    /// The registry's inbound frame limit (welcome): a command result beyond it would end the
+    /// session, so it is answered as an error result instead.
+    max_frame: usize,
     writer: FrameWriter<tokio::io::WriteHalf<Stream>>,
     next_id: u64,
     pending: HashMap<u64, Pending>,
     targets: HashMap<u64, Target>,
+    /// The first watch of a resync after `lagged`, until its answer arrives. A `lagged` that
+    /// comes before that answer was sent before the registry saw the resync, which already
+    /// covers it: resyncing again for it would replay the same history once more, and a
+    /// burst of such errors would multiply the replay into a backlog that never drains.
+    resyncing: Option<u64>,
 }
 
 impl Conn {
@@ -260,7 +319,7 @@ impl Conn {
 
 impl Task {
     /// While disconnected: queue requests, return on stop.
-    async fn wait_for_stop(&mut self, ctl: &mut mpsc::UnboundedReceiver<Control>) -> oneshot::Sender<()> {
+    async fn wait_for_stop(&mut self, ctl: &mut mpsc::UnboundedReceiver<Control>) -> oneshot::Sender<bool> {
         loop {
             match ctl.recv().await {
                 Some(Control::Stop(tx)) => return tx,
@@ -356,7 +415,7 @@ impl Task {
                     c.writer.send(&Message::Unwatch(Unwatch { id, watch: w })).await?;
                 }
             }
-            Control::Respond(r) => c.writer.send(&Message::CommandResult(r)).await?,
+            Control::Respond(r) => c.writer.send(&Message::CommandResult(fit_result(r, c.max_frame))).await?,
             Control::Stop(done) => {
                 let _ = c.writer.send(&Message::Leave(Leave { reason: Some("client stopped".into()) })).await;
                 let _ = c.writer.shutdown().await;
@@ -376,7 +435,7 @@ impl Task {
         ctl: &mut mpsc::UnboundedReceiver<Control>,
     ) -> End {
         let Connection { mut reader, writer } = conn;
-        let mut c = Conn { writer, next_id: 1, pending: HashMap::new(), targets: HashMap::new() };
+        let mut c = Conn { max_frame: welcome.max_frame as usize, writer, next_id: 1, pending: HashMap::new(), targets: HashMap::new(), resyncing: None };
         let res = match self.resume(&mut c).await {
             Ok(None) => self.run(&mut c, &mut reader, welcome, ctl).await,
             other => other.map(|end| end.unwrap_or(End::Stopped)),
@@ -419,28 +478,15 @@ impl Task {
         // again means it is gone (a hung host or a partition: no RST ever comes).
         let quiet = Duration::from_millis(welcome.liveness_ms).max(Duration::from_secs(10));
         let is_service = self.shared.config.role == Role::Service;
-        // Reports start at once, so the registry has metrics from the first moment.
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Reports start at once, so the registry has metrics from the first moment. One timer:
+        // the tick also checks whether the registry has been quiet (a timer of its own would
+        // wake the thread on its own; quiet is at least one interval, see `ticker`).
+        let mut tick = crate::ticker::Ticker::new(interval);
         let mut last_rx = Instant::now();
         let mut ping_sent: Option<Instant> = None;
-        let mut check = tokio::time::interval(quiet / 2);
-        check.tick().await;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if is_service {
-                        let r = self.build_report();
-                        c.writer.send(&Message::Report(r)).await?;
-                    } else {
-                        // Observers ping every interval: the registry's liveness timer only
-                        // counts frames it receives, however busy our watch is.
-                        let id = c.id();
-                        c.pending.insert(id, Pending::Ping);
-                        c.writer.send(&Message::Ping(Ping { id })).await?;
-                    }
-                }
-                _ = check.tick() => {
                     if let Some(at) = ping_sent {
                         if at.elapsed() >= quiet {
                             return Ok(End::Lost(format!("registry did not answer a ping within {quiet:?}")));
@@ -450,6 +496,16 @@ impl Task {
                         c.pending.insert(id, Pending::Ping);
                         c.writer.send(&Message::Ping(Ping { id })).await?;
                         ping_sent = Some(Instant::now());
+                    }
+                    if is_service {
+                        let r = self.build_report();
+                        c.writer.send(&Message::Report(r)).await?;
+                    } else {
+                        // Observers ping every interval: the registry's liveness timer only
+                        // counts frames it receives, however busy our watch is.
+                        let id = c.id();
+                        c.pending.insert(id, Pending::Ping);
+                        c.writer.send(&Message::Ping(Ping { id })).await?;
                     }
                 }
                 m = ctl.recv() => match m {
@@ -478,15 +534,16 @@ impl Task {
     async fn finish(&mut self, mut c: Conn, mut reader: FrameReader<ReadHalf<Stream>>) {
         if let Some(done) = self.stop_done.take() {
             // The registry echoes `leave` after it has recorded it, then closes; an error or
-            // the end of the stream ends the wait too. Everything else still in flight is
-            // dropped: the client is going away.
-            loop {
+            // the end of the stream ends the wait too (unconfirmed). Everything else still in
+            // flight is dropped: the client is going away.
+            let confirmed = loop {
                 match reader.next().await {
-                    Some(Ok(Message::Leave(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(Message::Leave(_))) => break true,
+                    Some(Err(_)) | None => break false,
                     Some(Ok(_)) => continue,
                 }
-            }
-            let _ = done.send(());
+            };
+            let _ = done.send(confirmed);
         }
         for (_, p) in c.pending.drain() {
             match p {
@@ -523,6 +580,9 @@ impl Task {
 
     /// The answer to a query, a lookup group's snapshot, or a watch's acknowledgement.
     fn answered(&mut self, c: &mut Conn, r: QueryResult) {
+        if c.resyncing == Some(r.id) {
+            c.resyncing = None;
+        }
         match c.pending.remove(&r.id) {
         Some(Pending::Query(tx)) => {
             let _ = tx.send(Ok(r.instances));
@@ -598,6 +658,9 @@ impl Task {
     /// An error frame: it fails the request it answers; `lagged` takes fresh snapshots; any
     /// other is told to the application, and a fatal one ends the session.
     async fn error(&mut self, c: &mut Conn, e: ErrorMessage) -> std::io::Result<Option<End>> {
+        if e.id.is_some() && e.id == c.resyncing {
+            c.resyncing = None;
+        }
         let pending = e.id.and_then(|id| c.pending.remove(&id));
         match pending {
             Some(Pending::Query(tx)) => {
@@ -608,6 +671,9 @@ impl Task {
                     let _ = w.send(Err(Error::Remote { code: e.code, message: e.message.clone() }));
                 }
             }
+            _ if e.code == ErrorCode::Lagged && c.resyncing.is_some() => {
+                tracing::debug!(target: "sfc::client", "lagged again before the resync was answered: the resync covers it");
+            }
             _ if e.code == ErrorCode::Lagged => {
                 // We missed events: take fresh snapshots and resume the user watches.
                 let old: Vec<u64> = c.targets.keys().copied().collect();
@@ -617,7 +683,11 @@ impl Task {
                     c.pending.insert(id, Pending::Ack);
                     c.writer.send(&Message::Unwatch(Unwatch { id, watch: w })).await?;
                     if let Some(t) = target {
+                        let before = c.next_id;
                         self.send_watch(c, t).await?;
+                        if c.resyncing.is_none() && c.next_id != before {
+                            c.resyncing = Some(c.next_id);
+                        }
                     }
                 }
             }
@@ -650,3 +720,143 @@ fn apply_event(gc: &mut GroupCache, ev: &Event) {
     }
 }
 
+
+/// How the legacy fallback ended.
+enum LegacyEnd {
+    Stopped,
+    /// A report's connection found a registry that speaks protocol v1: this session on it.
+    Upgraded(Box<(Connection<Stream>, Welcome)>),
+    Lost(String),
+}
+
+impl Task {
+    /// The legacy fallback (`ClientBuilder::legacy`) with a registry that predates protocol v1:
+    /// every interval, one TLS connection carrying one legacy document (`first` is the
+    /// connection that found the registry). Each report's connection offers ALPN `sfc/1` again,
+    /// and the first one a registry accepts becomes a v1 session: the client moves to v1 by
+    /// itself once the registry is replaced. The connection counts as established (an event
+    /// `Connected` with session 0) while reports get through.
+    async fn legacy(
+        &mut self,
+        addr: &str,
+        first: Box<crate::tls::TlsStream>,
+        ctl: &mut mpsc::UnboundedReceiver<Control>,
+    ) -> LegacyEnd {
+        tracing::warn!(target: "sfc::client", registry = %addr,
+            "the registry predates protocol v1 (no ALPN sfc/1): reporting in the original service_fleet_control format until it is upgraded");
+        let _ = self.shared.connected.send_replace(true);
+        let _ = self.shared.events.send(ClientEvent::Connected { registry: addr.to_string(), session: 0 });
+        let end = self.legacy_reports(addr, first, ctl).await;
+        let _ = self.shared.connected.send_replace(false);
+        if let LegacyEnd::Upgraded(..) = end {
+            tracing::info!(target: "sfc::client", registry = %addr, "the registry speaks protocol v1 now: leaving the legacy format");
+        }
+        end
+    }
+
+    async fn legacy_reports(
+        &mut self,
+        addr: &str,
+        first: Box<crate::tls::TlsStream>,
+        ctl: &mut mpsc::UnboundedReceiver<Control>,
+    ) -> LegacyEnd {
+        let mut stream = Some(first);
+        let mut tick = tokio::time::interval(self.shared.config.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            for m in std::mem::take(&mut self.waiting) {
+                self.legacy_request(addr, m);
+            }
+            tokio::select! {
+                _ = tick.tick() => {}
+                m = ctl.recv() => match m {
+                    Some(Control::Stop(done)) => {
+                        // The legacy format has no leave the original registry understands
+                        // (it would record the instance online): the record goes offline by
+                        // its timer.
+                        let _ = done.send(false);
+                        return LegacyEnd::Stopped;
+                    }
+                    Some(Control::ReportNow) => {}
+                    Some(other) => {
+                        self.legacy_request(addr, other);
+                        continue;
+                    }
+                    None => return LegacyEnd::Stopped,
+                },
+            }
+            let report = self.build_report();
+            let doc = crate::legacy::document(&self.shared.config, &report.metrics, now_ms());
+            let shared = self.shared.clone();
+            let ready = stream.take();
+            let exchange = async move {
+                let s = match ready {
+                    Some(s) => s,
+                    None => match connect(&shared, addr).await? {
+                        Connected::V1(conn, welcome) => return Ok(Some((conn, welcome))),
+                        Connected::Legacy(s) => s,
+                    },
+                };
+                tokio::time::timeout(shared.config.connect_timeout, crate::legacy::deliver(s, &doc))
+                    .await
+                    .map_err(|_| Error::Timeout(format!("legacy report to {addr}")))??;
+                Ok::<_, Error>(None)
+            };
+            let outcome = tokio::select! {
+                r = exchange => r,
+                stop = self.wait_for_stop(ctl) => { let _ = stop.send(false); return LegacyEnd::Stopped; }
+            };
+            match outcome {
+                Ok(None) => {}
+                Ok(Some(session)) => return LegacyEnd::Upgraded(Box::new(session)),
+                Err(e) => return LegacyEnd::Lost(format!("legacy report failed: {e}")),
+            }
+        }
+    }
+
+    /// A request while reporting in the legacy format, which has no lookups, queries, watches
+    /// or commands: lookups and queries fail at once, watches wait for a v1 registry.
+    fn legacy_request(&mut self, addr: &str, m: Control) {
+        let refused = || {
+            Error::Unreachable(format!(
+                "the registry at {addr} predates protocol v1: lookups and queries need an upgraded registry \
+                 (reports go on in the legacy format)"
+            ))
+        };
+        match m {
+            Control::Query(_, reply) => {
+                let _ = reply.send(Err(refused()));
+            }
+            Control::WatchGroup(_, reply) => {
+                let _ = reply.send(Err(refused()));
+            }
+            Control::Watch { id, filter, reports, tx, cursor } => {
+                self.watches.insert(id, UserWatch { filter, reports, tx, cursor });
+            }
+            Control::Unwatch(id) => {
+                self.watches.remove(&id);
+            }
+            Control::Stop(done) => {
+                let _ = done.send(false);
+            }
+            Control::ReportNow | Control::Respond(_) => {}
+        }
+    }
+}
+
+/// A command result the registry would refuse as too large (over its `max_frame`, which would
+/// close the session) becomes an error result that says so; the session stays.
+fn fit_result(r: CommandResult, max_frame: usize) -> CommandResult {
+    let size = serde_json::to_vec(&r.result).map_or(0, |v| v.len()) + r.error.as_ref().map_or(0, String::len) + 256;
+    if max_frame == 0 || size <= max_frame {
+        return r;
+    }
+    CommandResult {
+        command_id: r.command_id,
+        ok: false,
+        result: serde_json::Value::Null,
+        error: Some(format!(
+            "the command's result is {size} bytes, over the registry's frame limit of {max_frame} bytes; not sent"
+        )),
+    }
+}

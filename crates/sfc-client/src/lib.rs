@@ -14,7 +14,10 @@
 //! - `connection`: one session with a registry (handshake, report tick, incoming frames) and
 //!   the reconnect loop around it.
 //! - [`metrics`]: host and process sampling with sysinfo.
-//! - [`tls`]: the client's rustls configuration.
+//! - `ticker`: the session's one timer, one wake-up of the client's thread per report.
+//! - [`tls`]: the client's rustls configuration, and the TLS handshake that tells a v1
+//!   registry (ALPN `sfc/1`) from one that predates v1.
+//! - `legacy`: the legacy fallback's document and its delivery, one connection per report.
 //!
 //! The data model and the protocol come from `sfc-proto`, re-exported here ([`model`],
 //! [`protocol`], [`limits`], [`duration`]) so that a binding needs only this crate.
@@ -27,7 +30,9 @@
 
 mod config;
 mod connection;
+mod legacy;
 pub mod metrics;
+mod ticker;
 pub mod tls;
 
 pub use sfc_proto::{duration, error, limits, model, protocol, Error, Result, VERSION};
@@ -302,8 +307,8 @@ impl Client {
     /// Sets the health reported from now on; a change is sent at once, not at the next tick.
     pub fn set_health(&self, health: Health, note: Option<String>) -> Result<()> {
         self.check_running()?;
-        if note.as_ref().is_some_and(|n| n.len() > crate::limits::MAX_NOTE_LEN) {
-            return Err(Error::invalid("health note", format!("longer than {} bytes", crate::limits::MAX_NOTE_LEN)));
+        if let Some(n) = &note {
+            crate::limits::check_health_note(n)?;
         }
         let changed = {
             let mut h = lock(&self.shared.health);
@@ -461,10 +466,13 @@ impl Client {
         });
     }
 
-    /// Sends leave and closes, within the configured stop timeout. Idempotent.
-    pub async fn stop(&self) -> Result<()> {
+    /// Sends leave and closes, within the configured stop timeout. Idempotent. `Ok(true)` when
+    /// the registry confirmed the leave (the instance is `left` there); `Ok(false)` when the
+    /// client closed without that confirmation (no session at the time, the connection ended
+    /// first, or already stopped); `Err(Timeout)` when the confirmation did not come in time.
+    pub async fn stop(&self) -> Result<bool> {
         if self.shared.stopped.swap(true, Ordering::AcqRel) {
-            return Ok(());
+            return Ok(false);
         }
         // Wakes every `wait_connected`, which then sees `stopped`.
         self.shared.connected.send_modify(|_| {});
@@ -478,13 +486,26 @@ impl Client {
         }
         let _ = self.shared.connected.send_replace(false);
         match left {
-            Ok(_) => Ok(()),
+            Ok(confirmed) => Ok(confirmed.unwrap_or(false)),
             Err(_) => Err(Error::Timeout(format!("leave not confirmed within {timeout:?}; closed anyway"))),
         }
     }
 
     pub fn is_stopped(&self) -> bool {
         self.shared.stopped.load(Ordering::Acquire)
+    }
+
+    /// Closes the connection now, without a leave (the registry marks the instance offline,
+    /// connection-lost), as dropping the last clone does; but other clones (a binding's
+    /// watches) stay valid: they see the client stopped and their streams end. Idempotent.
+    pub fn abort(&self) {
+        self.shared.stopped.store(true, Ordering::Release);
+        // Wakes every `wait_connected`, which then sees `stopped`.
+        self.shared.connected.send_modify(|_| {});
+        if let Some(t) = lock(&self.guard.task).take() {
+            t.abort();
+        }
+        let _ = self.shared.connected.send_replace(false);
     }
 
     /// Runs a future on the client's runtime from a thread that is not a runtime thread

@@ -6,7 +6,10 @@
 //! the process's thread and fd counts are re-read at most every [`SLOW_REFRESH`] (10 s). It
 //! never reads the whole process table, disks or networks.
 //!
-//! measured: 35 µs per sample on a 2-core machine, `cargo bench -p sfc-client --bench metrics`
+//! On Linux a tick reads two files, `/proc/<pid>/stat` (parsed here) and the global CPU line
+//! of `/proc/stat` (through sysinfo); sysinfo's own process refresh would open five.
+//!
+//! measured (before that change): 35 µs per sample on a 2-core machine, `cargo bench -p sfc-client --bench metrics`
 //! (29-48 µs over five runs, with the machine's load; samples back to back: warm caches, and
 //! the /proc/stat re-read, ~5 µs, only every 200 ms).
 //! With 250 ms between samples, thread CPU time per sample on that machine (a firecracker VM)
@@ -56,6 +59,11 @@ pub struct Sampler {
     /// Slow-moving figures (host memory, swap, load, uptime; the process's thread and fd
     /// counts) and when they were read: re-read at most every [`SLOW_REFRESH`].
     slow: Option<(Instant, SlowFigures)>,
+    /// Linux: `/proc/<pid>/stat`, the one file a tick reads for the process (see [`proc_stat`]).
+    #[cfg(target_os = "linux")]
+    stat_path: String,
+    /// The process's start time (seconds since the epoch), read once.
+    start_time: Option<u64>,
 }
 
 /// How often the slow-moving figures are re-read. Every /proc read costs a wake-up on a
@@ -94,14 +102,16 @@ impl Sampler {
         let mut sys = System::new().ok();
         let mut static_host = HostMetrics {
             hostname: Some(hostname()),
-            os_name: System::name().ok(),
-            os_version: System::os_version().ok(),
-            kernel: System::kernel_version().ok(),
-            arch: Some(System::cpu_arch()),
+            // Fitted to the registry's limits (sfc_proto::limits): the OS chooses these.
+            os_name: System::name().ok().map(|v| crate::limits::fit_metric_string(&v)),
+            os_version: System::os_version().ok().map(|v| crate::limits::fit_metric_string(&v)),
+            kernel: System::kernel_version().ok().map(|v| crate::limits::fit_metric_string(&v)),
+            arch: Some(crate::limits::fit_metric_string(&System::cpu_arch())),
             ..Default::default()
         };
         let mut user = None;
         let mut proc_cpu_base = None;
+        let mut start_time = None;
         if let Some(sys) = sys.as_mut() {
             // Baseline for the CPU rates; the first refresh also builds the CPU list.
             sys.refresh_cpu_specifics(CpuRefreshKind::nothing().with_usage());
@@ -113,10 +123,11 @@ impl Sampler {
             );
             if let Some(p) = sys.process(Pid::from_u32(pid)) {
                 proc_cpu_base = Some((Instant::now(), p.accumulated_cpu_time()));
+                start_time = Some(p.start_time());
                 let uid = p.effective_user_id().or(p.user_id());
                 user = uid.and_then(|uid| {
                     let users = Users::new_with_refreshed_list().ok()?;
-                    users.get_user_by_id(uid).map(|u| u.name().to_string())
+                    users.get_user_by_id(uid).map(|u| crate::limits::fit_metric_string(u.name()))
                 });
             }
             static_host.cpu_count = Some(sys.cpus().len() as u32).filter(|n| *n > 0);
@@ -131,6 +142,7 @@ impl Sampler {
             user = std::env::var("USER")
                 .or_else(|_| std::env::var("USERNAME"))
                 .ok()
+                .map(|u| crate::limits::fit_metric_string(&u))
                 .filter(|u| !u.is_empty());
         }
         Sampler {
@@ -143,6 +155,9 @@ impl Sampler {
             proc_cpu_base,
             proc_cpu_percent: None,
             slow: None,
+            #[cfg(target_os = "linux")]
+            stat_path: format!("/proc/{pid}/stat"),
+            start_time,
         }
     }
 
@@ -202,21 +217,38 @@ impl Sampler {
         if let Some(sys) = self.sys.as_mut() {
             // Checked before the refresh: only a refresh made after a full interval re-reads.
             let host_cpu_due = self.host_cpu_baseline.elapsed() >= MINIMUM_CPU_UPDATE_INTERVAL;
-            // A process refresh with CPU also re-reads the global CPU line of /proc/stat (only
+            // Linux: the process figures from one read of /proc/<pid>/stat, and the global CPU
+            // line of /proc/stat (re-read only when the minimum interval has passed): two files
+            // a tick. sysinfo's process refresh opens five (uptime, status, stat, statm and
+            // /proc/stat); measured in BENCHMARKS.md "Client footprint (Node, C)".
+            #[cfg(target_os = "linux")]
+            let cpu_ms = {
+                sys.refresh_cpu_specifics(CpuRefreshKind::nothing().with_usage());
+                proc_stat(&self.stat_path).map(|st| {
+                    process.resident_bytes = Some(st.resident_bytes);
+                    process.virtual_bytes = Some(st.virtual_bytes);
+                    process.start_time = self.start_time;
+                    st.cpu_ms
+                })
+            };
+            // Elsewhere: a process refresh with CPU also re-reads the global CPU times (only
             // when the minimum interval has passed), so no separate CPU refresh is needed.
-            let pid = Pid::from_u32(self.pid);
-            sys.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), true, process_kind());
+            #[cfg(not(target_os = "linux"))]
+            let cpu_ms = {
+                let pid = Pid::from_u32(self.pid);
+                sys.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), true, process_kind());
+                sys.process(pid).map(|p| {
+                    process.resident_bytes = Some(p.memory());
+                    process.virtual_bytes = Some(p.virtual_memory());
+                    process.start_time = Some(p.start_time());
+                    p.accumulated_cpu_time()
+                })
+            };
 
             self.host_cpu_ready |= host_cpu_due;
             if self.host_cpu_ready {
                 host.cpu_percent = Some(round2(sys.global_cpu_usage() as f64));
             }
-            let cpu_ms = sys.process(pid).map(|p| {
-                process.resident_bytes = Some(p.memory());
-                process.virtual_bytes = Some(p.virtual_memory());
-                process.start_time = Some(p.start_time());
-                p.accumulated_cpu_time()
-            });
             if let Some(cpu_ms) = cpu_ms {
                 process.cpu_percent = self.process_cpu(cpu_ms);
             } else {
@@ -262,6 +294,41 @@ fn process_kind() -> ProcessRefreshKind {
         .without_tasks()
         .with_cpu()
         .with_memory()
+}
+
+/// What one read of `/proc/<pid>/stat` gives a tick.
+#[cfg(target_os = "linux")]
+struct ProcStat {
+    /// utime + stime, in milliseconds (as sysinfo's `accumulated_cpu_time`).
+    cpu_ms: u64,
+    resident_bytes: u64,
+    virtual_bytes: u64,
+}
+
+/// Parses `/proc/<pid>/stat` (proc(5)): after the `)` that ends the command name, field 14
+/// utime and 15 stime (clock ticks), 23 vsize (bytes) and 24 rss (pages). None if the process
+/// is gone or the file is not as expected.
+#[cfg(target_os = "linux")]
+fn proc_stat(path: &str) -> Option<ProcStat> {
+    static UNITS: OnceLock<(u64, u64)> = OnceLock::new();
+    let (ticks_per_s, page) = *UNITS.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let (t, p) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        (if t > 0 { t as u64 } else { 100 }, if p > 0 { p as u64 } else { 4096 })
+    });
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut f = text.get(text.rfind(')')? + 2..)?.split_ascii_whitespace();
+    // Fields from 3 (state) on: utime is the 12th of them.
+    let mut num = |skip: usize| f.nth(skip)?.parse::<u64>().ok();
+    let utime = num(11)?;
+    let stime = num(0)?;
+    let vsize = num(7)?;
+    let rss = num(0)?;
+    Some(ProcStat {
+        cpu_ms: (utime + stime).saturating_mul(1000) / ticks_per_s,
+        resident_bytes: rss.saturating_mul(page),
+        virtual_bytes: vsize,
+    })
 }
 
 fn round2(v: f64) -> f64 {
@@ -339,6 +406,26 @@ mod tests {
         );
         let h = second.host.cpu_percent.expect("host cpu after 300ms");
         assert!((0.0..=100.0).contains(&h), "{h}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn proc_stat_agrees_with_sysinfo() {
+        let pid = std::process::id();
+        let mut sys = System::new().unwrap();
+        let ours = proc_stat(&format!("/proc/{pid}/stat")).expect("our own /proc/<pid>/stat");
+        sys.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[Pid::from_u32(pid)]),
+            true,
+            process_kind(),
+        );
+        let p = sys.process(Pid::from_u32(pid)).unwrap();
+        // Read a moment apart: CPU within 50 ms, memory within 8 MiB (other tests allocate).
+        assert!(p.accumulated_cpu_time().abs_diff(ours.cpu_ms) <= 50, "{} vs {}", p.accumulated_cpu_time(), ours.cpu_ms);
+        assert!(p.memory().abs_diff(ours.resident_bytes) <= 8 << 20, "{} vs {}", p.memory(), ours.resident_bytes);
+        assert!(p.virtual_memory().abs_diff(ours.virtual_bytes) <= 64 << 20);
+        assert!(ours.resident_bytes > 0 && ours.virtual_bytes >= ours.resident_bytes);
+        assert!(proc_stat("/proc/4294967294/stat").is_none());
     }
 
     #[test]

@@ -53,6 +53,9 @@ struct LegacyMetrics {
     heap_used: Option<f64>,
     #[serde(default)]
     external: Option<f64>,
+    /// `process.memoryUsage().arrayBuffers` (Node.js 13+), which the original passed through.
+    #[serde(default)]
+    array_buffers: Option<f64>,
     #[serde(default)]
     num_cpus: Option<u32>,
     #[serde(default)]
@@ -115,7 +118,12 @@ pub fn parse(bytes: &[u8]) -> Result<LegacyReport, ProtocolError> {
         t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)
     });
     let mut runtime = std::collections::BTreeMap::new();
-    for (k, v) in [("heap_total_bytes", m.heap_total), ("heap_used_bytes", m.heap_used), ("external_bytes", m.external)] {
+    for (k, v) in [
+        ("heap_total_bytes", m.heap_total),
+        ("heap_used_bytes", m.heap_used),
+        ("external_bytes", m.external),
+        ("array_buffers_bytes", m.array_buffers),
+    ] {
         if let Some(v) = v.filter(|v| v.is_finite()) {
             runtime.insert(k.to_string(), v);
         }

@@ -206,6 +206,12 @@ pub enum ErrorCode {
     Internal,
     /// Sent by a client when it does not know the command.
     UnknownCommand,
+    /// Registry: the session's outbound queue went over its byte budget (`--max-outbound`):
+    /// the peer does not read fast enough. Fatal; the queue is dropped.
+    SlowConsumer,
+    /// Registry: registering one more identity would pass `--max-instances`, the per-group
+    /// cap, or the cap on legacy records. Fatal in hello.
+    TooManyInstances,
 }
 
 impl ErrorCode {
@@ -235,6 +241,8 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting-down",
             ErrorCode::Internal => "internal",
             ErrorCode::UnknownCommand => "unknown-command",
+            ErrorCode::SlowConsumer => "slow-consumer",
+            ErrorCode::TooManyInstances => "too-many-instances",
         }
     }
 }
