@@ -1,12 +1,16 @@
 // The dashboard in a real browser: Debian's headless chromium driven by playwright-core, a real
-// `sfc registry` and two real example services on loopback. It checks that both show online,
-// kills one (SIGKILL by PID) and sees it turn offline without a reload, then shuts the other
-// down from the page through the token dialog, and saves a screenshot.
+// `sfc registry` and two real example services on loopback. It opens on the groups overview,
+// drills into the group, checks that both show online, kills one (SIGKILL by PID) and sees it
+// turn offline without a reload, then shuts the other down from the page through the token
+// dialog, opens the page's URL (group and instance in it) in a second tab and sees the same
+// view, and saves a screenshot.
 // A second test connects four protocol-v1 services of its own (a few lines over node:tls, for
 // health, tags, metadata and hostnames the example service does not set), checks that every
 // filter of the toolbar (search, group, status, health, and all of them together) shows exactly
 // the matching rows and hides the others, then deregisters an offline instance through the
 // deregister button and the token dialog and sees its record gone.
+// A third opens an instance whose hostname, tags and metadata are HTML and script, through a
+// linked URL, and checks they show as text and never become elements.
 //
 // Run from the repository root after `cargo build --workspace`: `node --test tests/browser/`.
 
@@ -177,11 +181,16 @@ test('dashboard shows the fleet live and shuts an instance down', async () => {
   const b = service('b');
   await page.goto(`http://${httpAddr}/`);
 
+  // The overview lists the group; a click drills into it.
+  await page.locator('tr.group-row[data-group="shop"] td[data-k="online"]', { hasText: /^2$/ }).waitFor();
+  await page.click('tr.group-row[data-group="shop"]');
+  assert.match(page.url(), /[?&]group=shop(&|$)/, 'the group is not in the URL');
+
   // Both online.
   await row('shop/a', 'online').waitFor();
   await row('shop/b', 'online').waitFor();
   await page.locator('#live.on').waitFor();
-  assert.equal(await page.locator('#count-online').textContent(), '2');
+  await page.locator('#count-online', { hasText: /^2$/ }).waitFor();
 
   // Search filters the table.
   await page.fill('#search', 'shop/b');
@@ -218,6 +227,19 @@ test('dashboard shows the fleet live and shuts an instance down', async () => {
 
   await page.screenshot({ path: join(out, 'dashboard.png'), fullPage: true });
 
+  // The view is in the URL: a second tab opened on it shows the group and the instance.
+  const url = page.url();
+  assert.match(url, /[?&]instance=shop%2Fb(&|$)/, `the selected instance is not in the URL: ${url}`);
+  const second = await browser.newPage();
+  try {
+    await second.goto(url);
+    await second.locator('#detail-title', { hasText: 'shop/b' }).waitFor();
+    await second.locator('tr.instance[data-id="shop/a"][data-status="offline"]').waitFor();
+    assert.equal(await second.inputValue('#filter-group'), 'shop');
+  } finally {
+    await second.close();
+  }
+
   assert.deepEqual(errors, [], 'the page threw');
   const foreign = requests.filter((u) => !u.startsWith(`http://${httpAddr}/`) && !u.startsWith('data:'));
   assert.deepEqual(foreign, [], 'the page fetched something from elsewhere');
@@ -230,7 +252,8 @@ test('dashboard filters the fleet and deregisters an offline instance', async ()
   await rawService({ group: 'pay', instanceId: 'p2', hostname: 'host-p2', health: 'critical' });
   const p3 = await rawService({ group: 'pay', instanceId: 'p3', hostname: 'host-p3', health: 'passing' });
   await rawService({ group: 'web', instanceId: 'w1', hostname: 'host-w1', health: 'passing' });
-  await page.goto(`http://${httpAddr}/`);
+  // Every instance, not the overview: linkable as ?view=instances.
+  await page.goto(`http://${httpAddr}/?view=instances`);
   await page.evaluate(() => sessionStorage.clear()); // the token dialog starts empty
   for (const id of ['pay/p1', 'pay/p2', 'pay/p3', 'web/w1']) await row(id, 'online').waitFor();
   await page.locator('tr.instance[data-id="pay/p1"][data-health="warning"]').waitFor();
@@ -329,5 +352,24 @@ test('dashboard filters the fleet and deregisters an offline instance', async ()
   for (const id of ['pay/p1', 'pay/p2', 'web/w1']) await row(id, 'online').waitFor();
 
   await page.screenshot({ path: join(out, 'dashboard-filters.png'), fullPage: true });
+  assert.deepEqual(errors, [], 'the page threw');
+});
+
+test('dashboard shows what instances report as text, never as markup', async () => {
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  const markup = '<img src=x id=pwned-host>';
+  await rawService({
+    group: 'xss', instanceId: 'i1', hostname: markup, health: 'passing',
+    tags: ['<b id=pwned-tag>bold</b>'], metadata: { note: '<script id=pwned-script>window.pwned = 1</script>' },
+  });
+  // Straight to the instance through the URL, as a shared link would.
+  await page.goto(`http://${httpAddr}/?group=xss&instance=xss%2Fi1`);
+  await row('xss/i1', 'online').waitFor();
+  await page.locator('#detail-title', { hasText: 'xss/i1' }).waitFor();
+  await page.locator('tr.instance[data-id="xss/i1"] td', { hasText: markup }).waitFor();
+  await page.locator('#detail dd', { hasText: '<script id=pwned-script>' }).waitFor();
+  assert.equal(await page.locator('#pwned-host, #pwned-tag, #pwned-script').count(), 0, 'fleet text became markup');
+  assert.equal(await page.evaluate(() => window.pwned), undefined);
   assert.deepEqual(errors, [], 'the page threw');
 });

@@ -86,6 +86,22 @@ pub struct RegistryOptions {
     pub codecs: Vec<Codec>,
     /// Frame compressions sessions may negotiate, comma-separated: zstd, or none.
     pub compression: Vec<String>,
+    /// Which instances get per-instance `sfc_instance_*` series in /metrics: none (registry and
+    /// per-group series only), all, or at most N (the first by id).
+    pub metrics_instances: crate::http::prometheus::MetricsInstances,
+    /// Bytes one session (or SSE watch) may have queued for its peer; past it the peer is
+    /// closed with slow-consumer and the queue freed.
+    pub max_outbound: usize,
+    /// Records the registry holds at most (any status); a new identity past it is refused.
+    pub max_instances: usize,
+    /// Records one group holds at most.
+    pub max_group_instances: usize,
+    /// Legacy records held at most, in all.
+    pub max_legacy_instances: usize,
+    /// Legacy records one group holds at most.
+    pub max_legacy_group_instances: usize,
+    /// Accept documents of the original module's wire format (on) or refuse them (off).
+    pub legacy: bool,
 }
 
 impl Default for RegistryOptions {
@@ -125,6 +141,13 @@ impl Default for RegistryOptions {
             http_heartbeat: Duration::from_secs(15),
             codecs: c.codecs,
             compression: vec!["zstd".into()],
+            metrics_instances: Default::default(),
+            max_outbound: c.max_outbound,
+            max_instances: c.max_instances,
+            max_group_instances: c.max_group_instances,
+            max_legacy_instances: c.max_legacy_instances,
+            max_legacy_group_instances: c.max_legacy_group_instances,
+            legacy: c.legacy,
         }
     }
 }
@@ -148,6 +171,19 @@ impl RegistryOptions {
         }
         if self.max_connections == 0 {
             return Err(Error::invalid("--max-connections", "must be at least 1"));
+        }
+        if self.max_outbound < 64 * 1024 {
+            return Err(Error::invalid("--max-outbound", format!("{} is below the minimum of 65536 bytes", self.max_outbound)));
+        }
+        for (flag, v) in [
+            ("--max-instances", self.max_instances),
+            ("--max-group-instances", self.max_group_instances),
+            ("--max-legacy-instances", self.max_legacy_instances),
+            ("--max-legacy-group-instances", self.max_legacy_group_instances),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(flag, "must be at least 1"));
+            }
         }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => return Err(Error::invalid("--tls-key", "required when --tls-cert is given")),
@@ -180,12 +216,35 @@ fn parse_compressions(list: &[String]) -> Result<Vec<Compression>> {
     Ok(out)
 }
 
-/// Raises the soft open-file limit to the hard limit: every session is a socket.
-pub fn raise_nofile() {
+/// Raises the soft open-file limit to the hard limit: every session is a socket. Returns the
+/// limit now in force.
+pub fn raise_nofile() -> Option<u64> {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::info!(target: "sfc::registry", limit = n, "open-file limit"),
-        Err(e) => tracing::warn!(target: "sfc::registry", error = %e, "could not raise the open-file limit"),
+        Ok(n) => {
+            tracing::info!(target: "sfc::registry", limit = n, "open-file limit");
+            Some(n)
+        }
+        Err(e) => {
+            tracing::warn!(target: "sfc::registry", error = %e, "could not raise the open-file limit");
+            None
+        }
     }
+}
+
+/// `--max-connections` when it was not given: `wanted`, or less so that the protocol port's
+/// refusals (`too-many-connections`) come before the process runs out of descriptors: the
+/// open-file `limit` less 512 for the HTTP API's connections (one client holds at most 128 of
+/// them) and the store, the log and the listeners (at least 1; a quarter of the limit when
+/// that is all there is). With the common 20,000 that is 19,488: a 19,000-client bench fits.
+pub fn connections_within(limit: u64, wanted: usize) -> usize {
+    let room = limit.saturating_sub(512);
+    let room = if room == 0 { (limit / 4).max(1) } else { room };
+    let n = wanted.min(usize::try_from(room).unwrap_or(usize::MAX));
+    if n < wanted {
+        tracing::info!(target: "sfc::registry", max_connections = n, open_file_limit = limit,
+            "--max-connections {n}: below the open-file limit (set it to override)");
+    }
+    n
 }
 
 /// Builds the registry configuration: TLS material (development certificates on first use),
@@ -239,6 +298,12 @@ pub fn registry_config(a: &RegistryOptions) -> Result<RegistryConfig> {
         history_retention: a.history_retention,
         codecs: a.codecs.clone(),
         compression: parse_compressions(&a.compression)?,
+        max_outbound: a.max_outbound,
+        max_instances: a.max_instances,
+        max_group_instances: a.max_group_instances,
+        max_legacy_instances: a.max_legacy_instances,
+        max_legacy_group_instances: a.max_legacy_group_instances,
+        legacy: a.legacy,
         ..RegistryConfig::default()
     };
     open_store(a, &mut cfg)?;
@@ -303,6 +368,7 @@ fn http_config(a: &RegistryOptions, tls: Option<std::sync::Arc<rustls::ServerCon
         access: crate::http::Access::new(a.admin_token.clone(), a.admin_subject.clone()),
         command_timeout: a.command_timeout,
         heartbeat: a.http_heartbeat,
+        metrics_instances: a.metrics_instances,
         ..Default::default()
     }
 }

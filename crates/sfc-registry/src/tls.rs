@@ -9,8 +9,8 @@ use std::sync::Arc;
 use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use sfc_proto::tls::{add_ca, load_certs, load_key};
 pub use sfc_proto::tls::PemSource;
+use sfc_proto::tls::{add_ca, load_certs, load_key};
 
 use crate::error::{Error, Result};
 
@@ -101,7 +101,8 @@ pub fn server_config(opts: &ServerTlsOptions) -> Result<Arc<ServerConfig>> {
                     ca.describe("client ca")
                 ))
             })?;
-            let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = Arc::new(NoteRefused(verifier));
+            let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> =
+                Arc::new(NoteRefused(verifier));
             verifier
         }
     };
@@ -118,8 +119,16 @@ pub fn server_config(opts: &ServerTlsOptions) -> Result<Arc<ServerConfig>> {
                 opts.key.describe("key")
             ))
         })?;
+    let mut config = config;
+    // Selecting `sfc/1` tells a client that this registry speaks protocol v1 (one that gets no
+    // ALPN answer takes the registry for the original, legacy-only one). Clients that offer no
+    // ALPN (legacy clients, older sfc clients) are served as before.
+    config.alpn_protocols = vec![ALPN_V1.to_vec()];
     Ok(Arc::new(config))
 }
+
+/// The ALPN protocol id of protocol v1 (PROTOCOL.md §2).
+pub const ALPN_V1: &[u8] = sfc_client::tls::ALPN_V1;
 
 /// Subject DN of the peer's leaf certificate, e.g. "CN=client, O=sfc dev".
 /// `None` if the client presented no certificate (or it cannot be parsed).
@@ -186,7 +195,9 @@ impl rustls::server::danger::ClientCertVerifier for NoteRefused {
     ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
         let verdict = self.0.verify_client_cert(end_entity, intermediates, now);
         if verdict.is_err() {
-            let subject = x509_parser::parse_x509_certificate(end_entity).ok().map(|(_, c)| c.subject().to_string());
+            let subject = x509_parser::parse_x509_certificate(end_entity)
+                .ok()
+                .map(|(_, c)| c.subject().to_string());
             REFUSED_SUBJECT.with(|s| *s.borrow_mut() = subject);
         }
         verdict
@@ -228,7 +239,11 @@ pub enum CertRefusal {
 }
 
 impl CertRefusal {
-    pub const ALL: [CertRefusal; 3] = [CertRefusal::NoCertificate, CertRefusal::UnknownCa, CertRefusal::BadCertificate];
+    pub const ALL: [CertRefusal; 3] = [
+        CertRefusal::NoCertificate,
+        CertRefusal::UnknownCa,
+        CertRefusal::BadCertificate,
+    ];
 
     /// The `reason` label in `/metrics` and in the audit log.
     pub fn as_str(self) -> &'static str {
@@ -244,18 +259,27 @@ impl CertRefusal {
     pub fn classify(e: &std::io::Error) -> Option<(CertRefusal, String)> {
         use rustls::{CertificateError, Error as TlsError};
         match e.get_ref()?.downcast_ref::<TlsError>()? {
-            TlsError::NoCertificatesPresented => {
-                Some((CertRefusal::NoCertificate, "presented no client certificate (--mtls required)".into()))
-            }
+            TlsError::NoCertificatesPresented => Some((
+                CertRefusal::NoCertificate,
+                "presented no client certificate (--mtls required)".into(),
+            )),
             // BadSignature: the issuer's name is a trusted CA's but its key is not, as with a
             // second development CA (`sfc certs init` names every CA alike) or a forgery.
-            TlsError::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => Some((
+            TlsError::InvalidCertificate(
+                CertificateError::UnknownIssuer | CertificateError::BadSignature,
+            ) => Some((
                 CertRefusal::UnknownCa,
-                format!("presented a client certificate{} from a CA this registry does not trust", claimed_subject()),
+                format!(
+                    "presented a client certificate{} from a CA this registry does not trust",
+                    claimed_subject()
+                ),
             )),
             TlsError::InvalidCertificate(c) => Some((
                 CertRefusal::BadCertificate,
-                format!("presented a client certificate{} that failed verification: {c}", claimed_subject()),
+                format!(
+                    "presented a client certificate{} that failed verification: {c}",
+                    claimed_subject()
+                ),
             )),
             _ => None,
         }
@@ -515,4 +539,3 @@ mod tests {
         }
     }
 }
-

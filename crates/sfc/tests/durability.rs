@@ -187,3 +187,101 @@ async fn memory_store_keeps_nothing() {
     let obs = reg.observer();
     assert!(obs.query(Filter::group("tmp")).await.unwrap().is_empty());
 }
+
+/// Reads frames from a raw session until the connection ends; returns the events among them.
+async fn events_until_closed(s: &mut RawTls) -> Vec<sfc_client::model::Event> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    loop {
+        let mut len = [0u8; 4];
+        match tokio::time::timeout(LIMIT, s.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return out, // the registry is gone
+            Err(_) => panic!("the watcher never noticed the registry was gone"),
+        }
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        if s.read_exact(&mut body).await.is_err() {
+            return out;
+        }
+        if let Ok(sfc_client::protocol::Message::Event(e)) = sfc_client::protocol::Codec::Json.decode(&body) {
+            out.push(e.event);
+        }
+    }
+}
+
+/// A query on a raw observer session: every record and the cursor, from one answer.
+async fn raw_query(reg: &RegistryProc) -> (Vec<sfc_client::model::InstanceRecord>, u64) {
+    use tokio::io::AsyncWriteExt;
+    let (mut s, _) = raw_session(reg, None, None).await;
+    let q = serde_json::json!({"type": "query", "id": 2, "filter": {}});
+    s.write_all(&frame(q.to_string().as_bytes())).await.unwrap();
+    loop {
+        if let sfc_client::protocol::Message::Result(r) = read_message(&mut s).await {
+            if r.id == 2 {
+                return (r.instances, r.cursor);
+            }
+        }
+    }
+}
+
+/// SIGKILL while the group commit's writer thread has a batch in flight: 400 sessions drop at
+/// once, so their `offline` transitions queue up and are written in batches; the registry is
+/// killed the moment its watcher hears of the first of them. After the restart:
+/// - every transition the watcher was sent is in the history, with its number;
+/// - the history is numbered without a hole (batches commit whole and in order);
+/// - each record is what the last event of its history says (a record and its event commit
+///   in the same transaction): `offline (connection-lost)` after an `offline`, still held
+///   `online` after a `joined`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_a_batch_in_flight_keeps_a_whole_prefix_of_the_history() {
+    const N: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    // A 100 s window: no session times out while the fleet connects, and the records held
+    // online after the restart stay as they were while the test looks at them.
+    let args = ["--missed-reports", "100"];
+    let mut reg = RegistryProc::start_at("127.0.0.1:0", dir.path(), &args);
+    let mut sessions = Vec::new();
+    for chunk in (0..N).collect::<Vec<_>>().chunks(16) {
+        let ids: Vec<String> = chunk.iter().map(|i| format!("i{i}")).collect();
+        let opened = futures_util::future::join_all(ids.iter().map(|id| raw_session(&reg, Some(("burst", id)), None))).await;
+        for (s, welcome) in opened {
+            assert!(matches!(welcome, sfc_client::protocol::Message::Welcome(_)), "{welcome:?}");
+            sessions.push(s);
+        }
+    }
+    // The watch is answered once everything before it is committed: every `joined`.
+    let mut w = raw_watch(&reg, serde_json::json!({ "group": "burst" })).await;
+    drop(sessions); // every connection closes at once: N offline transitions queue up
+    let first = next_event(&mut w).await;
+    assert_eq!(first.kind, EventKind::Offline, "{first:?}");
+    reg.kill();
+    let mut seen = vec![first];
+    seen.extend(events_until_closed(&mut w).await);
+
+    let reg = RegistryProc::start_at("127.0.0.1:0", dir.path(), &args);
+    let (records, cursor) = raw_query(&reg).await;
+    let history = history_through(&reg, 0, cursor).await;
+    let seqs: Vec<u64> = history.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=cursor).collect::<Vec<_>>(), "the history has a hole");
+    for ev in &seen {
+        assert!(history.iter().any(|e| e.seq == ev.seq && e.kind == ev.kind && e.id == ev.id), "lost {ev:?}");
+    }
+    let burst: Vec<_> = records.iter().filter(|r| r.group == "burst").collect();
+    assert_eq!(burst.len(), N);
+    let mut offline = 0;
+    for r in &burst {
+        let last = history.iter().rev().find(|e| e.id == r.id).unwrap_or_else(|| panic!("no event for {}", r.id));
+        match last.kind {
+            EventKind::Offline => {
+                offline += 1;
+                assert_eq!((r.status, r.offline_reason), (Status::Offline, Some(OfflineReason::ConnectionLost)), "{r:?}")
+            }
+            EventKind::Joined => assert_eq!((r.status, r.offline_reason), (Status::Online, None), "{r:?}"),
+            k => panic!("unexpected last event {k:?} for {}", r.id),
+        }
+    }
+    eprintln!(
+        "{} offline transitions seen before the SIGKILL, {offline} of {N} committed, history {cursor} events",
+        seen.iter().filter(|e| e.kind == EventKind::Offline).count()
+    );
+}

@@ -887,3 +887,66 @@ async fn command_results_pass_the_rate_limit_only_as_answers() {
     eprintln!("{sent} unanswerable results: {unknown} refused as unknown, {} dropped ({limited} rate-limited errors) in {span:.2} s", sent - unknown);
     calm.assert_undisturbed().await;
 }
+
+/// A command handler whose result is over the registry's frame limit: the client library
+/// answers with an error result (`ok: false`, naming the limit) instead of sending a frame the
+/// registry would refuse (which ended the session: offline, then online again). The session
+/// is the same before and after, with no transition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_result_over_the_frame_limit_is_an_error_result_and_the_session_stays() {
+    let reg = RegistryProc::start(&["--admin-token", "tok", "--max-frame", "65536"]);
+    let mut calm = WellBehaved::start(reg.service("calm", "steady")).await;
+    let svc = reg.service("cmd", "big-answer").start().unwrap();
+    svc.wait_connected(LIMIT).await.unwrap();
+    let obs = reg.observer();
+    let before = wait_record(&obs, "cmd/big-answer", LIMIT, "online with a report", |r| {
+        r.status == Status::Online && r.last_report_at.is_some()
+    })
+    .await;
+    let mut events = svc.subscribe();
+    svc.on_command(|c| match c.name.as_str() {
+        "dump" => Ok(serde_json::json!({ "blob": "x".repeat(200 * 1024) })),
+        _ => Ok(serde_json::json!({ "small": true })),
+    });
+    let url = reg.url("/v1/instances/cmd/big-answer/commands");
+    let call = move |name: &'static str| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .proxy(None)
+                .timeout_global(Some(Duration::from_secs(30)))
+                .build()
+                .into();
+            let mut r = agent
+                .post(&url)
+                .header("authorization", "Bearer tok")
+                .send_json(serde_json::json!({"command": name, "timeout": "10s"}))
+                .expect("command call");
+            let text = r.body_mut().read_to_string().unwrap();
+            (r.status().as_u16(), serde_json::from_str::<serde_json::Value>(&text).unwrap())
+        })
+    };
+    let (status, body) = call("dump").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ok"], false, "{body}");
+    assert!(body["error"].as_str().unwrap_or("").contains("frame limit of 65536"), "{body}");
+    // The same session answers the next command.
+    let (status, body) = call("ping").await.unwrap();
+    assert_eq!((status, &body["ok"]), (200, &serde_json::json!(true)), "{body}");
+    // Still the same session, reporting a liveness window later, with no transition.
+    let first = before.last_report_at.unwrap();
+    let after = wait_record(&obs, "cmd/big-answer", LIMIT, "reporting a window later", |r| {
+        r.last_report_at.is_some_and(|t| t >= first + 3 * before.interval_ms)
+    })
+    .await;
+    assert_eq!(
+        (after.status, after.status_since, after.connected_since),
+        (Status::Online, before.status_since, before.connected_since),
+        "{after:?}"
+    );
+    while let Ok(ev) = events.try_recv() {
+        assert!(matches!(ev, sfc_client::ClientEvent::Command(_)), "the client saw {ev:?}");
+    }
+    calm.assert_undisturbed().await;
+}

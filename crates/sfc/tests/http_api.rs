@@ -368,11 +368,14 @@ fn mutating_calls_are_forbidden_until_an_admin_credential_is_configured() {
 
 #[test]
 fn metrics_stay_parseable_with_quotes_backslashes_and_newlines_in_labels() {
-    let reg = Reg::start(&[]);
+    // Per-instance series are opt-in (--metrics-instances); this test reads them.
+    let reg = Reg::start(&["--metrics-instances", "all"]);
     let rt = rt();
     let _g = rt.enter();
     let service = "we\"b\\svc";
-    let gauge = "line one\nline \"two\" \\ end";
+    // No newline: the identifier grammar (PROTOCOL.md §12) refuses control characters in
+    // gauge names now; quotes and backslashes still need escaping in labels.
+    let gauge = "line one line \"two\" \\ end";
     let c = reg
         .service("metrics-\"g\"", service, "i\\1")
         .start()
@@ -859,4 +862,320 @@ fn https_with_an_admin_client_certificate() {
         "{out} {err}"
     );
     let _ = rt.block_on(c.stop());
+}
+
+/// A GET with extra request headers: (status, headers, raw body bytes).
+fn get_raw(url: &str, headers: &[(&str, &str)]) -> (u16, ureq::http::HeaderMap, Vec<u8>) {
+    let mut req = agent().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut r = req.call().expect("http request");
+    let status = r.status().as_u16();
+    let head = r.headers().clone();
+    let body = r
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_vec()
+        .expect("body");
+    (status, head, body)
+}
+
+fn ids_of(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn instances_page_by_cursor_choose_fields_search_and_answer_304_and_gzip() {
+    let reg = Reg::start(&[]);
+    let rt = rt();
+    let _g = rt.enter();
+    let names = ["i1", "i2", "i3", "i4", "i5"];
+    let clients: Vec<_> = names
+        .iter()
+        .map(|n| reg.service("pg", "pager", n).start().expect("client"))
+        .collect();
+    for c in &clients {
+        rt.block_on(c.wait_connected(Duration::from_secs(10)))
+            .expect("connected");
+    }
+
+    // Pages of two follow the cursor to the end: every record once, in id order.
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    let mut pages = 0;
+    loop {
+        let url = reg.url(&format!("/v1/instances?group=pg&limit=2{after}"));
+        let (s, head, body) = get_raw(&url, &[]);
+        assert_eq!(s, 200);
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        assert!(page.as_array().unwrap().len() <= 2, "{page}");
+        seen.extend(ids_of(&page));
+        pages += 1;
+        match head.get("x-next-cursor") {
+            Some(c) => after = format!("&after={}", c.to_str().unwrap()),
+            None => break,
+        }
+        assert!(pages < 10, "the cursor never ends");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(
+        seen,
+        names.iter().map(|n| format!("pg/{n}")).collect::<Vec<_>>()
+    );
+
+    // fields: only those (and id); an unknown one is refused; so is a limit out of range.
+    let (s, slim) = get(&reg.url("/v1/instances?group=pg&fields=status,health"));
+    assert_eq!(s, 200);
+    for r in slim.as_array().unwrap() {
+        let keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["health", "id", "status"], "{r}");
+    }
+    let (s, bad) = get(&reg.url("/v1/instances?fields=id,colour"));
+    assert_eq!((s, error_code(&bad)), (400, "invalid-request"));
+    assert!(
+        bad["error"]["message"].as_str().unwrap().contains("colour"),
+        "{bad}"
+    );
+    let (s, bad) = get(&reg.url("/v1/instances?limit=0"));
+    assert_eq!((s, error_code(&bad)), (400, "invalid-request"));
+
+    // Search (case-insensitive) and a set of ids.
+    let (_, found) = get(&reg.url("/v1/instances?q=PG/I3"));
+    assert_eq!(ids_of(&found), ["pg/i3"]);
+    let (_, two) = get(&reg.url("/v1/instances?ids=pg/i4,pg/i1,pg/none"));
+    assert_eq!(ids_of(&two), ["pg/i1", "pg/i4"]);
+
+    // Samples of some ids only, and only the newer ones.
+    let samples = eventually(Duration::from_secs(10), "two samples of pg/i2", || {
+        let (_, v) = get(&reg.url("/v1/samples?ids=pg/i2"));
+        (v["pg/i2"].as_array()?.len() >= 2).then_some(v)
+    });
+    assert_eq!(samples.as_object().unwrap().len(), 1, "{samples}");
+    let ring = samples["pg/i2"].as_array().unwrap();
+    let newest = ring.last().unwrap()["at"].as_u64().unwrap();
+    let (_, none_newer) = get(&reg.url(&format!(
+        "/v1/samples?ids=pg/i2&since={}",
+        newest + 3_600_000
+    )));
+    assert_eq!(none_newer["pg/i2"], json!([]), "{none_newer}");
+
+    // ETag / If-None-Match: the same list answers 304 with no body; a change answers 200.
+    let url = reg.url("/v1/instances?group=pg&fields=id,status");
+    let (s, head, _) = get_raw(&url, &[]);
+    assert_eq!(s, 200);
+    let tag = head
+        .get("etag")
+        .expect("an ETag")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (s, head, body) = get_raw(&url, &[("If-None-Match", &tag)]);
+    assert_eq!((s, body.len()), (304, 0));
+    assert_eq!(head.get("etag").unwrap().to_str().unwrap(), tag);
+    rt.block_on(clients[0].stop()).expect("stop");
+    eventually(
+        Duration::from_secs(10),
+        "a new ETag once pg/i1 left",
+        || {
+            let (s, head, _) = get_raw(&url, &[("If-None-Match", &tag)]);
+            (s == 200 && head.get("etag")?.to_str().ok()? != tag).then_some(())
+        },
+    );
+    let (_, fleet_head, _) = get_raw(&reg.url("/v1/fleet?group=pg&status=left"), &[]);
+    let ftag = fleet_head
+        .get("etag")
+        .expect("/v1/fleet has an ETag")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (s, _, _) = get_raw(
+        &reg.url("/v1/fleet?group=pg&status=left"),
+        &[("If-None-Match", &ftag)],
+    );
+    assert_eq!(s, 304);
+
+    // Compressed when the client accepts it, plain otherwise; never the SSE stream.
+    let (_, head, plain) = get_raw(&reg.url("/v1/instances"), &[]);
+    assert!(head.get("content-encoding").is_none(), "{head:?}");
+    let (_, head, gz) = get_raw(&reg.url("/v1/instances"), &[("Accept-Encoding", "gzip")]);
+    assert_eq!(
+        head.get("content-encoding").map(|v| v.to_str().unwrap()),
+        Some("gzip"),
+        "{head:?}"
+    );
+    assert_eq!(&gz[..2], &[0x1f, 0x8b], "not a gzip stream");
+    assert!(
+        gz.len() < plain.len(),
+        "gzip {} >= plain {}",
+        gz.len(),
+        plain.len()
+    );
+    assert!(
+        head.get_all("vary").iter().any(|v| v
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("accept-encoding")),
+        "{head:?}"
+    );
+    let sse = agent()
+        .get(&reg.url("/v1/watch"))
+        .header("Accept-Encoding", "gzip")
+        .call()
+        .expect("watch");
+    assert!(
+        sse.headers().get("content-encoding").is_none(),
+        "the watch stream was compressed"
+    );
+    drop(sse);
+    for c in &clients[1..] {
+        let _ = rt.block_on(c.stop());
+    }
+}
+
+#[test]
+fn summary_counts_each_group_as_the_fleet_does() {
+    let reg = Reg::start(&[]);
+    let rt = rt();
+    let _g = rt.enter();
+    let a1 = reg.service("alpha", "api", "a1").start().expect("a1");
+    let a2 = reg.service("alpha", "worker", "a2").start().expect("a2");
+    let b1 = reg.service("beta", "api", "b1").start().expect("b1");
+    for c in [&a1, &a2, &b1] {
+        rt.block_on(c.wait_connected(Duration::from_secs(10)))
+            .expect("connected");
+    }
+    a2.set_health(Health::Critical, Some("disk".into()))
+        .unwrap();
+    rt.block_on(b1.stop()).expect("stop b1");
+
+    let want = |fleet: &Value, group: &str| -> Value {
+        let records = fleet[group].as_array().cloned().unwrap_or_default();
+        let count = |k: &str, v: &str| records.iter().filter(|r| r[k] == v).count();
+        json!({
+            "instances": records.len(),
+            "online": count("status", "online"), "offline": count("status", "offline"), "left": count("status", "left"),
+            "passing": count("health", "passing"), "warning": count("health", "warning"), "critical": count("health", "critical"),
+        })
+    };
+    let summary = eventually(
+        Duration::from_secs(10),
+        "alpha critical and beta left",
+        || {
+            let (_, s) = get(&reg.url("/v1/summary"));
+            let groups = s["groups"].as_array()?;
+            let alpha = groups.iter().find(|g| g["group"] == "alpha")?;
+            let beta = groups.iter().find(|g| g["group"] == "beta")?;
+            (alpha["critical"] == 1 && beta["left"] == 1).then_some(s)
+        },
+    );
+    let (_, fleet) = get(&reg.url("/v1/fleet"));
+    let groups = summary["groups"].as_array().unwrap();
+    assert_eq!(
+        groups
+            .iter()
+            .map(|g| g["group"].clone())
+            .collect::<Vec<_>>(),
+        [json!("alpha"), json!("beta")]
+    );
+    for g in groups {
+        let name = g["group"].as_str().unwrap();
+        let mut got = g.clone();
+        let obj = got.as_object_mut().unwrap();
+        assert_eq!(
+            obj.remove("cpu").and_then(|c| c.as_array().map(Vec::len)),
+            Some(24),
+            "{g}"
+        );
+        obj.remove("group");
+        let services = obj.remove("services");
+        assert_eq!(got, want(&fleet, name), "group {name}");
+        assert_eq!(
+            services,
+            Some(json!(if name == "alpha" { 2 } else { 1 })),
+            "{g}"
+        );
+    }
+    assert_eq!(summary["totals"]["instances"], 3, "{summary}");
+    assert_eq!(summary["totals"]["online"], 2, "{summary}");
+    assert_eq!(summary["totals"]["groups"], 2, "{summary}");
+    // The watch cursor: events are published once committed, so it may trail the records.
+    assert!(
+        summary["events_cursor"].as_u64().is_some_and(|c| c >= 1),
+        "{summary}"
+    );
+    let _ = rt.block_on(a1.stop());
+    let _ = rt.block_on(a2.stop());
+}
+
+#[test]
+fn metrics_have_group_series_by_default_and_instance_series_only_when_asked() {
+    let text_of = |reg: &Reg| {
+        let mut r = agent().get(&reg.url("/metrics")).call().expect("metrics");
+        r.body_mut().read_to_string().unwrap()
+    };
+    for (args, instance_lines) in [
+        (&[][..], 0usize),
+        (&["--metrics-instances", "2"][..], 2),
+        (&["--metrics-instances", "all"][..], 3),
+    ] {
+        let reg = Reg::start(args);
+        let rt = rt();
+        let _g = rt.enter();
+        let clients: Vec<_> = ["m1", "m2", "m3"]
+            .iter()
+            .map(|n| reg.service("metered", "svc", n).start().expect("client"))
+            .collect();
+        for c in &clients {
+            rt.block_on(c.wait_connected(Duration::from_secs(10)))
+                .expect("connected");
+        }
+        let text = eventually(Duration::from_secs(10), "three online in /metrics", || {
+            let t = text_of(&reg);
+            t.lines()
+                .any(|l| l == r#"sfc_group_instances{group="metered",status="online"} 3"#)
+                .then_some(t)
+        });
+        openmetrics_parser::prometheus::parse_prometheus(&text)
+            .unwrap_or_else(|e| panic!("{args:?}: the exposition does not parse: {e:?}\n{text}"));
+        assert!(
+            text.lines()
+                .any(|l| l == r#"sfc_group_health{group="metered",health="passing"} 3"#),
+            "{args:?}:\n{text}"
+        );
+        assert!(
+            text.contains("sfc_group_process_resident_bytes_sum{group=\"metered\"}"),
+            "{args:?}:\n{text}"
+        );
+        let up: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("sfc_instance_up{"))
+            .collect();
+        assert_eq!(up.len(), instance_lines, "{args:?}: {up:?}");
+        let omitted = format!(
+            "sfc_registry_metrics_instances_omitted {}",
+            3 - instance_lines
+        );
+        assert!(
+            text.lines().any(|l| l == omitted),
+            "{args:?}: no {omitted:?} in\n{text}"
+        );
+        if instance_lines == 0 {
+            assert!(
+                !text.lines().any(
+                    |l| l.starts_with("sfc_instance_") || l.starts_with("# TYPE sfc_instance_")
+                ),
+                "{args:?}: per-instance series by default:\n{text}"
+            );
+        }
+        for c in &clients {
+            let _ = rt.block_on(c.stop());
+        }
+    }
 }

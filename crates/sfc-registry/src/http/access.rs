@@ -46,7 +46,9 @@ impl Access {
     /// An empty token counts as none: it would let anyone in with `Bearer `.
     pub fn new(token: Option<String>, subjects: Vec<String>) -> Access {
         Access {
-            token: token.filter(|t| !t.trim().is_empty()),
+            // Trimmed: a token read from a secret file ends with a newline that no client
+            // can send in a header.
+            token: token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
             subjects: subjects
                 .into_iter()
                 .map(|s| s.trim().to_string())

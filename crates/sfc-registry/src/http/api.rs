@@ -25,6 +25,9 @@ use crate::model::{Event, Filter, InstanceRecord};
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Largest page of `/v1/events` in bytes (estimated from the records it carries).
+pub const EVENTS_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Largest page of `/v1/events`.
 pub const MAX_EVENTS_PAGE: usize = 1000;
 /// Events in an instance's detail view.
@@ -75,7 +78,7 @@ pub async fn readyz(State(s): State<AppState>) -> ApiResult<Json<Value>> {
 }
 
 pub async fn metrics(State(s): State<AppState>) -> Response {
-    let body = super::prometheus::render(&s.registry, &s.figures());
+    let body = super::prometheus::render(&s.registry, &s.figures(), s.config.metrics_instances);
     (
         [(header::CONTENT_TYPE, super::prometheus::CONTENT_TYPE)],
         body,
@@ -119,7 +122,7 @@ pub struct FilterQuery {
 }
 
 impl FilterQuery {
-    fn filter(self) -> ApiResult<Filter> {
+    pub(super) fn filter(self) -> ApiResult<Filter> {
         let some = |v: Option<String>| v.filter(|s| !s.is_empty());
         Ok(Filter {
             group: some(self.group),
@@ -144,31 +147,36 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
 
 pub async fn fleet(
     State(s): State<AppState>,
+    headers: HeaderMap,
     q: Result<Query<FilterQuery>, QueryRejection>,
-) -> ApiResult<Json<BTreeMap<String, Vec<InstanceRecord>>>> {
-    Ok(Json(s.registry.fleet(&query(q)?.filter()?)))
+) -> ApiResult<Response> {
+    let fleet: BTreeMap<String, Vec<InstanceRecord>> = s.registry.fleet(&query(q)?.filter()?);
+    Ok(super::lists::etag_json(&headers, super::lists::to_json(&fleet)))
 }
 
+/// Records, by id; paged with `limit` and `after`, narrowed with `q`, `ids` and `fields`
+/// ([`super::lists`]).
 pub async fn instances(
     State(s): State<AppState>,
-    q: Result<Query<FilterQuery>, QueryRejection>,
-) -> ApiResult<Json<Vec<InstanceRecord>>> {
-    Ok(Json(s.registry.query(&query(q)?.filter()?)))
+    headers: HeaderMap,
+    q: Result<Query<super::lists::ListQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    super::lists::instances(&s, &headers, query(q)?)
 }
 
-/// Recent samples of every selected instance, by id (the dashboard's sparklines).
+/// Recent samples of every selected instance, by id (the dashboard's sparklines); `ids` and
+/// `since` narrow them to the rows on screen and what is new.
 pub async fn samples(
     State(s): State<AppState>,
-    q: Result<Query<FilterQuery>, QueryRejection>,
-) -> ApiResult<Json<BTreeMap<String, Vec<crate::registry::Sample>>>> {
-    let filter = query(q)?.filter()?;
-    let out = s
-        .registry
-        .query(&filter)
-        .into_iter()
-        .filter_map(|r| s.registry.samples(&r.id).map(|v| (r.id, v)))
-        .collect();
-    Ok(Json(out))
+    headers: HeaderMap,
+    q: Result<Query<super::lists::SamplesQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    super::lists::samples(&s, &headers, query(q)?)
+}
+
+/// Per-group counts for the dashboard's overview ([`super::lists::summary`]).
+pub async fn summary(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    super::lists::summary(&s, &headers)
 }
 
 /// `{group}/{instance_id}` from the path. A rejection (a segment that is not UTF-8 once
@@ -221,6 +229,8 @@ pub async fn deregister(
             e if e.code == ApiCode::UnknownInstance => unknown(&id),
             e => e,
         })?;
+    // Answered once the eviction is committed (group commit).
+    s.registry.durable().await;
     tracing::info!(target: "sfc::http", id, by, "deregistered");
     Ok(Json(json!({ "deregistered": id, "by": by })))
 }
@@ -316,7 +326,16 @@ pub async fn events(
         )));
     }
     let after = q.after.unwrap_or(0);
-    let (page, latest) = s.registry.events_after(after, limit);
+    let (mut page, latest) = s.registry.events_after(after, limit);
+    // Bounded in bytes too: a page stops at EVENTS_PAGE_BYTES (at least one event); `next`
+    // continues it.
+    let mut bytes = 0usize;
+    if let Some(cut) = page.iter().position(|e| {
+        bytes += crate::registry::session::event_size(e);
+        bytes > EVENTS_PAGE_BYTES
+    }) {
+        page.truncate(cut.max(1));
+    }
     let next = page.last().map(|e| e.seq).unwrap_or(after.min(latest));
     Ok(Json(json!({
         "events": page,
@@ -374,6 +393,20 @@ struct Watch {
     last: u64,
     /// Sent before anything else (a resume point older than the history).
     notice: Option<SseEvent>,
+    /// Set once `slow-consumer` was sent: the stream ends.
+    done: bool,
+}
+
+/// Tells a watcher that fell behind the per-report events that it is cut off (its budget is
+/// the 16,384 report events the registry keeps; RELIABILITY.md "Budgets"). The stream ends;
+/// an `EventSource` reconnects with `Last-Event-ID` and misses no transition.
+fn slow_consumer(missed: u64) -> SseEvent {
+    SseEvent::default().event("slow-consumer").data(
+        serde_json::json!({ "error": { "code": "slow-consumer", "message": format!(
+            "this watch fell {missed} report events behind; reconnect (with Last-Event-ID) to resume"
+        ) } })
+        .to_string(),
+    )
 }
 
 /// Tells the watcher that events it asked for are gone from the history.
@@ -397,6 +430,9 @@ impl Watch {
     async fn next(&mut self) -> Option<SseEvent> {
         if let Some(n) = self.notice.take() {
             return Some(n);
+        }
+        if self.done {
+            return None;
         }
         loop {
             if let Some(ev) = self.backlog.pop_front() {
@@ -429,8 +465,26 @@ impl Watch {
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
                 r = reports => match r {
-                    Ok(ev) if event_matches(&self.filter, &ev) => return Some(sse_event(&ev)),
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Ok(ev) if event_matches(&self.filter, &ev) => {
+                        // Report events travel thin (the ring keeps no record); the current
+                        // record is filled in as it is sent.
+                        if ev.instance.is_some() {
+                            return Some(sse_event(&ev));
+                        }
+                        let record = self.state.registry.get(&ev.id);
+                        let Some(record) = record else { continue };
+                        let ev = Event { instance: Some(Box::new(record)), ..(*ev).clone() };
+                        if event_matches(&self.filter, &ev) {
+                            return Some(sse_event(&ev));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        self.state.registry.stats().slow_consumers_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(target: "sfc::audit", missed = n, "slow consumer: an SSE watch fell behind the report events; closing it");
+                        self.done = true;
+                        return Some(slow_consumer(n));
+                    }
                     Err(broadcast::error::RecvError::Closed) => self.reports = None,
                 },
             }
@@ -472,6 +526,7 @@ pub async fn watch(
         backlog: VecDeque::new(),
         last: latest,
         notice: None,
+        done: false,
     };
     if let Some(after) = resume {
         w.last = after.min(latest);

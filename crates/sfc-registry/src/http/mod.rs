@@ -17,6 +17,7 @@ pub mod access;
 pub mod api;
 pub mod dashboard;
 pub mod error;
+pub mod lists;
 pub mod prometheus;
 
 use std::collections::VecDeque;
@@ -61,6 +62,14 @@ pub struct HttpConfig {
     pub heartbeat: Duration,
     /// Most HTTP connections held at once.
     pub max_connections: usize,
+    /// Most HTTP connections held at once from one client address: one client's idle sockets
+    /// cannot take the others' (`/healthz`, `/metrics`, the dashboard).
+    pub max_connections_per_client: usize,
+    /// How long a connection may sit without a complete request head (a new connection, or
+    /// an idle keep-alive one) before it is closed.
+    pub idle_timeout: Duration,
+    /// Which instances get per-instance series in `/metrics` (`--metrics-instances`).
+    pub metrics_instances: prometheus::MetricsInstances,
 }
 
 impl Default for HttpConfig {
@@ -72,6 +81,9 @@ impl Default for HttpConfig {
             max_command_timeout: Duration::from_secs(120),
             heartbeat: Duration::from_secs(15),
             max_connections: 1024,
+            max_connections_per_client: 128,
+            idle_timeout: Duration::from_secs(5),
+            metrics_instances: prometheus::MetricsInstances::None,
         }
     }
 }
@@ -93,6 +105,10 @@ pub struct AppState {
     /// Cancelled at shutdown: watches end and `/readyz` answers 503.
     pub shutdown: CancellationToken,
     pub ready: Arc<AtomicBool>,
+    /// Set when the API listens on a loopback address: requests must then name a loopback
+    /// host (`localhost`, `127.x.x.x`, `[::1]`), so a web page that rebinds a DNS name to
+    /// 127.0.0.1 cannot read the fleet through the operator's browser.
+    pub loopback_only: bool,
 }
 
 impl AppState {
@@ -103,6 +119,7 @@ impl AppState {
             figures: Arc::default(),
             shutdown: CancellationToken::new(),
             ready: Arc::new(AtomicBool::new(false)),
+            loopback_only: false,
         }
     }
 
@@ -148,6 +165,7 @@ fn routes() -> Routes {
     .add(Method::GET, "/v1/openapi.json", openapi)
     .add(Method::GET, "/v1/registry", registry_info)
     .add(Method::GET, "/v1/fleet", fleet)
+    .add(Method::GET, "/v1/summary", summary)
     .add(Method::GET, "/v1/instances", instances)
     .add(Method::GET, "/v1/samples", samples)
     .add(Method::GET, "/v1/instances/{group}/{instance_id}", instance)
@@ -176,11 +194,110 @@ pub fn route_table() -> Vec<(String, String)> {
 
 /// The whole HTTP application for `state`.
 pub fn router(state: AppState) -> Router {
+    let loopback_only = state.loopback_only;
     routes()
         .router
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
+        // Every error answer carries the JSON error body, also those axum and tower make
+        // (413 for a body over the limit, rejected extractors).
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn(move |req: Request<axum::body::Body>, next: axum::middleware::Next| {
+            host_check(loopback_only, req, next)
+        }))
+        // gzip or zstd when the client accepts it; never the SSE watch (the layer's default
+        // predicate leaves text/event-stream, images and small bodies alone).
+        .layer(tower_http::compression::CompressionLayer::new())
         .with_state(state)
+}
+
+/// The API's code for an error status that a handler did not answer itself.
+fn code_for(status: axum::http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not-found",
+        405 => "method-not-allowed",
+        408 => "request-timeout",
+        413 => "payload-too-large",
+        415 => "unsupported-media-type",
+        421 => "misdirected-request",
+        429 => "too-many-requests",
+        503 => "unavailable",
+        s if s >= 500 => "internal",
+        _ => "invalid-request",
+    }
+}
+
+/// Rewrites an error answer that is not JSON into the API's error body, keeping its status
+/// and its text as the message.
+async fn json_errors(resp: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    let body = serde_json::json!({ "error": { "code": code_for(status), "message": message } });
+    let mut out = (status, axum::Json(body)).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// Whether a Host header names this machine's loopback interface.
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host })
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// With the API on a loopback address, refuses a request whose Host is not a loopback name
+/// (DNS rebinding) with 421 and the JSON error body. A request without Host passes.
+async fn host_check(
+    loopback_only: bool,
+    req: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if loopback_only {
+        let host = req
+            .headers()
+            .get(axum::http::header::HOST)
+            .map(|h| h.to_str().unwrap_or("\u{fffd}").to_string())
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        if let Some(host) = host.filter(|h| !is_loopback_host(h)) {
+            tracing::warn!(target: "sfc::audit", host = %host.escape_debug(), "refused: an HTTP request for a host that is not loopback");
+            let body = serde_json::json!({ "error": { "code": "misdirected-request", "message": format!(
+                "this registry's HTTP API listens on loopback and answers only for localhost, 127.0.0.1 or [::1], not {:?}",
+                host
+            ) } });
+            return (axum::http::StatusCode::MISDIRECTED_REQUEST, axum::Json(body)).into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Binds `addr` for the HTTP API.
@@ -218,10 +335,13 @@ pub async fn serve(
 
 /// [`serve`] with a prepared state (tests keep a handle on it).
 pub async fn serve_state(
-    state: AppState,
+    mut state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
+    state.loopback_only = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    let per_client: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> = Arc::default();
+    let (per_client_max, idle) = (state.config.max_connections_per_client.max(1), state.config.idle_timeout);
     let sampler = tokio::spawn(sample_figures(state.clone()));
     let tls = state.config.tls.as_ref().map(|c| {
         let mut c = (**c).clone();
@@ -236,16 +356,21 @@ pub async fn serve_state(
             tracing::warn!(target: "sfc::http", %addr, "too many HTTP connections; closing this one");
             return None;
         };
+        let Some(slot) = ClientSlot::take(&per_client, addr.ip(), per_client_max) else {
+            tracing::warn!(target: "sfc::audit", %addr, limit = per_client_max,
+                "refused: too many HTTP connections from one client; closing this one");
+            return None;
+        };
         let (app, tls, stop) = (app.clone(), tls.clone(), state.shutdown.clone());
         let registry = state.registry.clone();
         Some(async move {
             match tls {
-                None => connection(tcp, Peer { addr, subject: None, uris: Vec::new() }, app, stop).await,
+                None => connection(tcp, Peer { addr, subject: None, uris: Vec::new() }, app, stop, idle).await,
                 Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let subject = crate::tls::peer_subject(stream.get_ref().1);
                         let uris = crate::tls::peer_san_uris(stream.get_ref().1);
-                        connection(stream, Peer { addr, subject, uris }, app, stop).await
+                        connection(stream, Peer { addr, subject, uris }, app, stop, idle).await
                     }
                     Ok(Err(e)) => match crate::tls::CertRefusal::classify(&e) {
                         Some((why, text)) => registry.stats().refused_certificates.refuse(
@@ -260,6 +385,7 @@ pub async fn serve_state(
                 },
             }
             drop(permit);
+            drop(slot);
         })
     })
     .await;
@@ -275,7 +401,7 @@ pub async fn serve_state(
 }
 
 /// Serves one connection; every request carries the [`Peer`] it came from.
-async fn connection<I>(io: I, peer: Peer, app: Router, stop: CancellationToken)
+async fn connection<I>(io: I, peer: Peer, app: Router, stop: CancellationToken, idle: Duration)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -286,7 +412,9 @@ where
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        // Also the idle time of a keep-alive connection between requests (hyper starts the
+        // timer whenever it waits for a request head).
+        .header_read_timeout(idle);
     let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
     tokio::pin!(conn);
     tokio::select! {
@@ -298,6 +426,36 @@ where
         _ = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+        }
+    }
+}
+
+/// One connection's place in its client's count; given back when dropped.
+struct ClientSlot {
+    map: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl ClientSlot {
+    fn take(map: &Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>, ip: std::net::IpAddr, max: usize) -> Option<Self> {
+        let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { map: map.clone(), ip })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
         }
     }
 }

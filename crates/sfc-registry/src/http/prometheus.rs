@@ -1,14 +1,81 @@
 //! `GET /metrics` in the Prometheus text exposition format (version 0.0.4): the registry's own
-//! figures and one set of gauges per instance, labelled `group`, `service` and `instance`.
+//! figures, one small set of series per group (`sfc_group_*`, labelled `group`), and, only when
+//! asked for with `--metrics-instances all|N`, one set of gauges per instance (`sfc_instance_*`,
+//! labelled `group`, `service` and `instance`). Per-instance series are opt-in because they
+//! grow with the fleet: about 10 per instance, 500,000 at 50,000 instances.
 //! Label values are escaped as the format requires (backslash, double quote, newline), so any
 //! name an application chooses keeps the output parseable.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::str::FromStr;
 
 use crate::model::{Health, InstanceRecord, Status};
 use crate::registry::Registry;
 
 use super::SelfFigures;
+
+/// Which instances get `sfc_instance_*` series (`--metrics-instances`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetricsInstances {
+    /// None: registry and per-group series only (the default).
+    #[default]
+    None,
+    /// Every instance.
+    All,
+    /// At most this many instances, the first by id; `sfc_registry_metrics_instances_omitted`
+    /// says how many were left out.
+    Max(usize),
+}
+
+impl FromStr for MetricsInstances {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "none" | "0" => Ok(MetricsInstances::None),
+            "all" => Ok(MetricsInstances::All),
+            n => n
+                .parse::<usize>()
+                .map(MetricsInstances::Max)
+                .map_err(|_| format!("{s:?} is not none, all or a number of instances")),
+        }
+    }
+}
+
+impl std::fmt::Display for MetricsInstances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetricsInstances::None => f.write_str("none"),
+            MetricsInstances::All => f.write_str("all"),
+            MetricsInstances::Max(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// What `/metrics` says about one group, gathered under the state lock without cloning records.
+#[derive(Default)]
+struct GroupFigures {
+    status: [u64; 3],
+    health: [u64; 3],
+    cpu_sum: f64,
+    rss_sum: f64,
+}
+
+fn status_index(s: Status) -> usize {
+    match s {
+        Status::Online => 0,
+        Status::Offline => 1,
+        Status::Left => 2,
+    }
+}
+
+fn health_index(h: Health) -> usize {
+    match h {
+        Health::Passing => 0,
+        Health::Warning => 1,
+        Health::Critical => 2,
+    }
+}
 
 /// The content type Prometheus expects for this format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -69,12 +136,46 @@ impl<'a> Family<'a> {
     }
 }
 
-/// Renders every metric family.
-pub fn render(registry: &Registry, figures: &SelfFigures) -> String {
+/// Renders every metric family; per-instance ones as `instances` says.
+pub fn render(registry: &Registry, figures: &SelfFigures, instances: MetricsInstances) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let mut out = String::with_capacity(4096);
     let stats = registry.stats();
-    let records = registry.query(&Default::default());
+    // Per-group figures are summed under the lock; records are cloned only for the
+    // per-instance series, and only as many as asked for.
+    let (groups, records, total) = {
+        let st = registry.state();
+        let mut groups: BTreeMap<String, GroupFigures> = BTreeMap::new();
+        for i in st.instances.values() {
+            let r = &i.record;
+            let g = match groups.get_mut(&r.group) {
+                Some(g) => g,
+                None => groups.entry(r.group.clone()).or_default(),
+            };
+            g.status[status_index(r.status)] += 1;
+            g.health[health_index(r.health)] += 1;
+            if r.status == Status::Online {
+                g.cpu_sum += r.metrics.process.cpu_percent.unwrap_or(0.0);
+                g.rss_sum += r.metrics.process.resident_bytes.unwrap_or(0) as f64;
+            }
+        }
+        let total = st.instances.len();
+        let records: Vec<InstanceRecord> = match instances {
+            MetricsInstances::None => Vec::new(),
+            MetricsInstances::All => st.instances.values().map(|i| i.record.clone()).collect(),
+            MetricsInstances::Max(n) => {
+                let mut ids: Vec<&String> = st.instances.keys().collect();
+                ids.sort_unstable();
+                ids.truncate(n);
+                ids.into_iter()
+                    .map(|id| st.instances[id].record.clone())
+                    .collect()
+            }
+        };
+        (groups, records, total)
+    };
+    let mut records = records;
+    records.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     let (_, events_total) = registry.events_after(u64::MAX, 0);
 
     Family::new(
@@ -151,6 +252,18 @@ pub fn render(registry: &Registry, figures: &SelfFigures) -> String {
             stats.rate_limited_total.load(Relaxed),
         ),
         (
+            "sfc_registry_slow_consumers_total",
+            "counter",
+            "Sessions and SSE watches closed with slow-consumer: their outbound queue went over --max-outbound.",
+            stats.slow_consumers_total.load(Relaxed),
+        ),
+        (
+            "sfc_registry_refused_instances_total",
+            "counter",
+            "Registrations refused by --max-instances, --max-group-instances or the legacy caps.",
+            stats.refused_instances_total.load(Relaxed),
+        ),
+        (
             "sfc_registry_store_up",
             "gauge",
             "1 while the store accepts writes, 0 while the registry serves from memory only.",
@@ -195,7 +308,11 @@ pub fn render(registry: &Registry, figures: &SelfFigures) -> String {
         for surface in Surface::ALL {
             for why in CertRefusal::ALL {
                 let n = stats.refused_certificates.count(surface, why);
-                f.sample(name, &[("surface", surface.as_str()), ("reason", why.as_str())], n as f64);
+                f.sample(
+                    name,
+                    &[("surface", surface.as_str()), ("reason", why.as_str())],
+                    n as f64,
+                );
             }
         }
     }
@@ -207,7 +324,7 @@ pub fn render(registry: &Registry, figures: &SelfFigures) -> String {
             "Known instances by status.",
         );
         for s in [Status::Online, Status::Offline, Status::Left] {
-            let n = records.iter().filter(|r| r.status == s).count();
+            let n: u64 = groups.values().map(|g| g.status[status_index(s)]).sum();
             f.sample(
                 "sfc_registry_instances",
                 &[("status", s.as_str())],
@@ -215,6 +332,24 @@ pub fn render(registry: &Registry, figures: &SelfFigures) -> String {
             );
         }
     }
+    Family::new(
+        &mut out,
+        "sfc_registry_groups",
+        "gauge",
+        "Groups with at least one known instance.",
+    )
+    .sample("sfc_registry_groups", &[], groups.len() as f64);
+    Family::new(
+        &mut out,
+        "sfc_registry_metrics_instances_omitted",
+        "gauge",
+        "Instances without sfc_instance_* series in this scrape (--metrics-instances).",
+    )
+    .sample(
+        "sfc_registry_metrics_instances_omitted",
+        &[],
+        total.saturating_sub(records.len()) as f64,
+    );
     if let Some(c) = figures.cpu_percent {
         Family::new(
             &mut out,
@@ -234,8 +369,63 @@ pub fn render(registry: &Registry, figures: &SelfFigures) -> String {
         .sample("sfc_registry_process_resident_bytes", &[], r as f64);
     }
 
+    group_families(&mut out, &groups);
     instance_families(&mut out, &records);
     out
+}
+
+/// Eight series per group: instances by status and by health, CPU and memory of the online ones.
+fn group_families(out: &mut String, groups: &BTreeMap<String, GroupFigures>) {
+    if groups.is_empty() {
+        return;
+    }
+    let name = "sfc_group_instances";
+    let mut f = Family::new(out, name, "gauge", "Instances of the group by status.");
+    for (g, v) in groups {
+        for s in [Status::Online, Status::Offline, Status::Left] {
+            f.sample(
+                name,
+                &[("group", g), ("status", s.as_str())],
+                v.status[status_index(s)] as f64,
+            );
+        }
+    }
+    let name = "sfc_group_health";
+    let mut f = Family::new(
+        out,
+        name,
+        "gauge",
+        "Instances of the group by the health they last reported (any status).",
+    );
+    for (g, v) in groups {
+        for h in [Health::Passing, Health::Warning, Health::Critical] {
+            f.sample(
+                name,
+                &[("group", g), ("health", h.as_str())],
+                v.health[health_index(h)] as f64,
+            );
+        }
+    }
+    let name = "sfc_group_process_cpu_percent_sum";
+    let mut f = Family::new(
+        out,
+        name,
+        "gauge",
+        "CPU of the group's online instances' processes, summed, percent of one core.",
+    );
+    for (g, v) in groups {
+        f.sample(name, &[("group", g)], v.cpu_sum);
+    }
+    let name = "sfc_group_process_resident_bytes_sum";
+    let mut f = Family::new(
+        out,
+        name,
+        "gauge",
+        "Resident memory of the group's online instances' processes, summed.",
+    );
+    for (g, v) in groups {
+        f.sample(name, &[("group", g)], v.rss_sum);
+    }
 }
 
 fn labels(r: &InstanceRecord) -> [(&'static str, &str); 3] {
@@ -351,6 +541,88 @@ fn instance_families(out: &mut String, records: &[InstanceRecord]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Scrape size and render time at 50,000 instances in 100 groups, for BENCHMARKS.md
+    /// ("Operator surfaces"); prints, asserts only that per-instance series are opt-in:
+    /// `cargo test --release -p sfc-registry --lib -- --ignored metrics_at_50000 --nocapture`
+    #[test]
+    #[ignore]
+    fn metrics_at_50000_instances() {
+        use crate::model::Registration;
+        use crate::registry::state::{OutboundTx, SessionRef};
+        use crate::registry::RegistryConfig;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let reg = Registry::new(RegistryConfig::default());
+        let mut sampler = sfc_client::metrics::Sampler::new();
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let report = crate::protocol::Report {
+            seq: 1,
+            sent_at: Some(crate::model::now_ms()),
+            health: None,
+            health_note: None,
+            metrics: sampler.sample(),
+        };
+        let mut queues = Vec::new();
+        for i in 0..50_000usize {
+            let (tx, rx) = OutboundTx::channel(8);
+            queues.push(rx);
+            let r = Registration {
+                group: format!("g{}", i % 100),
+                instance_id: format!("i{i}"),
+                service: format!("svc{}", i % 100),
+                hostname: "bench-host".into(),
+                pid: 1000 + i as u32,
+                ..Default::default()
+            };
+            let id = format!("{}/{}", r.group, r.instance_id);
+            let mut st = reg.state();
+            let session = Some(SessionRef {
+                id: i as u64 + 1,
+                tx,
+            });
+            st.register(r, 1000, session, None, "v1", serde_json::Value::Null);
+            st.apply_report(&id, Some(i as u64 + 1), report.clone());
+        }
+        let figures = SelfFigures::default();
+        for mode in [
+            MetricsInstances::None,
+            MetricsInstances::Max(500),
+            MetricsInstances::All,
+        ] {
+            let mut times = Vec::new();
+            let mut text = String::new();
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                text = render(&reg, &figures, mode);
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let series = text.lines().filter(|l| !l.starts_with('#')).count();
+            println!(
+                "--metrics-instances {mode}: {series} series, {} bytes, render {:.1}-{:.1} ms (median {:.1})",
+                text.len(),
+                times[0],
+                times[4],
+                times[2]
+            );
+            if mode == MetricsInstances::None {
+                assert!(!text.contains("\nsfc_instance_"));
+            }
+        }
+        drop(queues);
+    }
+
+    #[test]
+    fn metrics_instances_parses_none_all_and_a_bound() {
+        assert_eq!("none".parse(), Ok(MetricsInstances::None));
+        assert_eq!("all".parse(), Ok(MetricsInstances::All));
+        assert_eq!("250".parse(), Ok(MetricsInstances::Max(250)));
+        assert!("some".parse::<MetricsInstances>().is_err());
+    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -9,6 +9,7 @@
 
 #[cfg(feature = "etcd")]
 pub(crate) mod cluster;
+pub(crate) mod commit;
 pub mod policy;
 pub mod session;
 pub mod state;
@@ -61,6 +62,20 @@ pub struct RegistryConfig {
     pub codecs: Vec<crate::protocol::Codec>,
     /// Frame compressions a session may negotiate (`--compression`).
     pub compression: Vec<crate::protocol::Compression>,
+    /// Budgets (issue 15, RELIABILITY.md "Budgets"): bytes one session may have queued for
+    /// its peer before it is closed with `slow-consumer` (`--max-outbound`).
+    pub max_outbound: usize,
+    /// Records (any status) the registry holds at most (`--max-instances`); a new identity
+    /// beyond is refused with `too-many-instances`.
+    pub max_instances: usize,
+    /// Records one group holds at most (`--max-group-instances`).
+    pub max_group_instances: usize,
+    /// Legacy records held at most, in all and per group (`--max-legacy-instances`,
+    /// `--max-legacy-group-instances`): anonymous legacy writers are limited further.
+    pub max_legacy_instances: usize,
+    pub max_legacy_group_instances: usize,
+    /// Whether legacy documents are accepted at all (`--legacy on|off`).
+    pub legacy: bool,
     /// `--store etcd`: the shared state of the etcd store, which the registry's cluster tasks
     /// (fleet cache, cross-registry commands) use. Set together with `store`.
     #[cfg(feature = "etcd")]
@@ -85,6 +100,12 @@ impl Default for RegistryConfig {
             max_frame_rate: 100,
             codecs: crate::protocol::Codec::ALL.to_vec(),
             compression: crate::protocol::Compression::ALL.to_vec(),
+            max_outbound: 32 * 1024 * 1024,
+            max_instances: 200_000,
+            max_group_instances: 200_000,
+            max_legacy_instances: 10_000,
+            max_legacy_group_instances: 1_000,
+            legacy: true,
             #[cfg(feature = "etcd")]
             cluster: None,
         }
@@ -111,6 +132,10 @@ pub struct Stats {
     pub(crate) refused_connections_logged_at: AtomicU64,
     /// Frames dropped by the per-session rate limit.
     pub rate_limited_total: AtomicU64,
+    /// Sessions closed with `slow-consumer` (protocol sessions and SSE watches).
+    pub slow_consumers_total: AtomicU64,
+    /// Registrations (hello or legacy) refused by `--max-instances` and the group caps.
+    pub refused_instances_total: AtomicU64,
 }
 
 /// Where a TLS handshake was refused.
@@ -218,19 +243,25 @@ impl Registry {
     pub fn new(config: RegistryConfig) -> Registry {
         let (events_tx, _) = broadcast::channel(4096);
         let (reports_tx, _) = broadcast::channel(16384);
-        let state = State::new(config.event_history.max(1), events_tx.clone(), reports_tx.clone(), config.store.clone());
+        let mut state = State::new(config.event_history.max(1), events_tx.clone(), reports_tx.clone(), config.store.clone());
         Registry {
-            shared: Arc::new(Shared {
-                config,
-                state: Mutex::new(state),
-                events_tx,
-                reports_tx,
-                next_session: AtomicU64::new(1),
-                next_command: AtomicU64::new(1),
-                stats: Stats::default(),
-                started_at: crate::model::now_ms(),
-                #[cfg(feature = "etcd")]
-                cluster: std::sync::OnceLock::new(),
+            shared: Arc::new_cyclic(|shared| {
+                // Group commit (commit.rs): a writer thread writes transitions in batches.
+                if config.store.group_commit() {
+                    state.set_writer(commit::Writer::start(shared.clone(), config.store.clone(), config.event_history.max(1)));
+                }
+                Shared {
+                    config,
+                    state: Mutex::new(state),
+                    events_tx,
+                    reports_tx,
+                    next_session: AtomicU64::new(1),
+                    next_command: AtomicU64::new(1),
+                    stats: Stats::default(),
+                    started_at: crate::model::now_ms(),
+                    #[cfg(feature = "etcd")]
+                    cluster: std::sync::OnceLock::new(),
+                }
             }),
         }
     }
@@ -254,6 +285,16 @@ impl Registry {
         // A panic while holding the lock would poison it; the state is still consistent
         // field by field, so keep serving rather than take the whole registry down.
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until every transition made before the call is committed to the store and
+    /// broadcast (group commit, commit.rs; at once for stores written under the lock). What
+    /// a client is told after this (welcome, a query answer) survives a crash.
+    pub async fn durable(&self) {
+        let barrier = self.state().barrier();
+        if let Some(b) = barrier {
+            let _ = b.await;
+        }
     }
 
     /// Records matching `filter`, sorted by id.
@@ -398,8 +439,18 @@ impl Registry {
             let mut snap = tokio::time::interval(snapshot_every);
             snap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut prune = tokio::time::interval(Duration::from_secs(60));
+            // The registry's own health (Lifeguard): a tick that comes late means the whole
+            // process was (paused, starved); deadlines are then not charged to clients.
+            let mut clock = tokio::time::interval(session::lateness::TICK);
+            clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_tick = tokio::time::Instant::now();
             loop {
                 tokio::select! {
+                    _ = clock.tick() => {
+                        let now = tokio::time::Instant::now();
+                        session::lateness::observe_tick(last_tick, now);
+                        last_tick = now;
+                    }
                     _ = t.tick() => {
                         let n = reg.state().evict_expired(retention);
                         if n > 0 {
@@ -423,22 +474,37 @@ impl Registry {
 
     /// Arms the liveness timer of an instance that has no session (a legacy instance, or one
     /// held online after a restart): one task per instance, reused while its deadline moves.
+    /// A task sleeps at most a minute at a time and ends when a newer one took over
+    /// (`timer_gen`: a legacy document shortened the deadline). A deadline that passes while
+    /// the registry itself was late (paused, starved: [`session::lateness`]) is not charged
+    /// to the client: it gets one fresh window from when the registry resumed.
     pub(crate) fn arm_deadline(&self, id: String) {
         let reg = self.clone();
         tokio::spawn(async move {
+            let mut gen = None;
             loop {
                 let deadline = {
                     let mut st = reg.state();
+                    let missed = reg.shared.config.missed_reports;
                     let Some(inst) = st.instances.get_mut(&id) else { return };
+                    if *gen.get_or_insert(inst.timer_gen) != inst.timer_gen {
+                        return; // a newer task watches this instance
+                    }
                     match inst.deadline {
                         Some((d, reason)) if inst.record.status == Status::Online && inst.session.is_none() => {
-                            if d <= tokio::time::Instant::now() {
+                            let now = tokio::time::Instant::now();
+                            if d <= now {
+                                let window = Duration::from_millis(inst.record.interval_ms) * missed;
+                                if let Some(fresh) = session::lateness::excused(d, now, window) {
+                                    inst.deadline = Some((fresh, reason));
+                                    continue;
+                                }
                                 inst.timer_armed = false;
                                 inst.deadline = None;
                                 st.mark_offline(&id, None, reason);
                                 return;
                             }
-                            d
+                            d.min(now + Duration::from_secs(60))
                         }
                         _ => {
                             inst.timer_armed = false;
@@ -468,8 +534,10 @@ impl Registry {
             return;
         }
         let n = dirty.len();
+        let started = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || store.snapshot(&dirty)).await {
-            Ok(Ok(())) => tracing::trace!(target: "sfc::store", records = n, "metric snapshot written"),
+            Ok(Ok(())) => tracing::debug!(target: "sfc::store", records = n, ms = started.elapsed().as_millis() as u64,
+                "metric snapshot written"),
             Ok(Err(e)) => tracing::warn!(target: "sfc::store", error = %e, "metric snapshot failed"),
             Err(e) => tracing::warn!(target: "sfc::store", error = %e, "metric snapshot task failed"),
         }

@@ -161,3 +161,54 @@ mod tests {
         assert!(e.contains("identitees"), "{e}");
     }
 }
+
+/// Record quotas (`--max-instances`, `--max-group-instances`, and the tighter caps on legacy
+/// records, which anonymous writers make): whether the state may take one more identity
+/// `id` in `group`. An identity it already holds always passes (updates and reconnects are
+/// never refused). Counting a group or the legacy records walks the records, so it is done
+/// only for a new identity and only when the total is at least the cap in question (with the
+/// defaults, a v1 hello never walks). Returns why not, for the error and the audit line.
+pub(crate) fn check_quota(
+    st: &super::state::State,
+    cfg: &super::RegistryConfig,
+    group: &str,
+    id: &str,
+    legacy: bool,
+) -> std::result::Result<(), String> {
+    if st.instances.contains_key(id) {
+        return Ok(());
+    }
+    let total = st.instances.len();
+    if total >= cfg.max_instances {
+        return Err(format!("the registry holds its maximum of {} records (--max-instances)", cfg.max_instances));
+    }
+    if total >= cfg.max_group_instances {
+        let n = st.instances.values().filter(|i| i.record.group == group).count();
+        if n >= cfg.max_group_instances {
+            return Err(format!(
+                "group {group:?} holds its maximum of {} records (--max-group-instances)",
+                cfg.max_group_instances
+            ));
+        }
+    }
+    if legacy && total >= cfg.max_legacy_group_instances.min(cfg.max_legacy_instances) {
+        let (mut all, mut in_group) = (0usize, 0usize);
+        for i in st.instances.values().filter(|i| i.record.wire == "legacy") {
+            all += 1;
+            in_group += usize::from(i.record.group == group);
+        }
+        if all >= cfg.max_legacy_instances {
+            return Err(format!(
+                "the registry holds its maximum of {} legacy records (--max-legacy-instances)",
+                cfg.max_legacy_instances
+            ));
+        }
+        if in_group >= cfg.max_legacy_group_instances {
+            return Err(format!(
+                "group {group:?} holds its maximum of {} legacy records (--max-legacy-group-instances)",
+                cfg.max_legacy_group_instances
+            ));
+        }
+    }
+    Ok(())
+}

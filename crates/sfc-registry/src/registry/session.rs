@@ -4,7 +4,7 @@
 //! for any other traffic.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::{Outbound, OutboundTx, SessionRef};
 use super::Registry;
-use crate::model::{Event, Filter, OfflineReason};
+use crate::model::{Event, EventKind, Filter, InstanceRecord, OfflineReason};
 use crate::protocol::connection::{FrameReader, FrameWriter, ReadError};
 use crate::protocol::frame::{self, PREAMBLE_LEN};
 use crate::protocol::{
@@ -335,14 +335,36 @@ async fn open_session<W: AsyncWrite + Unpin>(
     });
     if let Some(reg_info) = hello.registration.clone() {
         let detail = serde_json::json!({ "session": session_id, "peer": peer.to_string() });
-        let done = reg.state().register(
-            reg_info,
-            interval.as_millis() as u64,
-            Some(SessionRef { id: session_id, tx: tx.clone() }),
-            who.subject.clone(),
-            "v1",
-            detail,
-        );
+        let id = instance.as_deref().unwrap_or_default();
+        // The quota and the registration under one lock: no two hellos both take the last slot.
+        let registered = {
+            let mut st = reg.state();
+            match super::policy::check_quota(&st, &reg.shared.config, &reg_info.group, id, false) {
+                Err(why) => Err(why),
+                Ok(()) => Ok(st.register(
+                    reg_info,
+                    interval.as_millis() as u64,
+                    Some(SessionRef { id: session_id, tx: tx.clone() }),
+                    who.subject.clone(),
+                    "v1",
+                    detail,
+                )),
+            }
+        };
+        let done = match registered {
+            Ok(done) => done,
+            Err(why) => {
+                reg.shared.stats.refused_instances_total.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: "sfc::audit", %peer, subject = ?who.subject, id, "refused: {why}");
+                let refusal = Message::error(None, ErrorCode::TooManyInstances, format!("{id} refused: {why}"), true);
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    writer.send(&refusal).await?;
+                    writer.shutdown().await
+                })
+                .await;
+                return None;
+            }
+        };
         if let Some(old) = done.superseded {
             let id = instance.as_deref().unwrap_or_default();
             tracing::warn!(target: "sfc::registry", id, old_session = old.id, new_session = session_id, %peer,
@@ -355,6 +377,9 @@ async fn open_session<W: AsyncWrite + Unpin>(
             )));
         }
     }
+    // Welcome at once, not after the group commit: the client may then hear of its session
+    // a moment before watchers hear of the transition (which waits for the commit), never
+    // after. Lost to a crash, it reconnects and registers again.
     if writer.send(&welcome).await.is_err() {
         if let Some(id) = &instance {
             reg.state().mark_offline(id, Some(session_id), OfflineReason::ConnectionLost);
@@ -383,8 +408,11 @@ async fn run_session<R, W>(
     reg.shared.stats.sessions_current.fetch_add(1, Ordering::Relaxed);
     let writer_done = CancellationToken::new();
     let commands_sent = CommandsSent::default();
-    let writer_task = tokio::spawn(write_loop(writer, rx, writer_done.clone(), commands_sent.clone()));
+    let outq = Arc::new(OutQueue::new(reg.shared.config.max_outbound));
+    let writer_task = tokio::spawn(write_loop(writer, rx, writer_done.clone(), commands_sent.clone(), outq.clone()));
     let mut session = Session {
+        outq: outq.clone(),
+        slow: false,
         commands_sent,
         reg: reg.clone(),
         id: session_id,
@@ -396,11 +424,21 @@ async fn run_session<R, W>(
         limit: RateLimit::new(reg.shared.config.max_frame_rate),
     };
     let end = session.run(reader, liveness, stop, writer_done).await;
-    let Session { instance, tx, .. } = session;
+    let Session { instance, tx, watches, events_rx, reports_rx, .. } = session;
+    drop((watches, events_rx, reports_rx));
+    if let End::SlowConsumer = end {
+        // The writer drops what is queued (the memory goes now, not when the peer reads),
+        // sends `slow-consumer` if the socket takes it within a second, and closes.
+        reg.shared.stats.slow_consumers_total.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(target: "sfc::audit", session = session_id, %peer, instance = ?instance,
+            queued = outq.queued.load(Ordering::Relaxed), budget = outq.budget,
+            "slow consumer: its outbound queue went over --max-outbound; closing");
+        outq.slow.cancel();
+    }
     if let Some(id) = &instance {
         let mut st = reg.state();
         match end {
-            End::Lost => st.mark_offline(id, Some(session_id), OfflineReason::ConnectionLost),
+            End::Lost | End::SlowConsumer => st.mark_offline(id, Some(session_id), OfflineReason::ConnectionLost),
             End::Missed => st.mark_offline(id, Some(session_id), OfflineReason::MissedReports),
             End::Left | End::Shutdown => {}
         }
@@ -454,22 +492,37 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Box<Outbound>>,
     done: CancellationToken,
     commands_sent: CommandsSent,
+    outq: Arc<OutQueue>,
 ) {
     let _guard = done.drop_guard();
-    'outer: while let Some(first) = rx.recv().await {
+    let slow = outq.slow.clone();
+    'outer: loop {
+        let first = tokio::select! {
+            biased;
+            _ = slow.cancelled() => break 'outer,
+            m = rx.recv() => match m { Some(m) => m, None => break 'outer },
+        };
         let mut next = Some(first);
         // Batch whatever is already queued into one flush.
         while let Some(ob) = next.take() {
             let res = match *ob {
                 Outbound::Send(m) => {
+                    outq.sent(approx_size(&m));
                     if let Message::Command(c) = &m {
                         commands_sent.sent(c.command_id);
                     }
-                    writer.feed(&m).await
+                    tokio::select! {
+                        biased;
+                        _ = slow.cancelled() => break 'outer,
+                        r = writer.feed(&m) => r,
+                    }
                 }
                 Outbound::Close(m) => {
-                    let _ = writer.feed(&m).await;
-                    let _ = writer.shutdown().await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        let _ = writer.feed(&m).await;
+                        let _ = writer.shutdown().await;
+                    })
+                    .await;
                     break 'outer;
                 }
             };
@@ -478,9 +531,117 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
             next = rx.try_recv().ok();
         }
-        if writer.flush().await.is_err() {
+        let flushed = tokio::select! {
+            biased;
+            _ = slow.cancelled() => break 'outer,
+            r = writer.flush() => r,
+        };
+        if flushed.is_err() {
             break;
         }
+    }
+    if slow.is_cancelled() {
+        // Free the queue now: the peer is not reading it.
+        rx.close();
+        while rx.try_recv().is_ok() {}
+        let msg = Message::error(
+            None,
+            ErrorCode::SlowConsumer,
+            format!("this session fell behind: more than {} bytes queued for it (--max-outbound); closing", outq.budget),
+            true,
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            writer.send(&msg).await?;
+            writer.shutdown().await
+        })
+        .await;
+    }
+}
+
+/// The bytes queued for one session's peer (estimated by [`approx_size`]), against its
+/// budget (`--max-outbound`). The session adds what it queues; the writer takes off what it
+/// hands to the socket. Frames the state queues directly (commands, a superseded notice) are
+/// not counted: they are few and small.
+pub(crate) struct OutQueue {
+    queued: AtomicUsize,
+    budget: usize,
+    /// Cancelled when the session went over its budget: the writer drops the queue.
+    slow: CancellationToken,
+}
+
+impl OutQueue {
+    fn new(budget: usize) -> Self {
+        OutQueue { queued: AtomicUsize::new(0), budget, slow: CancellationToken::new() }
+    }
+
+    /// Counts `size` more bytes queued, unless that goes over the budget. A single frame
+    /// larger than the budget passes when nothing else is queued (a query over a large fleet).
+    fn admit(&self, size: usize) -> bool {
+        let before = self.queued.load(Ordering::Relaxed);
+        if before > 0 && before.saturating_add(size) > self.budget {
+            return false;
+        }
+        self.queued.fetch_add(size, Ordering::Relaxed);
+        true
+    }
+
+    fn sent(&self, size: usize) {
+        let _ = self.queued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(size)));
+    }
+}
+
+/// What a message costs in memory while it waits in a queue, roughly (its records, strings
+/// and JSON values; proportional to its encoded size). Cheap: no encoding.
+pub(crate) fn approx_size(m: &Message) -> usize {
+    const BASE: usize = 64;
+    match m {
+        Message::Result(r) => BASE + r.instances.iter().map(record_size).sum::<usize>(),
+        Message::Event(e) => BASE + event_size(&e.event),
+        Message::Command(c) => {
+            BASE + c.name.len() + c.reason.as_ref().map_or(0, String::len) + json_size(&c.payload)
+                + c.issued_by.as_ref().map_or(0, String::len)
+        }
+        Message::Error(e) => BASE + e.message.len(),
+        _ => BASE,
+    }
+}
+
+pub(crate) fn event_size(e: &Event) -> usize {
+    96 + e.id.len() + e.group.len() + e.service.len() + e.instance.as_deref().map_or(0, record_size) + json_size(&e.detail)
+}
+
+pub(crate) fn record_size(r: &InstanceRecord) -> usize {
+    let opt = |v: &Option<String>| v.as_ref().map_or(0, |s| s.len() + 24);
+    let m = &r.metrics;
+    let metric_strings = [&m.host.hostname, &m.host.os_name, &m.host.os_version, &m.host.kernel, &m.host.arch, &m.process.user]
+        .into_iter()
+        .map(opt)
+        .sum::<usize>();
+    let gauges = m.custom.keys().chain(m.runtime.keys()).map(|k| k.len() + 48).sum::<usize>();
+    320 + r.id.len()
+        + r.group.len()
+        + r.service.len()
+        + r.instance_id.len()
+        + r.hostname.len()
+        + opt(&r.health_note)
+        + r.tags.iter().map(|t| t.len() + 24).sum::<usize>()
+        + r.metadata.iter().map(|(k, v)| k.len() + v.len() + 64).sum::<usize>()
+        + r.endpoints.iter().map(|e| e.name.len() + e.host.len() + e.protocol.len() + 72).sum::<usize>()
+        + opt(&r.version)
+        + r.api.as_ref().map_or(0, |a| a.url.len() + 24)
+        + opt(&r.tls_identity)
+        + r.wire.len()
+        + metric_strings
+        + gauges
+}
+
+pub(crate) fn json_size(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 16,
+        Value::String(s) => 24 + s.len(),
+        Value::Array(a) => 24 + a.iter().map(json_size).sum::<usize>(),
+        Value::Object(o) => 32 + o.iter().map(|(k, v)| k.len() + 32 + json_size(v)).sum::<usize>(),
     }
 }
 
@@ -517,6 +678,8 @@ impl CommandsSent {
 #[derive(Debug, Clone, Copy)]
 enum End {
     Lost,
+    /// Its outbound queue went over `--max-outbound`.
+    SlowConsumer,
     Missed,
     Left,
     Shutdown,
@@ -531,6 +694,10 @@ struct WatchSub {
 }
 
 struct Session {
+    /// Bytes queued for the peer, against `--max-outbound`.
+    outq: Arc<OutQueue>,
+    /// Set when a frame would have gone over the budget: the loop ends the session.
+    slow: bool,
     /// Commands written to this client: each earns its `command-result` a pass past the rate limit.
     commands_sent: CommandsSent,
     reg: Registry,
@@ -642,11 +809,29 @@ impl Session {
                         if let Some(end) = self.handle(msg).await {
                             return end;
                         }
+                        if self.slow {
+                            return End::SlowConsumer;
+                        }
                     }
                 },
-                ev = recv_opt(&mut self.events_rx) => self.deliver(ev, false).await,
-                ev = recv_opt(&mut self.reports_rx) => self.deliver(ev, true).await,
+                ev = recv_opt(&mut self.events_rx) => {
+                    self.deliver(ev, false).await;
+                    if self.slow {
+                        return End::SlowConsumer;
+                    }
+                }
+                ev = recv_opt(&mut self.reports_rx) => {
+                    self.deliver(ev, true).await;
+                    if self.slow {
+                        return End::SlowConsumer;
+                    }
+                }
                 _ = &mut sleep => {
+                    // The registry itself late (paused, starved): not the client's fault.
+                    if let Some(fresh) = lateness::excused(sleep.deadline(), Instant::now(), liveness) {
+                        sleep.as_mut().reset(fresh);
+                        continue;
+                    }
                     tracing::info!(target: "sfc::registry", session = self.id, instance = ?self.instance,
                         "no frame within the liveness window: closing");
                     self.close(Message::error(None, ErrorCode::LivenessTimeout,
@@ -657,9 +842,17 @@ impl Session {
         }
     }
 
-    async fn send(&self, msg: Message) {
-        // A full queue means the peer is not reading; the send waits, which holds back only
-        // this session.
+    async fn send(&mut self, msg: Message) {
+        if self.slow {
+            return;
+        }
+        // Over the byte budget: the peer is not reading; the loop closes the session with
+        // `slow-consumer` and the writer frees the queue.
+        if !self.outq.admit(approx_size(&msg)) {
+            self.slow = true;
+            return;
+        }
+        // A queue full by count (1024 small frames) waits, which holds back only this session.
         let _ = self.tx.send(Outbound::Send(msg)).await;
     }
 
@@ -667,7 +860,7 @@ impl Session {
         let _ = self.tx.send(Outbound::Close(msg)).await;
     }
 
-    async fn error(&self, id: Option<u64>, code: ErrorCode, message: impl Into<String>) {
+    async fn error(&mut self, id: Option<u64>, code: ErrorCode, message: impl Into<String>) {
         self.send(Message::error(id, code, message, false)).await;
     }
 
@@ -696,10 +889,14 @@ impl Session {
                 self.send(Message::Pong(Pong { id: p.id, server_time: crate::model::now_ms() })).await;
             }
             Message::Query(q) => {
-                let (instances, cursor) = {
+                let (instances, cursor, barrier) = {
                     let st = self.reg.state();
-                    (st.query(&q.filter), st.cursor())
+                    (st.query(&q.filter), st.cursor(), st.barrier())
                 };
+                // Answered once what it shows is committed (group commit).
+                if let Some(b) = barrier {
+                    let _ = b.await;
+                }
                 self.send(Message::Result(QueryResult { id: q.id, instances, cursor })).await;
             }
             Message::Watch(w) => {
@@ -709,7 +906,7 @@ impl Session {
                 }
                 // Subscribe and snapshot under the lock that orders events, so the watcher
                 // misses nothing between the two.
-                let (instances, cursor, replay) = {
+                let (instances, cursor, replay, barrier) = {
                     let st = self.reg.state();
                     if self.events_rx.is_none() {
                         self.events_rx = Some(self.reg.shared.events_tx.subscribe());
@@ -722,10 +919,18 @@ impl Session {
                         Some(after) if after < st.cursor() => st.events_after(after, usize::MAX),
                         _ => Vec::new(),
                     };
-                    (st.query(&w.filter), st.cursor(), replay)
+                    (st.query(&w.filter), st.cursor(), replay, st.barrier())
                 };
+                // Answered once what it shows is committed (group commit); the transitions
+                // it already shows and that come after `cursor` follow as events.
+                if let Some(b) = barrier {
+                    let _ = b.await;
+                }
                 self.send(Message::Result(QueryResult { id: w.id, instances, cursor })).await;
                 for ev in replay.iter().filter(|ev| matches_event(&w.filter, ev)) {
+                    if self.slow {
+                        break;
+                    }
                     self.send(Message::Event(crate::protocol::EventMessage { watch: w.id, event: (**ev).clone() })).await;
                 }
                 self.watches.push(WatchSub { id: w.id, filter: w.filter, reports: w.reports, after: cursor });
@@ -767,12 +972,27 @@ impl Session {
     async fn deliver(&mut self, ev: Result<Arc<Event>, broadcast::error::RecvError>, reports: bool) {
         match ev {
             Ok(ev) => {
-                for w in &self.watches {
-                    let wanted = if reports { w.reports } else { ev.seq > w.after };
-                    if wanted && matches_event(&w.filter, &ev) {
-                        let msg = Message::Event(crate::protocol::EventMessage { watch: w.id, event: (*ev).clone() });
-                        let _ = self.tx.send(Outbound::Send(msg)).await;
+                // Report events travel thin (no record: the broadcast ring would keep 16,384
+                // of them); the current record is filled in here, for watches that want it.
+                let ev = if reports && ev.kind == EventKind::Report && ev.instance.is_none() {
+                    let wanted = self.watches.iter().any(|w| w.reports && w.filter.group.as_deref().is_none_or(|g| g == ev.group));
+                    if !wanted {
+                        return;
                     }
+                    let record = self.reg.state().instances.get(&ev.id).map(|i| Box::new(i.record.clone()));
+                    let Some(record) = record else { return };
+                    Arc::new(Event { instance: Some(record), ..(*ev).clone() })
+                } else {
+                    ev
+                };
+                let msgs: Vec<Message> = self
+                    .watches
+                    .iter()
+                    .filter(|w| (if reports { w.reports } else { ev.seq > w.after }) && matches_event(&w.filter, &ev))
+                    .map(|w| Message::Event(crate::protocol::EventMessage { watch: w.id, event: (*ev).clone() }))
+                    .collect();
+                for msg in msgs {
+                    self.send(msg).await;
                 }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -803,24 +1023,7 @@ fn matches_event(f: &Filter, ev: &Event) -> bool {
 }
 
 fn check_report(r: &crate::protocol::Report) -> Result<(), crate::Error> {
-    if r.metrics.custom.len() > crate::limits::MAX_GAUGES {
-        return Err(crate::Error::invalid(
-            "metrics.custom",
-            format!("{} gauges; the limit is {}", r.metrics.custom.len(), crate::limits::MAX_GAUGES),
-        ));
-    }
-    if r.metrics.runtime.len() > crate::limits::MAX_GAUGES {
-        return Err(crate::Error::invalid("metrics.runtime", format!("more than {} entries", crate::limits::MAX_GAUGES)));
-    }
-    for name in r.metrics.custom.keys().chain(r.metrics.runtime.keys()) {
-        if name.is_empty() || name.len() > crate::limits::MAX_NAME_LEN {
-            return Err(crate::Error::invalid("gauge name", format!("{name:?} is empty or longer than {} bytes", crate::limits::MAX_NAME_LEN)));
-        }
-    }
-    if r.health_note.as_ref().is_some_and(|n| n.len() > crate::limits::MAX_NOTE_LEN) {
-        return Err(crate::Error::invalid("health_note", format!("longer than {} bytes", crate::limits::MAX_NOTE_LEN)));
-    }
-    Ok(())
+    crate::limits::check_report_parts(&r.metrics, r.health_note.as_deref())
 }
 
 /// Reads one legacy document to its end and applies it.
@@ -832,6 +1035,11 @@ async fn serve_legacy<S: AsyncRead + Unpin>(
     who: PeerIdentity,
     deadline: Instant,
 ) {
+    if !reg.shared.config.legacy {
+        reg.shared.stats.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(target: "sfc::registry", %peer, "legacy report rejected: legacy documents are refused (--legacy off)");
+        return;
+    }
     let max = reg.shared.config.max_frame;
     let mut buf = vec![first];
     let read = tokio::time::timeout_at(deadline, async {
@@ -866,6 +1074,7 @@ async fn serve_legacy<S: AsyncRead + Unpin>(
     };
     if let Err(e) = crate::limits::check_registration(&doc.registration)
         .and_then(|_| crate::limits::check_interval_ms(doc.interval_ms))
+        .and_then(|_| crate::limits::check_report_parts(&doc.report.metrics, doc.report.health_note.as_deref()))
     {
         return fail(e.to_string());
     }
@@ -880,6 +1089,20 @@ async fn serve_legacy<S: AsyncRead + Unpin>(
             drop(st);
             return fail(format!("{id} belongs to a live v1 session"));
         }
+        // A record a v1 session made stays v1: a legacy document neither revives it, nor
+        // renames its service, drops its endpoints or marks it left (an operator
+        // deregisters it first to hand the identity to a legacy client).
+        if st.instances.get(&id).is_some_and(|i| i.record.wire != "legacy") {
+            drop(st);
+            return fail(format!("{id} is a v1 record; legacy documents may not change it"));
+        }
+        if doc.action != legacy::LegacyAction::Leave {
+            if let Err(why) = super::policy::check_quota(&st, &reg.shared.config, &doc.registration.group, &id, true) {
+                drop(st);
+                reg.shared.stats.refused_instances_total.fetch_add(1, Ordering::Relaxed);
+                return fail(format!("{id} refused: {why}"));
+            }
+        }
         // Counted once accepted: a rejected document is a protocol error, not a report.
         reg.shared.stats.legacy_reports_total.fetch_add(1, Ordering::Relaxed);
         reg.shared.stats.reports_total.fetch_add(1, Ordering::Relaxed);
@@ -891,10 +1114,71 @@ async fn serve_legacy<S: AsyncRead + Unpin>(
             serde_json::json!({ "peer": peer.to_string(), "wire": "legacy" }));
         st.apply_report(&id, None, doc.report);
         let Some(inst) = st.instances.get_mut(&id) else { return };
-        inst.deadline = Some((Instant::now() + window, OfflineReason::MissedReports));
-        !std::mem::replace(&mut inst.timer_armed, true)
+        let deadline = Instant::now() + window;
+        // A shorter interval than before: the task asleep until the old deadline would
+        // notice too late, so a new one takes over (the old one ends when it wakes).
+        let shorter = inst.timer_armed && inst.deadline.is_some_and(|(d, _)| deadline < d);
+        inst.deadline = Some((deadline, OfflineReason::MissedReports));
+        if shorter {
+            inst.timer_gen += 1;
+            true
+        } else {
+            !std::mem::replace(&mut inst.timer_armed, true)
+        }
     };
     if arm {
         reg.arm_deadline(id);
+    }
+}
+
+/// The registry's own health, after Lifeguard's "local health": when the registry itself is
+/// late (the process was paused, or starved of CPU), a client's liveness deadline that passes
+/// meanwhile is not charged to the client. Lateness is seen two ways: the sweeper's 100 ms
+/// clock tick arrives more than [`lateness::SLACK`] late, or a deadline timer wakes more than
+/// that after its deadline. Then every deadline that passes within one window of the moment
+/// the registry resumed is moved to that moment plus the instance's window: reports that
+/// waited in the accept queue or the socket buffers during the pause get their chance.
+pub(crate) mod lateness {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    /// The sweeper's clock tick.
+    pub(crate) const TICK: Duration = Duration::from_millis(100);
+    /// How late a tick or a timer may be before the registry counts itself late.
+    pub(crate) const SLACK: Duration = Duration::from_millis(500);
+
+    /// When the registry last resumed from being late.
+    static RESUMED: Mutex<Option<Instant>> = Mutex::new(None);
+
+    fn note_late(now: Instant, by: Duration) {
+        let mut r = RESUMED.lock().unwrap_or_else(|e| e.into_inner());
+        let new_episode = r.is_none_or(|t| now.saturating_duration_since(t) > Duration::from_secs(1));
+        *r = Some(now);
+        if new_episode {
+            tracing::warn!(target: "sfc::registry", late_ms = by.as_millis() as u64,
+                "the registry itself was late (paused or starved): liveness deadlines that pass now get one more window");
+        }
+    }
+
+    /// Called by the sweeper on every tick of its [`TICK`] clock.
+    pub(crate) fn observe_tick(last: Instant, now: Instant) {
+        let gap = now.saturating_duration_since(last);
+        if gap > TICK + SLACK {
+            note_late(now, gap - TICK);
+        }
+    }
+
+    /// For a deadline found passed at `now`: Some(new deadline) when the registry was late,
+    /// so the client is not charged; None when the deadline stands.
+    pub(crate) fn excused(deadline: Instant, now: Instant, window: Duration) -> Option<Instant> {
+        let late_by = now.saturating_duration_since(deadline);
+        if late_by > SLACK {
+            note_late(now, late_by);
+        }
+        let resumed = (*RESUMED.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let fresh = resumed + window;
+        (fresh > now && fresh > deadline).then_some(fresh)
     }
 }

@@ -59,6 +59,10 @@ pub struct Sample {
     pub resident_bytes: Option<u64>,
 }
 
+/// The most the in-memory event history holds, in bytes (estimated), besides its count
+/// (`event_history`, 10,000). RELIABILITY.md "Budgets".
+pub const HISTORY_BYTES: usize = 256 * 1024 * 1024;
+
 /// How many samples each instance keeps (2 minutes at a 1 s interval).
 pub const SAMPLES_KEPT: usize = 120;
 
@@ -69,6 +73,9 @@ pub struct Instance {
     /// start that have not reconnected yet): when they go offline, and with which reason.
     pub deadline: Option<(tokio::time::Instant, OfflineReason)>,
     pub timer_armed: bool,
+    /// Which deadline task is current: a legacy document that shortens the deadline starts
+    /// a new task and bumps this; an older task then ends when it wakes.
+    pub timer_gen: u64,
     pub samples: VecDeque<Sample>,
     /// Reported since the last metric snapshot was written.
     pub dirty: bool,
@@ -84,6 +91,7 @@ impl Instance {
             session,
             deadline: None,
             timer_armed: false,
+            timer_gen: 0,
             samples: VecDeque::new(),
             dirty: false,
             remote: None,
@@ -103,6 +111,9 @@ pub struct State {
     pub instances: HashMap<String, Instance>,
     history: VecDeque<Arc<Event>>,
     history_cap: usize,
+    /// What the history holds, estimated (`session::event_size`); kept under
+    /// [`HISTORY_BYTES`] as well as `history_cap` events.
+    history_bytes: usize,
     next_seq: u64,
     pending: HashMap<u64, PendingCommand>,
     events_tx: broadcast::Sender<Arc<Event>>,
@@ -115,6 +126,11 @@ pub struct State {
     /// Events that other registries wrote (`--store etcd`) while the store failed: never
     /// written again by this one.
     remote_seqs: std::collections::HashSet<u64>,
+    /// The group commit's writer thread (stores with [`Store::group_commit`]): transitions
+    /// are queued to it and broadcast once committed. None: written and broadcast in `emit`.
+    writer: Option<super::commit::Writer>,
+    /// Newest event in the history (broadcast); queued transitions come after it.
+    published_seq: u64,
 }
 
 /// What registering a session did.
@@ -133,6 +149,7 @@ impl State {
             instances: HashMap::new(),
             history: VecDeque::with_capacity(history_cap.min(4096)),
             history_cap,
+            history_bytes: 0,
             next_seq: 1,
             pending: HashMap::new(),
             events_tx,
@@ -141,7 +158,21 @@ impl State {
             store_error: None,
             persisted_seq: 0,
             remote_seqs: Default::default(),
+            writer: None,
+            published_seq: 0,
         }
+    }
+
+    /// Hands transitions to the group commit's writer thread from now on.
+    pub(crate) fn set_writer(&mut self, writer: super::commit::Writer) {
+        self.writer = Some(writer);
+    }
+
+    /// Completes once every transition emitted before is committed (or, while the store
+    /// fails, kept for later) and broadcast. None: there is nothing to wait for (no writer
+    /// thread: `emit` wrote and broadcast it already).
+    pub fn barrier(&self) -> Option<oneshot::Receiver<()>> {
+        self.writer.as_ref().map(|w| w.barrier())
     }
 
     /// Restores what the store had. Records that were online are held online, without a
@@ -150,11 +181,9 @@ impl State {
     pub fn restore(&mut self, snap: Snapshot, hold: impl Fn(u64) -> Duration) -> Vec<String> {
         self.next_seq = snap.last_seq + 1;
         self.persisted_seq = snap.last_seq;
+        self.published_seq = snap.last_seq;
         for ev in snap.events {
-            if self.history.len() == self.history_cap {
-                self.history.pop_front();
-            }
-            self.history.push_back(Arc::new(ev));
+            self.keep_in_history(Arc::new(ev));
         }
         let now = tokio::time::Instant::now();
         let mut held = Vec::new();
@@ -206,6 +235,10 @@ impl State {
         if self.store_error.is_none() {
             return;
         }
+        if let Some(w) = &self.writer {
+            w.retry();
+            return;
+        }
         match self.catch_up(self.next_seq) {
             Ok(()) => {
                 self.store_error = None;
@@ -246,12 +279,17 @@ impl State {
 
     /// Sequence number of the newest event in the history (0 when there is none).
     pub fn cursor(&self) -> u64 {
-        self.next_seq - 1
+        self.published_seq
     }
 
     /// Numbers, records and broadcasts one transition.
     pub fn emit(&mut self, kind: EventKind, id: &str, detail: serde_json::Value) -> Arc<Event> {
         let ev = self.number_event(kind, id, now_ms(), detail);
+        // Group commit: written off the lock, broadcast once committed (commit.rs).
+        if let Some(w) = &self.writer {
+            w.write(ev.clone());
+            return ev;
+        }
         // The event carries the record after the transition (none once evicted).
         self.persist(&ev, ev.instance.as_deref());
         self.publish(ev)
@@ -275,18 +313,34 @@ impl State {
         ev
     }
 
+    /// The writer thread: a batch is committed; its events go to the history and watchers.
+    pub(crate) fn publish_committed(&mut self, ev: Arc<Event>) {
+        self.publish(ev);
+    }
+
     /// Keeps an event in the history and broadcasts it.
     fn publish(&mut self, ev: Arc<Event>) -> Arc<Event> {
         let kind = ev.kind;
         let id = ev.id.as_str();
-        if self.history.len() == self.history_cap {
-            self.history.pop_front();
-        }
-        self.history.push_back(ev.clone());
+        self.published_seq = ev.seq;
+        self.keep_in_history(ev.clone());
         // No receivers is fine: nobody is watching.
         let _ = self.events_tx.send(ev.clone());
         tracing::debug!(target: "sfc::registry", seq = ev.seq, kind = kind.as_str(), id, "event");
         ev
+    }
+
+    /// Appends to the in-memory history, dropping the oldest events beyond `history_cap`
+    /// events or [`HISTORY_BYTES`] bytes (the newest is always kept). A watcher resuming
+    /// from further back is told it lagged and takes a snapshot.
+    fn keep_in_history(&mut self, ev: Arc<Event>) {
+        self.history_bytes += super::session::event_size(&ev);
+        self.history.push_back(ev);
+        while self.history.len() > 1 && (self.history.len() > self.history_cap || self.history_bytes > HISTORY_BYTES) {
+            if let Some(old) = self.history.pop_front() {
+                self.history_bytes = self.history_bytes.saturating_sub(super::session::event_size(&old));
+            }
+        }
     }
 
     /// Events after `cursor`, oldest first, at most `limit`.
@@ -448,7 +502,10 @@ impl State {
                     id: id.to_string(),
                     group: inst.record.group.clone(),
                     service: inst.record.service.clone(),
-                    instance: Some(Box::new(inst.record.clone())),
+                    // Thin: the broadcast ring keeps 16,384 of these whoever reads them, so
+                    // it holds no record; each watcher fills in the current one as it
+                    // delivers (session.rs, http/api.rs). Budget: RELIABILITY.md "Budgets".
+                    instance: None,
                     detail: serde_json::Value::Null,
                 });
                 let _ = self.reports_tx.send(ev);
@@ -638,7 +695,10 @@ impl State {
                         id: id.clone(),
                         group: inst.record.group.clone(),
                         service: inst.record.service.clone(),
-                        instance: Some(Box::new(inst.record.clone())),
+                        // Thin: the broadcast ring keeps 16,384 of these whoever reads them, so
+                    // it holds no record; each watcher fills in the current one as it
+                    // delivers (session.rs, http/api.rs). Budget: RELIABILITY.md "Budgets".
+                    instance: None,
                         detail: serde_json::Value::Null,
                     }));
                 }

@@ -36,6 +36,22 @@ pub trait Store: Send + Sync + 'static {
     fn load(&self, history: usize) -> Result<Snapshot>;
     /// Durably records one transition and the record after it (None: the record is gone).
     fn transition(&self, event: &Event, record: Option<&InstanceRecord>) -> Result<()>;
+    /// Durably records these transitions, in order and all or nothing; each event's record
+    /// is the one it carries (`event.instance`, None once evicted). The group commit's writer
+    /// thread calls it with everything that queued up while it wrote the previous batch.
+    fn transitions(&self, events: &[std::sync::Arc<Event>]) -> Result<()> {
+        for ev in events {
+            self.transition(ev, ev.instance.as_deref())?;
+        }
+        Ok(())
+    }
+    /// True when transitions go through the group commit (a writer thread that writes them in
+    /// batches, off the state lock, and broadcasts them once committed). False: each is
+    /// written under the state lock, one at a time (`memory`, which writes nothing, and `etcd`,
+    /// whose ownership checks rely on a record's write landing before the lock is released).
+    fn group_commit(&self) -> bool {
+        false
+    }
     /// Writes the latest state of these records, in one batch.
     fn snapshot(&self, records: &[InstanceRecord]) -> Result<()>;
     /// Deletes history events older than `before_ms` (Unix ms); returns how many.

@@ -109,6 +109,9 @@ impl SqliteStore {
     }
 }
 
+/// Records per metric-snapshot transaction.
+const SNAPSHOT_CHUNK: usize = 500;
+
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
@@ -130,11 +133,26 @@ impl Store for SqliteStore {
         self.with(|conn| self.write_transition(conn, event, record))
     }
 
-    fn snapshot(&self, records: &[InstanceRecord]) -> Result<()> {
-        if records.is_empty() {
+    fn transitions(&self, events: &[std::sync::Arc<Event>]) -> Result<()> {
+        if events.is_empty() {
             return Ok(());
         }
-        self.with(|conn| self.write_snapshot(conn, records))
+        self.with(|conn| self.write_transitions(conn, events))
+    }
+
+    fn group_commit(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&self, records: &[InstanceRecord]) -> Result<()> {
+        // In transactions of SNAPSHOT_CHUNK records, serialized before the connection is
+        // taken: the group commit's writer waits for one chunk at most, never for the whole
+        // fleet's snapshot.
+        for chunk in records.chunks(SNAPSHOT_CHUNK) {
+            let json: Vec<String> = chunk.iter().map(to_json).collect();
+            self.with(|conn| self.write_snapshot(conn, chunk, &json))?;
+        }
+        Ok(())
     }
 
     fn prune_events(&self, before_ms: u64) -> Result<usize> {
@@ -198,11 +216,39 @@ impl SqliteStore {
         tx.commit().map_err(|e| self.err("commit", e))
     }
 
+    /// One SQLite transaction for the whole batch: a SIGKILL keeps all of it or none of it,
+    /// and batches commit in order, so the history on disk is always a prefix of the one the
+    /// registry numbered (never a hole).
+    fn write_transitions(&self, conn: &mut Connection, events: &[std::sync::Arc<Event>]) -> Result<()> {
+        let tx = conn.transaction().map_err(|e| self.err("begin", e))?;
+        {
+            let mut put_event = tx
+                .prepare_cached("INSERT OR REPLACE INTO events(seq, at, kind, id, event) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .map_err(|e| self.err("write event", e))?;
+            let mut put_record = tx
+                .prepare_cached("INSERT OR REPLACE INTO instances(id, record, updated_at) VALUES (?1, ?2, ?3)")
+                .map_err(|e| self.err("write instance", e))?;
+            let mut delete_record =
+                tx.prepare_cached("DELETE FROM instances WHERE id = ?1").map_err(|e| self.err("write instance", e))?;
+            for event in events {
+                put_event
+                    .execute(params![event.seq as i64, event.at as i64, event.kind.as_str(), event.id, to_json(&**event)])
+                    .map_err(|e| self.err("write event", e))?;
+                match event.instance.as_deref() {
+                    Some(r) => put_record.execute(params![r.id, to_json(r), event.at as i64]),
+                    None => delete_record.execute(params![event.id]),
+                }
+                .map_err(|e| self.err("write instance", e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err("commit", e))
+    }
+
     /// Snapshots are copied under the registry's lock and written after it, so a transition
     /// may have been committed in between. A snapshot therefore only updates a row whose
     /// status, status_since and health are still those of the copy, and never inserts: it
     /// cannot undo a transition or bring back an evicted record.
-    fn write_snapshot(&self, conn: &mut Connection, records: &[InstanceRecord]) -> Result<()> {
+    fn write_snapshot(&self, conn: &mut Connection, records: &[InstanceRecord], json: &[String]) -> Result<()> {
         let tx = conn.transaction().map_err(|e| self.err("begin", e))?;
         {
             let now = crate::model::now_ms() as i64;
@@ -216,10 +262,10 @@ impl SqliteStore {
                        AND json_extract(record, '$.health_note') IS ?7",
                 )
                 .map_err(|e| self.err("snapshot", e))?;
-            for r in records {
+            for (r, json) in records.iter().zip(json) {
                 stmt.execute(params![
                     r.id,
-                    to_json(r),
+                    json,
                     now,
                     r.status.as_str(),
                     r.status_since as i64,

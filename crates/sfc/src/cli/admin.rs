@@ -85,8 +85,9 @@ fn instance_path(id: &str) -> Result<String> {
     }
 }
 
+/// The token, trimmed (a secret file ends with a newline; the registry trims its own too).
 fn token(a: &AdminArgs) -> Option<&str> {
-    a.admin_token.as_deref().filter(|t| !t.is_empty())
+    a.admin_token.as_deref().map(str::trim).filter(|t| !t.is_empty())
 }
 
 fn run_command(admin: &AdminArgs, id: &str, body: Value) -> Result<()> {

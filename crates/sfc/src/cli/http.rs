@@ -228,19 +228,25 @@ impl HttpClient {
         self.finish(self.agent.get(&self.url(path)).call())
     }
 
-    fn with_token<B>(req: ureq::RequestBuilder<B>, token: Option<&str>) -> ureq::RequestBuilder<B> {
-        match token {
-            Some(t) => req.header("Authorization", &format!("Bearer {t}")),
-            None => req,
+    fn with_token<B>(req: ureq::RequestBuilder<B>, token: Option<&str>) -> Result<ureq::RequestBuilder<B>> {
+        match token.map(str::trim) {
+            // Said before anything is sent: ureq would report it as an unreachable registry.
+            Some(t) if t.bytes().any(|b| !(0x20..0x7f).contains(&b)) => Err(Error::invalid(
+                "SFC_ADMIN_TOKEN",
+                "the admin token contains a control or non-ASCII character, which no HTTP header can carry \
+                 (check the file or variable it comes from)",
+            )),
+            Some(t) => Ok(req.header("Authorization", &format!("Bearer {t}"))),
+            None => Ok(req),
         }
     }
 
     pub fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Result<Value> {
-        self.finish(Self::with_token(self.agent.post(&self.url(path)), token).send_json(body))
+        self.finish(Self::with_token(self.agent.post(&self.url(path)), token)?.send_json(body))
     }
 
     pub fn delete(&self, path: &str, token: Option<&str>) -> Result<Value> {
-        self.finish(Self::with_token(self.agent.delete(&self.url(path)), token).call())
+        self.finish(Self::with_token(self.agent.delete(&self.url(path)), token)?.call())
     }
 
     /// Reads `/v1/watch` (with `query`, e.g. `?group=a`) and calls `on_event` for every event

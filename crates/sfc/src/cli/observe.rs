@@ -96,6 +96,22 @@ fn mib(b: Option<u64>) -> String {
     b.map(|b| format!("{:.1}", b as f64 / 1048576.0)).unwrap_or_else(|| "-".into())
 }
 
+/// A string as a terminal may show it: control, bidi and invisible characters escaped
+/// (`\u{1b}`), so that what a client registered never reaches the operator's terminal as
+/// an escape sequence. Registries before the identifier grammar (PROTOCOL.md §12) accepted
+/// them, and a hostname from a store they wrote may still hold one.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if sfc_client::limits::is_forbidden_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The human table of `sfc status`.
 pub fn table(records: &[InstanceRecord]) -> String {
     let mut rows = vec![["ID", "SERVICE", "STATUS", "HEALTH", "HOST", "PID", "CPU%", "RSS MiB", "LAST"].map(String::from).to_vec()];
@@ -105,11 +121,11 @@ pub fn table(records: &[InstanceRecord]) -> String {
             None => r.status.as_str().to_string(),
         };
         rows.push(vec![
-            r.id.clone(),
-            r.service.clone(),
+            printable(&r.id),
+            printable(&r.service),
             status,
             r.health.as_str().to_string(),
-            r.hostname.clone(),
+            printable(&r.hostname),
             if r.pid == 0 { "-".into() } else { r.pid.to_string() },
             r.metrics.process.cpu_percent.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into()),
             mib(r.metrics.process.resident_bytes),
@@ -132,7 +148,7 @@ pub fn table(records: &[InstanceRecord]) -> String {
 /// One human line per event.
 pub fn event_line(ev: &Event) -> String {
     let mut line = format!("{} #{} {:<14} {}", humantime::format_rfc3339_millis(
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ev.at)), ev.seq, ev.kind.as_str(), ev.id);
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ev.at)), ev.seq, ev.kind.as_str(), printable(&ev.id));
     if let Some(r) = &ev.instance {
         line.push_str(&format!(" status={} health={}", r.status.as_str(), r.health.as_str()));
         if let Some(why) = r.offline_reason {
@@ -140,7 +156,8 @@ pub fn event_line(ev: &Event) -> String {
         }
     }
     if !ev.detail.is_null() {
-        line.push_str(&format!(" {}", ev.detail));
+        // JSON escapes control characters already; bidi and invisible ones it leaves.
+        line.push_str(&format!(" {}", printable(&ev.detail.to_string())));
     }
     line
 }
@@ -222,4 +239,14 @@ fn watch_http(a: &WatchArgs, url: &str) -> Result<()> {
         }
         true
     })
+}
+
+#[cfg(test)]
+mod printable_tests {
+    #[test]
+    fn escapes_terminal_controls_bidi_and_invisible_characters() {
+        assert_eq!(super::printable("web-1"), "web-1");
+        assert_eq!(super::printable("a\u{1b}[2J"), "a\\u{1b}[2J");
+        assert_eq!(super::printable("x\u{202e}y\u{200b}"), "x\\u{202e}y\\u{200b}");
+    }
 }

@@ -47,9 +47,11 @@ pub struct RegistryArgs {
     /// Time allowed for TLS, preamble and hello.
     #[arg(long, env = "SFC_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
-    /// Most connections held at once; more are refused with an error frame.
-    #[arg(long, env = "SFC_MAX_CONNECTIONS", default_value_t = 100_000)]
-    pub max_connections: usize,
+    /// Most connections held at once; more are refused with an error frame. Default: 100,000,
+    /// or less when the open-file limit found at start is lower (that limit less 512 for the
+    /// HTTP API, files and the store), so refusals come before EMFILE.
+    #[arg(long, env = "SFC_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Identity binding: which client certificate may register in which group, observe, or
     /// administer (JSON; see the README). Needs --mtls optional or required.
     #[arg(long, env = "SFC_POLICY")]
@@ -111,6 +113,30 @@ pub struct RegistryArgs {
     /// Frame compressions sessions may negotiate, comma-separated: zstd, or none.
     #[arg(long, env = "SFC_COMPRESSION", value_delimiter = ',', default_value = "zstd")]
     pub compression: Vec<String>,
+    /// Per-instance series in /metrics: none (registry and per-group series only), all, or at
+    /// most N instances (the first by id). About 10 series per instance.
+    #[arg(long, env = "SFC_METRICS_INSTANCES", default_value = "none", value_name = "none|all|N")]
+    pub metrics_instances: sfc_registry::http::prometheus::MetricsInstances,
+    /// Bytes one session (or /v1/watch stream) may have queued for its peer; past it the peer
+    /// is closed with `slow-consumer` and the queue freed.
+    #[arg(long, env = "SFC_MAX_OUTBOUND", default_value_t = 32 * 1024 * 1024, value_name = "BYTES")]
+    pub max_outbound: usize,
+    /// Records the registry holds at most (any status); a new identity past it is refused
+    /// with `too-many-instances`.
+    #[arg(long, env = "SFC_MAX_INSTANCES", default_value_t = 200_000)]
+    pub max_instances: usize,
+    /// Records one group holds at most.
+    #[arg(long, env = "SFC_MAX_GROUP_INSTANCES", default_value_t = 200_000)]
+    pub max_group_instances: usize,
+    /// Legacy records (the original module's wire format) held at most, in all.
+    #[arg(long, env = "SFC_MAX_LEGACY_INSTANCES", default_value_t = 10_000)]
+    pub max_legacy_instances: usize,
+    /// Legacy records one group holds at most.
+    #[arg(long, env = "SFC_MAX_LEGACY_GROUP_INSTANCES", default_value_t = 1_000)]
+    pub max_legacy_group_instances: usize,
+    /// Accept documents of the original module's wire format on the protocol port.
+    #[arg(long, env = "SFC_LEGACY", default_value = "on", value_parser = parse_on_off, value_name = "on|off", action = clap::ArgAction::Set)]
+    pub legacy: bool,
 }
 
 impl From<RegistryArgs> for RegistryOptions {
@@ -127,7 +153,7 @@ impl From<RegistryArgs> for RegistryOptions {
             retention: a.retention,
             max_frame: a.max_frame,
             handshake_timeout: a.handshake_timeout,
-            max_connections: a.max_connections,
+            max_connections: a.max_connections.unwrap_or(RegistryOptions::default().max_connections),
             policy: a.policy,
             max_frame_rate: a.max_frame_rate,
             store: a.store,
@@ -146,7 +172,22 @@ impl From<RegistryArgs> for RegistryOptions {
             http_heartbeat: a.http_heartbeat,
             codecs: a.codecs,
             compression: a.compression,
+            metrics_instances: a.metrics_instances,
+            max_outbound: a.max_outbound,
+            max_instances: a.max_instances,
+            max_group_instances: a.max_group_instances,
+            max_legacy_instances: a.max_legacy_instances,
+            max_legacy_group_instances: a.max_legacy_group_instances,
+            legacy: a.legacy,
         }
+    }
+}
+
+fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{other:?} is neither on nor off")),
     }
 }
 
@@ -185,8 +226,14 @@ pub async fn shutdown_signal() {
 
 /// Runs `sfc registry` until SIGINT or SIGTERM.
 pub fn run(a: RegistryArgs) -> Result<()> {
-    sfc_registry::server::raise_nofile();
-    let opts = RegistryOptions::from(a);
+    let nofile = sfc_registry::server::raise_nofile();
+    let chosen = a.max_connections;
+    let mut opts = RegistryOptions::from(a);
+    if chosen.is_none() {
+        if let Some(limit) = nofile {
+            opts.max_connections = sfc_registry::server::connections_within(limit, opts.max_connections);
+        }
+    }
     super::runtime()?.block_on(sfc_registry::server::run(&opts, shutdown_signal()))
 }
 

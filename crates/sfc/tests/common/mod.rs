@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sfc_client::{Client, ClientBuilder};
 use sfc_client::model::{Filter, InstanceRecord};
+use sfc_client::{Client, ClientBuilder};
 
 pub fn sfc_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sfc"))
@@ -252,7 +252,11 @@ pub async fn watch_ready(obs: &Client, filter: Filter, reports: bool) -> sfc_cli
 }
 
 /// Like [`watch_ready`], resuming after `cursor`.
-pub async fn watch_after_ready(obs: &Client, filter: Filter, cursor: u64) -> sfc_client::WatchStream {
+pub async fn watch_after_ready(
+    obs: &Client,
+    filter: Filter,
+    cursor: u64,
+) -> sfc_client::WatchStream {
     let w = obs.watch_after(filter, false, cursor).expect("watch");
     ack(obs).await;
     w
@@ -264,7 +268,10 @@ async fn ack(obs: &Client) {
     loop {
         match obs.query(Filter::group("-ack-")).await {
             Ok(_) => return,
-            Err(e) => assert!(start.elapsed() < Duration::from_secs(30), "no answer from the registry: {e}"),
+            Err(e) => assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no answer from the registry: {e}"
+            ),
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -280,22 +287,33 @@ pub async fn history_until(
 ) -> Vec<sfc_client::model::Event> {
     let limit = Duration::from_secs(30);
     let obs = reg.observer();
-    let mut w = obs.watch_after(Filter::default(), false, cursor).expect("watch");
+    let mut w = obs
+        .watch_after(Filter::default(), false, cursor)
+        .expect("watch");
     let mut out = Vec::new();
     let start = Instant::now();
     while !done(&out) {
         let left = limit.saturating_sub(start.elapsed());
         match tokio::time::timeout(left, w.next()).await {
             Ok(Some(ev)) => out.push(ev),
-            _ => panic!("history after {cursor}: timed out after {limit:?} waiting for {what}; got {out:?}"),
+            _ => panic!(
+                "history after {cursor}: timed out after {limit:?} waiting for {what}; got {out:?}"
+            ),
         }
     }
     out
 }
 
 /// The history after `cursor` up to and including event `seq`.
-pub async fn history_through(reg: &RegistryProc, cursor: u64, seq: u64) -> Vec<sfc_client::model::Event> {
-    history_until(reg, cursor, &format!("event {seq}"), |h| h.last().is_some_and(|e| e.seq >= seq)).await
+pub async fn history_through(
+    reg: &RegistryProc,
+    cursor: u64,
+    seq: u64,
+) -> Vec<sfc_client::model::Event> {
+    history_until(reg, cursor, &format!("event {seq}"), |h| {
+        h.last().is_some_and(|e| e.seq >= seq)
+    })
+    .await
 }
 
 /// An example service process (a real client in another process).
@@ -365,7 +383,9 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
 }
 
 /// Reads one frame and decodes it.
-pub async fn read_message<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> sfc_client::protocol::Message {
+pub async fn read_message<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+) -> sfc_client::protocol::Message {
     use tokio::io::AsyncReadExt;
     let mut len = [0u8; 4];
     tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut len))
@@ -506,7 +526,15 @@ async fn own_record(
     what: &str,
     pred: impl Fn(&InstanceRecord) -> bool,
 ) -> InstanceRecord {
-    poll_record(client, id, Duration::from_secs(20), Duration::from_millis(100), what, pred).await
+    poll_record(
+        client,
+        id,
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        what,
+        pred,
+    )
+    .await
 }
 
 /// The value of one sample in Prometheus text, e.g. `name` or `name{a="b"}`; None when absent.
@@ -579,7 +607,8 @@ pub fn http_instances(reg: &RegistryProc) -> Vec<InstanceRecord> {
         .body_mut()
         .read_to_string()
         .expect("instances body");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("/v1/instances is not a list of records ({e}): {body}"))
+    serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("/v1/instances is not a list of records ({e}): {body}"))
 }
 
 impl WellBehaved {
@@ -633,6 +662,13 @@ pub async fn log_lines_at_least(
 
 /// Runs `sfc ARGS...` to completion and fails the test, with its stderr, if it fails.
 pub fn sfc_ok(args: &[&str]) {
-    let out = Command::new(sfc_bin()).args(args).output().expect("run sfc");
-    assert!(out.status.success(), "sfc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(sfc_bin())
+        .args(args)
+        .output()
+        .expect("run sfc");
+    assert!(
+        out.status.success(),
+        "sfc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
