@@ -156,6 +156,22 @@ test-go: build ffi-release
 bench-footprint-c: build ffi-release
 	bash examples/c/footprint.sh 60
 
+# The same for Node.js (a benchmark, not a test): an idle Node.js process vs the same with a
+# Client (default options, runtime metrics on), and variants with parts turned off, side by side
+# for 60 s, twice, with the release client addon. Figures: BENCHMARKS.md "Client footprint (Node, C)".
+.PHONY: bench-footprint-node
+bench-footprint-node: ffi-release
+	cd bindings/node && node bench/footprint.js --seconds 60 --repeat 2 --addon ../../target/release/libsfc_node.so \
+	  --variant 'no-runtime={"runtimeMetrics":false}' --variant 'no-sampling={"sampleMetrics":false,"runtimeMetrics":false}' \
+	  --load-only --compat
+
+# The same for Go: one Go binary with the client (defaults, runtime figures on) and a watch vs
+# the same binary with the client off, side by side for 60 s, twice. Figures go to BENCHMARKS.md.
+.PHONY: bench-footprint-go
+bench-footprint-go: build ffi-release
+	bash scripts/dist-c.sh dev-pc target/pkgconfig
+	bash bindings/go/bench/footprint.sh 60 2
+
 # Release artifacts for the build machine's platform, in dist/ (README "Install"), one version
 # from the workspace's Cargo.toml: `make dist`. dist-bin: the operator's
 # dist/sfc-<version>-<target>.tar.gz (bin/sfc, release, stripped, with etcd support);

@@ -28,7 +28,10 @@
  *   thread the host chooses. So there is no callback thread, no re-entrancy and no lock held
  *   while host code runs.
  * - Blocking calls (stop, lookup, query, wait_connected, next_event, watch_next) block only
- *   the calling thread, each for at most the timeout it documents.
+ *   the calling thread, each for at most the timeout it documents. next_event and watch_next
+ *   also take SFC_WAIT_FOREVER: the thread then sleeps until an event arrives, with no timer
+ *   and no periodic wake-up; sfc_client_stop ends such a wait in next_event (and every watch
+ *   of the client), sfc_watch_cancel ends it in watch_next.
  * - A _free must not race with another call on the same handle.
  * - sfc_last_error_message() is per thread: read it on the thread whose call failed.
  *
@@ -66,6 +69,13 @@
 #define SFC_VERSION_MINOR 1
 #define SFC_VERSION_PATCH 0
 
+
+/**
+ * A `timeout_ms` that means "no time limit" for the calls that wait for an event
+ * (`sfc_client_next_event`, `sfc_watch_next`): the thread sleeps on the event itself, with no
+ * timer and no periodic wake-up.
+ */
+#define SFC_WAIT_FOREVER UINT64_MAX
 
 /**
  * What a call did. `SFC_STATUS_OK` (0) is success; every other value is a failure whose text
@@ -156,7 +166,19 @@ typedef enum sfc_event_kind {
   SFC_EVENT_KIND_COMMAND = 3,
   /**
    * A problem the client recovers from by itself (bad certificate, refused hello...).
-   * JSON: `{"code": "not-authorized" or null, "message"}`.
+   * JSON: `{"status": "tls", "code": "not-authorized" or null, "message"}`: `status` is the
+   * `sfc_status_name` of the status a call failing the same way returns (`"tls"`,
+   * `"unreachable"`, `"remote"`, ...), `code` the registry's protocol error code when the
+   * registry sent one (PROTOCOL.md §11). The codes a service or observer meets:
+   * `not-authorized`, `invalid-field`, `superseded` (another session took this identity
+   * over), `rate-limited`, `too-many-connections`, `too-many-instances` (registering a new
+   * identity would pass the registry's cap on instances, in all, per group or for legacy
+   * records; status `"remote"`), `slow-consumer` (the client read too slowly and the
+   * registry dropped its session and queue; status `"remote"`), `shutting-down`,
+   * `handshake-timeout`, `unsupported-codec`, and `unsupported-version` (status
+   * `"protocol"`, also for a registry that predates protocol v1: see
+   * `sfc_config_set_legacy`). A fatal code is followed by `SFC_EVENT_KIND_DISCONNECTED`
+   * when it ends a session; the client reconnects by itself in every case.
    */
   SFC_EVENT_KIND_ERROR = 4,
   /**
@@ -284,11 +306,12 @@ enum sfc_status sfc_client_start(const struct sfc_config *config,
 enum sfc_status sfc_client_stop(const struct sfc_client *client);
 
 /**
- * Frees a client. NULL is ignored. A client that was not stopped closes its connection
- * without a leave (the registry marks it offline, reason connection-lost); call
- * `sfc_client_stop` first for a clean leave. Joins the client's runtime thread (at most about
- * 100 ms), unless a watch of this client is still alive: the runtime then lives until the last
- * watch is freed.
+ * Frees a client. NULL is ignored. A client that was not stopped closes its connection at
+ * once, without a leave (the registry marks it offline, reason connection-lost), also while
+ * watches of it are alive; call `sfc_client_stop` first for a clean leave. Joins the client's
+ * runtime thread (at most about 100 ms), unless a watch of this client is still alive: the
+ * runtime then lives until the last watch is freed, and the watch only reports
+ * `SFC_STATUS_STOPPED`.
  *
  * Must not be called while another thread is inside a call on the same client.
  *
@@ -348,8 +371,10 @@ enum sfc_status sfc_client_set_health(const struct sfc_client *client,
                                       const char *note);
 
 /**
- * Sets a named gauge sent with every report. `name` is copied. A bad name, a value that is
- * not finite, or one gauge too many gives `SFC_STATUS_INVALID_ARGUMENT`.
+ * Sets a named gauge sent with every report. `name` is copied. A bad name (empty, longer
+ * than 128 bytes, or containing `/`, `"`, a backslash, a tab, a newline or any other control or
+ * invisible character), a value that is not finite, or one gauge too many gives
+ * `SFC_STATUS_INVALID_ARGUMENT`; the message names the gauge.
  *
  * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
  * say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
@@ -375,7 +400,8 @@ enum sfc_status sfc_client_remove_gauge(const struct sfc_client *client,
 
 /**
  * Replaces the runtime figures the host supplies (heap size, GC pauses...): a JSON object of
- * names to numbers, e.g. `{"heap_bytes": 1048576}`. `{}` clears them. Copied.
+ * names to numbers, e.g. `{"heap_bytes": 1048576}`. `{}` clears them. Copied. Names follow
+ * the gauge-name rules of `sfc_client_set_gauge`.
  *
  * NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
  * say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
@@ -393,7 +419,8 @@ enum sfc_status sfc_client_set_runtime_metrics(const struct sfc_client *client,
  * `*out_stale = true`; with nothing cached either, `SFC_STATUS_UNREACHABLE`.
  *
  * Filters: `healthy_only` keeps online instances whose health is passing; `service` and
- * `tag` may be NULL (no filter).
+ * `tag` may be NULL (no filter). A `group` that `sfc_client_start` would refuse (empty, too
+ * long, containing `/` or a control character) gives `SFC_STATUS_INVALID_ARGUMENT`.
  *
  * Output: `*out_json` is a JSON array of instance records (fields as in the registry's
  * HTTP API: id, group, service, instance_id, status, health, endpoints, tags, metadata,
@@ -451,7 +478,9 @@ enum sfc_status sfc_client_watch(const struct sfc_client *client,
                                  struct sfc_watch **out_watch);
 
 /**
- * Waits up to `timeout_ms` for the next event (0: only take one that is already waiting).
+ * Waits up to `timeout_ms` for the next event (0: only take one that is already waiting;
+ * `SFC_WAIT_FOREVER`: no time limit, and no timer either: the calling thread sleeps until an
+ * event arrives or the client is stopped).
  *
  * Returns `SFC_STATUS_OK` and writes `*out_event` (free it with `sfc_event_free`),
  * `SFC_STATUS_NO_EVENT` when none came in time (call again), or `SFC_STATUS_STOPPED` once
@@ -752,6 +781,34 @@ enum sfc_status sfc_config_set_reconnect_backoff_ms(struct sfc_config *config,
 enum sfc_status sfc_config_set_sample_metrics(struct sfc_config *config, bool yes);
 
 /**
+ * Legacy fallback (default false), for a registry that predates protocol v1 (the original
+ * `service_fleet_control` registry, which selects no ALPN `sfc/1` in the TLS handshake).
+ *
+ * Off, such a registry is refused and sent nothing after the handshake: it comes back as an
+ * `SFC_EVENT_KIND_ERROR` event with `"status": "protocol"` (`SFC_STATUS_PROTOCOL`), `"code":
+ * "unsupported-version"` and a message saying the registry predates protocol v1; the client
+ * keeps retrying.
+ *
+ * On, the client reports to it in the original wire format instead (one TLS connection per
+ * report carrying one `{"action":"HEALTH","payload":...}` document) and checks every report's
+ * connection for an upgraded registry, moving to v1 by itself once it finds one. While it
+ * reports in the legacy format: `SFC_EVENT_KIND_CONNECTED` carries `"session": 0` (no v1
+ * session), lookups and queries return `SFC_STATUS_UNREACHABLE`, no commands arrive, watches
+ * wait for a v1 registry, and `sfc_client_stop` returns at once without a confirmed leave
+ * (the legacy format has no leave: the registry marks the record offline by its timer).
+ *
+ * Needs TLS and a service: `sfc_client_start` fails with `SFC_STATUS_INVALID_ARGUMENT`
+ * (naming `legacy`) for a config with `sfc_config_set_insecure_plaintext` or one from
+ * `sfc_config_new_observer`.
+ *
+ * NULL `config` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: one thread at a time per config.
+ *
+ * # Safety
+ * `config` is NULL or valid for the call.
+ */
+enum sfc_status sfc_config_set_legacy(struct sfc_config *config, bool yes);
+
+/**
  * Names the client library in the hello (default `sfc-c/<version>`; the Go binding sends
  * `sfc-go/<version>`). Copied.
  *
@@ -783,7 +840,9 @@ enum sfc_status sfc_config_ignore_env(struct sfc_config *config);
 void sfc_event_free(struct sfc_event *event);
 
 /**
- * Waits up to `timeout_ms` for the watch's next event (0: only take one already waiting).
+ * Waits up to `timeout_ms` for the watch's next event (0: only take one already waiting;
+ * `SFC_WAIT_FOREVER`: no time limit and no timer, until an event, `sfc_watch_cancel` or the
+ * client's stop).
  *
  * Returns `SFC_STATUS_OK` and writes `*out_json`, one event as a JSON object (`seq`, `at`,
  * `kind` such as "joined", "online", "offline", "left", "evicted", "health-changed",
@@ -800,6 +859,17 @@ void sfc_event_free(struct sfc_event *event);
  * Pointers are NULL or valid for the call.
  */
 enum sfc_status sfc_watch_next(const struct sfc_watch *watch, uint64_t timeout_ms, char **out_json);
+
+/**
+ * Ends a watch from any thread, also while another thread is blocked in `sfc_watch_next` on
+ * it: that call returns `SFC_STATUS_STOPPED` at once, and so does every later one. The watch
+ * must still be freed with `sfc_watch_free` (after the blocked call has returned). Cancelling
+ * twice is fine. NULL is ignored.
+ *
+ * # Safety
+ * `watch` is NULL or a live watch.
+ */
+void sfc_watch_cancel(const struct sfc_watch *watch);
 
 /**
  * Cancels a watch and frees it. NULL is ignored. Must not be called while another thread is

@@ -9,12 +9,17 @@
 // PREFIX=...` or the libsfc-<version>-<target>.tar.gz release). A build without cgo fails
 // with a message saying so (cgo_required.go).
 //
-// Memory: no Go pointer is ever passed into C. Strings go in as C copies freed after each
-// call, results come back as C strings copied into Go and freed at once, and the library never
-// calls back into Go: events and commands are pulled by a goroutine (see Client.OnCommand), so
-// there is no callback and nothing for a handle table to guard. Every C call is followed by
-// runtime.KeepAlive of the Go object that owns the C handle, and a finalizer frees a Client
-// that was never closed, as a backstop only.
+// Memory and threads: no Go pointer is ever passed into C. Strings go in as C copies freed
+// after each call, results come back as C strings copied into Go and freed at once. The
+// library never calls back into Go: one goroutine per client (and one per watch) sits in a
+// blocking C call (sfc_client_next_event / sfc_watch_next with SFC_WAIT_FOREVER) that sleeps
+// on the Rust side's channel until an event arrives, so events are delivered when they
+// happen, with no polling and no timer. wasmtime-go calls exported Go functions through a
+// handle table instead; that suits callbacks made synchronously on a goroutine's own thread,
+// while ours originate on the client's Rust runtime thread, where a callback would run Go
+// code on a foreign thread. A parked cgo call costs one idle OS thread and no wake-ups.
+// Every C call is followed by runtime.KeepAlive of the Go object that owns the C handle, and
+// a finalizer closes a Client that was never closed, as a backstop only.
 package sfc
 
 /*
@@ -26,6 +31,7 @@ import "C"
 import (
 	"fmt"
 	"runtime"
+	"strings"
 	"unsafe"
 )
 
@@ -55,16 +61,31 @@ const (
 	StatusPanic           Status = C.SFC_STATUS_PANIC
 )
 
-// String is the status's constant name, e.g. "invalid-argument".
+// String is the status's constant name, e.g. "invalid-argument" (sfc_status_name in C).
 func (s Status) String() string {
 	return C.GoString(C.sfc_status_name(C.int(s)))
 }
 
-// Error is what every failing call returns: the C status code and the library's message,
-// which says what failed and with which value (the same text as in C, Rust and Node.js).
+// statusByName maps sfc_status_name back to the status (error events carry the name).
+var statusByName = func() map[string]Status {
+	m := map[string]Status{}
+	for s := StatusOK; s <= StatusPanic; s++ {
+		m[s.String()] = s
+	}
+	return m
+}()
+
+// Error is what every failing call returns, and what an EventError carries: the C status
+// code and the library's message, which says what failed and with which value (the same text
+// as in C, Rust and Node.js).
 type Error struct {
 	Code    Status
 	Message string
+	// RegistryCode is the registry's protocol error code ("not-authorized",
+	// "invalid-field", ...) when the registry sent one; empty otherwise.
+	RegistryCode string
+	// cause is what ended a wait (context.DeadlineExceeded...), for errors.Is.
+	cause error
 }
 
 func (e *Error) Error() string { return e.Message }
@@ -75,8 +96,23 @@ func (e *Error) Is(target error) bool {
 	return ok && t.Code == e.Code
 }
 
-// ErrStopped is returned (compare with errors.Is) by calls on a stopped or closed client.
-var ErrStopped = &Error{Code: StatusStopped, Message: "stopped"}
+// Unwrap gives the context error that ended a wait, when there is one, so that
+// errors.Is(err, context.DeadlineExceeded) holds for WaitConnected's error.
+func (e *Error) Unwrap() error { return e.cause }
+
+// Sentinels to compare with errors.Is; each matches every *Error with its code.
+var (
+	ErrInvalidArgument = &Error{Code: StatusInvalidArgument, Message: "invalid-argument"}
+	ErrFile            = &Error{Code: StatusFile, Message: "file"}
+	ErrTLS             = &Error{Code: StatusTLS, Message: "tls"}
+	ErrIO              = &Error{Code: StatusIO, Message: "io"}
+	ErrRemote          = &Error{Code: StatusRemote, Message: "remote"}
+	ErrProtocol        = &Error{Code: StatusProtocol, Message: "protocol"}
+	ErrUnreachable     = &Error{Code: StatusUnreachable, Message: "unreachable"}
+	ErrTimeout         = &Error{Code: StatusTimeout, Message: "timeout"}
+	// ErrStopped is returned by calls on a closed client.
+	ErrStopped = &Error{Code: StatusStopped, Message: "stopped"}
+)
 
 // call runs one C call and, on failure, reads its message on the same OS thread (the message
 // is thread-local in C, and a goroutine may otherwise move between threads).
@@ -90,10 +126,35 @@ func call(f func() C.enum_sfc_status) error {
 	return &Error{Code: Status(s), Message: C.GoString(C.sfc_last_error_message())}
 }
 
-// cstr copies s into C memory; the caller frees it with free.
-func cstr(s string) *C.char { return C.CString(s) }
+// isStatus tells whether err is an *Error with code s.
+func isStatus(err error, s Status) bool {
+	e, ok := err.(*Error)
+	return ok && e.Code == s
+}
 
-func free(p *C.char) { C.free(unsafe.Pointer(p)) }
+// cstr copies s into C memory for the argument named what; the caller frees it with free.
+// A NUL byte would cut the string short in C, so it is refused, naming the argument.
+func cstr(what, s string) (*C.char, error) {
+	if i := strings.IndexByte(s, 0); i >= 0 {
+		return nil, &Error{Code: StatusInvalidArgument,
+			Message: fmt.Sprintf("invalid %s: %q contains a NUL byte at offset %d", what, s, i)}
+	}
+	return C.CString(s), nil
+}
+
+// optCstr is cstr for an optional argument: "" gives NULL.
+func optCstr(what, s string) (*C.char, error) {
+	if s == "" {
+		return nil, nil
+	}
+	return cstr(what, s)
+}
+
+func free(p *C.char) {
+	if p != nil {
+		C.free(unsafe.Pointer(p))
+	}
+}
 
 // takeString copies a string the library returned and frees it.
 func takeString(p *C.char) string {

@@ -1,6 +1,7 @@
 package sfc
 
 import (
+	"context"
 	"encoding/json"
 	"time"
 )
@@ -56,7 +57,82 @@ type Config struct {
 	StopTimeout       time.Duration
 	// NoMetrics turns off the host and process metrics sampled into every report.
 	NoMetrics bool
-	IgnoreEnv bool
+	// NoRuntimeMetrics turns off the Go runtime figures sent with every report (go_goroutines,
+	// go_heap_bytes, go_memory_bytes, go_gc_cycles, go_gc_pauses, go_gc_pause_max_ms; see
+	// Client.SetRuntimeMetrics).
+	NoRuntimeMetrics bool
+	IgnoreEnv        bool
+	// Legacy turns on the fallback for a registry that predates protocol v1 (the original
+	// service_fleet_control registry, which selects no ALPN "sfc/1"). Without it such a
+	// registry is refused and sent nothing: an EventError with Code StatusProtocol and
+	// RegistryCode "unsupported-version" whose message says the registry predates protocol v1.
+	// With it the client reports there in the original format (one TLS connection per
+	// report, one {"action":"HEALTH",...} document) and moves to v1 by itself once a report's
+	// connection finds an upgraded registry. While it reports in the legacy format,
+	// EventConnected has Session 0, Lookup fails with ErrUnreachable, watches deliver nothing,
+	// no commands arrive and Close sends no leave. Needs TLS and a service: Start fails with ErrInvalidArgument
+	// together with InsecurePlaintext or Observer.
+	Legacy bool
+
+	// OnCommand answers the registry's commands: CommandShutdown, or a name the application
+	// defines. It is installed before the client connects, so no command ever finds the
+	// client without it; without one, commands are answered with an error.
+	//
+	// It runs on a goroutine of the client, one command at a time, while events keep
+	// flowing. The value it returns (marshalled to JSON) is the command's result; an error
+	// fails the command with its text. A panic fails the command too. ctx is cancelled when
+	// Close stops waiting for the answer (its own ctx ended) or the client is closed.
+	//
+	// Shutdown done right: return from the handler and let the caller of Close leave, e.g.
+	// cancel the service's context in the handler and call Close in main (see the README).
+	// Close waits for the command being handled to be answered, then sends the leave, so the
+	// registry gets the answer first and the record ends "left". Close may also be called
+	// inside the handler: the command is then answered with success (result null) at once,
+	// before the leave, and the handler's own return value is dropped.
+	OnCommand func(ctx context.Context, cmd Command) (any, error)
+}
+
+// CommandShutdown is the name of the registry's shutdown command (`sfc shutdown ID`).
+const CommandShutdown = "shutdown"
+
+// EventKind says what a ClientEvent reports.
+type EventKind int
+
+const (
+	// EventConnected: a session with Registry is established (Session is its number).
+	EventConnected EventKind = iota + 1
+	// EventDisconnected: the session with Registry ended (Reason says why); the client
+	// reconnects by itself.
+	EventDisconnected
+	// EventError: a problem the client recovers from by itself (a certificate the client
+	// does not trust, a refused hello...); Err has its code and message.
+	EventError
+	// EventLagged: the application fell behind and Missed events were dropped.
+	EventLagged
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case EventConnected:
+		return "connected"
+	case EventDisconnected:
+		return "disconnected"
+	case EventError:
+		return "error"
+	case EventLagged:
+		return "lagged"
+	}
+	return "unknown"
+}
+
+// ClientEvent is a change of the client's own connection, from Client.Events.
+type ClientEvent struct {
+	Kind     EventKind
+	Registry string
+	Session  uint64
+	Reason   string
+	Err      *Error
+	Missed   uint64
 }
 
 // Metrics are the figures of one report.
@@ -123,13 +199,6 @@ type Command struct {
 	Reason   *string         `json:"reason"`
 	Payload  json.RawMessage `json:"payload"`
 	IssuedBy *string         `json:"issued_by"`
-}
-
-// Result answers a command: Err != nil reports a failure, otherwise Value (marshalled to
-// JSON) is the result.
-type Result struct {
-	Value any
-	Err   error
 }
 
 // LookupResult is the answer to a lookup; Stale is true when the registry is unreachable and

@@ -3,7 +3,58 @@
 // the same in every language and on the command line (`sfc status --json`).
 // `make test` checks this file against a fresh build (tests/types.test.js).
 
+/// <reference types="node" />
 import { EventEmitter } from 'node:events'
+
+/**
+ * Every error the package makes has a stable `code`: `ERR_SFC_` and the name of the C status
+ * (`SFC_STATUS_<NAME>` in sfc.h), or of the protocol error code the registry sent (PROTOCOL.md
+ * §11: `not-online` is `ERR_SFC_NOT_ONLINE`, kept as `protocolCode`). A cancelled wait is
+ * Node.js's `AbortError` (`ABORT_ERR`, or the signal's own reason). See README.md, "Errors".
+ */
+export type ErrorCode =
+  | 'ERR_SFC_INVALID_ARGUMENT'
+  | 'ERR_SFC_INVALID_JSON'
+  | 'ERR_SFC_FILE'
+  | 'ERR_SFC_TLS'
+  | 'ERR_SFC_IO'
+  | 'ERR_SFC_REMOTE'
+  | 'ERR_SFC_PROTOCOL'
+  | 'ERR_SFC_UNREACHABLE'
+  | 'ERR_SFC_TIMEOUT'
+  | 'ERR_SFC_STOPPED'
+  | 'ERR_SFC_NATIVE_BINDING'
+  | 'ERR_SFC_LAGGED'
+  // From the protocol's error codes (PROTOCOL.md §11), the ones a client or Registry sees:
+  | 'ERR_SFC_SUPERSEDED'
+  | 'ERR_SFC_NOT_AUTHORIZED'
+  | 'ERR_SFC_INVALID_FIELD'
+  | 'ERR_SFC_TOO_MANY_CONNECTIONS'
+  | 'ERR_SFC_SHUTTING_DOWN'
+  | 'ERR_SFC_UNSUPPORTED_VERSION'
+  | 'ERR_SFC_UNSUPPORTED_CODEC'
+  | 'ERR_SFC_HANDSHAKE_TIMEOUT'
+  | 'ERR_SFC_RATE_LIMITED'
+  | 'ERR_SFC_NOT_ONLINE'
+  | 'ERR_SFC_UNKNOWN_INSTANCE'
+  | 'ERR_SFC_COMMAND_TIMEOUT'
+  | 'ERR_SFC_TOO_MANY_INSTANCES'
+  | 'ERR_SFC_SLOW_CONSUMER'
+  | (string & {})
+
+/** An error of this package. */
+export interface SfcError extends Error {
+  code: ErrorCode
+  /** The protocol error code (`not-online`, `superseded`...) when the registry sent one. */
+  protocolCode?: string
+}
+
+/** A wrong option or argument: `code` `ERR_SFC_INVALID_ARGUMENT` (or `ERR_SFC_FILE` / `ERR_SFC_TLS` for unusable TLS material). */
+export interface SfcOptionError extends TypeError {
+  code: ErrorCode
+  /** The option's path: `interval`, `endpoints[0].port`, `api.kind`. */
+  option: string
+}
 
 export type Health = 'passing' | 'warning' | 'critical'
 export type InstanceStatus = 'online' | 'offline' | 'left'
@@ -54,6 +105,14 @@ export interface ClientOptions {
   sampleMetrics?: boolean
   /** Send Node.js heap, event-loop delay and utilisation with reports; default true. */
   runtimeMetrics?: boolean
+  /**
+   * Legacy fallback; default false. Against a registry that predates protocol v1 (the original
+   * `service_fleet_control` registry: it selects no ALPN `sfc/1`), report in the original wire
+   * format, one TLS connection per report, and move to protocol v1 by itself once the registry
+   * is upgraded. Without it such a registry is refused (an `error` event saying the registry
+   * predates protocol v1) and sent nothing. Needs TLS. Lookups and watches wait for a v1 registry.
+   */
+  legacy?: boolean
 }
 
 export interface Metrics {
@@ -83,7 +142,7 @@ export interface Metrics {
     open_fds?: number
     user?: string
   }
-  /** Runtime figures, for Node.js: heap_used_bytes, event_loop_delay_p99_ms, event_loop_utilization... */
+  /** Runtime figures, for Node.js: heap_used_bytes, event_loop_delay_ms, event_loop_utilization... */
   runtime?: Record<string, number>
   /** Gauges set with setGauge(). */
   custom?: Record<string, number>
@@ -163,6 +222,45 @@ export interface LookupOptions {
   healthyOnly?: boolean
   service?: string
   tag?: string
+  /** Rejects the lookup with the abort reason when aborted. */
+  signal?: AbortSignal
+}
+
+export interface WatchOptions extends WatchFilter {
+  /** Ends the watch when aborted (an iterator's pending `next()` rejects with the reason). */
+  signal?: AbortSignal
+}
+
+export interface ReadyOptions {
+  /** Rejects with the abort reason when aborted. */
+  signal?: AbortSignal
+  /** Milliseconds to wait; then rejects with `ERR_SFC_TIMEOUT` (its `cause`: the last error). No limit by default. */
+  timeout?: number
+}
+
+/** The connection `ready()` resolves to, and the `connected` event's argument. */
+export interface ConnectionInfo {
+  /** The registry's `host:port`. */
+  registry: string
+  /** The registry's session number. */
+  session: number
+}
+
+/** The unsubscribe function `watch(filter, callback)` returns (also `using`-disposable). */
+export interface Unsubscribe extends Disposable {
+  (): void
+}
+
+/**
+ * What `watch(filter)` returns without a callback: the matching events, in order, for
+ * `for await`. Events arriving while nobody awaits are queued. `break`, `close()`, the signal,
+ * or `using` end it.
+ */
+export interface FleetWatch extends AsyncIterableIterator<FleetEvent>, AsyncDisposable, Disposable {
+  /** Ends the watch; the loop ends after the events already queued. */
+  close(): void
+  /** Events queued and not yet read. */
+  readonly pending: number
 }
 
 /** A command from the registry. */
@@ -182,23 +280,32 @@ export interface CommandResult {
   error: string | null
 }
 
+/**
+ * The client's events and their arguments, for listeners and for `events.once`:
+ * `const [info] = (await once(client, 'connected')) as ClientEvents['connected']`.
+ */
 export interface ClientEvents {
-  connected: [info: { registry: string; session: number }]
+  connected: [info: ConnectionInfo]
   disconnected: [info: { registry: string; reason: string }]
   /** Return a value or a Promise: the first defined value goes back; a throw goes back as the error. */
   command: [command: Command]
   /** The registry asks the application to stop (also delivered to 'command' listeners). */
   shutdown: [command: Command]
-  /** A problem the client recovers from by itself (refused TLS, bad certificate...). */
-  error: [error: Error & { code?: string }]
+  /**
+   * A problem the client recovers from by itself (refused TLS, bad certificate, registry
+   * unreachable...). Emitted when the state changes, not on every retry: once per failure
+   * until the next `connected` (or a different failure).
+   */
+  error: [error: SfcError]
 }
 
 /**
- * One service instance in the fleet. Reporting runs on a native thread; the client never
- * keeps the process alive by itself (like an unref'd socket).
+ * One service instance in the fleet. Reporting runs on a native thread; reporting alone never
+ * keeps the process alive. An open watch, a pending ready() or lookup() do (like a socket),
+ * unless unref().
  */
 export declare class Client extends EventEmitter {
-  /** Throws a TypeError naming the option when one is wrong. */
+  /** Throws a TypeError (`SfcOptionError`) naming the option when one is wrong. */
   constructor(options?: ClientOptions)
   /** `<group>/<instanceId>`. */
   readonly id: string
@@ -210,15 +317,30 @@ export declare class Client extends EventEmitter {
   readonly running: boolean
   /** Starts reporting; never waits on the network. May be called again after stop(). */
   start(): this
-  /** Sends leave and closes. Resolves to whether the registry confirmed the leave. */
+  /**
+   * Sends leave and closes. Resolves to whether the registry confirmed the leave: false when
+   * not running, with no session, or unconfirmed. Commands still being handled are answered
+   * first (`shutdown` with success), so `await client.stop()` inside a `shutdown` listener
+   * answers the command and then leaves.
+   */
   stop(): Promise<boolean>
+  /** Resolves once connected to a registry (at once if connected). */
+  ready(options?: ReadyOptions): Promise<ConnectionInfo>
+  /** Open watches and pending waits no longer keep the process alive. */
+  unref(): this
+  /** Undoes unref(). */
+  ref(): this
+  /** `await using client = new Client(...)` stops it at the end of the scope. */
+  [Symbol.asyncDispose](): Promise<void>
   setHealth(status: Health, note?: string | null): this
   setGauge(name: string, value: number): this
-  /** Instances of a group, from a cache a watch keeps current. */
+  /** Instances of a group, from a cache a watch keeps current. Rejects (TypeError) on a group name the registry would refuse. */
   lookup(group: string, options?: LookupOptions): Promise<Lookup>
   /** Calls `callback` for every matching transition; returns the unsubscribe function. */
-  watch(filter: WatchFilter, callback: (event: FleetEvent) => void): () => void
-  watch(callback: (event: FleetEvent) => void): () => void
+  watch(filter: WatchOptions, callback: (event: FleetEvent) => void): Unsubscribe
+  watch(callback: (event: FleetEvent) => void): Unsubscribe
+  /** The matching transitions as an async iterator (`for await`). */
+  watch(filter?: WatchOptions): FleetWatch
 
   on<K extends keyof ClientEvents>(event: K, listener: (...args: ClientEvents[K]) => unknown): this
   once<K extends keyof ClientEvents>(event: K, listener: (...args: ClientEvents[K]) => unknown): this
@@ -244,6 +366,18 @@ export interface RegistryOptions {
   handshakeTimeout?: number
   maxConnections?: number
   maxFrame?: number
+  /** Bytes one session (or HTTP watch) may have queued for its peer, at least 65536; past it the peer is closed with `slow-consumer`. Default 32 MiB. */
+  maxOutbound?: number
+  /** Records held at most, of any status (at least 1); a new identity past it is refused with `too-many-instances`. Default 200 000. */
+  maxInstances?: number
+  /** Records one group holds at most (at least 1). Default 200 000. */
+  maxGroupInstances?: number
+  /** Records made by legacy (original wire format) documents, in all (at least 1). Default 10 000. */
+  maxLegacyInstances?: number
+  /** Legacy records one group holds at most (at least 1). Default 1000. */
+  maxLegacyGroupInstances?: number
+  /** Accept documents in the original `service_fleet_control` wire format (`sfc registry --legacy on|off`). Default true. */
+  legacy?: boolean
 }
 
 export interface RegistryEvents {

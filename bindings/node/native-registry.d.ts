@@ -73,4 +73,19 @@ export interface NativeRegistryOptions {
   handshakeTimeout?: number
   maxConnections?: number
   maxFrame?: number
+  /**
+   * Bytes one session (or SSE watch) may have queued for its peer; past it the peer is
+   * closed with `slow-consumer` (at least 65536).
+   */
+  maxOutbound?: number
+  /** Records held at most, of any status (`--max-instances`). */
+  maxInstances?: number
+  /** Records one group holds at most (`--max-group-instances`). */
+  maxGroupInstances?: number
+  /** Legacy records held at most, in all (`--max-legacy-instances`). */
+  maxLegacyInstances?: number
+  /** Legacy records one group holds at most (`--max-legacy-group-instances`). */
+  maxLegacyGroupInstances?: number
+  /** Accept documents in the original module's wire format (default true; `--legacy on|off`). */
+  legacy?: boolean
 }

@@ -94,6 +94,8 @@ export interface NativeClientOptions {
   connectTimeout?: number
   stopTimeout?: number
   sampleMetrics?: boolean
+  /** Legacy fallback: report in the original format to a registry that predates protocol v1. */
+  legacy?: boolean
 }
 
 /** Selects the instances a watch reports on; empty fields match everything. */

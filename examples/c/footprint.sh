@@ -5,25 +5,23 @@
 # binary (SFC_BIN, default target/release/sfc or else target/debug/sfc).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$root/scripts/lib/wait-for-line.sh"
 seconds=${1:-60}
 out=${SFC_TEST_OUT:-$root/target/test-out}/footprint
 mkdir -p "$out"
 sfc=${SFC_BIN:-$root/target/release/sfc}
 [ -x "$sfc" ] || sfc=$root/target/debug/sfc
 flags=(-std=c11 -O2 -Wall -Wextra -Werror -pedantic -I"$root/include")
-gcc "${flags[@]}" "$root/examples/c/footprint.c" "$root/target/release/libsfc.a" -lm -ldl -lpthread -o "$out/with-client"
+# --gc-sections, as a host linking libsfc.a should (README "Install"): without it the unused
+# code stays in the binary and its pages count in the resident memory measured here.
+gcc "${flags[@]}" "$root/examples/c/footprint.c" "$root/target/release/libsfc.a" -lm -ldl -lpthread -Wl,--gc-sections -o "$out/with-client"
 gcc "${flags[@]}" -DSFC_FOOTPRINT_NO_CLIENT "$root/examples/c/footprint.c" -o "$out/baseline"
 
 data=$(mktemp -d)
 "$sfc" registry --listen 127.0.0.1:0 --data-dir "$data" >"$out/registry.stdout" 2>"$out/registry.stderr" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$data"' EXIT
-addr=
-for _ in $(seq 1 200); do
-    addr=$(sed -n 's/^sfc registry listening on \([^ ]*\) .*/\1/p' "$out/registry.stdout")
-    [ -n "$addr" ] && break
-    sleep 0.1
-done
+addr=$(registry_address "$out/registry.stdout")
 [ -n "$addr" ] || { echo "registry did not start"; exit 1; }
 
 export SFC_REGISTRY=$addr SFC_CA=$data/tls/ca.pem

@@ -43,19 +43,26 @@ func main() {
 		Endpoints: []sfc.Endpoint{{Name: "http", Host: host, Port: uint16(port), Protocol: "http"}},
 		Tags:      []string{"example"},
 		Version:   sfc.Version(),
+		// The registry's shutdown command ends the service like a signal does: the handler
+		// answers, and Close below leaves once the answer is out.
+		OnCommand: func(_ context.Context, c sfc.Command) (any, error) {
+			if c.Name == sfc.CommandShutdown {
+				stop()
+				return map[string]bool{"stopping": true}, nil
+			}
+			return nil, errUnknown(c.Name)
+		},
 	})
 	if err != nil {
 		log.Fatalf("sfc: %v", err)
 	}
-	defer client.Close()
-	// The registry's shutdown command ends the service like a signal does.
-	client.OnCommand(func(c sfc.Command) sfc.Result {
-		if c.Name == "shutdown" {
-			stop()
-			return sfc.Result{Value: map[string]bool{"stopping": true}}
+	go func() {
+		for ev := range client.Events() {
+			if ev.Kind == sfc.EventError {
+				log.Printf("sfc: %s (%s)", ev.Err, ev.Err.Code)
+			}
 		}
-		return sfc.Result{Err: errUnknown(c.Name)}
-	})
+	}()
 
 	var requests atomic.Int64
 	mux := http.NewServeMux()
@@ -87,7 +94,9 @@ func main() {
 	if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {
 		log.Printf("http: %v", err)
 	}
-	if err := client.Close(); err != nil {
+	closeCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := client.Close(closeCtx); err != nil {
 		log.Printf("sfc close: %v", err)
 	}
 	log.Print("stopped")

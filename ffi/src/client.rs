@@ -5,8 +5,8 @@ use std::ffi::{c_char, c_int};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use ::sfc_client::{Client, ClientEvent, LookupOptions};
 use ::sfc_client::model::{Filter, Health};
+use ::sfc_client::{Client, ClientEvent, LookupOptions};
 use tokio::sync::{broadcast, watch};
 
 use crate::arg::{into_c_string, json_arg, millis, opt_str_arg, out_arg, ref_arg, str_arg};
@@ -37,6 +37,44 @@ pub struct sfc_client {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A `timeout_ms` that means "no time limit" for the calls that wait for an event
+/// (`sfc_client_next_event`, `sfc_watch_next`): the thread sleeps on the event itself, with no
+/// timer and no periodic wake-up.
+pub const SFC_WAIT_FOREVER: u64 = u64::MAX;
+
+/// Runs `f` on the client's runtime for at most `timeout_ms` (`SFC_WAIT_FOREVER`: no limit);
+/// None when the time ran out.
+pub(crate) fn block_on_for<F: std::future::Future>(
+    client: &Client,
+    timeout_ms: u64,
+    f: F,
+) -> Option<F::Output> {
+    if timeout_ms == SFC_WAIT_FOREVER {
+        return Some(client.block_on(f));
+    }
+    // The timer is made inside the future: it needs the runtime's context.
+    client
+        .block_on(async { tokio::time::timeout(Duration::from_millis(timeout_ms), f).await })
+        .ok()
+}
+
+/// The C ABI's gauge-name rule: what the client library refuses (empty, over 128 bytes, `/`,
+/// control and invisible characters), and also `"` and `\`, which a C host would have to
+/// escape wherever it prints or parses the name again.
+pub(crate) fn check_gauge_name(name: &str) -> Result<(), FfiError> {
+    ::sfc_client::limits::check_gauge(name, 0.0)?;
+    if let Some(c) = name
+        .chars()
+        .find(|c| matches!(c, '"' | '\\' | '/') || c.is_control())
+    {
+        return Err(FfiError::Invalid {
+            what: "gauge name",
+            why: format!("{name:?} contains {c:?}"),
+        });
+    }
+    Ok(())
 }
 
 /// Serializes a value handed to C as JSON text.
@@ -112,11 +150,12 @@ pub unsafe extern "C" fn sfc_client_stop(client: *const sfc_client) -> sfc_statu
     })
 }
 
-/// Frees a client. NULL is ignored. A client that was not stopped closes its connection
-/// without a leave (the registry marks it offline, reason connection-lost); call
-/// `sfc_client_stop` first for a clean leave. Joins the client's runtime thread (at most about
-/// 100 ms), unless a watch of this client is still alive: the runtime then lives until the last
-/// watch is freed.
+/// Frees a client. NULL is ignored. A client that was not stopped closes its connection at
+/// once, without a leave (the registry marks it offline, reason connection-lost), also while
+/// watches of it are alive; call `sfc_client_stop` first for a clean leave. Joins the client's
+/// runtime thread (at most about 100 ms), unless a watch of this client is still alive: the
+/// runtime then lives until the last watch is freed, and the watch only reports
+/// `SFC_STATUS_STOPPED`.
 ///
 /// Must not be called while another thread is inside a call on the same client.
 ///
@@ -127,6 +166,9 @@ pub unsafe extern "C" fn sfc_client_free(client: *mut sfc_client) {
     run_or((), || {
         if !client.is_null() {
             let c = Box::from_raw(client);
+            // A live watch holds a clone of the client (it keeps the runtime alive), so
+            // dropping this handle alone would leave the session reporting: close it here.
+            c.client.abort();
             c.stopped.send_replace(true);
             drop(c);
         }
@@ -221,8 +263,10 @@ pub unsafe extern "C" fn sfc_client_set_health(
     })
 }
 
-/// Sets a named gauge sent with every report. `name` is copied. A bad name, a value that is
-/// not finite, or one gauge too many gives `SFC_STATUS_INVALID_ARGUMENT`.
+/// Sets a named gauge sent with every report. `name` is copied. A bad name (empty, longer
+/// than 128 bytes, or containing `/`, `"`, a backslash, a tab, a newline or any other control or
+/// invisible character), a value that is not finite, or one gauge too many gives
+/// `SFC_STATUS_INVALID_ARGUMENT`; the message names the gauge.
 ///
 /// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
 /// say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
@@ -238,6 +282,7 @@ pub unsafe extern "C" fn sfc_client_set_gauge(
     run(|| {
         let c = ref_arg(client, "client")?;
         let name = str_arg(name, "gauge name")?;
+        check_gauge_name(name)?;
         c.client.set_gauge(name, value)?;
         Ok(())
     })
@@ -263,7 +308,8 @@ pub unsafe extern "C" fn sfc_client_remove_gauge(
 }
 
 /// Replaces the runtime figures the host supplies (heap size, GC pauses...): a JSON object of
-/// names to numbers, e.g. `{"heap_bytes": 1048576}`. `{}` clears them. Copied.
+/// names to numbers, e.g. `{"heap_bytes": 1048576}`. `{}` clears them. Copied. Names follow
+/// the gauge-name rules of `sfc_client_set_gauge`.
 ///
 /// NULL: a NULL handle or required string gives `SFC_STATUS_NULL_ARGUMENT` (optional ones
 /// say what NULL means). Strings are borrowed for the call only. Threads: any thread, concurrently with other calls on the same client.
@@ -279,6 +325,9 @@ pub unsafe extern "C" fn sfc_client_set_runtime_metrics(
         let c = ref_arg(client, "client")?;
         let text = str_arg(metrics_json, "runtime metrics")?;
         let m: BTreeMap<String, f64> = json_arg(text, "runtime metrics")?;
+        for name in m.keys() {
+            check_gauge_name(name)?;
+        }
         c.client.set_runtime_metrics(m)?;
         Ok(())
     })
@@ -290,7 +339,8 @@ pub unsafe extern "C" fn sfc_client_set_runtime_metrics(
 /// `*out_stale = true`; with nothing cached either, `SFC_STATUS_UNREACHABLE`.
 ///
 /// Filters: `healthy_only` keeps online instances whose health is passing; `service` and
-/// `tag` may be NULL (no filter).
+/// `tag` may be NULL (no filter). A `group` that `sfc_client_start` would refuse (empty, too
+/// long, containing `/` or a control character) gives `SFC_STATUS_INVALID_ARGUMENT`.
 ///
 /// Output: `*out_json` is a JSON array of instance records (fields as in the registry's
 /// HTTP API: id, group, service, instance_id, status, health, endpoints, tags, metadata,
@@ -314,6 +364,9 @@ pub unsafe extern "C" fn sfc_client_lookup(
     run(|| {
         let c = ref_arg(client, "client")?;
         let group = str_arg(group, "group")?;
+        // The rule `sfc_client_start` applies to a group: a name it would refuse to register
+        // in is refused here too, rather than looked up and found empty.
+        ::sfc_client::limits::check_identifier("group", group)?;
         let opts = LookupOptions {
             healthy_only,
             service: opt_str_arg(service, "service")?.map(str::to_string),
@@ -396,7 +449,9 @@ pub unsafe extern "C" fn sfc_client_watch(
     })
 }
 
-/// Waits up to `timeout_ms` for the next event (0: only take one that is already waiting).
+/// Waits up to `timeout_ms` for the next event (0: only take one that is already waiting;
+/// `SFC_WAIT_FOREVER`: no time limit, and no timer either: the calling thread sleeps until an
+/// event arrives or the client is stopped).
 ///
 /// Returns `SFC_STATUS_OK` and writes `*out_event` (free it with `sfc_event_free`),
 /// `SFC_STATUS_NO_EVENT` when none came in time (call again), or `SFC_STATUS_STOPPED` once
@@ -445,12 +500,9 @@ pub unsafe extern "C" fn sfc_client_next_event(
                     _ = stopped.wait_for(|s| *s) => None,
                 }
             };
-            // The timer is made inside the future: it needs the runtime's context.
-            match c.client.block_on(async {
-                tokio::time::timeout(Duration::from_millis(timeout_ms), wait).await
-            }) {
-                Ok(r) => r,
-                Err(_) => return Err(FfiError::NoEvent(timeout_ms)),
+            match block_on_for(&c.client, timeout_ms, wait) {
+                Some(r) => r,
+                None => return Err(FfiError::NoEvent(timeout_ms)),
             }
         };
         let ev = match got {

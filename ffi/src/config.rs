@@ -461,6 +461,38 @@ pub unsafe extern "C" fn sfc_config_set_sample_metrics(
     })
 }
 
+/// Legacy fallback (default false), for a registry that predates protocol v1 (the original
+/// `service_fleet_control` registry, which selects no ALPN `sfc/1` in the TLS handshake).
+///
+/// Off, such a registry is refused and sent nothing after the handshake: it comes back as an
+/// `SFC_EVENT_KIND_ERROR` event with `"status": "protocol"` (`SFC_STATUS_PROTOCOL`), `"code":
+/// "unsupported-version"` and a message saying the registry predates protocol v1; the client
+/// keeps retrying.
+///
+/// On, the client reports to it in the original wire format instead (one TLS connection per
+/// report carrying one `{"action":"HEALTH","payload":...}` document) and checks every report's
+/// connection for an upgraded registry, moving to v1 by itself once it finds one. While it
+/// reports in the legacy format: `SFC_EVENT_KIND_CONNECTED` carries `"session": 0` (no v1
+/// session), lookups and queries return `SFC_STATUS_UNREACHABLE`, no commands arrive, watches
+/// wait for a v1 registry, and `sfc_client_stop` returns at once without a confirmed leave
+/// (the legacy format has no leave: the registry marks the record offline by its timer).
+///
+/// Needs TLS and a service: `sfc_client_start` fails with `SFC_STATUS_INVALID_ARGUMENT`
+/// (naming `legacy`) for a config with `sfc_config_set_insecure_plaintext` or one from
+/// `sfc_config_new_observer`.
+///
+/// NULL `config` gives `SFC_STATUS_NULL_ARGUMENT`. Threads: one thread at a time per config.
+///
+/// # Safety
+/// `config` is NULL or valid for the call.
+#[no_mangle]
+pub unsafe extern "C" fn sfc_config_set_legacy(config: *mut sfc_config, yes: bool) -> sfc_status {
+    with_config(config, |c| {
+        c.update(|b| b.legacy(yes));
+        Ok(())
+    })
+}
+
 /// Names the client library in the hello (default `sfc-c/<version>`; the Go binding sends
 /// `sfc-go/<version>`). Copied.
 ///

@@ -4,7 +4,7 @@ use std::ffi::{c_char, CString};
 
 use ::sfc_client::ClientEvent;
 
-use crate::error::FfiError;
+use crate::error::{sfc_status, FfiError};
 
 /// What kind of event an `sfc_event` is. The numbers are never reused.
 #[allow(non_camel_case_types)]
@@ -20,7 +20,19 @@ pub enum sfc_event_kind {
     /// "payload", "issued_by"}`.
     Command = 3,
     /// A problem the client recovers from by itself (bad certificate, refused hello...).
-    /// JSON: `{"code": "not-authorized" or null, "message"}`.
+    /// JSON: `{"status": "tls", "code": "not-authorized" or null, "message"}`: `status` is the
+    /// `sfc_status_name` of the status a call failing the same way returns (`"tls"`,
+    /// `"unreachable"`, `"remote"`, ...), `code` the registry's protocol error code when the
+    /// registry sent one (PROTOCOL.md §11). The codes a service or observer meets:
+    /// `not-authorized`, `invalid-field`, `superseded` (another session took this identity
+    /// over), `rate-limited`, `too-many-connections`, `too-many-instances` (registering a new
+    /// identity would pass the registry's cap on instances, in all, per group or for legacy
+    /// records; status `"remote"`), `slow-consumer` (the client read too slowly and the
+    /// registry dropped its session and queue; status `"remote"`), `shutting-down`,
+    /// `handshake-timeout`, `unsupported-codec`, and `unsupported-version` (status
+    /// `"protocol"`, also for a registry that predates protocol v1: see
+    /// `sfc_config_set_legacy`). A fatal code is followed by `SFC_EVENT_KIND_DISCONNECTED`
+    /// when it ends a session; the client reconnects by itself in every case.
     Error = 4,
     /// The caller fell more than 1024 events behind and the oldest were dropped.
     /// JSON: `{"missed": 12}`.
@@ -92,11 +104,14 @@ impl sfc_event {
                     Some((c.command_id, &c.name)),
                 )
             }
-            ClientEvent::Error { code, message } => sfc_event::new(
-                sfc_event_kind::Error,
-                json!({ "code": code, "message": message }),
-                None,
-            ),
+            ClientEvent::Error { code, message } => {
+                let status = status_name(error_event_status(code.is_some(), &message));
+                sfc_event::new(
+                    sfc_event_kind::Error,
+                    json!({ "status": status, "code": code, "message": message }),
+                    None,
+                )
+            }
         }
     }
 
@@ -107,6 +122,39 @@ impl sfc_event {
             None,
         )
     }
+}
+
+/// The status of an error event: the client's error event text is `"<registry>: <error>"`
+/// (a failed connection) or the registry's own message (an error frame, with a `code`); the
+/// `<error>` part starts with the `Display` prefix of its `sfc_client::Error` variant.
+pub(crate) fn error_event_status(has_code: bool, message: &str) -> sfc_status {
+    const PREFIXES: [(&str, sfc_status); 7] = [
+        ("tls: ", sfc_status::Tls),
+        ("io: ", sfc_status::Io),
+        ("registry error ", sfc_status::Remote),
+        ("protocol error ", sfc_status::Protocol),
+        ("registry unreachable: ", sfc_status::Unreachable),
+        ("timed out: ", sfc_status::Timeout),
+        ("invalid ", sfc_status::InvalidArgument),
+    ];
+    let rest = message.split_once(": ").map_or(message, |(_, r)| r);
+    for text in [rest, message] {
+        if let Some((_, s)) = PREFIXES.iter().find(|(p, _)| text.starts_with(p)) {
+            return *s;
+        }
+    }
+    if has_code {
+        sfc_status::Remote
+    } else {
+        sfc_status::Unreachable
+    }
+}
+
+fn status_name(s: sfc_status) -> String {
+    // SAFETY: sfc_status_name returns a static NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(crate::sfc_status_name(s as std::ffi::c_int)) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 impl Drop for sfc_event {

@@ -219,11 +219,19 @@ fn commands_round_trip_through_the_c_abi() {
     // stop returns once the leave is written; the registry applies it a moment later.
     let start = Instant::now();
     loop {
-        let rec = reg.registry.query(&Filter::group("ffi")).into_iter().find(|r| r.id == "ffi/cmd").unwrap();
+        let rec = reg
+            .registry
+            .query(&Filter::group("ffi"))
+            .into_iter()
+            .find(|r| r.id == "ffi/cmd")
+            .unwrap();
         if rec.status == Status::Left {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "never left: {rec:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never left: {rec:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     unsafe { sfc_client_free(client) };
@@ -316,4 +324,98 @@ fn status_names_cover_every_status() {
         unsafe { CStr::from_ptr(sfc_version()) }.to_str().unwrap(),
         env!("CARGO_PKG_VERSION")
     );
+}
+
+/// An error event's `status` comes from the text of the core error it reports: pinned here
+/// against each variant's real `Display`, so that a changed message cannot silently turn a
+/// TLS failure into "unreachable".
+#[test]
+fn error_events_carry_the_status_of_their_error() {
+    use crate::event::error_event_status;
+    use ::sfc_client::protocol::ErrorCode;
+    use ::sfc_client::Error as E;
+    let cases = [
+        (
+            E::Tls("handshake with 127.0.0.1:1 failed: invalid peer certificate".into()),
+            sfc_status::Tls,
+        ),
+        (E::Io(std::io::Error::other("broken pipe")), sfc_status::Io),
+        (
+            E::Remote {
+                code: ErrorCode::NotAuthorized,
+                message: "no".into(),
+            },
+            sfc_status::Remote,
+        ),
+        (
+            E::Protocol {
+                code: ErrorCode::UnexpectedMessage,
+                message: "x".into(),
+            },
+            sfc_status::Protocol,
+        ),
+        (
+            E::Unreachable("127.0.0.1:1: connection refused".into()),
+            sfc_status::Unreachable,
+        ),
+        (
+            E::Timeout("handshake with 127.0.0.1:1".into()),
+            sfc_status::Timeout,
+        ),
+        (
+            E::invalid("address", "no port"),
+            sfc_status::InvalidArgument,
+        ),
+    ];
+    for (e, want) in cases {
+        // How the client's reconnect loop words a failed connection (connection.rs).
+        let text = format!("127.0.0.1:7480: {e}");
+        assert_eq!(error_event_status(false, &text), want, "{text}");
+    }
+    // An error frame inside a session: the registry's own message, with its code.
+    assert_eq!(
+        error_event_status(true, "group \"a\" is not yours"),
+        sfc_status::Remote
+    );
+    // The codes of the registry's budgets (issue 15), as an error frame inside a session and
+    // as a refused hello, and a registry that predates protocol v1 (issue 17): the status the
+    // header documents for each.
+    let coded = [
+        (
+            E::Remote {
+                code: ErrorCode::TooManyInstances,
+                message: "registering web/9 would pass --max-group-instances (2)".into(),
+            },
+            "too-many-instances",
+            sfc_status::Remote,
+        ),
+        (
+            E::Remote {
+                code: ErrorCode::SlowConsumer,
+                message: "outbound queue over --max-outbound (1048576 bytes)".into(),
+            },
+            "slow-consumer",
+            sfc_status::Remote,
+        ),
+        (
+            E::Protocol {
+                code: ErrorCode::UnsupportedVersion,
+                message: "the registry predates protocol v1".into(),
+            },
+            "unsupported-version",
+            sfc_status::Protocol,
+        ),
+    ];
+    for (e, name, want) in coded {
+        let code = match &e {
+            E::Remote { code, .. } | E::Protocol { code, .. } => *code,
+            _ => unreachable!(),
+        };
+        assert_eq!(code.as_str(), name);
+        let text = format!("127.0.0.1:7480: {e}");
+        assert_eq!(error_event_status(true, &text), want, "{text}");
+        if let E::Remote { message, .. } = &e {
+            assert_eq!(error_event_status(true, message), want, "{message}");
+        }
+    }
 }

@@ -2,12 +2,12 @@
 
 use std::ffi::c_char;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use ::sfc_client::{Client, WatchStream};
+use tokio::sync::watch;
 
 use crate::arg::{into_c_string, out_arg, ref_arg};
-use crate::client::to_json;
+use crate::client::{block_on_for, to_json};
 use crate::error::{run, run_or, sfc_status, FfiError};
 
 /// A watch made by `sfc_client_watch`. Opaque.
@@ -16,6 +16,8 @@ pub struct sfc_watch {
     /// Keeps the runtime the stream is fed from alive while the watch exists.
     client: Client,
     stream: Mutex<WatchStream>,
+    /// Set by `sfc_watch_cancel`; wakes a thread blocked in `sfc_watch_next`.
+    cancelled: watch::Sender<bool>,
 }
 
 impl sfc_watch {
@@ -23,11 +25,14 @@ impl sfc_watch {
         sfc_watch {
             client,
             stream: Mutex::new(stream),
+            cancelled: watch::channel(false).0,
         }
     }
 }
 
-/// Waits up to `timeout_ms` for the watch's next event (0: only take one already waiting).
+/// Waits up to `timeout_ms` for the watch's next event (0: only take one already waiting;
+/// `SFC_WAIT_FOREVER`: no time limit and no timer, until an event, `sfc_watch_cancel` or the
+/// client's stop).
 ///
 /// Returns `SFC_STATUS_OK` and writes `*out_json`, one event as a JSON object (`seq`, `at`,
 /// `kind` such as "joined", "online", "offline", "left", "evicted", "health-changed",
@@ -52,6 +57,10 @@ pub unsafe extern "C" fn sfc_watch_next(
         let w = ref_arg(watch, "watch")?;
         let out = out_arg(out_json, "out_json")?;
         let mut stream = w.stream.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cancelled = w.cancelled.subscribe();
+        if *cancelled.borrow() {
+            return Err(::sfc_client::Error::Stopped.into());
+        }
         let got = if timeout_ms == 0 {
             match stream.try_next() {
                 Some(ev) => Some(ev),
@@ -59,18 +68,37 @@ pub unsafe extern "C" fn sfc_watch_next(
                 None => return Err(FfiError::NoEvent(0)),
             }
         } else {
-            // The timer is made inside the future: it needs the runtime's context.
             let next = async {
-                tokio::time::timeout(Duration::from_millis(timeout_ms), stream.next()).await
+                tokio::select! {
+                    biased;
+                    ev = stream.next() => ev,
+                    _ = cancelled.wait_for(|c| *c) => None,
+                }
             };
-            match w.client.block_on(next) {
-                Ok(ev) => ev,
-                Err(_) => return Err(FfiError::NoEvent(timeout_ms)),
+            match block_on_for(&w.client, timeout_ms, next) {
+                Some(ev) => ev,
+                None => return Err(FfiError::NoEvent(timeout_ms)),
             }
         };
         let ev = got.ok_or(::sfc_client::Error::Stopped)?;
         *out = into_c_string(to_json(&ev, "event")?, "event")?;
         Ok(())
+    })
+}
+
+/// Ends a watch from any thread, also while another thread is blocked in `sfc_watch_next` on
+/// it: that call returns `SFC_STATUS_STOPPED` at once, and so does every later one. The watch
+/// must still be freed with `sfc_watch_free` (after the blocked call has returned). Cancelling
+/// twice is fine. NULL is ignored.
+///
+/// # Safety
+/// `watch` is NULL or a live watch.
+#[no_mangle]
+pub unsafe extern "C" fn sfc_watch_cancel(watch: *const sfc_watch) {
+    run_or((), || {
+        if let Some(w) = watch.as_ref() {
+            w.cancelled.send_replace(true);
+        }
     })
 }
 

@@ -5,6 +5,7 @@
 # Expects target/release/libsfc.a (cargo build -p sfc-ffi --release) and target/debug/sfc.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$root/scripts/lib/wait-for-line.sh"
 lib=${SFC_LIB_DIR:-$root/target/release}
 sfc=${SFC_BIN:-$root/target/debug/sfc}
 out=${SFC_TEST_OUT:-$root/target/test-out}/c
@@ -26,29 +27,39 @@ data=$(mktemp -d)
 token=c-suite-token
 "$sfc" registry --listen 127.0.0.1:0 --data-dir "$data" --http 127.0.0.1:0 --admin-token "$token" >"$out/registry.stdout" 2>"$out/registry.stderr" &
 registry_pid=$!
+legacy_pid=
 cleanup() {
     kill "$registry_pid" 2>/dev/null || true
     wait "$registry_pid" 2>/dev/null || true
+    if [ -n "$legacy_pid" ]; then
+        kill "$legacy_pid" 2>/dev/null || true
+        wait "$legacy_pid" 2>/dev/null || true
+    fi
     rm -rf "$data"
 }
 trap cleanup EXIT
 
-addr=
-for _ in $(seq 1 200); do
-    addr=$(sed -n 's/^sfc registry listening on \([^ ]*\) .*/\1/p' "$out/registry.stdout")
-    [ -n "$addr" ] && break
-    kill -0 "$registry_pid" 2>/dev/null || { cat "$out/registry.stderr"; echo "registry exited"; exit 1; }
-    sleep 0.1
-done
+addr=$(registry_address "$out/registry.stdout" "$registry_pid") || { cat "$out/registry.stderr"; echo "registry exited"; exit 1; }
 [ -n "$addr" ] || { echo "registry did not report its address within 20 s"; exit 1; }
-http_addr=
-for _ in $(seq 1 50); do
-    http_addr=$(sed -n 's/^sfc http listening on \([^ ]*\) .*/\1/p' "$out/registry.stdout")
-    [ -n "$http_addr" ] && break
-    sleep 0.1
-done
-export SFC_TEST_REGISTRY=$addr SFC_TEST_CA=$data/tls/ca.pem
+http_addr=$(wait_for_line "$out/registry.stdout" 's/^sfc http listening on \([^ ]*\) .*/\1/p' 50)
+# A second, unrelated CA: the registry's certificate does not chain to it.
+"$sfc" certs init --dir "$data/other" >/dev/null
+export SFC_TEST_REGISTRY=$addr SFC_TEST_CA=$data/tls/ca.pem SFC_TEST_OTHER_CA=$data/other/ca.pem
 echo "registry at $addr (pid $registry_pid)"
+
+# A registry that predates protocol v1, for the legacy fallback tests: the Node.js fixture that
+# behaves as the original service_fleet_control registry does (no ALPN; one JSON document per
+# connection, and it exits on anything else), with the test registry's certificate. It prints
+# `report {...}` per document and `refused ...` per connection that ended before its handshake.
+legacy_log=$out/legacy-registry.stdout
+node "$root/bindings/node/tests/support/legacy-registry.js" --cert "$data/tls/server.pem" \
+    --key "$data/tls/server-key.pem" >"$legacy_log" 2>"$out/legacy-registry.stderr" &
+legacy_pid=$!
+legacy_port=$(wait_for_line "$legacy_log" 's/^listening \([0-9]*\)$/\1/p' 100 "$legacy_pid") ||
+    { cat "$out/legacy-registry.stderr"; echo "legacy-style registry exited"; exit 1; }
+[ -n "$legacy_port" ] || { echo "the legacy-style registry did not report its port within 10 s"; exit 1; }
+export SFC_TEST_LEGACY_REGISTRY=127.0.0.1:$legacy_port SFC_TEST_LEGACY_LOG=$legacy_log SFC_TEST_LEGACY_PID=$legacy_pid
+echo "legacy-style registry at 127.0.0.1:$legacy_port (pid $legacy_pid)"
 
 suites=0
 suites_failed=0

@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <pthread.h>
 #include <math.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,7 +68,14 @@ static void name_groups(void) {
 #define CHECK_ERROR_MENTIONS(word)                                                       \
     CHECK(strstr(sfc_last_error_message(), (word)) != NULL)
 
+/* SFC_TEST_ONLY=<text> runs only the tests whose name contains it (for a developer; run.sh
+ * never sets it), and says so for every other. */
 static void run(const char *name, int (*test)(void)) {
+    const char *only = getenv("SFC_TEST_ONLY");
+    if (only != NULL && strstr(name, only) == NULL) {
+        printf("not run (SFC_TEST_ONLY=%s): %s\n", only, name);
+        return;
+    }
     if (test()) {
         passed++;
         printf("ok   %s\n", name);
@@ -439,15 +447,157 @@ static int test_double_stop_and_use_after_stop(void) {
     return 1;
 }
 
+/* Freeing a client that was not stopped closes its connection at once, also while a watch of
+ * it is alive (the watch kept the session reporting until it was freed): an observer sees the
+ * instance go offline, and the orphaned watch reports stopped. */
 static int test_free_without_stop(void) {
-    sfc_client *svc = start_service(group_free, "f-one");
+    sfc_client *obs = start_observer();
+    sfc_client *svc = NULL;
+    sfc_watch *seen = NULL;
     sfc_watch *w = NULL;
+    char filter[128];
+    char *json = NULL;
+    CHECK(obs != NULL);
+    snprintf(filter, sizeof filter, "{\"group\":\"%s\"}", group_free);
+    CHECK_OK(sfc_client_watch(obs, filter, false, &seen));
+    CHECK(wait_event(obs, SFC_EVENT_KIND_CONNECTED, 20));
+    svc = start_service(group_free, "f-one");
     CHECK(svc != NULL);
     CHECK_OK(sfc_client_wait_connected(svc, 10000));
+    CHECK(wait_watch(seen, "\"kind\":\"joined\"", 20));
     CHECK_OK(sfc_client_watch(svc, NULL, true, &w));
     /* The watch outlives the client handle and is freed after it. */
     sfc_client_free(svc);
+    CHECK(wait_watch(seen, "\"kind\":\"offline\"", 20));
+    CHECK_STATUS(sfc_watch_next(w, 5000, &json), SFC_STATUS_STOPPED);
+    CHECK(json == NULL);
     sfc_watch_free(w);
+    sfc_watch_free(seen);
+    CHECK_OK(sfc_client_stop(obs));
+    sfc_client_free(obs);
+    return 1;
+}
+
+/* The header says gauge names with a control character, a quote, a backslash or '/' are
+ * refused; runtime metric names follow the same rule. */
+static int test_bad_gauge_names_are_refused(void) {
+    const char *bad[] = {"tab\there", "new\nline", "quo\"te", "back\\slash", "sla/sh"};
+    sfc_client *svc = start_service("c-gauge-names", "g-one");
+    size_t i;
+    CHECK(svc != NULL);
+    for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_STATUS(sfc_client_set_gauge(svc, bad[i], 1.0), SFC_STATUS_INVALID_ARGUMENT);
+        CHECK_ERROR_MENTIONS("gauge name");
+    }
+    CHECK_OK(sfc_client_set_gauge(svc, "queue_depth.eu-1", 1.0));
+    CHECK_STATUS(sfc_client_set_runtime_metrics(svc, "{\"heap/bytes\": 1}"), SFC_STATUS_INVALID_ARGUMENT);
+    CHECK_ERROR_MENTIONS("heap/bytes");
+    CHECK_STATUS(sfc_client_set_runtime_metrics(svc, "{\"tab\\tname\": 1}"), SFC_STATUS_INVALID_ARGUMENT);
+    {
+        sfc_status s = sfc_client_stop(svc);
+        CHECK(s == SFC_STATUS_OK || s == SFC_STATUS_TIMEOUT);
+    }
+    sfc_client_free(svc);
+    return 1;
+}
+
+/* A group sfc_client_start refuses is refused by lookup too (it was looked up and found
+ * empty). */
+static int test_lookup_refuses_what_start_refuses(void) {
+    const char *bad[] = {"a/b", "ctl\001char"};
+    sfc_client *obs = start_observer();
+    char *json = NULL;
+    size_t i;
+    CHECK(obs != NULL);
+    for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        sfc_config *c = service_config(bad[i], "l-one");
+        sfc_client *svc = NULL;
+        CHECK(c != NULL);
+        CHECK_STATUS(sfc_client_start(c, &svc), SFC_STATUS_INVALID_ARGUMENT);
+        CHECK_ERROR_MENTIONS("group");
+        sfc_config_free(c);
+        CHECK_STATUS(sfc_client_lookup(obs, bad[i], false, NULL, NULL, &json, NULL), SFC_STATUS_INVALID_ARGUMENT);
+        CHECK_ERROR_MENTIONS("group");
+        CHECK(json == NULL);
+    }
+    CHECK_OK(sfc_client_stop(obs));
+    sfc_client_free(obs);
+    return 1;
+}
+
+struct watch_waiter {
+    sfc_watch *watch;
+    sfc_status status;
+};
+
+static void *watch_forever_thread(void *arg) {
+    struct watch_waiter *w = arg;
+    char *json = NULL;
+    do {
+        sfc_string_free(json);
+        json = NULL;
+        w->status = sfc_watch_next(w->watch, SFC_WAIT_FOREVER, &json);
+    } while (w->status == SFC_STATUS_OK);
+    return NULL;
+}
+
+/* SFC_WAIT_FOREVER has no time limit: sfc_watch_cancel from another thread ends the wait. */
+static int test_cancel_ends_a_watch_waiting_forever(void) {
+    sfc_client *obs = start_observer();
+    struct watch_waiter w = {NULL, SFC_STATUS_OK};
+    pthread_t t;
+    char *json = NULL;
+    CHECK(obs != NULL);
+    CHECK_OK(sfc_client_watch(obs, "{\"group\":\"c-nobody-here\"}", false, &w.watch));
+    CHECK(pthread_create(&t, NULL, watch_forever_thread, &w) == 0);
+    sfc_watch_cancel(w.watch);
+    CHECK(pthread_join(t, NULL) == 0);
+    CHECK_STATUS(w.status, SFC_STATUS_STOPPED);
+    CHECK_STATUS(sfc_watch_next(w.watch, 0, &json), SFC_STATUS_STOPPED);
+    sfc_watch_cancel(w.watch); /* twice is fine */
+    sfc_watch_cancel(NULL);
+    sfc_watch_free(w.watch);
+    CHECK_OK(sfc_client_stop(obs));
+    sfc_client_free(obs);
+    return 1;
+}
+
+/* A registry certificate the configured CA does not vouch for: the error event says so, with
+ * the status a call failing that way returns ("tls"). */
+static int test_untrusted_registry_is_a_tls_error_event(void) {
+    const char *other_ca = getenv("SFC_TEST_OTHER_CA");
+    sfc_config *c = sfc_config_new_observer();
+    sfc_client *obs = NULL;
+    int seen = 0;
+    CHECK(other_ca != NULL);
+    CHECK_OK(sfc_config_ignore_env(c));
+    CHECK_OK(sfc_config_add_registry(c, registry));
+    CHECK_OK(sfc_config_set_ca(c, other_ca));
+    CHECK_OK(sfc_config_set_stop_timeout_ms(c, 500));
+    CHECK_OK(sfc_client_start(c, &obs));
+    sfc_config_free(c);
+    for (int i = 0; i < 20 && !seen; i++) {
+        sfc_event *ev = NULL;
+        sfc_status s = sfc_client_next_event(obs, 1000, &ev);
+        if (s == SFC_STATUS_OK) {
+            if (ev->kind == SFC_EVENT_KIND_ERROR) {
+                seen = 1;
+                if (strstr(ev->json, "\"status\":\"tls\"") == NULL) {
+                    fprintf(stderr, "  error event: %s\n", ev->json);
+                    seen = -1;
+                }
+            }
+            sfc_event_free(ev);
+        } else {
+            CHECK_STATUS(s, SFC_STATUS_NO_EVENT);
+        }
+    }
+    CHECK(seen == 1);
+    {
+        sfc_status s = sfc_client_stop(obs);
+        CHECK(s == SFC_STATUS_OK || s == SFC_STATUS_TIMEOUT);
+    }
+    sfc_client_free(obs);
     return 1;
 }
 
@@ -483,6 +633,191 @@ static int test_stop_ends_wait_connected(void) {
     return 1;
 }
 
+/* ---- the legacy fallback, against a registry that predates protocol v1 -------------- */
+
+/* The Node.js fixture run.sh starts (bindings/node/tests/support/legacy-registry.js): it
+ * prints `report {...}` for every document it recorded and `refused ...` for every connection
+ * that ended before its TLS handshake completed, and it exits on any other bytes. */
+
+/* How many lines of the fixture's log contain both `a` and `b` (b may be NULL); -1 when the
+ * log cannot be read. */
+static int legacy_log_count(const char *a, const char *b) {
+    const char *path = getenv("SFC_TEST_LEGACY_LOG");
+    FILE *f = path != NULL ? fopen(path, "r") : NULL;
+    char line[8192];
+    int n = 0;
+    if (f == NULL) {
+        return -1;
+    }
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (strstr(line, a) != NULL && (b == NULL || strstr(line, b) != NULL)) {
+            n++;
+        }
+    }
+    fclose(f);
+    return n;
+}
+
+/* Waits (bounded: 30 s, Valgrind is slow) until the fixture's log has more than `above` lines
+ * with `a` and `b`; returns that count, or -1. */
+static int legacy_log_wait(const char *a, const char *b, int above) {
+    struct timespec tick = {0, 100 * 1000 * 1000};
+    for (int i = 0; i < 300; i++) {
+        int n = legacy_log_count(a, b);
+        if (n > above) {
+            return n;
+        }
+        nanosleep(&tick, NULL);
+    }
+    return -1;
+}
+
+/* The fixture is still running (it exits on bytes that are not one JSON document). */
+static int legacy_registry_alive(void) {
+    const char *pid = getenv("SFC_TEST_LEGACY_PID");
+    return pid != NULL && kill((pid_t)atol(pid), 0) == 0;
+}
+
+static sfc_config *legacy_config(const char *group, bool legacy) {
+    sfc_config *c = sfc_config_new();
+    const char *addr = getenv("SFC_TEST_LEGACY_REGISTRY");
+    if (addr == NULL || sfc_config_ignore_env(c) != SFC_STATUS_OK || sfc_config_add_registry(c, addr) != SFC_STATUS_OK ||
+        sfc_config_set_ca(c, ca) != SFC_STATUS_OK || sfc_config_set_group(c, group) != SFC_STATUS_OK ||
+        sfc_config_set_service(c, "c-billing") != SFC_STATUS_OK || sfc_config_set_hostname(c, "c-legacy-host") != SFC_STATUS_OK ||
+        sfc_config_set_interval_ms(c, 500) != SFC_STATUS_OK || sfc_config_set_stop_timeout_ms(c, 1000) != SFC_STATUS_OK ||
+        (legacy && sfc_config_set_legacy(c, true) != SFC_STATUS_OK)) {
+        sfc_config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Legacy on: the registry receives {"action":"HEALTH","payload":...} documents with our
+ * identity, the client counts as connected with session 0, lookups are unreachable, and stop
+ * returns at once. */
+static int test_legacy_reports_to_a_registry_that_predates_v1(void) {
+    char group[64], key[96], connected_json[128];
+    sfc_config *c;
+    sfc_client *client = NULL;
+    int seen = 0;
+    char *json = NULL;
+    snprintf(group, sizeof group, "c-legacy-%ld", (long)getpid());
+    snprintf(key, sizeof key, "\"groupingKey\":\"%s\"", group);
+    c = legacy_config(group, true);
+    CHECK(c != NULL);
+    CHECK_OK(sfc_client_start(c, &client));
+    sfc_config_free(c);
+    CHECK(legacy_log_wait("report {\"action\":\"HEALTH\"", key, 0) >= 1);
+    CHECK(legacy_log_count(key, "\"serviceName\":\"c-billing\"") >= 1);
+    CHECK(legacy_log_count(key, "\"hostname\":\"c-legacy-host\"") >= 1);
+    /* Connected, with session 0: no v1 session. */
+    snprintf(connected_json, sizeof connected_json, "\"session\":0");
+    for (int i = 0; i < 20 && !seen; i++) {
+        sfc_event *ev = NULL;
+        sfc_status s = sfc_client_next_event(client, 1000, &ev);
+        if (s == SFC_STATUS_OK) {
+            if (ev->kind == SFC_EVENT_KIND_CONNECTED) {
+                seen = strstr(ev->json, connected_json) != NULL ? 1 : -1;
+                if (seen < 0) {
+                    fprintf(stderr, "  connected event: %s\n", ev->json);
+                }
+            }
+            sfc_event_free(ev);
+        } else {
+            CHECK_STATUS(s, SFC_STATUS_NO_EVENT);
+        }
+    }
+    CHECK(seen == 1);
+    CHECK_STATUS(sfc_client_wait_connected(client, 1000), SFC_STATUS_OK);
+    /* Lookups need protocol v1. */
+    CHECK_STATUS(sfc_client_lookup(client, "anything", false, NULL, NULL, &json, NULL), SFC_STATUS_UNREACHABLE);
+    CHECK_ERROR_MENTIONS("predates protocol v1");
+    /* Reports go on, one connection each. */
+    CHECK(legacy_log_wait("report {\"action\":\"HEALTH\"", key, 1) >= 2);
+    CHECK_OK(sfc_client_stop(client));
+    sfc_client_free(client);
+    CHECK(legacy_registry_alive());
+    return 1;
+}
+
+/* Legacy off: an error event (status protocol, code unsupported-version) that says the
+ * registry predates protocol v1, and the registry receives nothing after the handshake: the
+ * client abandons it (the fixture logs `refused`) and the fixture, which exits on any bytes
+ * that are not one JSON document, is still up and recorded no report from us. */
+static int test_v1_only_client_refuses_a_registry_that_predates_v1(void) {
+    char group[64], key[96];
+    sfc_config *c;
+    sfc_client *client = NULL;
+    int seen = 0;
+    int refused_before = legacy_log_count("refused", NULL);
+    snprintf(group, sizeof group, "c-v1-only-%ld", (long)getpid());
+    snprintf(key, sizeof key, "\"groupingKey\":\"%s\"", group);
+    CHECK(refused_before >= 0);
+    c = legacy_config(group, false);
+    CHECK(c != NULL);
+    CHECK_OK(sfc_client_start(c, &client));
+    sfc_config_free(c);
+    for (int i = 0; i < 30 && seen == 0; i++) {
+        sfc_event *ev = NULL;
+        sfc_status s = sfc_client_next_event(client, 1000, &ev);
+        if (s == SFC_STATUS_OK) {
+            if (ev->kind == SFC_EVENT_KIND_ERROR) {
+                seen = strstr(ev->json, "\"status\":\"protocol\"") != NULL &&
+                               strstr(ev->json, "\"code\":\"unsupported-version\"") != NULL &&
+                               strstr(ev->json, "predates protocol v1") != NULL
+                           ? 1
+                           : -1;
+            } else if (ev->kind == SFC_EVENT_KIND_CONNECTED) {
+                seen = -1;
+            }
+            if (seen < 0) {
+                fprintf(stderr, "  event %d: %s\n", (int)ev->kind, ev->json);
+            }
+            sfc_event_free(ev);
+        } else {
+            CHECK_STATUS(s, SFC_STATUS_NO_EVENT);
+        }
+    }
+    CHECK(seen == 1);
+    CHECK(legacy_log_wait("refused", NULL, refused_before) > refused_before);
+    {
+        sfc_status s = sfc_client_stop(client);
+        CHECK(s == SFC_STATUS_OK || s == SFC_STATUS_TIMEOUT);
+    }
+    sfc_client_free(client);
+    CHECK(legacy_registry_alive());
+    CHECK(legacy_log_count(key, NULL) == 0);
+    return 1;
+}
+
+/* The legacy fallback needs TLS and a service. */
+static int test_legacy_needs_tls_and_a_service(void) {
+    sfc_config *c = sfc_config_new_observer();
+    sfc_client *client = NULL;
+    CHECK_STATUS(sfc_config_set_legacy(NULL, true), SFC_STATUS_NULL_ARGUMENT);
+    CHECK_OK(sfc_config_ignore_env(c));
+    CHECK_OK(sfc_config_add_registry(c, registry));
+    CHECK_OK(sfc_config_set_ca(c, ca));
+    CHECK_OK(sfc_config_set_legacy(c, true));
+    CHECK_STATUS(sfc_client_start(c, &client), SFC_STATUS_INVALID_ARGUMENT);
+    CHECK_ERROR_MENTIONS("legacy");
+    sfc_config_free(c);
+    c = sfc_config_new();
+    CHECK_OK(sfc_config_ignore_env(c));
+    CHECK_OK(sfc_config_add_registry(c, registry));
+    CHECK_OK(sfc_config_set_group(c, "c-legacy-plain"));
+    CHECK_OK(sfc_config_set_insecure_plaintext(c, true));
+    CHECK_OK(sfc_config_set_legacy(c, true));
+    CHECK_STATUS(sfc_client_start(c, &client), SFC_STATUS_INVALID_ARGUMENT);
+    CHECK_ERROR_MENTIONS("legacy");
+    /* Turned off again, the same config starts. */
+    CHECK_OK(sfc_config_set_legacy(c, false));
+    CHECK_OK(sfc_client_start(c, &client));
+    sfc_config_free(c);
+    sfc_client_free(client);
+    return 1;
+}
+
 int main(void) {
     registry = getenv("SFC_TEST_REGISTRY");
     ca = getenv("SFC_TEST_CA");
@@ -500,8 +835,17 @@ int main(void) {
     run("register, report, health, gauge, lookup", test_register_report_health_gauge_lookup);
     run("watch sees join, health and leave", test_watch_sees_join_health_and_leave);
     run("double stop and use after stop", test_double_stop_and_use_after_stop);
-    run("free without stop", test_free_without_stop);
+    run("free without stop closes the connection, also with a watch alive", test_free_without_stop);
+    run("bad gauge names are refused", test_bad_gauge_names_are_refused);
+    run("lookup refuses a group start refuses", test_lookup_refuses_what_start_refuses);
+    run("cancel ends a watch waiting forever", test_cancel_ends_a_watch_waiting_forever);
+    run("untrusted registry is a tls error event", test_untrusted_registry_is_a_tls_error_event);
     run("stop ends wait_connected", test_stop_ends_wait_connected);
+    run("legacy on: reports in the original format to a registry that predates v1",
+        test_legacy_reports_to_a_registry_that_predates_v1);
+    run("legacy off: refuses a registry that predates v1 and sends it nothing",
+        test_v1_only_client_refuses_a_registry_that_predates_v1);
+    run("legacy needs tls and a service", test_legacy_needs_tls_and_a_service);
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }

@@ -3,7 +3,7 @@
 // switches on native log output when DEBUG asks for it.
 'use strict'
 
-const createDebug = require('debug')
+const { fromNative } = require('./errors.js')
 
 // The napi-rs name of this platform, as in the platform package's name
 // (`service-fleet-control-<platform>`) and the addons' file names.
@@ -56,15 +56,10 @@ function loadAddon(loader, what) {
 
 const native = loadAddon('../native.js', 'native addon (sfc.<platform>.node)')
 
-// `invalid <option>: <why>` from the native side becomes a TypeError naming the option.
+// Errors from the native side get their stable `code` (lib/errors.js); `invalid <option>:
+// <why>` becomes a TypeError naming the option.
 function convertError(e) {
-  if (e && e.code === 'InvalidArg' && !(e instanceof TypeError)) {
-    const t = new TypeError(e.message)
-    const m = /^invalid ([^:]+):/.exec(e.message)
-    if (m) t.option = m[1]
-    return t
-  }
-  return e
+  return fromNative(e)
 }
 
 function call(fn) {
@@ -86,6 +81,9 @@ async function settle(fn) {
 // The original module's namespaces, mapped to the tracing targets of the same parts.
 function nativeLogDirectives() {
   if (process.env.RUST_LOG) return process.env.RUST_LOG
+  // `debug` costs about 2 MiB resident once loaded: it is read only when DEBUG is set.
+  if (!process.env.DEBUG) return ''
+  const createDebug = require('debug')
   const d = []
   if (createDebug.enabled('SFC')) d.push('sfc=info')
   if (createDebug.enabled('SFC_client')) d.push('sfc::client=debug')

@@ -18,6 +18,12 @@ const registrySpec = {
   handshakeTimeout: check.positive,
   maxConnections: check.integer,
   maxFrame: check.integer,
+  maxOutbound: check.integer,
+  maxInstances: check.integer,
+  maxGroupInstances: check.integer,
+  maxLegacyInstances: check.integer,
+  maxLegacyGroupInstances: check.integer,
+  legacy: check.boolean,
 }
 
 // Long enough never to fire; only there to keep the process alive like a listening server.

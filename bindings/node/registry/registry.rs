@@ -37,6 +37,19 @@ pub struct NativeRegistryOptions {
     pub handshake_timeout: Option<f64>,
     pub max_connections: Option<u32>,
     pub max_frame: Option<u32>,
+    /// Bytes one session (or SSE watch) may have queued for its peer; past it the peer is
+    /// closed with `slow-consumer` (at least 65536).
+    pub max_outbound: Option<i64>,
+    /// Records held at most, of any status (`--max-instances`).
+    pub max_instances: Option<i64>,
+    /// Records one group holds at most (`--max-group-instances`).
+    pub max_group_instances: Option<i64>,
+    /// Legacy records held at most, in all (`--max-legacy-instances`).
+    pub max_legacy_instances: Option<i64>,
+    /// Legacy records one group holds at most (`--max-legacy-group-instances`).
+    pub max_legacy_group_instances: Option<i64>,
+    /// Accept documents in the original module's wire format (default true; `--legacy on|off`).
+    pub legacy: Option<bool>,
 }
 
 /// A registry that is serving.
@@ -78,6 +91,15 @@ fn millis(what: &str, v: Option<f64>, default: Duration) -> Result<Duration> {
     }
 }
 
+/// A count or size option: the default, or a non-negative integer (`RegistryOptions::check`
+/// then checks its range).
+fn count(what: &str, v: Option<i64>, default: usize) -> Result<usize> {
+    match v {
+        None => Ok(default),
+        Some(n) => usize::try_from(n).map_err(|_| invalid(what, format!("{n} is not a non-negative integer"))),
+    }
+}
+
 fn build_options(o: NativeRegistryOptions) -> Result<RegistryOptions> {
     let mut a = RegistryOptions::default();
     if let Some(listen) = o.listen {
@@ -100,16 +122,21 @@ fn build_options(o: NativeRegistryOptions) -> Result<RegistryOptions> {
     a.max_frame = o.max_frame.map_or(a.max_frame, |n| n as usize);
     a.handshake_timeout = millis("handshakeTimeout", o.handshake_timeout, a.handshake_timeout)?;
     a.max_connections = o.max_connections.map_or(a.max_connections, |n| n as usize);
+    let b = &mut a.admission;
+    b.max_outbound = count("maxOutbound", o.max_outbound, b.max_outbound)?;
+    b.max_instances = count("maxInstances", o.max_instances, b.max_instances)?;
+    b.max_group_instances = count("maxGroupInstances", o.max_group_instances, b.max_group_instances)?;
+    b.max_legacy_instances = count("maxLegacyInstances", o.max_legacy_instances, b.max_legacy_instances)?;
+    b.max_legacy_group_instances =
+        count("maxLegacyGroupInstances", o.max_legacy_group_instances, b.max_legacy_group_instances)?;
+    b.legacy = o.legacy.unwrap_or(b.legacy);
     // The same checks as `sfc registry`; the error names the JavaScript option (to_napi).
     a.check().map_err(to_napi)?;
     Ok(a)
 }
 
 fn not_running() -> Error {
-    Error::new(
-        Status::GenericFailure,
-        "registry is not running: call start() first".to_string(),
-    )
+    crate::boundary::failure("stopped", None, "registry is not running: call start() first")
 }
 
 fn filter_of(f: Option<NativeFilter>) -> Result<Filter> {

@@ -115,8 +115,12 @@ async function main() {
     for (const addon of ADDONS) {
       const lib = path.join(targetDir(), profileDir, libraryName(addon.pkg.replace(/-/g, '_')))
       const binary = `${addon.binaryName}.${platformSuffix()}.node`
-      fs.copyFileSync(lib, path.join(pkgDir, binary))
-      if (release && process.platform !== 'win32') execFileSync('strip', ['--strip-unneeded', path.join(pkgDir, binary)])
+      // Copied beside and renamed into place: a Node.js process that has the previous addon
+      // mapped (a test run) keeps its file instead of crashing (SIGBUS) on a rewritten one.
+      const staged = path.join(pkgDir, `.${binary}.${process.pid}.tmp`)
+      fs.copyFileSync(lib, staged)
+      if (release && process.platform !== 'win32') execFileSync('strip', ['--strip-unneeded', staged])
+      fs.renameSync(staged, path.join(pkgDir, binary))
       console.log(`copied ${lib} to ${binary}${release ? ' (stripped)' : ''}`)
       // napi-derive writes one type-information file per package: give each addon its own.
       const own = path.join(work, `typedef-${addon.pkg}`)

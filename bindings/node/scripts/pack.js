@@ -179,6 +179,9 @@ function main() {
     files,
     engines: pkg.engines,
     dependencies: pkg.dependencies,
+    // The types name Node.js's (`node:events`, AbortSignal): TypeScript users have @types/node.
+    peerDependencies: pkg.peerDependencies,
+    peerDependenciesMeta: pkg.peerDependenciesMeta,
     bundleDependencies: bundled,
     optionalDependencies: { [platformPackage]: version },
   }

@@ -19,7 +19,7 @@ use sfc_client::tls::{ClientTlsOptions, PemSource};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::AbortHandle;
 
-use crate::boundary::{deliver, from_json, invalid, to_json, to_napi, JsonCallback};
+use crate::boundary::{clean_message, deliver, failure, from_json, invalid, to_json, to_napi, JsonCallback};
 use crate::filter::NativeFilter;
 
 /// One endpoint the instance serves.
@@ -61,6 +61,8 @@ pub struct NativeClientOptions {
     pub connect_timeout: Option<f64>,
     pub stop_timeout: Option<f64>,
     pub sample_metrics: Option<bool>,
+    /// Legacy fallback: report in the original format to a registry that predates protocol v1.
+    pub legacy: Option<bool>,
 }
 
 /// Narrows a lookup.
@@ -192,9 +194,16 @@ fn build_config(o: NativeClientOptions) -> Result<ClientConfig> {
     if let Some(s) = o.sample_metrics {
         b = b.sample_metrics(s);
     }
+    if let Some(l) = o.legacy {
+        b = b.legacy(l);
+    }
     b.build().map_err(|e| match e {
         // The core checks ca, cert and key together; name the option that is wrong.
-        sfc_client::Error::Tls(_) | sfc_client::Error::File { .. } => invalid(tls_culprit(&o.ca, &o.key), e),
+        sfc_client::Error::Tls(_) | sfc_client::Error::File { .. } => {
+            // A TypeError naming the option, whose code says file or TLS (lib/errors.js).
+            let status = crate::boundary::status_of(&e);
+            Error::new(Status::InvalidArg, format!("[sfc:{status}] invalid {}: {e}", tls_culprit(&o.ca, &o.key)))
+        }
         other => to_napi(other),
     })
 }
@@ -225,14 +234,38 @@ fn event_json(ev: &ClientEvent) -> String {
             serde_json::json!({ "type": "connected", "registry": registry, "session": session })
         }
         ClientEvent::Disconnected { registry, reason } => {
-            serde_json::json!({ "type": "disconnected", "registry": registry, "reason": reason })
+            serde_json::json!({ "type": "disconnected", "registry": registry, "reason": clean_message(reason) })
         }
         ClientEvent::Command(c) => serde_json::json!({ "type": "command", "command": c }),
-        ClientEvent::Error { code, message } => {
-            serde_json::json!({ "type": "error", "code": code, "message": message })
-        }
+        ClientEvent::Error { code, message } => serde_json::json!({
+            "type": "error",
+            "status": event_status(code.is_some(), message),
+            "code": code,
+            "message": clean_message(message),
+        }),
     };
     v.to_string()
+}
+
+/// The C status name of an error event: its message is `<registry>: <core error>`, and the
+/// core error's text starts with its kind (`sfc_proto::Error`'s Display).
+fn event_status(has_code: bool, message: &str) -> &'static str {
+    let text = message.split_once(": ").map_or(message, |(_, rest)| rest);
+    let kinds = [
+        ("registry unreachable: ", "unreachable"),
+        ("tls: ", "tls"),
+        ("timed out: ", "timeout"),
+        ("io: ", "io"),
+        ("registry error ", "remote"),
+        ("protocol error ", "protocol"),
+        ("cannot read ", "file"),
+        ("invalid ", "invalid-argument"),
+    ];
+    match kinds.iter().find(|(prefix, _)| text.starts_with(prefix)) {
+        Some((_, status)) => status,
+        None if has_code => "remote",
+        None => "io",
+    }
 }
 
 #[napi]
@@ -308,7 +341,7 @@ impl NativeClient {
                     Ok(ev) => deliver(&on_event, event_json(&ev)),
                     Err(RecvError::Lagged(n)) => deliver(
                         &on_event,
-                        serde_json::json!({ "type": "error", "code": null,
+                        serde_json::json!({ "type": "error", "status": "io", "code": "lagged",
                             "message": format!("{n} client events were dropped: the event loop fell behind") })
                         .to_string(),
                     ),
@@ -332,11 +365,12 @@ impl NativeClient {
         let settle = move |left: bool| deferred.resolve(move |_| Ok(left));
         let running = lock(&self.state).running.take();
         match running {
-            None => settle(true),
+            // Not started (or stopped already): no leave was sent, none confirmed.
+            None => settle(false),
             Some(mut r) => {
                 let handle = r.client.handle().clone();
                 handle.spawn(async move {
-                    let left = r.client.stop().await.is_ok();
+                    let left = matches!(r.client.stop().await, Ok(true));
                     r.abort_tasks();
                     settle(left);
                     // The last clone: this ends the client's runtime thread.
@@ -497,10 +531,7 @@ impl NativeClient {
 }
 
 fn not_running() -> Error {
-    Error::new(
-        Status::GenericFailure,
-        "client is not running: call start() first".to_string(),
-    )
+    failure("stopped", None, "client is not running: call start() first")
 }
 
 impl Drop for NativeClient {

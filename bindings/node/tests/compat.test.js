@@ -18,8 +18,8 @@ test('registry behind an HTTP endpoint: two services in a group, one stopped and
   const dataDir = tempDir('sfc-node-compat-')
   const registry = new Control({ role: 'tlsRegistry', registryHost: '127.0.0.1', registryPort: 0, dataDir })
   await registry.init()
-  t.after(() => registry.stopTLSRegistry())
-  const port = Number(registry.registry.address.split(':')[1])
+  t.after(() => Control.stopTLSRegistry(registry))
+  const port = Number(registry.registryService.registry.address.split(':')[1])
 
   const server = http.createServer((req, res) => {
     res.setHeader('content-type', 'application/json')
@@ -63,10 +63,13 @@ test('registry behind an HTTP endpoint: two services in a group, one stopped and
     assert.equal(r.groupingKey, 'billing')
     assert.ok(!Number.isNaN(Date.parse(r.time)) && r.time.endsWith('Z'), `time ${r.time}`)
     const m = r.metrics
+    // Every key of process.memoryUsage() passes through, as in the original's record.
     assert.deepEqual(Object.keys(m).sort(), [
-      'external', 'freemem', 'heapTotal', 'heapUsed', 'hostname', 'loadadv', 'numCpus', 'rss', 'updateIntervalSeconds', 'uptime', 'user',
-    ])
+      ...Object.keys(process.memoryUsage()),
+      'freemem', 'hostname', 'loadadv', 'numCpus', 'updateIntervalSeconds', 'uptime', 'user',
+    ].sort())
     for (const k of ['rss', 'heapTotal', 'heapUsed', 'external', 'freemem', 'numCpus']) assert.ok(m[k] > 0, `${k} = ${m[k]}`)
+    assert.ok(m.arrayBuffers >= 0, `arrayBuffers = ${m.arrayBuffers}`)
     assert.equal(m.loadadv.length, 3)
     assert.equal(typeof m.user, 'string')
     assert.ok(m.uptime > 0)
@@ -144,6 +147,7 @@ test('an unmodified legacy-format client appears in a real sfc registry', async 
       heapTotal: m.heapTotal,
       heapUsed: m.heapUsed,
       external: m.external,
+      arrayBuffers: m.arrayBuffers,
       hostname: 'old-host-1',
       numCpus: 2,
       freemem: 1024 ** 3,
@@ -159,6 +163,7 @@ test('an unmodified legacy-format client appears in a real sfc registry', async 
   assert.equal(rec.status, 'online')
   assert.equal(rec.wire, 'legacy')
   assert.equal(rec.metrics.process.resident_bytes, m.rss)
+  assert.equal(rec.metrics.runtime.array_buffers_bytes, m.arrayBuffers)
   assert.deepEqual(rec.metrics.host.load_average, [0.5, 0.25, 0.125])
   assert.equal(rec.interval_ms, 1000)
 })

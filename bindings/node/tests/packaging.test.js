@@ -44,3 +44,37 @@ test('the registry loader takes its addon from the platform package by file, the
   assert.ok(!/const binding = require\('service-fleet-control-[a-z0-9-]+'\)/.test(registryLoader))
   assert.ok(clientLoader.includes("const binding = require('service-fleet-control-linux-x64-gnu')"))
 })
+
+// What the main package carries is package.json's `files` (scripts/pack.js packs exactly those):
+// every entry point (`main`, `types`, each `exports` target, the ES module entry included) and
+// every file they load must be in it.
+test('every entry point and every file it loads is in the package files', () => {
+  const meta = JSON.parse(fs.readFileSync(path.join(pkg, 'package.json'), 'utf8'))
+  const covered = (file) =>
+    meta.files.some((f) =>
+      f.endsWith('/') ? file.startsWith(f) : f.startsWith('*.') ? !file.includes('/') && file.endsWith(f.slice(1)) : file === f,
+    )
+  const targets = new Set([meta.main, meta.types])
+  const walk = (v) => (typeof v === 'string' ? targets.add(v.replace(/^\.\//, '')) : Object.values(v).forEach(walk))
+  walk(meta.exports)
+  assert.ok(targets.has('index.mjs') && targets.has('index.d.mts'), `the ES module entry is exported: ${[...targets]}`)
+  // Follow relative requires and imports (JavaScript and declarations) from each entry point.
+  const queue = [...targets].filter((t) => t !== 'package.json')
+  const seen = new Set()
+  while (queue.length > 0) {
+    const file = queue.pop()
+    if (seen.has(file)) continue
+    seen.add(file)
+    assert.ok(fs.existsSync(path.join(pkg, file)), `${file} does not exist`)
+    assert.ok(covered(file), `${file} is not in package.json "files"`)
+    const text = fs.readFileSync(path.join(pkg, file), 'utf8')
+    for (const m of text.matchAll(/(?:require\(|from |import\()\s*'(\.{1,2}\/[^']+)'/g)) {
+      let dep = path.relative(pkg, path.resolve(path.dirname(path.join(pkg, file)), m[1]))
+      if (dep === 'package.json' || dep.startsWith('..')) continue
+      if (file.endsWith('.d.ts') || file.endsWith('.d.mts')) dep = dep.replace(/\.js$/, '.d.ts').replace(/\.mjs$/, '.d.mts')
+      if (!path.extname(dep)) dep += '.js'
+      queue.push(dep)
+    }
+  }
+  for (const f of ['index.mjs', 'index.d.mts', 'lib/errors.js', 'lib/watch.js']) assert.ok(seen.has(f), `${f} was not reached`)
+})

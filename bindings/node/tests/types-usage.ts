@@ -1,5 +1,6 @@
 // Compiled with `tsc --noEmit --strict` by types.test.js: the README's usage must type-check.
-import { Client, Registry, Instance, FleetEvent, CommandResult, version } from '..'
+import { once } from 'node:events'
+import { Client, Registry, Instance, FleetEvent, CommandResult, ClientEvents, ConnectionInfo, FleetWatch, SfcError, version } from '..'
 import Control = require('../compat')
 
 async function main(): Promise<void> {
@@ -17,6 +18,34 @@ async function main(): Promise<void> {
   const stop = client.watch({ group: 'api', status: 'online' }, (e) => console.log(e.instance?.health))
   stop()
   const r: CommandResult = await registry.sendCommand('web/x', 'ping', { a: 1 }, { timeout: 1000 })
+  const ac = new AbortController()
+  const info: ConnectionInfo = await client.ready({ signal: ac.signal, timeout: 5000 })
+  const [again] = (await once(client, 'connected')) as ClientEvents['connected']
+  console.log(info.registry, again.session)
+  client.on('error', (e) => {
+    const code: string = e.code
+    const protocolCode: string | undefined = e.protocolCode
+    console.log(code, protocolCode)
+  })
+  client.on('shutdown', async () => {
+    const confirmed: boolean = await client.stop()
+    console.log(confirmed)
+  })
+  await client.lookup('api', { signal: AbortSignal.timeout(1000) })
+  const events: FleetWatch = client.watch({ group: 'api', signal: ac.signal })
+  for await (const e of events) {
+    const f: FleetEvent = e
+    if (f.kind === 'left') break
+  }
+  const unsubscribe = client.watch({ group: 'api', reports: true }, (e) => console.log(e.kind))
+  unsubscribe[Symbol.dispose]()
+  client.unref().ref()
+  try {
+    await client.lookup('a/b')
+  } catch (e) {
+    console.log((e as SfcError).code)
+  }
+  await client[Symbol.asyncDispose]()
   const left: boolean = await client.stop()
   const grouped: Record<string, Instance[]> = registry.fleet({ group: 'web' })
   await registry.stop()

@@ -24,6 +24,20 @@ test('the declarations type-check with the documented usage', () => {
   assert.deepEqual(diagnostics, [])
 })
 
+test('the ES module entry type-checks as an ES module (NodeNext)', () => {
+  const program = ts.createProgram([path.join(__dirname, 'types-usage.mts')], {
+    strict: true,
+    noEmit: true,
+    target: ts.ScriptTarget.ES2022,
+    module: ts.ModuleKind.NodeNext,
+    moduleResolution: ts.ModuleResolutionKind.NodeNext,
+    types: ['node'],
+    typeRoots: [path.join(pkgDir, 'node_modules', '@types')],
+  })
+  const diagnostics = ts.getPreEmitDiagnostics(program).map((d) => ts.flattenDiagnosticMessageText(d.messageText, '\n'))
+  assert.deepEqual(diagnostics, [])
+})
+
 // Declared members of each exported class, from the .d.ts syntax tree.
 function declaredMembers(file) {
   const source = ts.createSourceFile(file, require('node:fs').readFileSync(file, 'utf8'), ts.ScriptTarget.ES2022, true)
@@ -65,6 +79,12 @@ test('every declared member exists at run time, and every public one is declared
     const publicActual = [...actual].filter((n) => !n.startsWith('_'))
     for (const m of members) {
       if (eventMethods.has(m)) continue
+      // A well-known symbol member, `[Symbol.asyncDispose]`.
+      const symbol = /^\[Symbol\.(\w+)\]$/.exec(m)
+      if (symbol) {
+        assert.equal(typeof instances[name][Symbol[symbol[1]]], 'function', `${name}.${m} is declared but missing at run time`)
+        continue
+      }
       assert.ok(actual.has(m), `${name}.${m} is declared but missing at run time`)
     }
     for (const m of publicActual) {

@@ -46,7 +46,9 @@ func main() {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if err := client.Close(); err != nil {
+	closeCtx, cancelClose := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancelClose()
+	if err := client.Close(closeCtx); err != nil {
 		fmt.Fprintln(os.Stderr, "close:", err)
 		os.Exit(1)
 	}

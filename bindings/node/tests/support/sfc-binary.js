@@ -30,10 +30,12 @@ function tempDir(prefix) {
   return d
 }
 
-// Starts `sfc registry`; resolves to { address, dataDir, ca, stop() }.
-function startRegistry(extraArgs = []) {
+// Starts `sfc registry`; resolves to { address, dataDir, ca, pid, stop(), kill() }. With
+// `{ adminToken }`, the HTTP API runs too (on a port the OS picks) and `http` is its URL.
+function startRegistry(extraArgs = [], { adminToken } = {}) {
   const dataDir = tempDir('sfc-node-registry-')
-  const child = spawn(sfcPath(), ['registry', '--listen', '127.0.0.1:0', '--data-dir', dataDir, ...extraArgs], {
+  const httpArgs = adminToken ? ['--http', '127.0.0.1:0', '--admin-token', adminToken] : ['--http', 'off']
+  const child = spawn(sfcPath(), ['registry', '--listen', '127.0.0.1:0', '--data-dir', dataDir, ...httpArgs, ...extraArgs], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
   })
@@ -45,21 +47,32 @@ function startRegistry(extraArgs = []) {
       reject(new Error(`sfc registry did not report its address within 30 s; stderr:\n${stderr}`))
     }, 30000)
     child.on('exit', (code) => reject(new Error(`sfc registry exited with ${code}; stderr:\n${stderr}`)))
+    let address = null
+    let http = null
     readline.createInterface({ input: child.stdout }).on('line', (line) => {
       const m = /^sfc registry listening on (\S+) \((tls|plaintext)\)$/.exec(line)
-      if (!m) return
+      const h = /^sfc http listening on (\S+) \((tls|plaintext)\)$/.exec(line)
+      if (m) address = m[1]
+      if (h) http = `${h[2] === 'tls' ? 'https' : 'http'}://${h[1]}`
+      if (!address || (adminToken && !http)) return
       clearTimeout(timer)
+      const end = (signal) =>
+        new Promise((done) => {
+          if (child.exitCode !== null || child.signalCode !== null) return done()
+          child.removeAllListeners('exit')
+          child.once('exit', () => done())
+          child.kill(signal)
+        })
       resolve({
-        address: m[1],
+        address,
+        http,
+        adminToken,
         dataDir,
+        pid: child.pid,
         ca: path.join(dataDir, 'tls', 'ca.pem'),
-        stop: () =>
-          new Promise((done) => {
-            if (child.exitCode !== null) return done()
-            child.removeAllListeners('exit')
-            child.once('exit', () => done())
-            child.kill('SIGTERM')
-          }),
+        stop: () => end('SIGTERM'),
+        // Gone at once, as in a crash: no TLS close_notify, no goodbye.
+        kill: () => end('SIGKILL'),
       })
     })
   })
@@ -74,4 +87,20 @@ function status(registry) {
   return JSON.parse(out)
 }
 
-module.exports = { startRegistry, status, tempDir, sfcPath }
+// Runs `sfc <args>` (an operator command against the registry's HTTP API); resolves to
+// { code, stdout, stderr } without throwing.
+function sfc(registry, args) {
+  return new Promise((resolve) => {
+    const child = spawn(sfcPath(), [...args, '--http', registry.http, '--ca', registry.ca], {
+      env: { ...process.env, SFC_ADMIN_TOKEN: registry.adminToken ?? '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => (stdout += d))
+    child.stderr.on('data', (d) => (stderr += d))
+    child.on('exit', (code) => resolve({ code, stdout, stderr }))
+  })
+}
+
+module.exports = { startRegistry, status, sfc, tempDir, sfcPath }
