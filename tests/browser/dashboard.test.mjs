@@ -16,15 +16,12 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
-import { mkdtempSync, mkdirSync, rmSync, readFileSync } from 'node:fs';
-import { connect as tlsConnect } from 'node:tls';
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { start, registryAddresses, rawService as fleetRawService, launchBrowser, stopStarted } from './support/fleet.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const bin = join(root, 'target', 'debug');
@@ -32,32 +29,7 @@ const out = process.env.SFC_TEST_OUT || join(root, 'target', 'test-out');
 const TOKEN = 'browser-test-token';
 const STEP = 20_000; // the longest any single expectation may wait
 
-const started = []; // child processes this test started, stopped by PID in after()
-const rawClients = []; // sessions of rawService(), closed in after()
 let dataDir, registry, httpAddr, browser, page; // browser: a persistent context
-
-function start(cmd, args, env) {
-  const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  started.push(child);
-  child.stderr.on('data', (d) => { if (process.env.SFC_TEST_VERBOSE) process.stderr.write(d); });
-  return child;
-}
-
-// Reads stdout lines until both address lines of the registry arrived.
-function registryAddresses(child) {
-  return new Promise((ok, fail) => {
-    const found = {};
-    const timer = setTimeout(() => fail(new Error('the registry printed no address lines within 20s')), STEP);
-    child.on('exit', (code) => fail(new Error(`the registry exited early with ${code}`)));
-    createInterface({ input: child.stdout }).on('line', (line) => {
-      let m = line.match(/^sfc registry listening on (\S+)/);
-      if (m) found.protocol = m[1];
-      m = line.match(/^sfc http listening on (\S+)/);
-      if (m) found.http = m[1];
-      if (found.protocol && found.http) { clearTimeout(timer); ok(found); }
-    });
-  });
-}
 
 function service(id) {
   const child = start(join(bin, 'sfc-example-service'), ['--group', 'shop', '--instance-id', id, '--interval', '500ms'], {
@@ -73,48 +45,11 @@ function exited(child) {
   return new Promise((ok) => child.on('exit', (code) => ok(code)));
 }
 
-// A protocol-v1 service over TLS (PROTOCOL.md §3-§7: preamble, length-prefixed JSON frames,
-// hello, then a report every 500 ms with the given health). Resolves once the registry sent
-// its welcome; `crash()` drops the connection without a leave (the registry marks it offline).
+// A protocol-v1 service of the test's own (support/fleet.mjs) in the registry's shop, whose
+// reports carry `browser test <health>` as their note.
 function rawService({ group, instanceId, hostname, health, tags, metadata }) {
-  const at = registry.protocol.lastIndexOf(':');
-  const sock = tlsConnect({
-    host: registry.protocol.slice(0, at), port: Number(registry.protocol.slice(at + 1)),
-    ca: readFileSync(join(dataDir, 'tls', 'ca.pem')),
-  });
-  const send = (msg) => {
-    const payload = Buffer.from(JSON.stringify(msg));
-    const head = Buffer.alloc(4);
-    head.writeUInt32BE(payload.length);
-    sock.write(Buffer.concat([head, payload]));
-  };
-  let timer = null;
-  const client = {
-    crash() { clearInterval(timer); sock.destroy(); },
-  };
-  rawClients.push(client);
-  return new Promise((ok, fail) => {
-    let buf = Buffer.alloc(0), preamble = false, seq = 0;
-    const report = () => send({ type: 'report', seq: ++seq, sent_at: Date.now(), health, health_note: `browser test ${health}`, metrics: {} });
-    sock.on('error', fail);
-    sock.on('close', () => { clearInterval(timer); fail(new Error(`${group}/${instanceId}: connection closed before welcome`)); });
-    sock.on('data', (d) => {
-      buf = Buffer.concat([buf, d]);
-      if (!preamble && buf.length >= 8) { preamble = true; buf = buf.subarray(8); }
-      while (preamble && buf.length >= 4 && buf.length >= 4 + buf.readUInt32BE(0)) {
-        const n = buf.readUInt32BE(0);
-        const msg = JSON.parse(buf.subarray(4, 4 + n).toString());
-        buf = buf.subarray(4 + n);
-        if (msg.type === 'welcome') { report(); timer = setInterval(report, 500); ok(client); }
-        else if (msg.type === 'error') fail(new Error(`${group}/${instanceId}: ${JSON.stringify(msg)}`));
-      }
-    });
-    sock.write(Buffer.from([0x53, 0x46, 0x43, 0x50, 0, 1, 0, 1]));
-    send({
-      type: 'hello', id: 1, role: 'service', codecs: ['json'], interval_ms: 2000, client: 'browser-test/0',
-      registration: { group, instance_id: instanceId, service: `${group}-api`, hostname, pid: 4242, tags, metadata },
-    });
-  });
+  return fleetRawService(registry.protocol, join(dataDir, 'tls', 'ca.pem'),
+    { group, instanceId, hostname, health, note: `browser test ${health}`, tags, metadata });
 }
 
 async function apiJson(path) {
@@ -147,27 +82,15 @@ before(async () => {
   const reg = start(join(bin, 'sfc'), ['registry', '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--data-dir', dataDir], {
     SFC_ADMIN_TOKEN: TOKEN, RUST_LOG: 'warn',
   });
-  registry = await registryAddresses(reg);
+  registry = await registryAddresses(reg, STEP);
   httpAddr = registry.http;
-  // A fresh profile each run (playwright passes it as --user-data-dir).
-  browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'sfc-chromium-')), {
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    viewport: { width: 1400, height: 900 },
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-  page = browser.pages()[0] || await browser.newPage();
-  page.setDefaultTimeout(STEP);
+  ({ browser, page } = await launchBrowser(STEP));
 });
 
 after(async () => {
   if (page) await page.screenshot({ path: join(out, 'dashboard-last.png'), fullPage: true }).catch(() => {});
   if (browser) await browser.close();
-  for (const c of rawClients) c.crash();
-  for (const c of started) {
-    if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  }
+  stopStarted();
   if (dataDir) rmSync(dataDir, { recursive: true, force: true });
 });
 

@@ -19,7 +19,7 @@ const fleet = embeddedRegistry('sfc-node-api-')
 let registry
 let address
 let ca
-test.before(() => ({ registry, address, ca } = fleet))
+test.before(async () => ({ registry, address, ca } = await fleet.ready))
 const { client, record } = fleet
 
 test('ready() resolves once connected, at once when connected, and rejects on stop, abort or not running', async () => {

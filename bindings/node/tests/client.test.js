@@ -14,7 +14,7 @@ const fleet = embeddedRegistry('sfc-node-embedded-')
 let registry
 let address
 let ca
-test.before(() => ({ registry, address, ca } = fleet))
+test.before(async () => ({ registry, address, ca } = await fleet.ready))
 const { client, record } = fleet
 
 test('a client joins, reports health and leaves on stop, and can start again', async () => {

@@ -16,7 +16,7 @@ const fleet = embeddedRegistry('sfc-node-errors-')
 let registry
 let address
 let ca
-test.before(() => ({ registry, address, ca } = fleet))
+test.before(async () => ({ registry, address, ca } = await fleet.ready))
 
 test('a reconnect loop emits one error per failure, not one per retry, with a code', async (t) => {
   // A "registry" that accepts every connection and drops it at once: each retry fails the same way.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::protocol::{Codec, Compression};
-use crate::registry::{Registry, RegistryConfig};
+use crate::registry::{Admission, Registry, RegistryConfig};
 use crate::tls::{MtlsMode, PemSource, ServerTlsOptions};
 
 /// Settings of a registry. `Default` gives the documented defaults of `sfc registry`; each
@@ -89,19 +89,9 @@ pub struct RegistryOptions {
     /// Which instances get per-instance `sfc_instance_*` series in /metrics: none (registry and
     /// per-group series only), all, or at most N (the first by id).
     pub metrics_instances: crate::http::prometheus::MetricsInstances,
-    /// Bytes one session (or SSE watch) may have queued for its peer; past it the peer is
-    /// closed with slow-consumer and the queue freed.
-    pub max_outbound: usize,
-    /// Records the registry holds at most (any status); a new identity past it is refused.
-    pub max_instances: usize,
-    /// Records one group holds at most.
-    pub max_group_instances: usize,
-    /// Legacy records held at most, in all.
-    pub max_legacy_instances: usize,
-    /// Legacy records one group holds at most.
-    pub max_legacy_group_instances: usize,
-    /// Accept documents of the original module's wire format (on) or refuse them (off).
-    pub legacy: bool,
+    /// Budgets (--max-outbound, --max-instances, --max-group-instances, --max-legacy-instances,
+    /// --max-legacy-group-instances) and whether legacy documents are accepted (--legacy).
+    pub admission: Admission,
 }
 
 impl Default for RegistryOptions {
@@ -142,12 +132,7 @@ impl Default for RegistryOptions {
             codecs: c.codecs,
             compression: vec!["zstd".into()],
             metrics_instances: Default::default(),
-            max_outbound: c.max_outbound,
-            max_instances: c.max_instances,
-            max_group_instances: c.max_group_instances,
-            max_legacy_instances: c.max_legacy_instances,
-            max_legacy_group_instances: c.max_legacy_group_instances,
-            legacy: c.legacy,
+            admission: c.admission,
         }
     }
 }
@@ -172,14 +157,15 @@ impl RegistryOptions {
         if self.max_connections == 0 {
             return Err(Error::invalid("--max-connections", "must be at least 1"));
         }
-        if self.max_outbound < 64 * 1024 {
-            return Err(Error::invalid("--max-outbound", format!("{} is below the minimum of 65536 bytes", self.max_outbound)));
+        let b = &self.admission;
+        if b.max_outbound < 64 * 1024 {
+            return Err(Error::invalid("--max-outbound", format!("{} is below the minimum of 65536 bytes", b.max_outbound)));
         }
         for (flag, v) in [
-            ("--max-instances", self.max_instances),
-            ("--max-group-instances", self.max_group_instances),
-            ("--max-legacy-instances", self.max_legacy_instances),
-            ("--max-legacy-group-instances", self.max_legacy_group_instances),
+            ("--max-instances", b.max_instances),
+            ("--max-group-instances", b.max_group_instances),
+            ("--max-legacy-instances", b.max_legacy_instances),
+            ("--max-legacy-group-instances", b.max_legacy_group_instances),
         ] {
             if v == 0 {
                 return Err(Error::invalid(flag, "must be at least 1"));
@@ -298,12 +284,7 @@ pub fn registry_config(a: &RegistryOptions) -> Result<RegistryConfig> {
         history_retention: a.history_retention,
         codecs: a.codecs.clone(),
         compression: parse_compressions(&a.compression)?,
-        max_outbound: a.max_outbound,
-        max_instances: a.max_instances,
-        max_group_instances: a.max_group_instances,
-        max_legacy_instances: a.max_legacy_instances,
-        max_legacy_group_instances: a.max_legacy_group_instances,
-        legacy: a.legacy,
+        admission: a.admission,
         ..RegistryConfig::default()
     };
     open_store(a, &mut cfg)?;

@@ -169,16 +169,12 @@ pub fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
 
 /// A query-string component (RFC 3986 unreserved characters kept, everything else %XX).
 fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, UNRESERVED_KEPT).to_string()
 }
+
+/// Every byte but RFC 3986's unreserved characters (ASCII letters, digits and `-._~`).
+const UNRESERVED_KEPT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// `GET /v1/instances`.
 pub fn instances(s: &AppState, headers: &HeaderMap, q: ListQuery) -> ApiResult<Response> {

@@ -62,20 +62,8 @@ pub struct RegistryConfig {
     pub codecs: Vec<crate::protocol::Codec>,
     /// Frame compressions a session may negotiate (`--compression`).
     pub compression: Vec<crate::protocol::Compression>,
-    /// Budgets (issue 15, RELIABILITY.md "Budgets"): bytes one session may have queued for
-    /// its peer before it is closed with `slow-consumer` (`--max-outbound`).
-    pub max_outbound: usize,
-    /// Records (any status) the registry holds at most (`--max-instances`); a new identity
-    /// beyond is refused with `too-many-instances`.
-    pub max_instances: usize,
-    /// Records one group holds at most (`--max-group-instances`).
-    pub max_group_instances: usize,
-    /// Legacy records held at most, in all and per group (`--max-legacy-instances`,
-    /// `--max-legacy-group-instances`): anonymous legacy writers are limited further.
-    pub max_legacy_instances: usize,
-    pub max_legacy_group_instances: usize,
-    /// Whether legacy documents are accepted at all (`--legacy on|off`).
-    pub legacy: bool,
+    /// Budgets and whether legacy documents are accepted.
+    pub admission: Admission,
     /// `--store etcd`: the shared state of the etcd store, which the registry's cluster tasks
     /// (fleet cache, cross-registry commands) use. Set together with `store`.
     #[cfg(feature = "etcd")]
@@ -100,14 +88,43 @@ impl Default for RegistryConfig {
             max_frame_rate: 100,
             codecs: crate::protocol::Codec::ALL.to_vec(),
             compression: crate::protocol::Compression::ALL.to_vec(),
+            admission: Admission::default(),
+            #[cfg(feature = "etcd")]
+            cluster: None,
+        }
+    }
+}
+
+/// Budgets (issue 15, RELIABILITY.md "Budgets") and whether legacy documents are accepted:
+/// one set for [`RegistryConfig`] and [`crate::RegistryOptions`] (`sfc registry`'s flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Bytes one session (or SSE watch) may have queued for its peer before it is closed with
+    /// `slow-consumer` and the queue freed (`--max-outbound`).
+    pub max_outbound: usize,
+    /// Records (any status) the registry holds at most (`--max-instances`); a new identity
+    /// beyond is refused with `too-many-instances`.
+    pub max_instances: usize,
+    /// Records one group holds at most (`--max-group-instances`).
+    pub max_group_instances: usize,
+    /// Legacy records held at most, in all and per group (`--max-legacy-instances`,
+    /// `--max-legacy-group-instances`): anonymous legacy writers are limited further.
+    pub max_legacy_instances: usize,
+    pub max_legacy_group_instances: usize,
+    /// Whether documents of the original module's wire format are accepted at all
+    /// (`--legacy on|off`).
+    pub legacy: bool,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
             max_outbound: 32 * 1024 * 1024,
             max_instances: 200_000,
             max_group_instances: 200_000,
             max_legacy_instances: 10_000,
             max_legacy_group_instances: 1_000,
             legacy: true,
-            #[cfg(feature = "etcd")]
-            cluster: None,
         }
     }
 }

@@ -179,34 +179,34 @@ pub(crate) fn check_quota(
         return Ok(());
     }
     let total = st.instances.len();
-    if total >= cfg.max_instances {
-        return Err(format!("the registry holds its maximum of {} records (--max-instances)", cfg.max_instances));
+    if total >= cfg.admission.max_instances {
+        return Err(format!("the registry holds its maximum of {} records (--max-instances)", cfg.admission.max_instances));
     }
-    if total >= cfg.max_group_instances {
+    if total >= cfg.admission.max_group_instances {
         let n = st.instances.values().filter(|i| i.record.group == group).count();
-        if n >= cfg.max_group_instances {
+        if n >= cfg.admission.max_group_instances {
             return Err(format!(
                 "group {group:?} holds its maximum of {} records (--max-group-instances)",
-                cfg.max_group_instances
+                cfg.admission.max_group_instances
             ));
         }
     }
-    if legacy && total >= cfg.max_legacy_group_instances.min(cfg.max_legacy_instances) {
+    if legacy && total >= cfg.admission.max_legacy_group_instances.min(cfg.admission.max_legacy_instances) {
         let (mut all, mut in_group) = (0usize, 0usize);
         for i in st.instances.values().filter(|i| i.record.wire == "legacy") {
             all += 1;
             in_group += usize::from(i.record.group == group);
         }
-        if all >= cfg.max_legacy_instances {
+        if all >= cfg.admission.max_legacy_instances {
             return Err(format!(
                 "the registry holds its maximum of {} legacy records (--max-legacy-instances)",
-                cfg.max_legacy_instances
+                cfg.admission.max_legacy_instances
             ));
         }
-        if in_group >= cfg.max_legacy_group_instances {
+        if in_group >= cfg.admission.max_legacy_group_instances {
             return Err(format!(
                 "group {group:?} holds its maximum of {} legacy records (--max-legacy-group-instances)",
-                cfg.max_legacy_group_instances
+                cfg.admission.max_legacy_group_instances
             ));
         }
     }

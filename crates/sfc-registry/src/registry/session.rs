@@ -408,7 +408,7 @@ async fn run_session<R, W>(
     reg.shared.stats.sessions_current.fetch_add(1, Ordering::Relaxed);
     let writer_done = CancellationToken::new();
     let commands_sent = CommandsSent::default();
-    let outq = Arc::new(OutQueue::new(reg.shared.config.max_outbound));
+    let outq = Arc::new(OutQueue::new(reg.shared.config.admission.max_outbound));
     let writer_task = tokio::spawn(write_loop(writer, rx, writer_done.clone(), commands_sent.clone(), outq.clone()));
     let mut session = Session {
         outq: outq.clone(),
@@ -1035,7 +1035,7 @@ async fn serve_legacy<S: AsyncRead + Unpin>(
     who: PeerIdentity,
     deadline: Instant,
 ) {
-    if !reg.shared.config.legacy {
+    if !reg.shared.config.admission.legacy {
         reg.shared.stats.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(target: "sfc::registry", %peer, "legacy report rejected: legacy documents are refused (--legacy off)");
         return;

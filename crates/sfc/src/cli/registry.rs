@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use sfc_registry::protocol::Codec;
+use sfc_registry::registry::Admission;
 use sfc_registry::server::RegistryOptions;
 use sfc_registry::tls::MtlsMode;
 
@@ -173,12 +174,14 @@ impl From<RegistryArgs> for RegistryOptions {
             codecs: a.codecs,
             compression: a.compression,
             metrics_instances: a.metrics_instances,
-            max_outbound: a.max_outbound,
-            max_instances: a.max_instances,
-            max_group_instances: a.max_group_instances,
-            max_legacy_instances: a.max_legacy_instances,
-            max_legacy_group_instances: a.max_legacy_group_instances,
-            legacy: a.legacy,
+            admission: Admission {
+                max_outbound: a.max_outbound,
+                max_instances: a.max_instances,
+                max_group_instances: a.max_group_instances,
+                max_legacy_instances: a.max_legacy_instances,
+                max_legacy_group_instances: a.max_legacy_group_instances,
+                legacy: a.legacy,
+            },
         }
     }
 }
