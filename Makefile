@@ -3,6 +3,9 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR := never
+# No incremental caches: a clean CI build gains nothing from them and they weighed 1.7 GB of
+# its disk. `CARGO_INCREMENTAL=1 make test` keeps them for repeated local runs.
+export CARGO_INCREMENTAL ?= 0
 # Test artefacts (screenshots, logs) land here.
 export SFC_TEST_OUT ?= $(CURDIR)/target/test-out
 
