@@ -95,9 +95,24 @@ pub(crate) async fn run(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Co
                 addr = task.shared.config.registries[next % n].clone();
                 next += 1;
                 let shared = task.shared.clone();
+                let connecting = connect(&shared, &addr);
+                tokio::pin!(connecting);
                 tokio::select! {
-                    c = connect(&shared, &addr) => c,
-                    stop = task.wait_for_stop(&mut ctl) => { let _ = stop.send(false); return; }
+                    c = &mut connecting => c,
+                    stop = task.wait_for_stop(&mut ctl) => {
+                        // Stopped mid-handshake: the hello may already be at the registry,
+                        // which then holds the instance online, and dropping the connection
+                        // would leave it `offline (connection-lost)` instead of `left`. So the
+                        // handshake finishes (bounded by connect_timeout, and `stop()` gives up
+                        // after its stop_timeout) and the session's first act is the leave.
+                        match connecting.await {
+                            Ok(Connected::V1(conn, welcome)) => {
+                                task.waiting.push(Control::Stop(stop));
+                                Ok(Connected::V1(conn, welcome))
+                            }
+                            _ => { let _ = stop.send(false); return; }
+                        }
+                    }
                 }
             }
         };
@@ -120,8 +135,10 @@ pub(crate) async fn run(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Co
             Ok(Connected::V1(conn, welcome)) => {
                 attempt = 0;
                 tracing::info!(target: "sfc::client", registry = %addr, session = welcome.session, "connected");
-                let _ = task.shared.connected.send_replace(true);
-                let _ = task.shared.events.send(ClientEvent::Connected { registry: addr.clone(), session: welcome.session });
+                if !task.shared.stopped.load(std::sync::atomic::Ordering::Acquire) {
+                    let _ = task.shared.connected.send_replace(true);
+                    let _ = task.shared.events.send(ClientEvent::Connected { registry: addr.clone(), session: welcome.session });
+                }
                 let end = task.session(conn, &welcome, &mut ctl).await;
                 let _ = task.shared.connected.send_replace(false);
                 for gc in lock(&task.shared.cache).values_mut() {

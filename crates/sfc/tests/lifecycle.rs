@@ -118,6 +118,129 @@ async fn watch_sees_joined_offline_and_left() {
     assert_eq!(off.instance.as_ref().unwrap().offline_reason, Some(OfflineReason::ConnectionLost));
 }
 
+/// `stop()` called while the client is still in its handshake (its hello is at the registry,
+/// the welcome not yet back) still ends with a leave: the record goes `left`, never
+/// `offline (connection-lost)`, and `stop()` says the leave was confirmed. A relay on loopback
+/// holds the registry's welcome until the stop has been requested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_during_the_handshake_still_leaves() {
+    let reg = RegistryProc::start(&[]);
+    let obs = reg.observer();
+    obs.wait_connected(LIMIT).await.unwrap();
+    let mut w = watch_ready(&obs, Filter::group("orders"), false).await;
+    let relay = HoldingRelay::start(&reg.addr).await;
+    let c = sfc_client::Client::builder()
+        .ignore_env()
+        .registry(&relay.addr)
+        .ca(reg.ca().display().to_string())
+        .group("orders")
+        .instance_id("o-hs")
+        .interval(Duration::from_millis(200))
+        .start()
+        .unwrap();
+    // The registry has the hello (and holds the instance online); the welcome waits in the relay.
+    let joined = next_kind(&mut w, EventKind::Joined).await;
+    assert_eq!(joined.id, "orders/o-hs");
+    assert!(!c.is_connected(), "the welcome is held, so the client is still in its handshake");
+    let stopping = {
+        let c = c.clone();
+        tokio::spawn(async move { c.stop().await })
+    };
+    for _ in 0..100_000 {
+        if c.is_stopped() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(c.is_stopped(), "stop() was requested");
+    relay.release.notify_one();
+    let confirmed = tokio::time::timeout(LIMIT, stopping).await.expect("stop in time").unwrap();
+    assert!(confirmed.expect("stop"), "the registry confirmed the leave");
+    let next = loop {
+        let ev = tokio::time::timeout(LIMIT, w.next()).await.expect("event in time").expect("stream open");
+        if ev.id == "orders/o-hs" {
+            break ev;
+        }
+    };
+    assert_eq!(next.kind, EventKind::Left, "after joined: {next:?}");
+}
+
+/// A loopback TCP relay to the registry for one connection. Once the client has sent its third
+/// encrypted TLS record (type 23; in TLS 1.3 its Finished, its preamble, then, after the
+/// registry's preamble, its hello), what the registry sends next (the welcome) waits until
+/// `release` is notified.
+struct HoldingRelay {
+    addr: String,
+    release: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl HoldingRelay {
+    async fn start(upstream: &str) -> HoldingRelay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let release = std::sync::Arc::new(tokio::sync::Notify::new());
+        let upstream = upstream.to_string();
+        let gate = release.clone();
+        tokio::spawn(async move {
+            let (client, _) = listener.accept().await.unwrap();
+            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let armed = std::sync::Arc::new(AtomicBool::new(false));
+            let arm = armed.clone();
+            tokio::spawn(async move {
+                // TLS record headers in the client's bytes: type (1), version (2), length (2).
+                let (mut header, mut skip, mut encrypted) = (Vec::with_capacity(5), 0usize, 0);
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    for &b in &buf[..n] {
+                        if skip > 0 {
+                            skip -= 1;
+                            continue;
+                        }
+                        header.push(b);
+                        if header.len() == 5 {
+                            if header[0] == 23 {
+                                encrypted += 1;
+                                if encrypted == 3 {
+                                    arm.store(true, Ordering::SeqCst);
+                                }
+                            }
+                            skip = u16::from_be_bytes([header[3], header[4]]) as usize;
+                            header.clear();
+                        }
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = sw.shutdown().await;
+            });
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut held = false;
+            while let Ok(n) = sr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if !held && armed.load(Ordering::SeqCst) {
+                    held = true;
+                    gate.notified().await;
+                }
+                if cw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            let _ = cw.shutdown().await;
+        });
+        HoldingRelay { addr, release }
+    }
+}
+
 /// The next event of `kind`, skipping others.
 async fn next_kind(w: &mut sfc_client::WatchStream, kind: EventKind) -> sfc_client::model::Event {
     loop {
