@@ -5,6 +5,7 @@
 
 /// <reference types="node" />
 import { EventEmitter } from 'node:events'
+import type { NativeRegistryOptions } from './native-registry.js'
 
 /**
  * Every error the package makes has a stable `code`: `ERR_SFC_` and the name of the C status
@@ -348,36 +349,15 @@ export declare class Client extends EventEmitter {
   emit<K extends keyof ClientEvents>(event: K, ...args: ClientEvents[K]): boolean
 }
 
-export interface RegistryOptions {
-  /** `host:port`; port 0 picks a free one. Default 127.0.0.1:7480. */
-  listen?: string
-  /** Development certificates are created in `<dataDir>/tls/` when no tlsCert is given. Default ./sfc-data. */
-  dataDir?: string
+/**
+ * Options of `Registry`: the registry addon's own `NativeRegistryOptions` (generated from its
+ * Rust source into native-registry.d.ts, which documents each option and its default), with
+ * PEM material also accepted as a Buffer.
+ */
+export interface RegistryOptions extends Omit<NativeRegistryOptions, 'tlsCert' | 'tlsKey' | 'clientCa'> {
   tlsCert?: string | Buffer
   tlsKey?: string | Buffer
-  /** Ask clients for certificates. Default off. */
-  mtls?: 'off' | 'optional' | 'required'
   clientCa?: string | Buffer
-  insecurePlaintext?: boolean
-  /** Intervals without a frame before an instance goes offline (1 ..= 100); default 3. */
-  missedReports?: number
-  /** Milliseconds offline and left records are kept; default 24 h. */
-  retention?: number
-  handshakeTimeout?: number
-  maxConnections?: number
-  maxFrame?: number
-  /** Bytes one session (or HTTP watch) may have queued for its peer, at least 65536; past it the peer is closed with `slow-consumer`. Default 32 MiB. */
-  maxOutbound?: number
-  /** Records held at most, of any status (at least 1); a new identity past it is refused with `too-many-instances`. Default 200 000. */
-  maxInstances?: number
-  /** Records one group holds at most (at least 1). Default 200 000. */
-  maxGroupInstances?: number
-  /** Records made by legacy (original wire format) documents, in all (at least 1). Default 10 000. */
-  maxLegacyInstances?: number
-  /** Legacy records one group holds at most (at least 1). Default 1000. */
-  maxLegacyGroupInstances?: number
-  /** Accept documents in the original `service_fleet_control` wire format (`sfc registry --legacy on|off`). Default true. */
-  legacy?: boolean
 }
 
 export interface RegistryEvents {
@@ -390,6 +370,8 @@ export declare class Registry extends EventEmitter {
   constructor(options?: RegistryOptions)
   /** `host:port` it listens on, once started. */
   readonly address: string | null
+  /** `host:port` of the HTTP API and `/metrics`, once started with the `http` option. */
+  readonly httpAddress: string | null
   /** Binds and serves; resolves to the bound address. */
   start(): Promise<string>
   stop(): Promise<void>

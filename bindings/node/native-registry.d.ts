@@ -18,13 +18,15 @@ export declare class NativeRegistry {
   constructor(options: NativeRegistryOptions)
   /** The address the registry listens on (`host:port`), once started. */
   get address(): string | null
+  /** The address of the HTTP API and `/metrics` (`host:port`), once started with `http`. */
+  get httpAddress(): string | null
   /** Whether the registry is serving TLS. */
   get tls(): boolean
   /**
    * Binds and serves. Resolves to the bound address; `onEvent` receives every transition as
    * JSON. Development certificates are created in `<dataDir>/tls/` if needed.
    */
-  start(onEvent: JsonCallback): Promise<string>
+  start(onEvent: (json: string) => void): Promise<string>
   /** Closes every session and stops listening. Resolves once the registry has stopped. */
   stop(): Promise<void>
   /** Records grouped by group, as JSON `{ group: [record...] }`. */
@@ -56,36 +58,69 @@ export interface NativeFilter {
   tag?: string
 }
 
-/** Options of `NativeRegistry`; durations are milliseconds. Defaults are those of `sfc registry`. */
+/**
+ * Options of `Registry` (`sfc registry`'s flags); durations are milliseconds. Defaults are
+ * those of `sfc registry`. (`Registry` also takes PEM material as a Buffer.)
+ */
 export interface NativeRegistryOptions {
-  /** `host:port`; port 0 picks a free port (read it from `address`). */
+  /** `host:port`; port 0 picks a free one (read it from `address`). Default 127.0.0.1:7480. */
   listen?: string
-  /** Development certificates go in `<dataDir>/tls/` when no `tlsCert` is given. */
+  /**
+   * Development certificates are created in `<dataDir>/tls/` when no `tlsCert` is given.
+   * Default ./sfc-data.
+   */
   dataDir?: string
   tlsCert?: string
   tlsKey?: string
-  /** `off`, `optional` or `required`. */
-  mtls?: string
+  /** Ask clients for certificates. Default off. */
+  mtls?: 'off' | 'optional' | 'required'
   clientCa?: string
   insecurePlaintext?: boolean
+  /** Intervals without a frame before an instance goes offline (1 ..= 100); default 3. */
   missedReports?: number
+  /** Milliseconds offline and left records are kept; default 24 h. */
   retention?: number
   handshakeTimeout?: number
   maxConnections?: number
   maxFrame?: number
   /**
-   * Bytes one session (or SSE watch) may have queued for its peer; past it the peer is
-   * closed with `slow-consumer` (at least 65536).
+   * Bytes one session (or HTTP watch) may have queued for its peer, at least 65536; past it
+   * the peer is closed with `slow-consumer`. Default 32 MiB.
    */
   maxOutbound?: number
-  /** Records held at most, of any status (`--max-instances`). */
+  /**
+   * Bytes of event history kept (in memory and in the SQLite store), at least 65536; the
+   * oldest events go first. Default 256 MiB.
+   */
+  maxHistoryBytes?: number
+  /**
+   * Records held at most, of any status (at least 1); a new identity past it is refused
+   * with `too-many-instances`. Default 200 000.
+   */
   maxInstances?: number
-  /** Records one group holds at most (`--max-group-instances`). */
+  /** Records one group holds at most (at least 1). Default 200 000. */
   maxGroupInstances?: number
-  /** Legacy records held at most, in all (`--max-legacy-instances`). */
+  /**
+   * Records made by legacy (original wire format) documents, in all (at least 1).
+   * Default 10 000.
+   */
   maxLegacyInstances?: number
-  /** Legacy records one group holds at most (`--max-legacy-group-instances`). */
+  /** Legacy records one group holds at most (at least 1). Default 1000. */
   maxLegacyGroupInstances?: number
-  /** Accept documents in the original module's wire format (default true; `--legacy on|off`). */
+  /**
+   * Accept documents in the original `service_fleet_control` wire format
+   * (`sfc registry --legacy on|off`). Default true.
+   */
   legacy?: boolean
+  /**
+   * Where to serve the HTTP API and `/metrics` (`host:port`; port 0 picks a free port, read
+   * it from `httpAddress`). Unlike `sfc registry`, the embedded registry serves no HTTP
+   * unless asked (`--http`).
+   */
+  http?: string
+  /**
+   * Which instances get per-instance `sfc_instance_*` series in `/metrics`: `'none'` (the
+   * default), `'all'`, or at most this many, the first by id (`--metrics-instances`).
+   */
+  metricsInstances?: number | 'none' | 'all'
 }

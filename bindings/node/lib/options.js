@@ -128,4 +128,4 @@ function filter(name, f) {
   return pick(name, f, filterSpec)
 }
 
-module.exports = { check, pick, fail, filter, oneOf, HEALTHS, STATUSES, filterSpec }
+module.exports = { check, pick, fail, describe, filter, oneOf, HEALTHS, STATUSES, filterSpec }

@@ -3,7 +3,13 @@
 
 const { EventEmitter } = require('node:events')
 const { registryNative, call, settle, guard } = require('./binding.js')
-const { check, pick, filter, oneOf } = require('./options.js')
+const { check, pick, filter, oneOf, fail, describe } = require('./options.js')
+
+// `metricsInstances`: 'none', 'all', or at most this many instances (0 is 'none').
+function metricsInstances(name, v) {
+  if (v === 'none' || v === 'all' || (Number.isSafeInteger(v) && v >= 0)) return v
+  throw fail(name, `expected 'none', 'all' or a non-negative integer, got ${describe(v)}`)
+}
 
 const registrySpec = {
   listen: check.string,
@@ -19,11 +25,14 @@ const registrySpec = {
   maxConnections: check.integer,
   maxFrame: check.integer,
   maxOutbound: check.integer,
+  maxHistoryBytes: check.integer,
   maxInstances: check.integer,
   maxGroupInstances: check.integer,
   maxLegacyInstances: check.integer,
   maxLegacyGroupInstances: check.integer,
   legacy: check.boolean,
+  http: check.string,
+  metricsInstances,
 }
 
 // Long enough never to fire; only there to keep the process alive like a listening server.
@@ -42,6 +51,11 @@ class Registry extends EventEmitter {
   /** `host:port` it listens on, once started. */
   get address() {
     return this.#native.address ?? null
+  }
+
+  /** `host:port` of the HTTP API and `/metrics`, once started with the `http` option. */
+  get httpAddress() {
+    return this.#native.httpAddress ?? null
   }
 
   /** Binds and serves; resolves to the bound address. Emits 'event' for every transition. */

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
+use sfc_registry::http::prometheus::MetricsInstances;
 use sfc_registry::model::Filter;
 use sfc_registry::server::RegistryOptions;
 use sfc_registry::Registry;
@@ -19,37 +20,56 @@ use tokio::sync::oneshot;
 use crate::boundary::{deliver, from_json, invalid, to_json, to_napi, JsonCallback};
 use crate::filter::NativeFilter;
 
-/// Options of `NativeRegistry`; durations are milliseconds. Defaults are those of `sfc registry`.
+/// Options of `Registry` (`sfc registry`'s flags); durations are milliseconds. Defaults are
+/// those of `sfc registry`. (`Registry` also takes PEM material as a Buffer.)
 #[napi(object)]
 pub struct NativeRegistryOptions {
-    /// `host:port`; port 0 picks a free port (read it from `address`).
+    /// `host:port`; port 0 picks a free one (read it from `address`). Default 127.0.0.1:7480.
     pub listen: Option<String>,
-    /// Development certificates go in `<dataDir>/tls/` when no `tlsCert` is given.
+    /// Development certificates are created in `<dataDir>/tls/` when no `tlsCert` is given.
+    /// Default ./sfc-data.
     pub data_dir: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
-    /// `off`, `optional` or `required`.
+    /// Ask clients for certificates. Default off.
+    #[napi(ts_type = "'off' | 'optional' | 'required'")]
     pub mtls: Option<String>,
     pub client_ca: Option<String>,
     pub insecure_plaintext: Option<bool>,
+    /// Intervals without a frame before an instance goes offline (1 ..= 100); default 3.
     pub missed_reports: Option<u32>,
+    /// Milliseconds offline and left records are kept; default 24 h.
     pub retention: Option<f64>,
     pub handshake_timeout: Option<f64>,
     pub max_connections: Option<u32>,
     pub max_frame: Option<u32>,
-    /// Bytes one session (or SSE watch) may have queued for its peer; past it the peer is
-    /// closed with `slow-consumer` (at least 65536).
+    /// Bytes one session (or HTTP watch) may have queued for its peer, at least 65536; past it
+    /// the peer is closed with `slow-consumer`. Default 32 MiB.
     pub max_outbound: Option<i64>,
-    /// Records held at most, of any status (`--max-instances`).
+    /// Bytes of event history kept (in memory and in the SQLite store), at least 65536; the
+    /// oldest events go first. Default 256 MiB.
+    pub max_history_bytes: Option<i64>,
+    /// Records held at most, of any status (at least 1); a new identity past it is refused
+    /// with `too-many-instances`. Default 200 000.
     pub max_instances: Option<i64>,
-    /// Records one group holds at most (`--max-group-instances`).
+    /// Records one group holds at most (at least 1). Default 200 000.
     pub max_group_instances: Option<i64>,
-    /// Legacy records held at most, in all (`--max-legacy-instances`).
+    /// Records made by legacy (original wire format) documents, in all (at least 1).
+    /// Default 10 000.
     pub max_legacy_instances: Option<i64>,
-    /// Legacy records one group holds at most (`--max-legacy-group-instances`).
+    /// Legacy records one group holds at most (at least 1). Default 1000.
     pub max_legacy_group_instances: Option<i64>,
-    /// Accept documents in the original module's wire format (default true; `--legacy on|off`).
+    /// Accept documents in the original `service_fleet_control` wire format
+    /// (`sfc registry --legacy on|off`). Default true.
     pub legacy: Option<bool>,
+    /// Where to serve the HTTP API and `/metrics` (`host:port`; port 0 picks a free port, read
+    /// it from `httpAddress`). Unlike `sfc registry`, the embedded registry serves no HTTP
+    /// unless asked (`--http`).
+    pub http: Option<String>,
+    /// Which instances get per-instance `sfc_instance_*` series in `/metrics`: `'none'` (the
+    /// default), `'all'`, or at most this many, the first by id (`--metrics-instances`).
+    #[napi(ts_type = "number | 'none' | 'all'")]
+    pub metrics_instances: Option<Either<i64, String>>,
 }
 
 /// A registry that is serving.
@@ -58,6 +78,7 @@ struct Live {
     handle: tokio::runtime::Handle,
     shutdown: Option<oneshot::Sender<()>>,
     address: String,
+    http_address: Option<String>,
 }
 
 #[derive(Default)]
@@ -124,12 +145,27 @@ fn build_options(o: NativeRegistryOptions) -> Result<RegistryOptions> {
     a.max_connections = o.max_connections.map_or(a.max_connections, |n| n as usize);
     let b = &mut a.admission;
     b.max_outbound = count("maxOutbound", o.max_outbound, b.max_outbound)?;
+    b.max_history_bytes = count("maxHistoryBytes", o.max_history_bytes, b.max_history_bytes as usize)? as u64;
     b.max_instances = count("maxInstances", o.max_instances, b.max_instances)?;
     b.max_group_instances = count("maxGroupInstances", o.max_group_instances, b.max_group_instances)?;
     b.max_legacy_instances = count("maxLegacyInstances", o.max_legacy_instances, b.max_legacy_instances)?;
     b.max_legacy_group_instances =
         count("maxLegacyGroupInstances", o.max_legacy_group_instances, b.max_legacy_group_instances)?;
     b.legacy = o.legacy.unwrap_or(b.legacy);
+    a.http = o.http.filter(|h| h != "off");
+    a.metrics_instances = match o.metrics_instances {
+        None => a.metrics_instances,
+        Some(Either::A(n)) => match usize::try_from(n) {
+            Ok(0) => MetricsInstances::None,
+            Ok(n) => MetricsInstances::Max(n),
+            Err(_) => return Err(invalid("metricsInstances", format!("{n} is not 'none', 'all' or a non-negative integer"))),
+        },
+        Some(Either::B(s)) => match s.as_str() {
+            "none" => MetricsInstances::None,
+            "all" => MetricsInstances::All,
+            _ => return Err(invalid("metricsInstances", format!("{s:?} is not 'none', 'all' or a non-negative integer"))),
+        },
+    };
     // The same checks as `sfc registry`; the error names the JavaScript option (to_napi).
     a.check().map_err(to_napi)?;
     Ok(a)
@@ -163,6 +199,12 @@ impl NativeRegistry {
         lock(&self.state).live.as_ref().map(|l| l.address.clone())
     }
 
+    /// The address of the HTTP API and `/metrics` (`host:port`), once started with `http`.
+    #[napi(getter)]
+    pub fn http_address(&self) -> Option<String> {
+        lock(&self.state).live.as_ref().and_then(|l| l.http_address.clone())
+    }
+
     /// Whether the registry is serving TLS.
     #[napi(getter)]
     pub fn tls(&self) -> bool {
@@ -172,7 +214,11 @@ impl NativeRegistry {
     /// Binds and serves. Resolves to the bound address; `onEvent` receives every transition as
     /// JSON. Development certificates are created in `<dataDir>/tls/` if needed.
     #[napi(ts_return_type = "Promise<string>")]
-    pub fn start<'env>(&self, env: &'env Env, on_event: JsonCallback) -> Result<Object<'env>> {
+    pub fn start<'env>(
+        &self,
+        env: &'env Env,
+        #[napi(ts_arg_type = "(json: string) => void")] on_event: JsonCallback,
+    ) -> Result<Object<'env>> {
         let (deferred, promise) = env.create_deferred::<String, _>()?;
         let mut st = lock(&self.state);
         if let Some(t) = &st.thread {
@@ -207,9 +253,13 @@ impl NativeRegistry {
                         std::fs::create_dir_all(&args.data_dir).map_err(|e| sfc_registry::Error::write_file(&args.data_dir, e))?;
                         let cfg = sfc_registry::server::registry_config(&args)?;
                         let (listener, addr) = sfc_registry::bind(&args.listen).await?;
-                        Ok::<_, sfc_registry::Error>((Registry::new(cfg), listener, addr))
+                        let http = match &args.http {
+                            Some(h) => Some(sfc_registry::http::bind(h).await?),
+                            None => None,
+                        };
+                        Ok::<_, sfc_registry::Error>((Registry::new(cfg), listener, addr, http))
                     };
-                    let (registry, listener, addr) = match bound.await {
+                    let (registry, listener, addr, http) = match bound.await {
                         Ok(x) => x,
                         Err(e) => return deferred.reject(to_napi(e)),
                     };
@@ -227,18 +277,36 @@ impl NativeRegistry {
                     });
                     let (tx, rx) = oneshot::channel::<()>();
                     let address = addr.to_string();
+                    // The HTTP API stops with the protocol listener (or when its sender drops).
+                    let (http_tx, http_rx) = oneshot::channel::<()>();
+                    let http_address = http.as_ref().map(|(_, a)| a.to_string());
+                    let http_task = http.map(|(listener, haddr)| {
+                        let hcfg = sfc_registry::http::HttpConfig {
+                            metrics_instances: args.metrics_instances,
+                            ..Default::default()
+                        };
+                        sfc_registry::http::warn_about_exposure(haddr, &hcfg);
+                        tokio::spawn(sfc_registry::http::serve(registry.clone(), listener, hcfg, async move {
+                            let _ = http_rx.await;
+                        }))
+                    });
                     lock(&state).live = Some(Live {
                         registry: registry.clone(),
                         handle: tokio::runtime::Handle::current(),
                         shutdown: Some(tx),
                         address: address.clone(),
+                        http_address,
                     });
                     tracing::info!(target: "sfc::registry", %address, "embedded registry listening");
                     deferred.resolve(move |_| Ok(address));
                     sfc_registry::serve(registry, listener, async {
                         let _ = rx.await;
+                        let _ = http_tx.send(());
                     })
                     .await;
+                    if let Some(t) = http_task {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+                    }
                     forwarder.abort();
                 });
                 runtime.shutdown_timeout(Duration::from_secs(1));

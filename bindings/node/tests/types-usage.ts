@@ -6,6 +6,14 @@ import Control = require('../compat')
 async function main(): Promise<void> {
   const registry = new Registry({ listen: '127.0.0.1:0', dataDir: './sfc-data', mtls: 'off' })
   const address: string = await registry.start()
+  const scraped = new Registry({ listen: '127.0.0.1:0', http: '127.0.0.1:0', metricsInstances: 'all', tlsCert: Buffer.from('') })
+  const metricsAt: string | null = scraped.httpAddress
+  new Registry({ metricsInstances: 500 })
+  // @ts-expect-error metricsInstances is 'none', 'all' or a number
+  new Registry({ metricsInstances: 'some' })
+  // @ts-expect-error mtls is one of off, optional, required
+  new Registry({ mtls: 'on' })
+  console.log(metricsAt)
   registry.on('event', (e: FleetEvent) => console.log(e.kind, e.id))
   const client = new Client({ registry: [address], group: 'web', interval: 1000, ca: './sfc-data/tls/ca.pem' })
   client.on('command', async (cmd) => ({ handled: cmd.name }))
