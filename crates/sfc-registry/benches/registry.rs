@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use sfc_registry::model::{Event, EventKind, Filter, Registration};
+use sfc_registry::model::{Event, EventKind, Filter, InstanceRecord, Registration};
 use sfc_registry::protocol::{Codec, EventMessage, Message, QueryResult, Report};
 use sfc_registry::registry::state::{Outbound, OutboundTx, SessionRef};
 use sfc_registry::registry::{Registry, RegistryConfig};
@@ -106,13 +106,22 @@ fn query(c: &mut Criterion) {
     g.bench_function("all", |b| {
         b.iter(|| black_box(reg.query(&Filter::default()).len()))
     });
+    // Only what is done under the state lock: pick the records, shared (no copy, no sort).
+    g.bench_function("all_under_lock", |b| {
+        b.iter(|| black_box(reg.state().query(&Filter::default()).len()))
+    });
+    // What `GET /v1/instances` and `/v1/fleet` do after the lock: sort, then write JSON.
+    g.bench_function("all_json", |b| {
+        b.iter(|| black_box(serde_json::to_vec(&reg.query(&Filter::default())).unwrap().len()))
+    });
     g.bench_function("one_group", |b| {
         b.iter(|| black_box(reg.query(&Filter::group("g3")).len()))
     });
-    // As a session answers it: query, then encode the result frame.
+    // As a session answers it: query, copy the records into the frame, encode it.
     g.bench_function("one_group_encoded", |b| {
         b.iter(|| {
-            let instances = reg.query(&Filter::group("g3"));
+            let instances: Vec<InstanceRecord> =
+                reg.query(&Filter::group("g3")).into_iter().map(Arc::unwrap_or_clone).collect();
             black_box(
                 Codec::Json
                     .encode(&Message::Result(QueryResult {
@@ -140,7 +149,7 @@ fn fanout(c: &mut Criterion) {
         id: record.id.clone(),
         group: record.group.clone(),
         service: record.service.clone(),
-        instance: Some(Box::new(record)),
+        instance: Some(Box::new(InstanceRecord::clone(&record))),
         detail: serde_json::json!({ "health": "warning", "note": null }),
     });
     let (tx, _) = broadcast::channel::<Arc<Event>>(16);

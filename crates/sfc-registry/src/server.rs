@@ -64,7 +64,8 @@ pub struct RegistryOptions {
     pub etcd_lease_ttl: Duration,
     /// How often metric snapshots are written to the store (never once per report).
     pub snapshot_interval: Duration,
-    /// How long the event history is kept in the store.
+    /// How long the event history is kept in the store (it also keeps at most 10,000 events
+    /// and --max-history-bytes).
     pub history_retention: Duration,
     /// Address of the HTTP API, /metrics and the dashboard (default 127.0.0.1:7481), or `off`.
     /// When the default address is taken, the registry runs without HTTP and says so.
@@ -90,7 +91,8 @@ pub struct RegistryOptions {
     /// per-group series only), all, or at most N (the first by id).
     pub metrics_instances: crate::http::prometheus::MetricsInstances,
     /// Budgets (--max-outbound, --max-instances, --max-group-instances, --max-legacy-instances,
-    /// --max-legacy-group-instances) and whether legacy documents are accepted (--legacy).
+    /// --max-legacy-group-instances, --max-history-bytes) and whether legacy documents are
+    /// accepted (--legacy).
     pub admission: Admission,
 }
 
@@ -158,6 +160,12 @@ impl RegistryOptions {
             return Err(Error::invalid("--max-connections", "must be at least 1"));
         }
         let b = &self.admission;
+        if b.max_history_bytes < 64 * 1024 {
+            return Err(Error::invalid(
+                "--max-history-bytes",
+                format!("{} is below the minimum of 65536 bytes", b.max_history_bytes),
+            ));
+        }
         if b.max_outbound < 64 * 1024 {
             return Err(Error::invalid("--max-outbound", format!("{} is below the minimum of 65536 bytes", b.max_outbound)));
         }
@@ -298,7 +306,8 @@ fn open_store(a: &RegistryOptions, cfg: &mut RegistryConfig) -> Result<()> {
         if etcd_flags {
             return Err(Error::invalid("--etcd-endpoints", format!("needs --store etcd (the store is {})", a.store)));
         }
-        cfg.store = crate::store::open(&a.store, &a.data_dir)?;
+        let budget = crate::store::HistoryBudget { events: cfg.event_history.max(1), bytes: a.admission.max_history_bytes };
+        cfg.store = crate::store::open(&a.store, &a.data_dir, budget)?;
         return Ok(());
     }
     #[cfg(feature = "etcd")]

@@ -171,7 +171,8 @@ async fn oversized_metric_strings_and_lookalike_ids_are_refused_and_never_stored
         assert!(e.message.contains(field), "{registration}: {}", e.message);
     }
     // The client library refuses the same, before anything is sent.
-    let e = reg.service("g", "web\u{200b}-1").start().err().expect("a zero-width id is refused").to_string();
+    let Err(e) = reg.service("g", "web\u{200b}-1").start() else { panic!("a zero-width id is refused") };
+    let e = e.to_string();
     assert!(e.contains("instance_id") && e.contains("U+200B"), "{e}");
     assert!(reg.service("..", "i").start().is_err());
     assert!(calm.client.set_gauge("\u{202e}x", 1.0).is_err());
@@ -431,13 +432,13 @@ async fn record_quotas_cap_legacy_floods_and_legacy_never_takes_over_v1() {
     for i in 0..20 {
         held.push(try_hello(&reg, "full", &format!("f{i}")).await.expect("within the group cap"));
     }
-    let e = try_hello(&reg, "full", "f20").await.err().expect("the 21st of a group is refused");
+    let Err(e) = try_hello(&reg, "full", "f20").await else { panic!("the 21st of a group is refused") };
     assert_eq!(e.code, ErrorCode::TooManyInstances, "{e:?}");
     assert!(e.fatal && e.message.contains("--max-group-instances"), "{e:?}");
     for i in 0..8 {
         held.push(try_hello(&reg, "more", &format!("m{i}")).await.expect("within the total"));
     }
-    let e = try_hello(&reg, "more", "m8").await.err().expect("the 61st record is refused");
+    let Err(e) = try_hello(&reg, "more", "m8").await else { panic!("the 61st record is refused") };
     assert_eq!(e.code, ErrorCode::TooManyInstances, "{e:?}");
     assert!(e.message.contains("--max-instances"), "{e:?}");
     // A reconnect of an identity it holds is never refused.
@@ -460,14 +461,6 @@ async fn record_quotas_cap_legacy_floods_and_legacy_never_takes_over_v1() {
     log_lines_at_least(&reg, 1, |l| l.contains("legacy report rejected") && l.contains("--legacy off")).await;
 }
 
-fn http_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
-}
 
 /// Item 6, HTTP: 300 idle sockets from one client (127.0.0.2) take at most its share
 /// (`max_connections_per_client`, 128) and are closed by the idle timeout (5 s), while
@@ -699,4 +692,287 @@ async fn events_pages_are_bounded_in_bytes_and_continue_by_cursor() {
     let (_, after_restart, largest) = all_event_pages(&reg, 0);
     assert!(largest < 6 * 1024 * 1024);
     assert_eq!(&after_restart[..seqs.len()], &seqs[..], "the history after the restart");
+}
+
+/// Bytes of `registry.db` and its WAL in `dir`.
+fn db_bytes(dir: &Path) -> u64 {
+    ["registry.db", "registry.db-wal"]
+        .iter()
+        .map(|f| std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+/// Reads an SSE stream (raw HTTP/1.1 on `http`, the API's address) until `needle` appears;
+/// returns what was read. Bounded by LIMIT.
+async fn sse_until(http: &str, path: &str, needle: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(http).await.expect("connect to the HTTP API");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let found = tokio::time::timeout(LIMIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.expect("read the SSE stream");
+            assert!(n > 0, "the SSE stream ended before {needle:?}: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&got).contains(needle) {
+                return;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(found.is_ok(), "no {needle:?} on {path} within {LIMIT:?}: {text}");
+    text
+}
+
+/// Item 4, on disk: the stored history is bounded in bytes (`--max-history-bytes`, 256 MiB by
+/// default, as the history in memory) and in count (10,000), not only by age. An instance
+/// with a 256 KiB record (64 metadata values of 4,000 bytes) flips its health 300 times in one
+/// burst (each stored event carries the record: ~78 MB of history without the budget, which
+/// `--history-retention` would keep 7 days). With a 4 MiB budget, `registry.db` plus its WAL
+/// stay under 40 MiB throughout (sampled while the flood is written); after a restart the
+/// newest events are served by `/v1/events`, the oldest are gone, and a watcher resuming from
+/// a pruned cursor is told `lagged`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stored_history_is_bounded_in_bytes_not_only_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--max-frame-rate", "100000", "--max-history-bytes", "4194304"];
+    let reg = RegistryProc::start_at("127.0.0.1:0", dir.path(), &flags);
+    let mut calm = WellBehaved::start(reg.service("calm", "steady")).await;
+    let base = rss(reg.pid());
+    // The history in memory follows the same 4 MiB budget; the bound leaves room for the
+    // records in flight (each event carries a 256 KiB record until it is committed).
+    let bound = 160 * MIB;
+    let disk_bound = 40 * MIB;
+
+    // Sample the files' size while the flood is written.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, dir) = (stop.clone(), dir.path().to_path_buf());
+        std::thread::spawn(move || {
+            let mut largest = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                largest = largest.max(db_bytes(&dir));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            largest.max(db_bytes(&dir))
+        })
+    };
+    let mut s = big_session(&reg, "disk", "flipper", 256).await;
+    let flips = 300u64;
+    let mut burst = Vec::new();
+    for seq in 1..=flips {
+        let health = if seq % 2 == 1 { "warning" } else { "passing" };
+        burst.extend(frame(json!({"type": "report", "seq": seq, "health": health}).to_string().as_bytes()));
+    }
+    burst.extend(frame(json!({"type": "report", "seq": flips + 1, "health": "critical"}).to_string().as_bytes()));
+    s.write_all(&burst).await.unwrap();
+    let obs = reg.observer();
+    wait_record(&obs, "disk/flipper", LIMIT, "critical after the flood", |r| r.health == Health::Critical).await;
+    // Everything is committed (the observer saw the last transition); a prune tick deletes
+    // to the budget itself, not an eighth over it. Both are below the bound already.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let largest = sampler.join().unwrap();
+    let now = db_bytes(dir.path());
+    eprintln!(
+        "budgets: registry.db + WAL with --max-history-bytes 4 MiB after {} transitions of a 256 KiB record: largest {} KiB, now {} KiB (bound {} MiB)",
+        flips + 1,
+        largest / 1024,
+        now / 1024,
+        disk_bound / MIB
+    );
+    assert!(largest <= disk_bound, "registry.db and its WAL reached {largest} bytes");
+    let (_, before, _) = all_event_pages(&reg, 0);
+    let latest = *before.last().expect("events in memory");
+    // In memory, too, the newest events within 4 MiB (about 16, never the whole flood).
+    assert!((2..=24).contains(&before.len()), "the history in memory holds {} events: {before:?}", before.len());
+    assert!(before.windows(2).all(|w| w[1] == w[0] + 1), "a gap in memory: {before:?}");
+    assert_rss_within(&reg, base, bound, "after the flood of large transitions");
+    calm.assert_undisturbed().await;
+    drop(s);
+
+    let reg = restart(reg, dir.path(), &flags);
+    let (_, kept, largest_page) = all_event_pages(&reg, 0);
+    eprintln!("budgets: after the restart: {} events kept on disk (seq {:?}..={:?})", kept.len(), kept.first(), kept.last());
+    assert_eq!(kept.last(), Some(&latest), "the newest event is served after the restart");
+    assert!(kept.windows(2).all(|w| w[1] == w[0] + 1), "a gap: {kept:?}");
+    // 4 MiB of ~260 KB events, an eighth over at most: about 16.
+    assert!((2..=24).contains(&kept.len()), "{} events kept on disk: {kept:?}", kept.len());
+    assert!(kept[0] > 2, "the oldest events are still there: {kept:?}");
+    assert!(largest_page < 6 * 1024 * 1024);
+    let rec = http_instances(&reg).into_iter().find(|r| r.id == "disk/flipper").expect("disk/flipper after the restart");
+    assert_eq!(rec.health, Health::Critical, "{rec:?}");
+    // A watcher resuming from a pruned cursor is told it lagged.
+    sse_until(&reg.http, "/v1/watch?after=1", "event: lagged").await;
+    assert!(db_bytes(dir.path()) <= disk_bound);
+}
+
+/// A registry started with its open-file limit (soft and hard) set to `nofile`, as
+/// `ulimit -n` would, on a fresh data directory; stopped by PID (SIGKILL) when dropped.
+struct LimitedRegistry {
+    child: std::process::Child,
+    addr: String,
+    http: String,
+    ca: std::path::PathBuf,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl LimitedRegistry {
+    fn start(dir: &Path, nofile: u64) -> LimitedRegistry {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(sfc_bin());
+        cmd.args(["registry", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .env_remove("SFC_MAX_CONNECTIONS")
+            .env("RUST_LOG", "sfc=info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: setrlimit is async-signal-safe, and the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, nofile, nofile));
+        }
+        let mut child = cmd.spawn().expect("start sfc registry");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (stderr, sink) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                eprintln!("{line}");
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut next = |prefix: &str| {
+            let line = lines.next().expect("the registry printed its addresses").unwrap();
+            line.strip_prefix(prefix).and_then(|r| r.split(' ').next()).unwrap_or_else(|| panic!("{line:?}")).to_string()
+        };
+        let addr = next("sfc registry listening on ");
+        let http = next("sfc http listening on ");
+        std::thread::spawn(move || for _ in lines {});
+        LimitedRegistry { child, addr, http, ca: dir.join("tls").join("ca.pem"), log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// TLS, preamble and hello (an observer, or a service `fd/<service>`); the registry's first
+    /// answer. A connection the registry cannot accept (EMFILE) waits in its accept queue:
+    /// that fails the test after LIMIT.
+    async fn hello(&self, service: Option<&str>) -> (RawTls, Message) {
+        tokio::time::timeout(LIMIT, self.try_hello(service))
+            .await
+            .expect("the registry neither served nor refused a connection (out of descriptors?)")
+    }
+
+    async fn try_hello(&self, service: Option<&str>) -> (RawTls, Message) {
+        let cfg = sfc_client::tls::client_config(&sfc_client::tls::ClientTlsOptions {
+            ca: Some(sfc_client::tls::PemSource::File(self.ca.clone())),
+            cert: None,
+            key: None,
+        })
+        .unwrap();
+        let tcp = tokio::net::TcpStream::connect(&self.addr).await.expect("connect");
+        let mut s = tokio_rustls::TlsConnector::from(cfg)
+            .connect(sfc_proto::tls::server_name("127.0.0.1").unwrap(), tcp)
+            .await
+            .expect("TLS handshake");
+        let hello = match service {
+            Some(i) => json!({"type": "hello", "id": 1, "interval_ms": 60000,
+                "registration": {"group": "fd", "instance_id": i, "service": "fd"}}),
+            None => json!({"type": "hello", "id": 1, "role": "observer"}),
+        };
+        let mut v = sfc_client::protocol::frame::encode_preamble(1, 1).to_vec();
+        v.extend(frame(hello.to_string().as_bytes()));
+        s.write_all(&v).await.unwrap();
+        let mut p = [0u8; 8];
+        s.read_exact(&mut p).await.expect("the registry's preamble");
+        let m = read_message(&mut s).await;
+        (s, m)
+    }
+}
+
+impl Drop for LimitedRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 15, `--max-connections` left at its default: the registry takes it below the
+/// open-file limit it finds at start (that limit less 512), so a flood of protocol
+/// connections is refused with `too-many-connections` before the process runs out of
+/// descriptors. Started as after `ulimit -n 600` (soft and hard): 88 connections. 600 clients
+/// connect one after another and hold what they get: 88 are welcomed, every other one is
+/// refused cleanly (TLS, then the error frame), none hangs in the accept queue (EMFILE);
+/// `/healthz` and `/v1/fleet` answer meanwhile, the registry never logs a failed accept, and a
+/// service registers once a held connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_max_connections_refuse_before_the_open_file_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let nofile = 600u64;
+    let reg = LimitedRegistry::start(dir.path(), nofile);
+    let cap = nofile as usize - 512;
+    assert!(
+        reg.log().contains(&format!("--max-connections {cap}: below the open-file limit")),
+        "the registry did not log its lowered --max-connections:\n{}",
+        reg.log()
+    );
+    let attempts = nofile as usize;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for i in 0..attempts {
+        let (s, m) = reg.hello(None).await;
+        match m {
+            Message::Welcome(_) => held.push(s),
+            Message::Error(e) => {
+                assert_eq!(e.code, ErrorCode::TooManyConnections, "attempt {i}: {e:?}");
+                assert!(e.fatal && e.message.contains(&cap.to_string()), "{e:?}");
+                refused += 1;
+            }
+            other => panic!("attempt {i}: {other:?}"),
+        }
+    }
+    eprintln!("budgets: open-file limit {nofile}: {} connections held, {refused} refused with too-many-connections", held.len());
+    assert_eq!(held.len(), cap, "held connections");
+    assert_eq!(refused, attempts - cap);
+    // Others are served: the HTTP API (its own connection budget) and the held sessions.
+    let agent = http_agent();
+    for path in ["/healthz", "/v1/fleet"] {
+        let r = agent.get(&format!("http://{}{path}", reg.http)).call().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path} with {cap} protocol connections held");
+    }
+    let metrics = agent.get(&format!("http://{}/metrics", reg.http)).call().unwrap().body_mut().read_to_string().unwrap();
+    let counted = metric(&metrics, "sfc_registry_refused_connections_total").unwrap_or(0.0);
+    assert!(counted >= refused as f64, "sfc_registry_refused_connections_total {counted}");
+    // A held session still answers a ping.
+    send_json(&mut held[0], json!({"type": "ping", "id": 7})).await;
+    let pong = read_message(&mut held[0]).await;
+    assert!(matches!(pong, Message::Pong(_)), "{pong:?}");
+    // Room again once a held connection closes: a service registers.
+    drop(held.pop());
+    let welcomed = eventually_async(|| async { matches!(reg.hello(Some("after")).await.1, Message::Welcome(_)) }).await;
+    assert!(welcomed, "no room after a held connection closed");
+    let log = reg.log();
+    assert!(!log.contains("accept failed") && !log.contains("Too many open files"), "the registry ran out of descriptors:\n{log}");
+}
+
+/// Tries `f` until it holds (at most 100 times, 20 ms apart): the registry frees a held
+/// connection's permit when it notices the close.
+async fn eventually_async<F, Fut>(mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::http_agent;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -135,7 +137,7 @@ impl Etcd {
         let start = Instant::now();
         for url in urls {
             loop {
-                let ok = agent()
+                let ok = http_agent()
                     .get(&format!("{url}/health"))
                     .call()
                     .ok()
@@ -172,7 +174,7 @@ impl Etcd {
 
     /// A counter from etcd's own /metrics on `member`.
     fn metric(&self, member: usize, name: &str) -> f64 {
-        let body = agent()
+        let body = http_agent()
             .get(&format!("{}/metrics", self.members[member].client_url))
             .call()
             .expect("etcd /metrics")
@@ -196,14 +198,6 @@ fn which_etcd() -> PathBuf {
     panic!("etcd is not installed: run `bash tests/setup.sh` (Debian package etcd-server)");
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .new_agent()
-}
 
 /// An `sfc registry --store etcd` process with its HTTP API.
 struct Reg {
@@ -262,7 +256,7 @@ impl Reg {
 
     /// Every record this registry serves, by id: status.
     fn fleet(&self) -> Vec<(String, String)> {
-        let mut r = agent().get(&self.url("/v1/instances")).call().expect("GET /v1/instances");
+        let mut r = http_agent().get(&self.url("/v1/instances")).call().expect("GET /v1/instances");
         let v: Value = serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("json");
         let list = v.as_array().cloned().or_else(|| v["instances"].as_array().cloned()).unwrap_or_default();
         let mut out: Vec<(String, String)> = list
@@ -276,7 +270,7 @@ impl Reg {
     }
 
     fn record(&self, id: &str) -> Option<Value> {
-        let mut r = agent().get(&self.url(&format!("/v1/instances/{id}"))).call().ok()?;
+        let mut r = http_agent().get(&self.url(&format!("/v1/instances/{id}"))).call().ok()?;
         if r.status().as_u16() != 200 {
             return None;
         }
@@ -285,7 +279,7 @@ impl Reg {
     }
 
     fn command(&self, id: &str, name: &str, payload: Value) -> (u16, Value) {
-        let mut r = agent()
+        let mut r = http_agent()
             .post(&self.url(&format!("/v1/instances/{id}/commands")))
             .header("Authorization", &format!("Bearer {TOKEN}"))
             .send_json(json!({ "command": name, "payload": payload }))
@@ -295,7 +289,7 @@ impl Reg {
     }
 
     fn metrics(&self) -> String {
-        agent().get(&self.url("/metrics")).call().expect("GET /metrics").body_mut().read_to_string().expect("body")
+        http_agent().get(&self.url("/metrics")).call().expect("GET /metrics").body_mut().read_to_string().expect("body")
     }
 
     fn kill(&mut self) {
@@ -393,14 +387,14 @@ fn two_registries_on_one_etcd_each_serve_the_whole_fleet() {
     assert_eq!(body["result"]["echo"]["n"], json!(7), "{body}");
     assert_eq!(body["result"]["from"], json!("shop/on-a"), "{body}");
     // ... and the transitions it made are in registry b's history, like local ones.
-    let mut r = agent().get(&b.url("/v1/events?after=0&limit=1000")).call().expect("GET /v1/events");
+    let mut r = http_agent().get(&b.url("/v1/events?after=0&limit=1000")).call().expect("GET /v1/events");
     let events: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
     let list = events.as_array().cloned().or_else(|| events["events"].as_array().cloned()).unwrap_or_default();
     let kinds: Vec<(&str, &str)> =
         list.iter().map(|e| (e["kind"].as_str().unwrap_or(""), e["id"].as_str().unwrap_or(""))).collect();
     assert!(kinds.contains(&("joined", "shop/on-a")), "{kinds:?}");
     eventually(LIMIT, "command events of shop/on-a on registry b", || {
-        let mut r = agent().get(&b.url("/v1/events?after=0&limit=1000")).call().ok()?;
+        let mut r = http_agent().get(&b.url("/v1/events?after=0&limit=1000")).call().ok()?;
         let text = r.body_mut().read_to_string().ok()?;
         (text.contains("command-sent") && text.contains("command-result")).then_some(())
     });

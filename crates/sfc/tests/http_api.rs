@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::RegistryProc;
+use common::{get_raw, http_agent, RegistryProc};
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -41,14 +41,6 @@ impl Reg {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .new_agent()
-}
 
 /// (status, JSON body) of a request.
 fn call(req: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
@@ -62,11 +54,11 @@ fn call(req: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Val
 }
 
 fn get(url: &str) -> (u16, Value) {
-    call(agent().get(url).call())
+    call(http_agent().get(url).call())
 }
 
 fn post(url: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-    let mut r = agent().post(url);
+    let mut r = http_agent().post(url);
     if let Some(t) = token {
         r = r.header("Authorization", &format!("Bearer {t}"));
     }
@@ -74,7 +66,7 @@ fn post(url: &str, token: Option<&str>, body: Value) -> (u16, Value) {
 }
 
 fn delete(url: &str, token: Option<&str>) -> (u16, Value) {
-    let mut r = agent().delete(url);
+    let mut r = http_agent().delete(url);
     if let Some(t) = token {
         r = r.header("Authorization", &format!("Bearer {t}"));
     }
@@ -319,7 +311,7 @@ fn reads_filters_commands_and_deregistration_with_who_issued_them() {
     // Unknown routes and methods answer in the same error shape.
     let (s, e) = get(&reg.url("/v1/nothing"));
     assert_eq!((s, error_code(&e)), (404, "not-found"));
-    let (s, e) = call(agent().put(&reg.url("/v1/fleet")).send_empty());
+    let (s, e) = call(http_agent().put(&reg.url("/v1/fleet")).send_empty());
     assert_eq!((s, error_code(&e)), (405, "method-not-allowed"));
     for c in [&a, &mute] {
         let _ = rt.block_on(c.stop());
@@ -346,7 +338,7 @@ fn mutating_calls_are_forbidden_until_an_admin_credential_is_configured() {
     assert_eq!(info["admin_enabled"], false);
 
     // Both refusals are counted and audited (who, what, why).
-    let mut r = agent().get(&reg.url("/metrics")).call().expect("metrics");
+    let mut r = http_agent().get(&reg.url("/metrics")).call().expect("metrics");
     let text = r.body_mut().read_to_string().unwrap();
     assert!(
         text.lines()
@@ -387,7 +379,7 @@ fn metrics_stay_parseable_with_quotes_backslashes_and_newlines_in_labels() {
         .unwrap();
 
     let text = eventually(Duration::from_secs(10), "the gauge in /metrics", || {
-        let mut r = agent().get(&reg.url("/metrics")).call().ok()?;
+        let mut r = http_agent().get(&reg.url("/metrics")).call().ok()?;
         let ct = r.headers().get("content-type")?.to_str().ok()?.to_string();
         assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
         let text = r.body_mut().read_to_string().ok()?;
@@ -459,7 +451,7 @@ fn read_sse(
 /// Opens `/v1/watch`. The registry subscribes the watch before it answers, so once this
 /// returns (the 200 head has arrived) every later transition reaches the stream.
 fn open_sse(url: &str, last_event_id: Option<&str>) -> ureq::http::Response<ureq::Body> {
-    let mut req = agent().get(url);
+    let mut req = http_agent().get(url);
     if let Some(id) = last_event_id {
         req = req.header("Last-Event-ID", id);
     }
@@ -562,7 +554,7 @@ fn watch_streams_events_resumes_with_last_event_id_and_sends_heartbeats() {
     );
 
     let (s, e) = call(
-        agent()
+        http_agent()
             .get(&reg.url("/v1/watch"))
             .header("Last-Event-ID", "yesterday")
             .call(),
@@ -602,14 +594,14 @@ fn every_documented_route_is_served() {
             let resp = match method.as_str() {
                 "get" if path == "/v1/watch" => {
                     // A stream: only the head matters here.
-                    agent().get(&url).call()
+                    http_agent().get(&url).call()
                 }
-                "get" => agent().get(&url).call(),
-                "post" => agent()
+                "get" => http_agent().get(&url).call(),
+                "post" => http_agent()
                     .post(&url)
                     .header("Authorization", &format!("Bearer {TOKEN}"))
                     .send_json(json!({ "command": "x" })),
-                "delete" => agent()
+                "delete" => http_agent()
                     .delete(&url)
                     .header("Authorization", &format!("Bearer {TOKEN}"))
                     .call(),
@@ -654,7 +646,7 @@ fn every_documented_route_is_served() {
     assert!(checked >= 16, "only {checked} operations in openapi.json");
     let _ = rt.block_on(c.stop());
     // The dashboard is self-contained: the page loads only its own script and style.
-    let mut page = agent().get(&reg.url("/")).call().unwrap();
+    let mut page = http_agent().get(&reg.url("/")).call().unwrap();
     let csp = page
         .headers()
         .get("content-security-policy")
@@ -864,24 +856,6 @@ fn https_with_an_admin_client_certificate() {
     let _ = rt.block_on(c.stop());
 }
 
-/// A GET with extra request headers: (status, headers, raw body bytes).
-fn get_raw(url: &str, headers: &[(&str, &str)]) -> (u16, ureq::http::HeaderMap, Vec<u8>) {
-    let mut req = agent().get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let mut r = req.call().expect("http request");
-    let status = r.status().as_u16();
-    let head = r.headers().clone();
-    let body = r
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_vec()
-        .expect("body");
-    (status, head, body)
-}
-
 fn ids_of(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("not a list: {v}"))
@@ -1024,7 +998,7 @@ fn instances_page_by_cursor_choose_fields_search_and_answer_304_and_gzip() {
             .contains("accept-encoding")),
         "{head:?}"
     );
-    let sse = agent()
+    let sse = http_agent()
         .get(&reg.url("/v1/watch"))
         .header("Accept-Encoding", "gzip")
         .call()
@@ -1117,7 +1091,7 @@ fn summary_counts_each_group_as_the_fleet_does() {
 #[test]
 fn metrics_have_group_series_by_default_and_instance_series_only_when_asked() {
     let text_of = |reg: &Reg| {
-        let mut r = agent().get(&reg.url("/metrics")).call().expect("metrics");
+        let mut r = http_agent().get(&reg.url("/metrics")).call().expect("metrics");
         r.body_mut().read_to_string().unwrap()
     };
     for (args, instance_lines) in [
@@ -1176,6 +1150,151 @@ fn metrics_have_group_series_by_default_and_instance_series_only_when_asked() {
         }
         for c in &clients {
             let _ = rt.block_on(c.stop());
+        }
+    }
+}
+
+/// openapi.json's error codes are every code the API answers: those the handlers name
+/// (`ApiCode`, listed through an exhaustive match, so a new code fails to compile here until
+/// it is listed) and those given to the statuses no handler answered itself (413, 421, ...).
+/// Each provoked error (400, 401, 403, 404, 405, 409, 413, 421) answers a documented code,
+/// and its operation lists the status.
+#[test]
+fn openapi_lists_every_error_code_the_api_answers() {
+    use sfc_registry::http::error::ApiCode;
+    let doc: Value = serde_json::from_str(sfc_registry::http::OPENAPI).unwrap();
+    let documented: Vec<&str> = doc["components"]["schemas"]["Error"]["properties"]["error"]
+        ["properties"]["code"]["enum"]
+        .as_array()
+        .expect("the error codes in openapi.json")
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let named = |c: ApiCode| match c {
+        ApiCode::InvalidRequest
+        | ApiCode::Unauthorized
+        | ApiCode::AdminDisabled
+        | ApiCode::NotFound
+        | ApiCode::UnknownInstance
+        | ApiCode::MethodNotAllowed
+        | ApiCode::NotOnline
+        | ApiCode::InstanceOnline
+        | ApiCode::CommandTimeout
+        | ApiCode::ShuttingDown
+        | ApiCode::StoreFailing
+        | ApiCode::Internal => c.as_str(),
+    };
+    let handler_codes = [
+        ApiCode::InvalidRequest,
+        ApiCode::Unauthorized,
+        ApiCode::AdminDisabled,
+        ApiCode::NotFound,
+        ApiCode::UnknownInstance,
+        ApiCode::MethodNotAllowed,
+        ApiCode::NotOnline,
+        ApiCode::InstanceOnline,
+        ApiCode::CommandTimeout,
+        ApiCode::ShuttingDown,
+        ApiCode::StoreFailing,
+        ApiCode::Internal,
+    ]
+    .map(named);
+    // The codes `http::code_for` gives to a status a handler did not answer itself.
+    let status_codes = [
+        "unauthorized",
+        "forbidden",
+        "not-found",
+        "method-not-allowed",
+        "request-timeout",
+        "payload-too-large",
+        "unsupported-media-type",
+        "misdirected-request",
+        "too-many-requests",
+        "unavailable",
+        "internal",
+        "invalid-request",
+    ];
+    for code in handler_codes.iter().chain(status_codes.iter()) {
+        assert!(
+            documented.contains(code),
+            "openapi.json does not list the error code {code:?}: {documented:?}"
+        );
+    }
+
+    // Live: each error answered is a documented code, with a status its operation lists.
+    let reg = Reg::start(&["--admin-token", TOKEN]);
+    let big = vec![b'x'; 3 * 1024 * 1024];
+    let port = reg.http.rsplit_once(':').unwrap().1.to_string();
+    let commands = "/v1/instances/{group}/{instance_id}/commands";
+    let cases: Vec<(&str, &str, u16, ureq::http::Response<ureq::Body>)> = vec![
+        (
+            "/v1/events",
+            "get",
+            400,
+            http_agent().get(&reg.url("/v1/events?limit=0")).call().unwrap(),
+        ),
+        (
+            commands,
+            "post",
+            401,
+            http_agent()
+                .post(&reg.url("/v1/instances/g/i/commands"))
+                .send_json(json!({"command": "x"}))
+                .unwrap(),
+        ),
+        (
+            "",
+            "",
+            404,
+            http_agent().get(&reg.url("/v1/nowhere")).call().unwrap(),
+        ),
+        (
+            "",
+            "",
+            405,
+            http_agent()
+                .put(&reg.url("/v1/fleet"))
+                .send(&b"{}"[..])
+                .unwrap(),
+        ),
+        (
+            commands,
+            "post",
+            413,
+            http_agent()
+                .post(&reg.url("/v1/instances/g/i/commands"))
+                .header("Authorization", &format!("Bearer {TOKEN}"))
+                .header("content-type", "application/json")
+                .send(&big[..])
+                .unwrap(),
+        ),
+        (
+            "/v1/fleet",
+            "get",
+            421,
+            http_agent()
+                .get(&reg.url("/v1/fleet"))
+                .header("host", format!("rebind.example:{port}"))
+                .call()
+                .unwrap(),
+        ),
+    ];
+    for (path, method, status, mut r) in cases {
+        let text = r.body_mut().read_to_string().unwrap();
+        assert_eq!(r.status().as_u16(), status, "{method} {path}: {text}");
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{status} is not the JSON error body ({e}): {text}"));
+        let code = error_code(&v);
+        assert!(
+            documented.contains(&code),
+            "{status} answered {code:?}, which openapi.json does not list"
+        );
+        if !path.is_empty() {
+            let listed = &doc["paths"][path][method]["responses"];
+            assert!(
+                listed.get(status.to_string()).is_some(),
+                "{method} {path} answers {status}, which openapi.json does not list: {listed}"
+            );
         }
     }
 }

@@ -73,7 +73,7 @@ pub async fn readyz(State(s): State<AppState>) -> ApiResult<Json<Value>> {
         "ready": true,
         "store": store,
         "sessions": s.registry.session_count(),
-        "instances": s.registry.query(&Filter::default()).len(),
+        "instances": s.registry.instance_count(),
     })))
 }
 
@@ -94,7 +94,7 @@ pub async fn openapi() -> Response {
 pub async fn registry_info(State(s): State<AppState>) -> Json<Value> {
     use std::sync::atomic::Ordering::Relaxed;
     let st = s.registry.stats();
-    let records = s.registry.query(&Filter::default());
+    let (instances, online) = s.registry.counts();
     let (_, cursor) = s.registry.events_after(u64::MAX, 0);
     Json(json!({
         "version": crate::VERSION,
@@ -105,8 +105,8 @@ pub async fn registry_info(State(s): State<AppState>) -> Json<Value> {
         "reports_total": st.reports_total.load(Relaxed),
         "commands_total": st.commands_total.load(Relaxed),
         "events_cursor": cursor,
-        "instances": records.len(),
-        "online": records.iter().filter(|r| r.status == crate::model::Status::Online).count(),
+        "instances": instances,
+        "online": online,
         "process": s.figures(),
     }))
 }
@@ -150,7 +150,7 @@ pub async fn fleet(
     headers: HeaderMap,
     q: Result<Query<FilterQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    let fleet: BTreeMap<String, Vec<InstanceRecord>> = s.registry.fleet(&query(q)?.filter()?);
+    let fleet: BTreeMap<String, Vec<Arc<InstanceRecord>>> = s.registry.fleet(&query(q)?.filter()?);
     Ok(super::lists::etag_json(&headers, super::lists::to_json(&fleet)))
 }
 
@@ -373,13 +373,44 @@ fn event_matches(f: &Filter, ev: &Event) -> bool {
 }
 
 fn sse_event(ev: &Event) -> SseEvent {
-    let data = serde_json::to_string(ev).unwrap_or_else(|_| "{}".into());
+    sse_frame(ev, serde_json::to_string(ev).unwrap_or_else(|_| "{}".into()))
+}
+
+fn sse_frame(ev: &Event, data: String) -> SseEvent {
     let e = SseEvent::default().event(ev.kind.as_str()).data(data);
     if ev.seq > 0 {
         e.id(ev.seq.to_string())
     } else {
         e
     }
+}
+
+/// The JSON of a thin report event with the current record filled in: the same text as the
+/// [`Event`] with `instance` set, written from the shared record without copying it.
+fn report_json(ev: &Event, record: &InstanceRecord) -> String {
+    #[derive(serde::Serialize)]
+    struct WithRecord<'a> {
+        seq: u64,
+        at: u64,
+        kind: crate::model::EventKind,
+        id: &'a str,
+        group: &'a str,
+        service: &'a str,
+        instance: &'a InstanceRecord,
+        #[serde(skip_serializing_if = "Value::is_null")]
+        detail: &'a Value,
+    }
+    let view = WithRecord {
+        seq: ev.seq,
+        at: ev.at,
+        kind: ev.kind,
+        id: &ev.id,
+        group: &ev.group,
+        service: &ev.service,
+        instance: record,
+        detail: &ev.detail,
+    };
+    serde_json::to_string(&view).unwrap_or_else(|_| "{}".into())
 }
 
 /// The state of one SSE watch.
@@ -467,15 +498,13 @@ impl Watch {
                 r = reports => match r {
                     Ok(ev) if event_matches(&self.filter, &ev) => {
                         // Report events travel thin (the ring keeps no record); the current
-                        // record is filled in as it is sent.
+                        // record, shared, is written with it as it is sent.
                         if ev.instance.is_some() {
                             return Some(sse_event(&ev));
                         }
-                        let record = self.state.registry.get(&ev.id);
-                        let Some(record) = record else { continue };
-                        let ev = Event { instance: Some(Box::new(record)), ..(*ev).clone() };
-                        if event_matches(&self.filter, &ev) {
-                            return Some(sse_event(&ev));
+                        let Some(record) = self.state.registry.current_record(&ev.id) else { continue };
+                        if self.filter.matches(&record) {
+                            return Some(sse_frame(&ev, report_json(&ev, &record)));
                         }
                     }
                     Ok(_) => {}
@@ -570,4 +599,38 @@ fn authorize_admin(
             e.message
         );
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report event written from the shared record reads exactly as the event with the
+    /// record in it, with and without a detail.
+    #[test]
+    fn report_events_are_written_as_the_event_with_its_record() {
+        let record: InstanceRecord = serde_json::from_value(json!({
+            "id": "g/a", "group": "g", "service": "svc", "instance_id": "a", "hostname": "h",
+            "pid": 7, "status": "online", "health": "warning", "health_note": "slow",
+            "interval_ms": 1000, "wire": "v1", "status_since": 5, "tags": ["x"],
+            "metadata": { "k": "v" }, "last_report_at": 9, "endpoints": [], "metrics": {},
+            "offline_reason": null, "version": "1.2", "api": null, "connected_since": 3,
+            "tls_identity": null,
+        }))
+        .unwrap();
+        for detail in [Value::Null, json!({ "note": "n" })] {
+            let ev = Event {
+                seq: 0,
+                at: 11,
+                kind: crate::model::EventKind::Report,
+                id: "g/a".into(),
+                group: "g".into(),
+                service: "svc".into(),
+                instance: None,
+                detail,
+            };
+            let whole = Event { instance: Some(Box::new(record.clone())), ..ev.clone() };
+            assert_eq!(report_json(&ev, &record), serde_json::to_string(&whole).unwrap());
+        }
+    }
 }

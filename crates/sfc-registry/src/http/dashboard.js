@@ -10,14 +10,16 @@
 //   each event to the rows it has; the overview is fetched again (a few hundred bytes per group,
 //   304 when unchanged) after a transition and every few seconds for the sparkline.
 // - Tables are virtualized: only the rows on screen are in the DOM, and samples are fetched
-//   only for those rows, and only what is newer than what the page has.
+//   only for those rows (and the selected instance), and only what is newer than what the page
+//   has.
+// - The selected instance is read once (/v1/instances/{id}); after that its record comes with
+//   the watch's transitions and its cpu and memory with the samples, never a poll.
 // - The view (filters, group, selected instance) lives in the URL, so it can be linked.
 'use strict';
 
 const FEED_MAX = 200;
 const SAMPLES_MS = 2000;     // samples of the rows on screen
 const SUMMARY_MS = 5000;     // the overview's sparklines move once per 5 s step
-const DETAIL_MS = 5000;      // the selected instance's full record (transitions come by the watch)
 const PAGE = 2000;           // records per /v1/instances page
 const SAMPLES_KEPT = 120;
 const OVERSCAN = 8;          // rows rendered above and below the visible ones
@@ -28,8 +30,7 @@ const state = {
   view: 'groups',        // 'groups' (overview) or 'instances'
   f: { q: '', group: '', status: '', health: '' },
   selected: null,        // id shown in the detail view
-  detail: null,          // its full record
-  detailSamples: [],
+  detail: null,          // its full record, as of its last transition (or its first load)
   detailEvents: [],
   summary: null,         // /v1/summary
   rows: new Map(),       // id -> record (ROW_FIELDS) of the instances view
@@ -38,7 +39,7 @@ const state = {
   loadSeq: 0,
   buffer: [],            // events received while rows load
   sinceOf: new Map(),    // id -> registry time its samples are known up to
-  samples: new Map(),    // id -> samples, for rows that were on screen
+  samples: new Map(),    // id -> samples, for rows that were on screen and the selected instance
   visible: [],           // ids rendered last
   feed: [],
   cursor: 0,
@@ -437,7 +438,13 @@ function renderDetail() {
   const r = state.selected && state.detail && state.detail.id === state.selected ? state.detail : null;
   if (!r) { box.hidden = true; box.replaceChildren(); return; }
   const m = r.metrics || {}, host = m.host || {}, proc = m.process || {};
-  const samples = state.detailSamples;
+  // cpu, memory and the last report follow the samples; the rest of the record is as of its
+  // last transition.
+  const samples = state.samples.get(r.id) || [];
+  const latest = samples.length ? samples[samples.length - 1] : null;
+  const fresh = latest && latest.at > (r.last_report_at || 0);
+  const cpuNow = fresh ? latest.cpu_percent : proc.cpu_percent;
+  const rssNow = fresh ? latest.resident_bytes : proc.resident_bytes;
   const endpoints = (r.endpoints || []).map((e) => h('div', {}, `${e.name}: ${e.protocol}://${e.host}:${e.port}`));
   const safeUrl = r.api && /^https?:\/\//i.test(r.api.url) ? r.api.url : null;
   const apiLink = r.api ? (safeUrl ? h('a', { href: safeUrl, target: '_blank', rel: 'noopener noreferrer', class: 'link' }, `${r.api.kind}: ${r.api.url}`) : `${r.api.kind}: ${r.api.url}`) : null;
@@ -463,14 +470,15 @@ function renderDetail() {
       ['API', apiLink],
       ['TLS identity', r.tls_identity || 'none (no client certificate)'],
       ['connected', r.connected_since ? clock(r.connected_since) : null],
-      ['last report', ago(r.last_report_at)],
+      ['last report', ago(Math.max(r.last_report_at || 0, latest ? latest.at : 0))],
       ['interval', r.interval_ms + ' ms'],
       ['clock skew', r.clock_skew_ms != null ? r.clock_skew_ms + ' ms' : null],
     ]),
     h('h2', {}, 'process'),
+    r.last_report_at ? h('p', { class: 'note' }, `cpu and rss live; the other figures as of ${clock(r.last_report_at)}`) : null,
     dl([
-      ['cpu', pct(proc.cpu_percent) + ' %'], ['cpu history', spark(samples, 'cpu_percent', 'cpu', 240, 40)],
-      ['rss', mib(proc.resident_bytes) + ' MiB'], ['rss history', spark(samples, 'resident_bytes', 'rss', 240, 40)],
+      ['cpu', pct(cpuNow) + ' %'], ['cpu history', spark(samples, 'cpu_percent', 'cpu', 240, 40)],
+      ['rss', mib(rssNow) + ' MiB'], ['rss history', spark(samples, 'resident_bytes', 'rss', 240, 40)],
       ['threads', proc.threads], ['open fds', proc.open_fds], ['user', proc.user],
       ['runtime', runtime.length ? runtime : null], ['gauges', gauges.length ? gauges : null],
     ]),
@@ -496,7 +504,7 @@ function renderFeed() {
 async function select(id) {
   const changed = id !== state.selected;
   state.selected = id;
-  if (changed) { state.detail = null; state.detailEvents = []; state.detailSamples = []; }
+  if (changed) { state.detail = null; state.detailEvents = []; }
   writeUrl(changed);
   render();
   if (id) await loadDetail(id);
@@ -507,8 +515,15 @@ async function loadDetail(id) {
     const d = await get(`/v1/instances/${path(id)}`);
     if (state.selected !== id) return;
     state.detail = d.instance;
-    state.detailSamples = d.samples;
     state.detailEvents = d.events;
+    // Its samples join those of the rows on screen; the samples tick asks only for newer ones.
+    const have = state.samples.get(id) || [];
+    const lastAt = have.length ? have[have.length - 1].at : 0;
+    const got = have.concat(d.samples.filter((x) => x.at > lastAt)).slice(-SAMPLES_KEPT);
+    if (got.length) {
+      state.samples.set(id, got);
+      state.sinceOf.set(id, Math.max(state.sinceOf.get(id) || 0, got[got.length - 1].at));
+    }
   } catch (e) {
     if (e.status === 404 && state.selected === id) state.detail = null; // evicted meanwhile
   }
@@ -524,9 +539,10 @@ function samplesSoon() {
 }
 
 // Two requests at most: rows seen before (only what is newer than the oldest of them knows)
-// and rows new on screen (their whole ring).
+// and rows new on screen (their whole ring). The selected instance counts as on screen.
 async function fetchSamples() {
   const ids = state.visible.slice(0, 200);
+  if (state.selected && state.detail && !ids.includes(state.selected)) ids.push(state.selected);
   if (!ids.length) return;
   const known = ids.filter((id) => state.sinceOf.has(id));
   const fresh = ids.filter((id) => !state.sinceOf.has(id));
@@ -674,4 +690,3 @@ readUrl();
 load();
 setInterval(fetchSamples, SAMPLES_MS);
 setInterval(() => { loadSummary().catch(unreachable); }, SUMMARY_MS);
-setInterval(() => { if (state.selected) loadDetail(state.selected); }, DETAIL_MS);

@@ -593,7 +593,7 @@ mod tests {
     fn remote_record(instance: &str) -> InstanceRecord {
         let (mut other, _) = state();
         other.register(registration(instance), 1000, None, None, "v1", serde_json::json!({}));
-        other.instances[&format!("g/{instance}")].record.clone()
+        InstanceRecord::clone(&other.instances[&format!("g/{instance}")].record)
     }
 
     #[test]

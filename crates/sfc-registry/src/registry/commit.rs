@@ -31,6 +31,11 @@ use crate::store::Store;
 
 /// Most transitions written in one store transaction.
 const MAX_BATCH: usize = 4096;
+/// Most bytes (estimated, [`super::session::event_size`]) of events in one store
+/// transaction: each event carries its record (up to ~340 KiB), and SQLite's WAL grows by a
+/// whole transaction before it is checkpointed, so a flood of large records is written in
+/// transactions of this size rather than one of gigabytes.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 enum Item {
     /// Write, then broadcast.
@@ -111,10 +116,18 @@ impl Backlog {
 fn run(rx: mpsc::Receiver<Item>, state: Weak<super::Shared>, store: Arc<dyn Store>, keep: usize, mut failing: bool) {
     let mut backlog = Backlog::default();
     while let Ok(first) = rx.recv() {
+        let size = |item: &Item| match item {
+            Item::Write(ev) => super::session::event_size(ev),
+            _ => 0,
+        };
+        let mut bytes = size(&first);
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(item) => batch.push(item),
+                Ok(item) => {
+                    bytes += size(&item);
+                    batch.push(item);
+                }
                 Err(_) => break,
             }
         }

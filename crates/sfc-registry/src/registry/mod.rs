@@ -114,6 +114,9 @@ pub struct Admission {
     /// Whether documents of the original module's wire format are accepted at all
     /// (`--legacy on|off`).
     pub legacy: bool,
+    /// Bytes of event history the store keeps on disk, besides its count (the in-memory
+    /// history's `event_history`) and `history_retention` (`--max-history-bytes`).
+    pub max_history_bytes: u64,
 }
 
 impl Default for Admission {
@@ -125,6 +128,7 @@ impl Default for Admission {
             max_legacy_instances: 10_000,
             max_legacy_group_instances: 1_000,
             legacy: true,
+            max_history_bytes: state::HISTORY_BYTES as u64,
         }
     }
 }
@@ -261,6 +265,7 @@ impl Registry {
         let (events_tx, _) = broadcast::channel(4096);
         let (reports_tx, _) = broadcast::channel(16384);
         let mut state = State::new(config.event_history.max(1), events_tx.clone(), reports_tx.clone(), config.store.clone());
+        state.set_history_bytes(usize::try_from(config.admission.max_history_bytes).unwrap_or(usize::MAX));
         Registry {
             shared: Arc::new_cyclic(|shared| {
                 // Group commit (commit.rs): a writer thread writes transitions in batches.
@@ -314,18 +319,41 @@ impl Registry {
         }
     }
 
-    /// Records matching `filter`, sorted by id.
-    pub fn query(&self, filter: &Filter) -> Vec<InstanceRecord> {
-        self.state().query(filter)
+    /// Records matching `filter`, sorted by id. Shared, not copied: the state lock is held
+    /// only to pick them, and they are sorted (and serialized) after it is released.
+    pub fn query(&self, filter: &Filter) -> Vec<Arc<InstanceRecord>> {
+        let mut records = self.state().query(filter);
+        state::sort_by_id(&mut records);
+        records
     }
 
     /// Records grouped by group (the original module's `getServiceFleetStatus` shape).
-    pub fn fleet(&self, filter: &Filter) -> BTreeMap<String, Vec<InstanceRecord>> {
-        self.state().fleet(filter)
+    pub fn fleet(&self, filter: &Filter) -> BTreeMap<String, Vec<Arc<InstanceRecord>>> {
+        let records = self.state().query(filter);
+        state::by_group(records)
     }
 
-    pub fn get(&self, id: &str) -> Option<InstanceRecord> {
-        self.state().instances.get(id).map(|i| i.record.clone())
+    /// The current record of `id`, shared (no copy is made under the lock). Per-report
+    /// watchers, protocol sessions and SSE streams alike, take the record they deliver with
+    /// each (thin) report event from here.
+    pub fn current_record(&self, id: &str) -> Option<Arc<InstanceRecord>> {
+        self.state().record(id)
+    }
+
+    /// Same as [`Registry::current_record`].
+    pub fn get(&self, id: &str) -> Option<Arc<InstanceRecord>> {
+        self.current_record(id)
+    }
+
+    /// How many records the registry holds.
+    pub fn instance_count(&self) -> usize {
+        self.state().instances.len()
+    }
+
+    /// How many records the registry holds, and how many of them are online.
+    pub fn counts(&self) -> (usize, usize) {
+        let st = self.state();
+        (st.instances.len(), st.instances.values().filter(|i| i.record.status == Status::Online).count())
     }
 
     /// Recent samples of one instance, oldest first.
@@ -552,7 +580,12 @@ impl Registry {
         }
         let n = dirty.len();
         let started = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || store.snapshot(&dirty)).await {
+        // Copied for the store here, off the state lock.
+        let write = move || {
+            let records: Vec<InstanceRecord> = dirty.iter().map(|r| InstanceRecord::clone(r)).collect();
+            store.snapshot(&records)
+        };
+        match tokio::task::spawn_blocking(write).await {
             Ok(Ok(())) => tracing::debug!(target: "sfc::store", records = n, ms = started.elapsed().as_millis() as u64,
                 "metric snapshot written"),
             Ok(Err(e)) => tracing::warn!(target: "sfc::store", error = %e, "metric snapshot failed"),

@@ -132,36 +132,6 @@ impl Policy {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grants_from_uris_and_subjects() {
-        let p = Policy::parse(r#"{"identities":[{"subject":"CN=ops","role":"admin"},
-            {"subject":"CN=b","role":"service","groups":["billing"]}]}"#).unwrap();
-        let g = p.grant(Some("CN=x"), &["sfc://group/orders".into()]);
-        assert!(g.may_register("orders") && !g.may_register("billing") && g.may_observe() && !g.is_admin());
-        assert!(p.grant(Some("CN=ops"), &[]).is_admin());
-        assert!(p.grant(Some("CN=b"), &[]).may_register("billing"));
-        let obs = p.grant(Some("CN=o"), &["sfc://observer".into()]);
-        assert!(obs.may_observe() && !obs.may_register("orders"));
-        let nobody = p.grant(None, &[]);
-        assert!(!nobody.may_observe());
-        assert!(!p.grant(Some("CN=unknown"), &[]).may_observe());
-    }
-
-    #[test]
-    fn bad_policies_say_what_is_wrong() {
-        let e = Policy::parse(r#"{"identities":[{"subject":"CN=b","role":"service"}]}"#).unwrap_err().to_string();
-        assert!(e.contains("CN=b") && e.contains("no groups"), "{e}");
-        let e = Policy::parse(r#"{"identities":[{"subject":"CN=b","role":"king"}]}"#).unwrap_err().to_string();
-        assert!(e.contains("king"), "{e}");
-        let e = Policy::parse(r#"{"identitees":[]}"#).unwrap_err().to_string();
-        assert!(e.contains("identitees"), "{e}");
-    }
-}
-
 /// Record quotas (`--max-instances`, `--max-group-instances`, and the tighter caps on legacy
 /// records, which anonymous writers make): whether the state may take one more identity
 /// `id` in `group`. An identity it already holds always passes (updates and reconnects are
@@ -211,4 +181,34 @@ pub(crate) fn check_quota(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_from_uris_and_subjects() {
+        let p = Policy::parse(r#"{"identities":[{"subject":"CN=ops","role":"admin"},
+            {"subject":"CN=b","role":"service","groups":["billing"]}]}"#).unwrap();
+        let g = p.grant(Some("CN=x"), &["sfc://group/orders".into()]);
+        assert!(g.may_register("orders") && !g.may_register("billing") && g.may_observe() && !g.is_admin());
+        assert!(p.grant(Some("CN=ops"), &[]).is_admin());
+        assert!(p.grant(Some("CN=b"), &[]).may_register("billing"));
+        let obs = p.grant(Some("CN=o"), &["sfc://observer".into()]);
+        assert!(obs.may_observe() && !obs.may_register("orders"));
+        let nobody = p.grant(None, &[]);
+        assert!(!nobody.may_observe());
+        assert!(!p.grant(Some("CN=unknown"), &[]).may_observe());
+    }
+
+    #[test]
+    fn bad_policies_say_what_is_wrong() {
+        let e = Policy::parse(r#"{"identities":[{"subject":"CN=b","role":"service"}]}"#).unwrap_err().to_string();
+        assert!(e.contains("CN=b") && e.contains("no groups"), "{e}");
+        let e = Policy::parse(r#"{"identities":[{"subject":"CN=b","role":"king"}]}"#).unwrap_err().to_string();
+        assert!(e.contains("king"), "{e}");
+        let e = Policy::parse(r#"{"identitees":[]}"#).unwrap_err().to_string();
+        assert!(e.contains("identitees"), "{e}");
+    }
 }

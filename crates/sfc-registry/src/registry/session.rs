@@ -893,6 +893,7 @@ impl Session {
                     let st = self.reg.state();
                     (st.query(&q.filter), st.cursor(), st.barrier())
                 };
+                let instances = answer(instances);
                 // Answered once what it shows is committed (group commit).
                 if let Some(b) = barrier {
                     let _ = b.await;
@@ -921,6 +922,7 @@ impl Session {
                     };
                     (st.query(&w.filter), st.cursor(), replay, st.barrier())
                 };
+                let instances = answer(instances);
                 // Answered once what it shows is committed (group commit); the transitions
                 // it already shows and that come after `cursor` follow as events.
                 if let Some(b) = barrier {
@@ -979,18 +981,26 @@ impl Session {
                     if !wanted {
                         return;
                     }
-                    let record = self.reg.state().instances.get(&ev.id).map(|i| Box::new(i.record.clone()));
-                    let Some(record) = record else { return };
-                    Arc::new(Event { instance: Some(record), ..(*ev).clone() })
+                    // Shared under the lock; the frame's copy is made here, off it.
+                    let Some(record) = self.reg.current_record(&ev.id) else { return };
+                    Arc::new(Event { instance: Some(Box::new(InstanceRecord::clone(&record))), ..(*ev).clone() })
                 } else {
                     ev
                 };
-                let msgs: Vec<Message> = self
+                let ids: Vec<u64> = self
                     .watches
                     .iter()
                     .filter(|w| (if reports { w.reports } else { ev.seq > w.after }) && matches_event(&w.filter, &ev))
-                    .map(|w| Message::Event(crate::protocol::EventMessage { watch: w.id, event: (*ev).clone() }))
+                    .map(|w| w.id)
                     .collect();
+                let event = |watch, event| Message::Event(crate::protocol::EventMessage { watch, event });
+                let mut msgs = Vec::with_capacity(ids.len());
+                if let Some((&last, rest)) = ids.split_last() {
+                    msgs.extend(rest.iter().map(|&w| event(w, (*ev).clone())));
+                    // The last watch takes the event itself when nobody else holds it (a
+                    // report event filled in above): no second copy of the record.
+                    msgs.push(event(last, Arc::unwrap_or_clone(ev)));
+                }
                 for msg in msgs {
                     self.send(msg).await;
                 }
@@ -1006,6 +1016,13 @@ impl Session {
             }
         }
     }
+}
+
+/// A query's records for a result frame: sorted by id and copied, after the state lock is
+/// released.
+fn answer(mut records: Vec<Arc<InstanceRecord>>) -> Vec<InstanceRecord> {
+    super::state::sort_by_id(&mut records);
+    records.into_iter().map(Arc::unwrap_or_clone).collect()
 }
 
 /// Event filters match the record carried by the event; `evicted` events carry none and match
@@ -1180,5 +1197,55 @@ pub(crate) mod lateness {
         let resumed = (*RESUMED.lock().unwrap_or_else(|e| e.into_inner()))?;
         let fresh = resumed + window;
         (fresh > now && fresh > deadline).then_some(fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::model::{EventKind, Filter};
+    use crate::registry::{bind, serve, Registry, RegistryConfig};
+
+    /// Two report watches in one session each get every report with the instance's current
+    /// record, taken shared from the registry and copied into the frame off the lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn report_watches_get_each_report_with_the_current_record() {
+        let reg = Registry::new(RegistryConfig::default());
+        let (listener, addr) = bind("127.0.0.1:0").await.expect("bind");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(reg.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        let client = |b: sfc_client::ClientBuilder| {
+            b.ignore_env().registry(addr.to_string()).insecure_plaintext(true).start().expect("client")
+        };
+        let obs = client(sfc_client::ClientBuilder::observer());
+        let mut first = obs.watch(Filter::group("g"), true).expect("watch");
+        let mut second = obs.watch(Filter::group("g"), true).expect("watch");
+        // The query's answer comes after both watches are in place (frames are handled in order).
+        obs.query(Filter::default()).await.expect("query");
+        let svc = client(sfc_client::Client::builder().group("g").instance_id("a").service("svc").interval(Duration::from_millis(100)));
+        svc.set_gauge("mark", 7.0).expect("gauge");
+        for w in [&mut first, &mut second] {
+            let found = tokio::time::timeout(Duration::from_secs(20), async {
+                while let Some(ev) = w.next().await {
+                    if ev.kind != EventKind::Report {
+                        continue;
+                    }
+                    let r = ev.instance.expect("a report event carries the record");
+                    assert_eq!((r.id.as_str(), ev.id.as_str()), ("g/a", "g/a"));
+                    if r.metrics.custom.get("mark") == Some(&7.0) {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            assert_eq!(found, Ok(true), "a report with the gauge reached the watch");
+        }
+        let _ = svc.stop().await;
+        let _ = stop.send(());
+        let _ = server.await;
     }
 }

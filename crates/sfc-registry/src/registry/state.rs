@@ -67,7 +67,10 @@ pub const HISTORY_BYTES: usize = 256 * 1024 * 1024;
 pub const SAMPLES_KEPT: usize = 120;
 
 pub struct Instance {
-    pub record: InstanceRecord,
+    /// Shared with queries, `/metrics` and per-report watchers: they take an `Arc` clone
+    /// under the lock and read or serialize it after releasing it. Changes go through
+    /// `Arc::make_mut`, which copies the record only while a reader still holds the old one.
+    pub record: Arc<InstanceRecord>,
     pub session: Option<SessionRef>,
     /// For instances with no session (legacy instances, and online instances loaded at
     /// start that have not reconnected yet): when they go offline, and with which reason.
@@ -85,7 +88,7 @@ pub struct Instance {
 }
 
 impl Instance {
-    fn new(record: InstanceRecord, session: Option<SessionRef>) -> Self {
+    fn new(record: Arc<InstanceRecord>, session: Option<SessionRef>) -> Self {
         Instance {
             record,
             session,
@@ -112,8 +115,9 @@ pub struct State {
     history: VecDeque<Arc<Event>>,
     history_cap: usize,
     /// What the history holds, estimated (`session::event_size`); kept under
-    /// [`HISTORY_BYTES`] as well as `history_cap` events.
+    /// `history_bytes_cap` (`--max-history-bytes`) as well as `history_cap` events.
     history_bytes: usize,
+    history_bytes_cap: usize,
     next_seq: u64,
     pending: HashMap<u64, PendingCommand>,
     events_tx: broadcast::Sender<Arc<Event>>,
@@ -150,6 +154,7 @@ impl State {
             history: VecDeque::with_capacity(history_cap.min(4096)),
             history_cap,
             history_bytes: 0,
+            history_bytes_cap: HISTORY_BYTES,
             next_seq: 1,
             pending: HashMap::new(),
             events_tx,
@@ -161,6 +166,11 @@ impl State {
             writer: None,
             published_seq: 0,
         }
+    }
+
+    /// The history's byte budget (`--max-history-bytes`; [`HISTORY_BYTES`] by default).
+    pub(crate) fn set_history_bytes(&mut self, bytes: usize) {
+        self.history_bytes_cap = bytes.max(1);
     }
 
     /// Hands transitions to the group commit's writer thread from now on.
@@ -188,7 +198,7 @@ impl State {
         let now = tokio::time::Instant::now();
         let mut held = Vec::new();
         for r in snap.instances {
-            let mut inst = Instance::new(r, None);
+            let mut inst = Instance::new(Arc::new(r), None);
             if inst.record.status == Status::Online {
                 inst.deadline = Some((now + hold(inst.record.interval_ms), OfflineReason::RegistryRestart));
                 held.push(inst.record.id.clone());
@@ -259,14 +269,15 @@ impl State {
         self.remote_seqs.retain(|s| *s >= upto);
         for ev in missed {
             let rec = self.instances.get(&ev.id).map(|i| i.record.clone());
-            self.store.transition(&ev, rec.as_ref())?;
+            self.store.transition(&ev, rec.as_deref())?;
             self.persisted_seq = ev.seq;
         }
         Ok(())
     }
 
-    /// Records reported since the last snapshot; clears their flag.
-    pub fn take_dirty(&mut self) -> Vec<InstanceRecord> {
+    /// Records reported since the last snapshot; clears their flag. Shared, not copied: the
+    /// caller copies them for the store after releasing the lock.
+    pub fn take_dirty(&mut self) -> Vec<Arc<InstanceRecord>> {
         self.instances
             .values_mut()
             .filter_map(|i| std::mem::take(&mut i.dirty).then(|| i.record.clone()))
@@ -301,7 +312,7 @@ impl State {
             Some(i) => (
                 i.record.group.clone(),
                 i.record.service.clone(),
-                (kind != EventKind::Evicted).then(|| Box::new(i.record.clone())),
+                (kind != EventKind::Evicted).then(|| Box::new(InstanceRecord::clone(&i.record))),
             ),
             None => {
                 let (g, _) = id.split_once('/').unwrap_or((id, ""));
@@ -331,12 +342,12 @@ impl State {
     }
 
     /// Appends to the in-memory history, dropping the oldest events beyond `history_cap`
-    /// events or [`HISTORY_BYTES`] bytes (the newest is always kept). A watcher resuming
+    /// events or `history_bytes_cap` bytes (the newest is always kept). A watcher resuming
     /// from further back is told it lagged and takes a snapshot.
     fn keep_in_history(&mut self, ev: Arc<Event>) {
         self.history_bytes += super::session::event_size(&ev);
         self.history.push_back(ev);
-        while self.history.len() > 1 && (self.history.len() > self.history_cap || self.history_bytes > HISTORY_BYTES) {
+        while self.history.len() > 1 && (self.history.len() > self.history_cap || self.history_bytes > self.history_bytes_cap) {
             if let Some(old) = self.history.pop_front() {
                 self.history_bytes = self.history_bytes.saturating_sub(super::session::event_size(&old));
             }
@@ -349,23 +360,15 @@ impl State {
         self.history.iter().skip(start).take(limit).cloned().collect()
     }
 
-    pub fn query(&self, filter: &Filter) -> Vec<InstanceRecord> {
-        let mut v: Vec<InstanceRecord> = self
-            .instances
-            .values()
-            .filter(|i| filter.matches(&i.record))
-            .map(|i| i.record.clone())
-            .collect();
-        v.sort_by(|a, b| a.id.cmp(&b.id));
-        v
+    /// Records matching `filter`, unsorted: shared, not copied, so the lock is held only
+    /// for the walk. [`sort_by_id`] and [`by_group`] order them once the lock is released.
+    pub fn query(&self, filter: &Filter) -> Vec<Arc<InstanceRecord>> {
+        self.instances.values().filter(|i| filter.matches(&i.record)).map(|i| i.record.clone()).collect()
     }
 
-    pub fn fleet(&self, filter: &Filter) -> BTreeMap<String, Vec<InstanceRecord>> {
-        let mut out: BTreeMap<String, Vec<InstanceRecord>> = BTreeMap::new();
-        for r in self.query(filter) {
-            out.entry(r.group.clone()).or_default().push(r);
-        }
-        out
+    /// The current record of `id`, shared.
+    pub fn record(&self, id: &str) -> Option<Arc<InstanceRecord>> {
+        self.instances.get(id).map(|i| i.record.clone())
     }
 
     /// Registers (or re-registers) an identity for a session or a legacy report.
@@ -393,7 +396,7 @@ impl State {
                 // `--store etcd`: a client that failed over from another registry; this one
                 // owns it now, and says so (the event writes the record under its lease).
                 let taken_over = inst.remote.take().is_some();
-                let r = &mut inst.record;
+                let r = Arc::make_mut(&mut inst.record);
                 r.service = reg.service;
                 r.hostname = reg.hostname;
                 r.pid = reg.pid;
@@ -445,7 +448,7 @@ impl State {
                     clock_skew_ms: None,
                     status_since: now,
                 };
-                self.instances.insert(id.clone(), Instance::new(record, session));
+                self.instances.insert(id.clone(), Instance::new(Arc::new(record), session));
                 (Some(EventKind::Joined), None)
             }
         };
@@ -465,7 +468,7 @@ impl State {
             return false;
         }
         let now = now_ms();
-        let r = &mut inst.record;
+        let r = Arc::make_mut(&mut inst.record);
         r.last_report_at = Some(now);
         // Saturating: a client clock past i64::MAX ms must not overflow (fuzz regression,
         // fuzz/corpus/message_decode/regress-sent-at-2pow63.json).
@@ -503,8 +506,8 @@ impl State {
                     group: inst.record.group.clone(),
                     service: inst.record.service.clone(),
                     // Thin: the broadcast ring keeps 16,384 of these whoever reads them, so
-                    // it holds no record; each watcher fills in the current one as it
-                    // delivers (session.rs, http/api.rs). Budget: RELIABILITY.md "Budgets".
+                    // it holds no record; each watcher takes the current one, shared, as it
+                    // delivers (`Registry::current_record`). Budget: RELIABILITY.md "Budgets".
                     instance: None,
                     detail: serde_json::Value::Null,
                 });
@@ -525,9 +528,10 @@ impl State {
         if inst.record.status != Status::Online {
             return;
         }
-        inst.record.status = Status::Offline;
-        inst.record.offline_reason = Some(reason);
-        inst.record.status_since = now_ms();
+        let r = Arc::make_mut(&mut inst.record);
+        r.status = Status::Offline;
+        r.offline_reason = Some(reason);
+        r.status_since = now_ms();
         self.fail_pending_for(id, "instance went offline before answering");
         self.emit(EventKind::Offline, id, serde_json::json!({ "reason": reason }));
     }
@@ -539,9 +543,10 @@ impl State {
             return;
         }
         inst.session = None;
-        inst.record.status = Status::Left;
-        inst.record.offline_reason = None;
-        inst.record.status_since = now_ms();
+        let r = Arc::make_mut(&mut inst.record);
+        r.status = Status::Left;
+        r.offline_reason = None;
+        r.status_since = now_ms();
         self.fail_pending_for(id, "instance left before answering");
         self.emit(EventKind::Left, id, serde_json::json!({ "reason": reason }));
     }
@@ -646,6 +651,7 @@ impl State {
     ) -> Option<SessionRef> {
         let id = record.id.clone();
         let is_new = !self.instances.contains_key(&id);
+        let record = Arc::new(record);
         let inst = self.instances.entry(id.clone()).or_insert_with(|| Instance::new(record.clone(), None));
         let superseded = inst.session.take();
         inst.deadline = None;
@@ -695,10 +701,8 @@ impl State {
                         id: id.clone(),
                         group: inst.record.group.clone(),
                         service: inst.record.service.clone(),
-                        // Thin: the broadcast ring keeps 16,384 of these whoever reads them, so
-                    // it holds no record; each watcher fills in the current one as it
-                    // delivers (session.rs, http/api.rs). Budget: RELIABILITY.md "Budgets".
-                    instance: None,
+                        // Thin, as in `apply_report`.
+                        instance: None,
                         detail: serde_json::Value::Null,
                     }));
                 }
@@ -727,7 +731,7 @@ impl State {
     }
 
     /// Records this registry owns.
-    pub fn local_records(&self) -> Vec<InstanceRecord> {
+    pub fn local_records(&self) -> Vec<Arc<InstanceRecord>> {
         self.instances.values().filter(|i| i.remote.is_none()).map(|i| i.record.clone()).collect()
     }
 
@@ -751,5 +755,70 @@ impl State {
                 let _ = p.reply.send(Err(why.to_string()));
             }
         }
+    }
+}
+
+/// Sorts records by id (the order every query answers in), once the lock is released.
+pub fn sort_by_id(records: &mut [Arc<InstanceRecord>]) {
+    records.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+}
+
+/// Records by group, each group's sorted by id (the original module's
+/// `getServiceFleetStatus` shape).
+pub fn by_group(mut records: Vec<Arc<InstanceRecord>>) -> BTreeMap<String, Vec<Arc<InstanceRecord>>> {
+    sort_by_id(&mut records);
+    let mut out: BTreeMap<String, Vec<Arc<InstanceRecord>>> = BTreeMap::new();
+    for r in records {
+        match out.get_mut(&r.group) {
+            Some(v) => v.push(r),
+            None => {
+                out.insert(r.group.clone(), vec![r]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        let (events, _) = broadcast::channel(16);
+        let (reports, _) = broadcast::channel(16);
+        State::new(100, events, reports, Arc::new(crate::store::MemoryStore))
+    }
+
+    fn report(cpu: f64) -> Report {
+        let mut metrics = crate::model::Metrics::default();
+        metrics.process.cpu_percent = Some(cpu);
+        Report { seq: 1, sent_at: None, health: None, health_note: None, metrics }
+    }
+
+    /// Queries and per-report watchers share the record instead of copying it; a reader that
+    /// still holds one keeps what it took, and the next report makes a new one.
+    #[test]
+    fn readers_share_records_and_keep_what_they_took() {
+        let mut st = state();
+        let reg: Registration =
+            serde_json::from_value(serde_json::json!({ "group": "g", "instance_id": "a", "service": "svc" })).unwrap();
+        st.register(reg, 1000, None, None, "v1", serde_json::Value::Null);
+        st.apply_report("g/a", None, report(1.0));
+        let taken = st.query(&Filter::default());
+        assert_eq!(taken.len(), 1);
+        let current = st.record("g/a").expect("g/a");
+        assert!(Arc::ptr_eq(&taken[0], &current), "a query copied the record");
+        drop(current);
+        st.apply_report("g/a", None, report(2.0));
+        assert_eq!(taken[0].metrics.process.cpu_percent, Some(1.0));
+        let now = st.record("g/a").expect("g/a");
+        assert_eq!(now.metrics.process.cpu_percent, Some(2.0));
+        assert!(!Arc::ptr_eq(&taken[0], &now));
+        // Nobody else holds it: the next report changes it in place.
+        let at = Arc::as_ptr(&now);
+        drop((now, taken));
+        st.apply_report("g/a", None, report(3.0));
+        let last = st.record("g/a").expect("g/a");
+        assert_eq!((Arc::as_ptr(&last), last.metrics.process.cpu_percent), (at, Some(3.0)));
     }
 }

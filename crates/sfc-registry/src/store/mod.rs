@@ -1,7 +1,9 @@
 //! Durable registry state. One interface, chosen with `--store`:
-//! - `sqlite` (default): `<data-dir>/registry.db`, instance records and the event history;
+//! - `sqlite` (default): `<data-dir>/registry.db`, instance records and the event history
+//!   (the newest events within a [`HistoryBudget`] of count and bytes, and `--history-retention`);
 //! - `memory`: nothing survives a restart;
-//! - `etcd` (feature `etcd`): several registries share one fleet; see [`etcd`].
+//! - `etcd` (feature `etcd`): several registries share one fleet; see [`etcd`]. It keeps no
+//!   event history (each registry's is in memory) and compacts etcd's key history each minute.
 //!
 //! The registry calls [`Store::transition`] for every state transition *before* it broadcasts
 //! it, so whatever a watcher or an operator has seen is on disk. Metric snapshots are written
@@ -18,6 +20,22 @@ pub use sqlite::SqliteStore;
 
 use crate::error::{Error, Result};
 use crate::model::{Event, InstanceRecord};
+
+/// How much event history a store keeps on disk (RELIABILITY.md "Budgets"): the newest
+/// events within `events` and within `bytes` (each event's stored JSON), the newest one always.
+/// The same bounds as the in-memory history (10,000 events, 256 MiB), so a restart finds what
+/// the registry held; `--max-history-bytes` sets `bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryBudget {
+    pub events: usize,
+    pub bytes: u64,
+}
+
+impl Default for HistoryBudget {
+    fn default() -> Self {
+        HistoryBudget { events: 10_000, bytes: crate::registry::state::HISTORY_BYTES as u64 }
+    }
+}
 
 /// What a store hands back at start.
 #[derive(Debug, Default)]
@@ -54,7 +72,8 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Writes the latest state of these records, in one batch.
     fn snapshot(&self, records: &[InstanceRecord]) -> Result<()>;
-    /// Deletes history events older than `before_ms` (Unix ms); returns how many.
+    /// Deletes history events older than `before_ms` (Unix ms), and the oldest beyond the
+    /// store's [`HistoryBudget`]; returns how many.
     fn prune_events(&self, before_ms: u64) -> Result<usize>;
     /// False while the store could not be opened (the registry then serves from memory).
     fn available(&self) -> bool {
@@ -94,11 +113,11 @@ impl Store for MemoryStore {
     }
 }
 
-/// Opens the store named by `--store`.
-pub fn open(kind: &str, data_dir: &Path) -> Result<Arc<dyn Store>> {
+/// Opens the store named by `--store`; `budget` bounds the history it keeps.
+pub fn open(kind: &str, data_dir: &Path, budget: HistoryBudget) -> Result<Arc<dyn Store>> {
     match kind {
         "memory" => Ok(Arc::new(MemoryStore)),
-        "sqlite" => Ok(Arc::new(SqliteStore::open_or_wait(&data_dir.join("registry.db")))),
+        "sqlite" => Ok(Arc::new(SqliteStore::open_or_wait(&data_dir.join("registry.db"), budget))),
         other => Err(Error::invalid("--store", format!("{other:?} is not a store (expected sqlite or memory)"))),
     }
 }

@@ -83,9 +83,14 @@ pub struct RegistryArgs {
     /// How often metric snapshots are written to the store (never once per report).
     #[arg(long, env = "SFC_SNAPSHOT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub snapshot_interval: Duration,
-    /// How long the event history is kept in the store.
+    /// How long the event history is kept in the store (it also keeps at most 10,000 events
+    /// and --max-history-bytes).
     #[arg(long, env = "SFC_HISTORY_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub history_retention: Duration,
+    /// Bytes of event history the store keeps on disk (each event with its record); the
+    /// oldest events beyond it are deleted. Default 256 MiB, as the history held in memory.
+    #[arg(long, env = "SFC_MAX_HISTORY_BYTES", default_value_t = 256 * 1024 * 1024, value_name = "BYTES")]
+    pub max_history_bytes: u64,
     /// Address of the HTTP API, /metrics and the dashboard (default 127.0.0.1:7481), or `off`.
     /// When the default address is taken, the registry runs without HTTP and says so.
     #[arg(long, env = "SFC_HTTP_LISTEN", value_name = "ADDR")]
@@ -181,6 +186,7 @@ impl From<RegistryArgs> for RegistryOptions {
                 max_legacy_instances: a.max_legacy_instances,
                 max_legacy_group_instances: a.max_legacy_group_instances,
                 legacy: a.legacy,
+                max_history_bytes: a.max_history_bytes,
             },
         }
     }

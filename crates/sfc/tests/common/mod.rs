@@ -672,3 +672,26 @@ pub fn sfc_ok(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An HTTP client for the registry's API: statuses are answers, not errors; no proxy; 20 s.
+pub fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .new_agent()
+}
+
+/// A GET with extra request headers: (status, headers, raw body bytes, up to 64 MiB).
+pub fn get_raw(url: &str, headers: &[(&str, &str)]) -> (u16, ureq::http::HeaderMap, Vec<u8>) {
+    let mut req = http_agent().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut r = req.call().expect("http request");
+    let status = r.status().as_u16();
+    let head = r.headers().clone();
+    let body = r.body_mut().with_config().limit(64 << 20).read_to_vec().expect("body");
+    (status, head, body)
+}
