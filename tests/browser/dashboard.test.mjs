@@ -296,3 +296,46 @@ test('dashboard shows what instances report as text, never as markup', async () 
   assert.equal(await page.evaluate(() => window.pwned), undefined);
   assert.deepEqual(errors, [], 'the page threw');
 });
+
+test('the instance view follows the watch: a health change shows, the record is read once', async () => {
+  const errors = [];
+  const onError = (e) => errors.push(e.message);
+  page.on('pageerror', onError);
+  const asked = []; // path and query of every request the page makes
+  const onRequest = (r) => { const u = new URL(r.url()); asked.push(u.pathname + u.search); };
+  page.on('request', onRequest);
+  const h1 = await fleetRawService(registry.protocol, join(dataDir, 'tls', 'ca.pem'),
+    { group: 'live', instanceId: 'h1', hostname: 'host-h1', health: 'passing' });
+  const detailAsks = () => asked.filter((p) => p.startsWith('/v1/instances/live/h1')).length;
+  const samplesAsks = () => asked.filter((p) => p.startsWith('/v1/samples?') && p.includes('live%2Fh1')).length;
+
+  // A linked instance view: the record is read once.
+  await page.goto(`http://${httpAddr}/?instance=live%2Fh1`);
+  await page.locator('#detail-title', { hasText: 'live/h1' }).waitFor();
+  await page.locator('#detail .badge.health-passing').waitFor();
+  await page.locator('#live.on').waitFor();
+  assert.equal(detailAsks(), 1, `the instance was read ${detailAsks()} times on load`);
+
+  // The health change comes by the watch stream.
+  h1.setHealth('critical', 'gone critical');
+  await page.locator('#detail .badge.health-critical', { hasText: 'gone critical' }).waitFor();
+  await page.locator('#detail-events li[data-kind="health-changed"]').waitFor();
+
+  // A window counted in the page's own ticks rather than in time: four more sample requests
+  // for the instance (one per 2 s tick, so 6 s or more, past the 5 s at which the page used to
+  // read the record again). The record is still read only once; the samples keep coming, each
+  // asking only for what is newer than what the page has.
+  const s0 = samplesAsks();
+  const deadline = Date.now() + STEP;
+  while (samplesAsks() < s0 + 4 && Date.now() < deadline) await sleep(100);
+  assert.ok(samplesAsks() >= s0 + 4, `the page asked for the instance's samples ${samplesAsks() - s0} times`);
+  const all = asked.filter((p) => p.startsWith('/v1/instances/live/h1') || p.includes('live%2Fh1'));
+  assert.equal(detailAsks(), 1, `the page polled the instance: ${JSON.stringify(all)}`);
+  const since = asked.filter((p) => p.startsWith('/v1/samples?') && p.includes('live%2Fh1')).slice(-4)
+    .map((p) => Number(new URLSearchParams(p.slice(p.indexOf('?'))).get('since')));
+  assert.ok(since.every((t) => t > 0), `sample requests that asked for the whole ring: ${since}`);
+
+  page.off('request', onRequest);
+  page.off('pageerror', onError);
+  assert.deepEqual(errors, [], 'the page threw');
+});

@@ -40,7 +40,8 @@ export function registryAddresses(child, step) {
 // A protocol-v1 service over TLS to `address` (host:port), trusting the CA in `caFile`
 // (PROTOCOL.md §3-§7: preamble, length-prefixed JSON frames, hello, then a report every 500 ms
 // with the given health and, if given, health note). Resolves once the registry sent its
-// welcome; `crash()` drops the connection without a leave (the registry marks it offline).
+// welcome; `crash()` drops the connection without a leave (the registry marks it offline);
+// `setHealth(health, note)` reports the new health at once and in every report after.
 export function rawService(address, caFile, { group, instanceId, hostname, health, note, tags, metadata }) {
   const at = address.lastIndexOf(':');
   const sock = tlsConnect({
@@ -53,14 +54,15 @@ export function rawService(address, caFile, { group, instanceId, hostname, healt
     head.writeUInt32BE(payload.length);
     sock.write(Buffer.concat([head, payload]));
   };
-  let timer = null;
+  let timer = null, seq = 0;
+  const report = () => send({ type: 'report', seq: ++seq, sent_at: Date.now(), health, health_note: note, metrics: {} });
   const client = {
     crash() { clearInterval(timer); sock.destroy(); },
+    setHealth(h, n) { health = h; note = n; report(); },
   };
   rawClients.push(client);
   return new Promise((ok, fail) => {
-    let buf = Buffer.alloc(0), preamble = false, seq = 0;
-    const report = () => send({ type: 'report', seq: ++seq, sent_at: Date.now(), health, health_note: note, metrics: {} });
+    let buf = Buffer.alloc(0), preamble = false;
     sock.on('error', fail);
     sock.on('close', () => { clearInterval(timer); fail(new Error(`${group}/${instanceId}: connection closed before welcome`)); });
     sock.on('data', (d) => {
