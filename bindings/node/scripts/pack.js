@@ -20,7 +20,8 @@
 // (`[workspace.package] version` in the root Cargo.toml): package.json's is checked, not
 // rewritten. The main package bundles its one runtime dependency (`debug`, and `ms` under it),
 // so that installing the two tarballs needs no registry. The packed platform package must stay
-// within its size budget (8 MB, see BENCHMARKS.md).
+// within its size budget (9 MB, see BENCHMARKS.md: 8 MB until the embedded Registry gained its
+// HTTP API and /metrics, which put it at 8.4 MB).
 'use strict'
 
 const { execFileSync } = require('node:child_process')
@@ -29,7 +30,7 @@ const path = require('node:path')
 
 const pkgDir = path.resolve(__dirname, '..')
 const repoRoot = path.resolve(pkgDir, '..', '..')
-const PLATFORM_BUDGET = 8 * 1000 * 1000
+const PLATFORM_BUDGET = 9 * 1000 * 1000
 
 const args = process.argv.slice(2)
 const outAt = args.indexOf('--out')
