@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::{BoxFuture, OptionFuture};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
@@ -34,12 +35,26 @@ const OBSERVER_INTERVAL: Duration = Duration::from_secs(10);
 /// Handles one accepted TCP connection until it ends.
 pub(crate) async fn run(reg: Registry, tcp: TcpStream, peer: SocketAddr, stop: broadcast::Receiver<()>) {
     let deadline = Instant::now() + reg.shared.config.handshake_timeout;
-    let Some((stream, who)) = accept_tls(&reg, tcp, peer, deadline).await else { return };
-    serve_stream(reg, stream, peer, who, deadline, stop).await;
+    // The handshake's state (rustls mid-handshake, hello, welcome: most of the 14 KiB this
+    // future took) lives in its own allocation, freed once the session starts: the task, which
+    // holds the connection for as long as it lasts, keeps only what the session loop needs
+    // (BENCHMARKS.md, "Memory per connected instance").
+    let opened = Box::pin(async {
+        let (stream, who) = accept_tls(&reg, tcp, peer, deadline).await?;
+        open_stream(&reg, stream, peer, who, deadline).await
+    })
+    .await;
+    let Some((Connection { reader, writer }, opened)) = opened else { return };
+    run_session(&reg, reader, writer, opened, peer, stop).await;
 }
 
 /// Answers a connection over `--max-connections` with an error frame, then closes it.
 pub(crate) async fn refuse(reg: Registry, tcp: TcpStream, peer: SocketAddr) {
+    // Boxed: the accept loop's task type is the larger of this and [`run`], so this stays small.
+    Box::pin(refuse_inner(reg, tcp, peer)).await
+}
+
+async fn refuse_inner(reg: Registry, tcp: TcpStream, peer: SocketAddr) {
     // The audit line for a flood: at most one a second, with the running count, so that a
     // flood of connections does not become a flood of log lines.
     let stats = &reg.shared.stats;
@@ -151,35 +166,33 @@ async fn send_preamble_and_close<S: AsyncWrite + Unpin>(
     w.shutdown().await
 }
 
-async fn serve_stream<S>(
-    reg: Registry,
+/// Everything before the session loop: the preamble (or a legacy document, served here), the
+/// handshake and welcome. Some: the connection, switched to the negotiated wire, and its session.
+async fn open_stream<S>(
+    reg: &Registry,
     mut stream: S,
     peer: SocketAddr,
     who: PeerIdentity,
     deadline: Instant,
-    stop: broadcast::Receiver<()>,
-) where
+) -> Option<(Connection<S>, Opened)>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let first = match sniff(&mut stream, peer, deadline).await {
-        Some(Sniffed::Legacy(byte)) => return serve_legacy(&reg, stream, byte, peer, who, deadline).await,
+        Some(Sniffed::Legacy(byte)) => {
+            serve_legacy(reg, stream, byte, peer, who, deadline).await;
+            return None;
+        }
         Some(Sniffed::V1(byte)) => byte,
-        None => return,
+        None => return None,
     };
-    let Some(version) = negotiate_version(&reg, &mut stream, first, peer, deadline).await else { return };
-    let Connection { mut reader, mut writer } = Connection::new(stream, reg.shared.config.max_frame);
-    let Some((hello, codec, interval)) = handshake(&reg, &mut reader, &mut writer, &who, peer, deadline).await else {
-        return;
-    };
-    let Some(opened) = open_session(&reg, &mut writer, hello, version, codec, interval, &who, peer).await else {
-        return;
-    };
+    let version = negotiate_version(reg, &mut stream, first, peer, deadline).await?;
+    let mut conn = Connection::new(stream, reg.shared.config.max_frame);
+    let (hello, codec, interval) = handshake(reg, &mut conn.reader, &mut conn.writer, &who, peer, deadline).await?;
+    let opened = open_session(reg, &mut conn.writer, hello, version, codec, interval, &who, peer).await?;
     // hello and welcome are JSON; every later frame uses what welcome announced.
-    reader.set_codec(codec);
-    reader.set_compression(opened.compression);
-    writer.set_codec(codec);
-    writer.set_compression(opened.compression);
-    run_session(&reg, reader, writer, opened, peer, stop).await;
+    conn.set_wire(codec, opened.compression);
+    Some((conn, opened))
 }
 
 /// What the first byte of a connection says it is.
@@ -505,23 +518,25 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let mut next = Some(first);
         // Batch whatever is already queued into one flush.
         while let Some(ob) = next.take() {
-            let res = match *ob {
+            // The message stays in its box (not moved into this future, which lives as long
+            // as the connection); the rare ends run in boxed futures for the same reason.
+            let res = match &*ob {
                 Outbound::Send(m) => {
-                    outq.sent(approx_size(&m));
-                    if let Message::Command(c) = &m {
+                    outq.sent(approx_size(m));
+                    if let Message::Command(c) = m {
                         commands_sent.sent(c.command_id);
                     }
                     tokio::select! {
                         biased;
                         _ = slow.cancelled() => break 'outer,
-                        r = writer.feed(&m) => r,
+                        r = writer.feed(m) => r,
                     }
                 }
                 Outbound::Close(m) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        let _ = writer.feed(&m).await;
+                    let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), async {
+                        let _ = writer.feed(m).await;
                         let _ = writer.shutdown().await;
-                    })
+                    }))
                     .await;
                     break 'outer;
                 }
@@ -550,10 +565,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             format!("this session fell behind: more than {} bytes queued for it (--max-outbound); closing", outq.budget),
             true,
         );
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), async move {
             writer.send(&msg).await?;
             writer.shutdown().await
-        })
+        }))
         .await;
     }
 }
@@ -749,6 +764,22 @@ impl RateLimit {
     }
 }
 
+/// A frame queued for the writer ([`Session::send`]): ready at once, or waiting for room.
+type Queued = OptionFuture<BoxFuture<'static, ()>>;
+
+/// What the session loop does next ([`Session::run`]).
+enum Step {
+    /// Wait, if need be, for room for a frame queued.
+    Queued(Queued),
+    /// Handle a frame (in a boxed future).
+    Handle(Box<Message>),
+    /// Pass an event (or a report) on to the session's watches.
+    Deliver(Result<Arc<Event>, broadcast::error::RecvError>, bool),
+    /// Wait for the closing frame to be queued, then end.
+    Close(Queued, End),
+    End(End),
+}
+
 async fn recv_opt(rx: &mut Option<broadcast::Receiver<Arc<Event>>>) -> Result<Arc<Event>, broadcast::error::RecvError> {
     match rx {
         Some(r) => r.recv().await,
@@ -767,65 +798,33 @@ impl Session {
         let sleep = tokio::time::sleep(liveness);
         tokio::pin!(sleep);
         loop {
+            // Each branch decides without awaiting, and what it decided is awaited below, out
+            // of the `select!`: a frame (a `Message`, ~500 bytes) is then never held across an
+            // await, and the future, which lives as long as the connection, stays small.
             // Biased, the liveness timer last: a session polled late (a busy registry) whose
             // frames already wait in the socket must read them, not time out in front of them.
-            tokio::select! {
+            let step = tokio::select! {
                 biased;
-                _ = stop.recv() => {
-                    self.close(Message::error(None, ErrorCode::ShuttingDown, "the registry is shutting down", true)).await;
-                    return End::Shutdown;
-                }
-                _ = writer_done.cancelled() => return End::Lost,
+                _ = stop.recv() => Step::Close(
+                    self.close(Message::error(None, ErrorCode::ShuttingDown, "the registry is shutting down", true)),
+                    End::Shutdown,
+                ),
+                _ = writer_done.cancelled() => Step::End(End::Lost),
                 m = reader.next() => match m {
-                    None | Some(Err(ReadError::Io(_))) => return End::Lost,
+                    None | Some(Err(ReadError::Io(_))) => Step::End(End::Lost),
                     Some(Err(ReadError::Protocol(e))) => {
                         self.reg.shared.stats.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(target: "sfc::registry", session = self.id, error = %e, "protocol error: closing");
-                        self.close(Message::error(None, e.code, e.message, true)).await;
-                        return End::Lost;
+                        Step::Close(self.close(Message::error(None, e.code, e.message, true)), End::Lost)
                     }
                     Some(Ok(msg)) => {
                         let now = Instant::now();
                         sleep.as_mut().reset(now + liveness);
-                        // Leave and command results always pass: they end work, not add it.
-                        // Leave always passes, and one command result per command sent: they
-                        // end work rather than add it. Results beyond that (answers to nothing)
-                        // are traffic like any other.
-                        let exempt = match &msg {
-                            Message::Leave(_) => true,
-                            Message::CommandResult(r) => self.commands_sent.answered(r.command_id),
-                            _ => false,
-                        };
-                        if !exempt && !self.limit.allow(now) {
-                            self.reg.shared.stats.rate_limited_total.fetch_add(1, Ordering::Relaxed);
-                            if let Some(n) = self.limit.warning(now) {
-                                tracing::warn!(target: "sfc::audit", session = self.id, instance = ?self.instance, dropped = n, "rate limited");
-                                self.error(None, ErrorCode::RateLimited, format!(
-                                    "more than {} frames/s: {} {} dropped (the first was a {})",
-                                    self.limit.rate, n, if n == 1 { "frame" } else { "frames" }, msg.name())).await;
-                            }
-                            continue;
-                        }
-                        if let Some(end) = self.handle(msg).await {
-                            return end;
-                        }
-                        if self.slow {
-                            return End::SlowConsumer;
-                        }
+                        self.frame(msg, now)
                     }
                 },
-                ev = recv_opt(&mut self.events_rx) => {
-                    self.deliver(ev, false).await;
-                    if self.slow {
-                        return End::SlowConsumer;
-                    }
-                }
-                ev = recv_opt(&mut self.reports_rx) => {
-                    self.deliver(ev, true).await;
-                    if self.slow {
-                        return End::SlowConsumer;
-                    }
-                }
+                ev = recv_opt(&mut self.events_rx) => Step::Deliver(ev, false),
+                ev = recv_opt(&mut self.reports_rx) => Step::Deliver(ev, true),
                 _ = &mut sleep => {
                     // The registry itself late (paused, starved): not the client's fault.
                     if let Some(fresh) = lateness::excused(sleep.deadline(), Instant::now(), liveness) {
@@ -834,55 +833,127 @@ impl Session {
                     }
                     tracing::info!(target: "sfc::registry", session = self.id, instance = ?self.instance,
                         "no frame within the liveness window: closing");
-                    self.close(Message::error(None, ErrorCode::LivenessTimeout,
-                        format!("no frame for {}", crate::duration::format(liveness)), true)).await;
-                    return End::Missed;
+                    Step::Close(
+                        self.close(Message::error(None, ErrorCode::LivenessTimeout,
+                            format!("no frame for {}", crate::duration::format(liveness)), true)),
+                        End::Missed,
+                    )
                 }
+            };
+            match step {
+                Step::Queued(q) => {
+                    q.await;
+                }
+                Step::Handle(msg) => {
+                    let handling = Box::pin(self.handle(*msg));
+                    if let Some(end) = handling.await {
+                        return end;
+                    }
+                }
+                Step::Deliver(ev, reports) => self.deliver(ev, reports).await,
+                Step::Close(q, end) => {
+                    q.await;
+                    return end;
+                }
+                Step::End(end) => return end,
+            }
+            if self.slow {
+                return End::SlowConsumer;
             }
         }
     }
 
-    async fn send(&mut self, msg: Message) {
+    /// One frame from the client, past the liveness timer: the rate limit, then reports and
+    /// pings (the steady traffic) at once; the rest (queries, watches) in a boxed future, so
+    /// that their state is not part of the session's future either.
+    fn frame(&mut self, msg: Message, now: Instant) -> Step {
+        // Leave always passes, and one command result per command sent: they end work rather
+        // than add it. Results beyond that (answers to nothing) are traffic like any other.
+        let exempt = match &msg {
+            Message::Leave(_) => true,
+            Message::CommandResult(r) => self.commands_sent.answered(r.command_id),
+            _ => false,
+        };
+        if !exempt && !self.limit.allow(now) {
+            self.reg.shared.stats.rate_limited_total.fetch_add(1, Ordering::Relaxed);
+            let Some(n) = self.limit.warning(now) else { return Step::Queued(None.into()) };
+            tracing::warn!(target: "sfc::audit", session = self.id, instance = ?self.instance, dropped = n, "rate limited");
+            let text = format!(
+                "more than {} frames/s: {} {} dropped (the first was a {})",
+                self.limit.rate, n, if n == 1 { "frame" } else { "frames" }, msg.name());
+            return Step::Queued(self.error(None, ErrorCode::RateLimited, text));
+        }
+        match msg {
+            Message::Report(report) => Step::Queued(self.report(report)),
+            Message::Ping(p) => {
+                Step::Queued(self.send(Message::Pong(Pong { id: p.id, server_time: crate::model::now_ms() })))
+            }
+            other => Step::Handle(Box::new(other)),
+        }
+    }
+
+    /// Queues `msg` for the writer; await the result. Not an `async fn`: its future would
+    /// carry the message, and every future that awaits it would too, inside the session's
+    /// task for as long as the connection lasts (BENCHMARKS.md, "Memory per connected instance").
+    fn send(&mut self, msg: Message) -> Queued {
         if self.slow {
-            return;
+            return None.into();
         }
         // Over the byte budget: the peer is not reading; the loop closes the session with
         // `slow-consumer` and the writer frees the queue.
         if !self.outq.admit(approx_size(&msg)) {
             self.slow = true;
-            return;
+            return None.into();
         }
-        // A queue full by count (1024 small frames) waits, which holds back only this session.
-        let _ = self.tx.send(Outbound::Send(msg)).await;
+        self.enqueue(Outbound::Send(msg))
     }
 
-    async fn close(&self, msg: Message) {
-        let _ = self.tx.send(Outbound::Close(msg)).await;
+    fn close(&self, msg: Message) -> Queued {
+        self.enqueue(Outbound::Close(msg))
     }
 
-    async fn error(&mut self, id: Option<u64>, code: ErrorCode, message: impl Into<String>) {
-        self.send(Message::error(id, code, message, false)).await;
+    fn error(&mut self, id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Queued {
+        self.send(Message::error(id, code, message, false))
+    }
+
+    /// Into the queue at once when it has room (nearly always). A queue full by count (1024
+    /// small frames) is waited on, which holds back only this session, in a boxed future made
+    /// only then.
+    fn enqueue(&self, ob: Outbound) -> Queued {
+        match self.tx.try_send(ob) {
+            Err(mpsc::error::TrySendError::Full(ob)) => {
+                let tx = self.tx.clone();
+                Some(Box::pin(async move {
+                    let _ = tx.send(*ob).await;
+                }) as BoxFuture<'static, ()>)
+                .into()
+            }
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None.into(),
+        }
+    }
+
+    fn report(&mut self, report: crate::protocol::Report) -> Queued {
+        let Some(id) = self.instance.as_deref() else {
+            return self.error(None, ErrorCode::UnexpectedMessage, "observers do not send reports");
+        };
+        if let Err(e) = check_report(&report) {
+            return self.error(None, ErrorCode::InvalidField, format!("report {} dropped: {e}", report.seq));
+        }
+        self.reg.shared.stats.reports_total.fetch_add(1, Ordering::Relaxed);
+        self.reg.state().apply_report(id, Some(self.id), report);
+        None.into()
     }
 
     async fn handle(&mut self, msg: Message) -> Option<End> {
         match msg {
             Message::Report(report) => {
-                let Some(id) = self.instance.as_deref() else {
-                    self.error(None, ErrorCode::UnexpectedMessage, "observers do not send reports").await;
-                    return None;
-                };
-                if let Err(e) = check_report(&report) {
-                    self.error(None, ErrorCode::InvalidField, format!("report {} dropped: {e}", report.seq)).await;
-                    return None;
-                }
-                self.reg.shared.stats.reports_total.fetch_add(1, Ordering::Relaxed);
-                self.reg.state().apply_report(id, Some(self.id), report);
+                self.report(report).await;
             }
             Message::Leave(l) => {
                 if let Some(id) = &self.instance {
                     self.reg.state().mark_left(id, Some(self.id), l.reason);
                 }
-                let _ = self.tx.send(Outbound::Close(Message::Leave(Default::default()))).await;
+                self.enqueue(Outbound::Close(Message::Leave(Default::default()))).await;
                 return Some(End::Left);
             }
             Message::Ping(p) => {
@@ -1206,6 +1277,41 @@ mod tests {
 
     use crate::model::{EventKind, Filter};
     use crate::registry::{bind, serve, Registry, RegistryConfig};
+
+    /// The task that holds a connection keeps only what its session loop needs: the
+    /// handshake's state (rustls mid-handshake, hello, welcome) is boxed and freed once the
+    /// session starts, the loop never holds a frame across an await, and the writer keeps
+    /// queued frames in their boxes (BENCHMARKS.md, "Memory per connected instance"). Future
+    /// sizes are the compiler's; the bounds leave room for it to vary, and sit far below what
+    /// the code took before (debug build: the connection's future was 14,184 bytes, the
+    /// writer's 1,072).
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        const BOUND_RUN: usize = 4 * 1024;
+        const BOUND_REFUSE: usize = 256;
+        const BOUND_WRITER: usize = 768;
+        let reg = Registry::new(RegistryConfig::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _c1 = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (tcp1, peer) = listener.accept().await.expect("accept");
+        let _c2 = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (tcp2, _) = listener.accept().await.expect("accept");
+        let (_stop_tx, stop) = tokio::sync::broadcast::channel(1);
+        let run = super::run(reg.clone(), tcp1, peer, stop);
+        let refuse = super::refuse(reg.clone(), tcp2, peer);
+        let (a, _b) = tokio::io::duplex(64);
+        let conn = crate::protocol::Connection::new(a, 1 << 20);
+        let (_tx, rx) = super::OutboundTx::channel(4);
+        let writer = super::write_loop(conn.writer, rx, Default::default(), Default::default(),
+            std::sync::Arc::new(super::OutQueue::new(1)));
+        let sizes = [("run", std::mem::size_of_val(&run)), ("refuse", std::mem::size_of_val(&refuse)),
+            ("write_loop", std::mem::size_of_val(&writer))];
+        eprintln!("future sizes: {sizes:?}");
+        for ((what, size), bound) in sizes.into_iter().zip([BOUND_RUN, BOUND_REFUSE, BOUND_WRITER]) {
+            assert!(size <= bound, "the {what} future is {size} bytes, over its bound of {bound}");
+        }
+    }
 
     /// Two report watches in one session each get every report with the instance's current
     /// record, taken shared from the registry and copied into the frame off the lock.
