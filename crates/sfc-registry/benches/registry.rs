@@ -141,7 +141,7 @@ fn query(c: &mut Criterion) {
 fn fanout(c: &mut Criterion) {
     let report = sampled_report();
     let (reg, _queues) = fleet(1, &report);
-    let record = reg.get("g0/i0").unwrap();
+    let record = reg.current_record("g0/i0").unwrap();
     let ev = Arc::new(Event {
         seq: 7,
         at: sfc_registry::model::now_ms(),

@@ -199,7 +199,7 @@ pub async fn instance(
 ) -> ApiResult<Json<Value>> {
     let (group, instance_id) = id_path(path)?;
     let id = InstanceRecord::make_id(&group, &instance_id);
-    let record = s.registry.get(&id).ok_or_else(|| unknown(&id))?;
+    let record = s.registry.current_record(&id).ok_or_else(|| unknown(&id))?;
     let samples = s.registry.samples(&id).unwrap_or_default();
     let (history, _) = s.registry.events_after(0, usize::MAX);
     let mut recent: Vec<Arc<Event>> = history

@@ -340,11 +340,6 @@ impl Registry {
         self.state().record(id)
     }
 
-    /// Same as [`Registry::current_record`].
-    pub fn get(&self, id: &str) -> Option<Arc<InstanceRecord>> {
-        self.current_record(id)
-    }
-
     /// How many records the registry holds.
     pub fn instance_count(&self) -> usize {
         self.state().instances.len()
