@@ -346,7 +346,7 @@ pub struct Event {
     pub service: String,
     /// The record after the transition (absent for `evicted`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance: Option<Box<InstanceRecord>>,
+    pub instance: Option<std::sync::Arc<InstanceRecord>>,
     /// Kind-specific details: the offline reason, the command and its result, who issued it.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub detail: serde_json::Value,

@@ -149,7 +149,7 @@ fn fanout(c: &mut Criterion) {
         id: record.id.clone(),
         group: record.group.clone(),
         service: record.service.clone(),
-        instance: Some(Box::new(InstanceRecord::clone(&record))),
+        instance: Some(Arc::clone(&record)),
         detail: serde_json::json!({ "health": "warning", "note": null }),
     });
     let (tx, _) = broadcast::channel::<Arc<Event>>(16);

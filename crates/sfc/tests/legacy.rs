@@ -64,7 +64,7 @@ async fn legacy_node_tls_client_appears_in_sfc_status() {
 
     let joined = next_event(&mut watch).await;
     assert_eq!((joined.kind, joined.id.as_str()), (EventKind::Joined, "legacy-group/legacy-host-1"), "{joined:?}");
-    let rec = *joined.instance.expect("a joined event carries the record");
+    let rec = joined.instance.expect("a joined event carries the record");
     assert_eq!(rec.status, Status::Online);
     assert_eq!(rec.service, "legacy-billing");
     assert_eq!(rec.group, "legacy-group");

@@ -399,7 +399,7 @@ mod tests {
             Message::Watch(Watch { id: 1, filter, reports: true, after: Some(4) }),
             Message::Unwatch(Unwatch { id: 2, watch: 1 }),
             Message::Event(EventMessage { watch: 1, event: Event { seq: 1, at: 2, kind: EventKind::HealthChanged, id: "g/i".into(),
-                group: "g".into(), service: "s".into(), instance: Some(Box::new(record)), detail: serde_json::json!({"from": "passing"}) } }),
+                group: "g".into(), service: "s".into(), instance: Some(std::sync::Arc::new(record)), detail: serde_json::json!({"from": "passing"}) } }),
             Message::Command(Command { command_id: 1, name: "drain".into(), reason: None, payload: serde_json::json!([1, "x"]), issued_by: None }),
             Message::CommandResult(CommandResult { command_id: 1, ok: false, result: serde_json::Value::Null, error: Some("no".into()) }),
             Message::error(Some(3), ErrorCode::RateLimited, "slow down", false),

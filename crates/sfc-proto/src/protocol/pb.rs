@@ -426,7 +426,7 @@ fn event_from(e: gen::Event) -> Result<model::Event, ProtocolError> {
         service: e.service,
         instance: e
             .instance
-            .map(|r| record_from("event", r).map(Box::new))
+            .map(|r| record_from("event", r).map(std::sync::Arc::new))
             .transpose()?,
         detail: json_value("event", "detail_json", &e.detail_json)?,
     })

@@ -629,7 +629,7 @@ mod tests {
                 instance: None,
                 detail,
             };
-            let whole = Event { instance: Some(Box::new(record.clone())), ..ev.clone() };
+            let whole = Event { instance: Some(Arc::new(record.clone())), ..ev.clone() };
             assert_eq!(report_json(&ev, &record), serde_json::to_string(&whole).unwrap());
         }
     }

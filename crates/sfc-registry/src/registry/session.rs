@@ -1052,9 +1052,10 @@ impl Session {
                     if !wanted {
                         return;
                     }
-                    // Shared under the lock; the frame's copy is made here, off it.
+                    // Shared, not copied: the next report copies the record only if this
+                    // frame still holds it (`Arc::make_mut` in the state).
                     let Some(record) = self.reg.current_record(&ev.id) else { return };
-                    Arc::new(Event { instance: Some(Box::new(InstanceRecord::clone(&record))), ..(*ev).clone() })
+                    Arc::new(Event { instance: Some(record), ..(*ev).clone() })
                 } else {
                     ev
                 };

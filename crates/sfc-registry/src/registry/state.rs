@@ -312,7 +312,7 @@ impl State {
             Some(i) => (
                 i.record.group.clone(),
                 i.record.service.clone(),
-                (kind != EventKind::Evicted).then(|| Box::new(InstanceRecord::clone(&i.record))),
+                (kind != EventKind::Evicted).then(|| Arc::clone(&i.record)),
             ),
             None => {
                 let (g, _) = id.split_once('/').unwrap_or((id, ""));

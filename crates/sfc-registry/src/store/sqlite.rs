@@ -154,6 +154,16 @@ impl SqliteStore {
             let gone = migrate(&mut conn).map_err(|e| db_err(path, "adding the events' size column", e))?;
             tracing::info!(target: "sfc::store", pruned = gone, "the event history now has a size budget");
         }
+        // A database from before the `state` column: add it. Rows without it (written before,
+        // or by an older registry, which leaves it NULL) are compared field by field, from the
+        // record's JSON, by the snapshot.
+        let has_state: bool = conn
+            .query_row("SELECT COUNT(*) > 0 FROM pragma_table_info('instances') WHERE name = 'state'", [], |r| r.get(0))
+            .map_err(|e| db_err(path, "schema", e))?;
+        if !has_state {
+            conn.execute_batch("ALTER TABLE instances ADD COLUMN state TEXT;")
+                .map_err(|e| db_err(path, "adding the instances' state column", e))?;
+        }
         conn.execute_batch("CREATE INDEX IF NOT EXISTS events_size ON events(seq, size);")
             .map_err(|e| db_err(path, "schema", e))?;
         Ok(conn)
@@ -238,6 +248,17 @@ impl SqliteStore {
 
 /// Records per metric-snapshot transaction.
 const SNAPSHOT_CHUNK: usize = 500;
+
+/// What a snapshot must find unchanged before it overwrites a row (see
+/// [`SqliteStore::write_snapshot`]): the record's status, status_since, health and note,
+/// kept in a column of their own so that the check reads no JSON.
+fn state_key(r: &InstanceRecord) -> String {
+    let note = match &r.health_note {
+        Some(n) => format!("+{n}"),
+        None => "-".to_string(),
+    };
+    format!("{}|{}|{}|{note}", r.status.as_str(), r.status_since, r.health.as_str())
+}
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
@@ -339,8 +360,8 @@ impl SqliteStore {
         .map_err(|e| self.err("write event", e))?;
         match record {
             Some(r) => tx.execute(
-                "INSERT OR REPLACE INTO instances(id, record, updated_at) VALUES (?1, ?2, ?3)",
-                params![r.id, to_json(r), event.at as i64],
+                "INSERT OR REPLACE INTO instances(id, record, updated_at, state) VALUES (?1, ?2, ?3, ?4)",
+                params![r.id, to_json(r), event.at as i64, state_key(r)],
             ),
             None => tx.execute("DELETE FROM instances WHERE id = ?1", params![event.id]),
         }
@@ -363,7 +384,7 @@ impl SqliteStore {
                 )
                 .map_err(|e| self.err("write event", e))?;
             let mut put_record = tx
-                .prepare_cached("INSERT OR REPLACE INTO instances(id, record, updated_at) VALUES (?1, ?2, ?3)")
+                .prepare_cached("INSERT OR REPLACE INTO instances(id, record, updated_at, state) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(|e| self.err("write instance", e))?;
             let mut delete_record =
                 tx.prepare_cached("DELETE FROM instances WHERE id = ?1").map_err(|e| self.err("write instance", e))?;
@@ -374,7 +395,7 @@ impl SqliteStore {
                     .execute(params![event.seq as i64, event.at as i64, event.kind.as_str(), event.id, json, json.len() as i64])
                     .map_err(|e| self.err("write event", e))?;
                 match event.instance.as_deref() {
-                    Some(r) => put_record.execute(params![r.id, to_json(r), event.at as i64]),
+                    Some(r) => put_record.execute(params![r.id, to_json(r), event.at as i64, state_key(r)]),
                     None => delete_record.execute(params![event.id]),
                 }
                 .map_err(|e| self.err("write instance", e))?;
@@ -395,12 +416,14 @@ impl SqliteStore {
             let now = crate::model::now_ms() as i64;
             let mut stmt = tx
                 .prepare_cached(
-                    "UPDATE instances SET record = ?2, updated_at = ?3
+                    "UPDATE instances SET record = ?2, updated_at = ?3, state = ?8
                      WHERE id = ?1
-                       AND json_extract(record, '$.status') = ?4
-                       AND json_extract(record, '$.status_since') = ?5
-                       AND json_extract(record, '$.health') = ?6
-                       AND json_extract(record, '$.health_note') IS ?7",
+                       AND CASE WHEN state IS NULL THEN
+                             json_extract(record, '$.status') = ?4
+                             AND json_extract(record, '$.status_since') = ?5
+                             AND json_extract(record, '$.health') = ?6
+                             AND json_extract(record, '$.health_note') IS ?7
+                           ELSE state = ?8 END",
                 )
                 .map_err(|e| self.err("snapshot", e))?;
             for (r, json) in records.iter().zip(json) {
@@ -411,7 +434,8 @@ impl SqliteStore {
                     r.status.as_str(),
                     r.status_since as i64,
                     r.health.as_str(),
-                    r.health_note
+                    r.health_note,
+                    state_key(r)
                 ])
                 .map_err(|e| self.err("snapshot", e))?;
             }
@@ -567,6 +591,42 @@ mod tests {
         s.transition(&event(3, EventKind::Evicted, "g/a"), None).unwrap();
         s.snapshot(&[fresher]).unwrap();
         assert!(s.load(10).unwrap().instances.is_empty());
+    }
+
+    /// Rows written by a registry from before the `state` column (NULL there) are checked
+    /// field by field from their JSON: a late snapshot does not undo them either, and one of
+    /// the same state updates the row and fills the column.
+    #[test]
+    fn rows_without_a_state_are_checked_from_their_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("registry.db"), HistoryBudget::default()).unwrap();
+        let online = record("g/a");
+        let mut left = online.clone();
+        left.status = crate::model::Status::Left;
+        left.status_since = 99;
+        let older_registry_writes = |r: &InstanceRecord| {
+            s.with(|c| {
+                c.execute("INSERT OR REPLACE INTO instances(id, record, updated_at) VALUES (?1, ?2, 1)", params![r.id, to_json(r)])
+                    .map_err(|e| s.err("test", e))
+            })
+            .unwrap();
+        };
+        older_registry_writes(&left);
+        s.snapshot(std::slice::from_ref(&online)).unwrap();
+        assert_eq!(s.load(10).unwrap().instances[0].status, crate::model::Status::Left);
+        older_registry_writes(&online);
+        let mut fresher = online.clone();
+        fresher.metrics.custom.insert("x".into(), 1.0);
+        s.snapshot(&[fresher.clone()]).unwrap();
+        assert_eq!(s.load(10).unwrap().instances[0].metrics.custom.get("x"), Some(&1.0));
+        let state: Option<String> =
+            s.with(|c| Ok(c.query_row("SELECT state FROM instances", [], |r| r.get(0)).unwrap())).unwrap();
+        assert_eq!(state, Some(state_key(&fresher)));
+        // From then on the column decides: a late snapshot of another state changes nothing.
+        let mut critical = fresher.clone();
+        critical.health = crate::model::Health::Critical;
+        s.snapshot(&[critical]).unwrap();
+        assert_eq!(s.load(10).unwrap().instances[0].health, crate::model::Health::Passing);
     }
 
     #[test]
