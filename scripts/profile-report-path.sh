@@ -12,7 +12,7 @@
 set -euo pipefail
 clients=${1:-1000} interval=${2:-1s} window=${3:-30}
 root=$(cd "$(dirname "$0")/.." && pwd)
-sfc=$root/target/release/sfc
+sfc=${SFC_BIN:-$root/target/release/sfc}
 [ -x "$sfc" ] || { echo "build it first: cargo build --release -p sfc" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "valgrind is needed (Debian package valgrind)" >&2; exit 1; }
 work=$(mktemp -d)
