@@ -172,3 +172,75 @@ fn a_bad_check_spec_is_refused_naming_it_before_anything_starts() {
     assert!(!ok && err.contains("\"exec:true interval=never\"") && err.contains("[[service]] #1"), "{err}");
     assert!(!marker.exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_runs_several_services_with_mapped_commands() {
+    let reg = RegistryProc::start(&["--admin-token", TOKEN]);
+    let obs = reg.observer();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ready = dir.path().join("ready");
+    let stop = dir.path().join("stop");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"registry = [{addr:?}]
+ca = {ca:?}
+interval = "200ms"
+
+[[service]]
+group = "agent-cfg"
+instance_id = "a"
+checks = ["exec:test -f {ready} interval=300ms timeout=250ms"]
+command = ["sleep", "600"]
+[service.commands]
+hello = ["sh", "-c", "echo hello $SFC_COMMAND $SFC_PID $SFC_COMMAND_PAYLOAD"]
+
+[[service]]
+group = "agent-cfg"
+instance_id = "b"
+command = ["sh", "-c", "while [ ! -e {stop} ]; do sleep 0.1; done"]
+"#,
+            addr = reg.addr,
+            ca = reg.ca().display().to_string(),
+            ready = ready.display(),
+            stop = stop.display(),
+        ),
+    )
+    .unwrap();
+    let mut a = Command::new(common::sfc_bin())
+        .args(["agent", "--config", cfg.to_str().unwrap()])
+        .env_remove("SFC_GROUP")
+        .env_remove("SFC_SERVICE")
+        .env_remove("SFC_INSTANCE_ID")
+        .spawn()
+        .expect("start sfc agent");
+    // `test -f` exits 1 while the file is missing: warning, the check named.
+    let r = wait_record(&obs, "agent-cfg/a", Duration::from_secs(30), "online, warning", |r| {
+        r.status == Status::Online && r.health == Health::Warning
+    })
+    .await;
+    let note = r.health_note.unwrap_or_default();
+    assert!(note.contains("check exec:test -f") && note.contains("warning: exited with status 1"), "{note}");
+    std::fs::write(&ready, "").unwrap();
+    let ra = wait_record(&obs, "agent-cfg/a", Duration::from_secs(20), "passing", |r| r.health == Health::Passing).await;
+    wait_record(&obs, "agent-cfg/b", Duration::from_secs(20), "online", |r| r.status == Status::Online).await;
+
+    let http = format!("http://{}", reg.http);
+    let token = [("SFC_ADMIN_TOKEN", TOKEN)];
+    let (ok, out, err) = sfc(&["command", "agent-cfg/a", "hello", "--payload", "7", "--http", &http], &token);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("hello hello {} 7", ra.pid)), "{out}");
+    let (ok, _, err) = sfc(&["command", "agent-cfg/a", "nope", "--http", &http], &token);
+    assert!(!ok && err.contains("no handler for command \"nope\""), "{err}");
+
+    // b exits 0 by itself: left; the agent goes on for a.
+    std::fs::write(&stop, "").unwrap();
+    wait_record(&obs, "agent-cfg/b", Duration::from_secs(20), "left", |r| r.status == Status::Left).await;
+    assert!(a.try_wait().unwrap().is_none(), "the agent exited with a service still running");
+    let (ok, _, err) = sfc(&["shutdown", "agent-cfg/a", "--http", &http], &token);
+    assert!(ok, "{err}");
+    wait_record(&obs, "agent-cfg/a", Duration::from_secs(20), "left", |r| r.status == Status::Left).await;
+    let st = exited(&mut a, "the agent to exit").await;
+    assert_eq!(st.code(), Some(143), "{st}");
+}
