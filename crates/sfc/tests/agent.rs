@@ -18,12 +18,14 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
-/// `sfc agent` against `reg`, with `args`; its log is echoed to ours.
-fn agent(reg: &RegistryProc, args: &[&str]) -> Child {
-    let mut child = Command::new(common::sfc_bin())
-        .arg("agent")
-        .args(["--registry", &reg.addr, "--ca"])
-        .arg(reg.ca())
+/// `sfc agent` with `args` (and, given `reg`, its address and CA); its log is echoed to ours.
+fn agent(reg: Option<&RegistryProc>, args: &[&str]) -> Child {
+    let mut cmd = Command::new(common::sfc_bin());
+    cmd.arg("agent");
+    if let Some(reg) = reg {
+        cmd.args(["--registry", &reg.addr, "--ca"]).arg(reg.ca());
+    }
+    let mut child = cmd
         .args(args)
         .env_remove("SFC_GROUP")
         .env_remove("SFC_SERVICE")
@@ -73,7 +75,7 @@ async fn python_http_server_joins_fails_its_check_recovers_and_is_shut_down() {
     let endpoint = format!("http=http://127.0.0.1:{port}");
     let dir = site.path().display().to_string();
     let mut a = agent(
-        &reg,
+        Some(&reg),
         &[
             "--group", "agent-py", "--instance-id", "web", "--interval", "200ms",
             "--endpoint", &endpoint, "--tag", "python", "--check", &check, "--",
@@ -124,7 +126,7 @@ async fn a_watched_pid_that_is_killed_ends_offline_with_the_reason() {
     // Our child, left unreaped until the end: its exit status stays readable (a zombie).
     let mut sleeper = Command::new("sleep").arg("600").spawn().expect("sleep");
     let pid = sleeper.id().to_string();
-    let mut a = agent(&reg, &["--group", "agent-pid", "--instance-id", "sleeper", "--interval", "200ms", "--pid", &pid]);
+    let mut a = agent(Some(&reg), &["--group", "agent-pid", "--instance-id", "sleeper", "--interval", "200ms", "--pid", &pid]);
     let id = "agent-pid/sleeper";
     let r = wait_record(&obs, id, Duration::from_secs(30), "online", |r| r.status == Status::Online).await;
     assert_eq!(r.pid.to_string(), pid);
@@ -208,13 +210,7 @@ command = ["sh", "-c", "while [ ! -e {stop} ]; do sleep 0.1; done"]
         ),
     )
     .unwrap();
-    let mut a = Command::new(common::sfc_bin())
-        .args(["agent", "--config", cfg.to_str().unwrap()])
-        .env_remove("SFC_GROUP")
-        .env_remove("SFC_SERVICE")
-        .env_remove("SFC_INSTANCE_ID")
-        .spawn()
-        .expect("start sfc agent");
+    let mut a = agent(None, &["--config", cfg.to_str().unwrap()]);
     // `test -f` exits 1 while the file is missing: warning, the check named.
     let r = wait_record(&obs, "agent-cfg/a", Duration::from_secs(30), "online, warning", |r| {
         r.status == Status::Online && r.health == Health::Warning
