@@ -252,8 +252,17 @@ pub fn run(a: AgentArgs) -> Result<()> {
         .map_err(|e| Error::Io(std::io::Error::other(format!("cannot start the runtime: {e}"))))?;
     let codes = rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
+        let several = services.len() > 1;
         for (spec, b) in services {
-            set.spawn(supervise(spec, b));
+            let label = spec.label.clone();
+            set.spawn(async move {
+                let r = supervise(spec, b).await;
+                if let (true, Err(e)) = (several, &r) {
+                    // Said now: the other services go on, and the agent exits only after them.
+                    tracing::error!(target: "sfc::agent", service = %label, "{e}");
+                }
+                r
+            });
         }
         let mut codes = Vec::new();
         while let Some(r) = set.join_next().await {
@@ -368,6 +377,11 @@ async fn run_handler(argv: Vec<String>, c: sfc_client::protocol::Command, pid: u
 /// Stands for one process until it ends; returns the exit code to pass on.
 async fn supervise(spec: ServiceSpec, builder: ClientBuilder) -> Result<i32> {
     let label = spec.label.clone();
+    // Before the process starts: a signal from now on is forwarded, never the agent's death
+    // with its process left behind.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut proc = match &spec.target {
         Target::Command(argv) => Proc::spawn(argv)?,
         Target::Pid(p) => Proc::watch(*p)?,
@@ -411,9 +425,6 @@ async fn supervise(spec: ServiceSpec, builder: ClientBuilder) -> Result<i32> {
         let _ = client.set_health(h, note);
     }
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     // The agent asked the process to end (shutdown, or a forwarded SIGTERM/SIGINT): its end
     // is then a leave, whatever its status.
     let mut stop_requested = false;
