@@ -240,3 +240,17 @@ command = ["sh", "-c", "while [ ! -e {stop} ]; do sleep 0.1; done"]
     let st = exited(&mut a, "the agent to exit").await;
     assert_eq!(st.code(), Some(143), "{st}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_the_agent_is_forwarded_and_the_record_ends_left() {
+    let reg = RegistryProc::start(&[]);
+    let obs = reg.observer();
+    let mut a = agent(Some(&reg), &["--group", "agent-sig", "--instance-id", "s", "--interval", "200ms", "--", "sleep", "600"]);
+    let r = wait_record(&obs, "agent-sig/s", Duration::from_secs(30), "online", |r| r.status == Status::Online).await;
+    assert!(cmdline(r.pid).starts_with("sleep 600"), "{:?}", cmdline(r.pid));
+    common::signal(a.id(), "TERM");
+    wait_record(&obs, "agent-sig/s", Duration::from_secs(20), "left", |r| r.status == Status::Left).await;
+    let st = exited(&mut a, "the agent to exit").await;
+    assert_eq!(st.code(), Some(143), "{st}");
+    assert!(!Path::new(&format!("/proc/{}", r.pid)).exists(), "sleep {} still runs", r.pid);
+}
