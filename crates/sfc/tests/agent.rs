@@ -49,6 +49,14 @@ async fn exited(child: &mut Child, what: &str) -> std::process::ExitStatus {
     eventually(Duration::from_secs(30), what, || child.try_wait().ok().flatten()).await
 }
 
+/// Waits for `id` to be `left`, then for the agent to exit with `code`; the final record.
+async fn left_then_exits(obs: &sfc_client::Client, id: &str, a: &mut Child, code: i32) -> sfc_client::model::InstanceRecord {
+    let r = wait_record(obs, id, Duration::from_secs(20), "left", |r| r.status == Status::Left).await;
+    let st = exited(a, "the agent to exit").await;
+    assert_eq!(st.code(), Some(code), "{st}");
+    r
+}
+
 fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default()
 }
@@ -112,11 +120,9 @@ async fn python_http_server_joins_fails_its_check_recovers_and_is_shut_down() {
     );
     assert!(ok, "sfc shutdown: {err}");
     assert!(out.contains("ok") && out.contains("killed by signal 15 (SIGTERM)"), "{out}");
-    let r = wait_record(&obs, id, Duration::from_secs(20), "left", |r| r.status == Status::Left).await;
-    assert_eq!(r.offline_reason, None);
     // The agent passes the process's end on, as a shell would: 128 + SIGTERM.
-    let st = exited(&mut a, "the agent to exit").await;
-    assert_eq!(st.code(), Some(143), "{st}");
+    let r = left_then_exits(&obs, id, &mut a, 143).await;
+    assert_eq!(r.offline_reason, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,9 +242,7 @@ command = ["sh", "-c", "while [ ! -e {stop} ]; do sleep 0.1; done"]
     assert!(a.try_wait().unwrap().is_none(), "the agent exited with a service still running");
     let (ok, _, err) = sfc(&["shutdown", "agent-cfg/a", "--http", &http], &token);
     assert!(ok, "{err}");
-    wait_record(&obs, "agent-cfg/a", Duration::from_secs(20), "left", |r| r.status == Status::Left).await;
-    let st = exited(&mut a, "the agent to exit").await;
-    assert_eq!(st.code(), Some(143), "{st}");
+    left_then_exits(&obs, "agent-cfg/a", &mut a, 143).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,8 +253,6 @@ async fn sigterm_to_the_agent_is_forwarded_and_the_record_ends_left() {
     let r = wait_record(&obs, "agent-sig/s", Duration::from_secs(30), "online", |r| r.status == Status::Online).await;
     assert!(cmdline(r.pid).starts_with("sleep 600"), "{:?}", cmdline(r.pid));
     common::signal(a.id(), "TERM");
-    wait_record(&obs, "agent-sig/s", Duration::from_secs(20), "left", |r| r.status == Status::Left).await;
-    let st = exited(&mut a, "the agent to exit").await;
-    assert_eq!(st.code(), Some(143), "{st}");
+    left_then_exits(&obs, "agent-sig/s", &mut a, 143).await;
     assert!(!Path::new(&format!("/proc/{}", r.pid)).exists(), "sleep {} still runs", r.pid);
 }
