@@ -256,3 +256,27 @@ async fn sigterm_to_the_agent_is_forwarded_and_the_record_ends_left() {
     left_then_exits(&obs, "agent-sig/s", &mut a, 143).await;
     assert!(!Path::new(&format!("/proc/{}", r.pid)).exists(), "sleep {} still runs", r.pid);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_pid_reaped_by_its_parent_ends_offline_saying_the_status_is_unknown() {
+    let reg = RegistryProc::start(&[]);
+    let obs = reg.observer();
+    // `sleep` is the shell's child: the shell reaps it the moment it dies.
+    let mut sh = Command::new("sh").args(["-c", "sleep 600 & echo $!; wait"]).stdout(Stdio::piped()).spawn().expect("sh");
+    let mut line = String::new();
+    BufReader::new(sh.stdout.take().unwrap()).read_line(&mut line).expect("the sleep's pid");
+    let pid = line.trim().to_string();
+    // A long interval: the agent is stopped for a moment below, and must not miss reports.
+    let mut a = agent(Some(&reg), &["--group", "agent-pid", "--instance-id", "reaped", "--interval", "5s", "--pid", &pid]);
+    wait_record(&obs, "agent-pid/reaped", Duration::from_secs(30), "online", |r| r.status == Status::Online).await;
+    // The agent, stopped, cannot read the zombie before the shell has reaped it (the shell's
+    // exit says it has); then it goes on.
+    common::signal(a.id(), "STOP");
+    common::signal(pid.parse().unwrap(), "KILL");
+    sh.wait().expect("reap sh");
+    common::signal(a.id(), "CONT");
+    let r = wait_record(&obs, "agent-pid/reaped", Duration::from_secs(20), "offline", |r| r.status == Status::Offline).await;
+    let note = r.health_note.unwrap_or_default();
+    assert!(note.contains(&format!("process {pid} is gone; its exit status is unknown (not the agent's child, and already reaped")), "{note}");
+    assert_eq!(exited(&mut a, "the agent to exit").await.code(), Some(1));
+}

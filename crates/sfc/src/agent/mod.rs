@@ -497,9 +497,9 @@ async fn supervise(spec: ServiceSpec, builder: ClientBuilder) -> Result<i32> {
     let (clean, what, code) = match end {
         End::AgentStopped => (true, "the agent was stopped; the process goes on".to_string(), 0),
         End::Process(Ending::Status(s)) => (stop_requested || s.success(), describe_status(s), exit_code(s)),
-        End::Process(Ending::Unknown) => (
+        End::Process(Ending::Unknown(why)) => (
             stop_requested,
-            "is gone; its exit status is unknown (not the agent's child, and already reaped)".to_string(),
+            format!("is gone; its exit status is unknown ({why})"),
             if stop_requested { 0 } else { 1 },
         ),
     };

@@ -19,13 +19,14 @@ const POLL: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone, Copy)]
 pub enum Ending {
     Status(ExitStatus),
-    /// A watched process that is gone and whose status nobody kept for us (its parent reaped it).
-    Unknown,
+    /// The status cannot be read; says why.
+    Unknown(&'static str),
 }
 
 pub enum Proc {
     Child(tokio::process::Child),
-    Watched { pid: u32, fd: Option<AsyncFd<OwnedFd>> },
+    /// `readable`: whether the kernel shows us its exit status (see [`Proc::watch`]).
+    Watched { pid: u32, fd: Option<AsyncFd<OwnedFd>>, readable: bool },
 }
 
 impl Proc {
@@ -59,7 +60,10 @@ impl Proc {
             // SAFETY: the OwnedFd stays open, and the same descriptor, for as long as the
             // AsyncFd that owns it. (Called on the agent's runtime: it has a reactor.)
             .and_then(|fd| unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok());
-        Ok(Proc::Watched { pid, fd })
+        // The kernel shows a zombie's exit code only to who may ptrace-read it (and 0 to others,
+        // which would pass for a clean exit); that is the same check as opening `environ`.
+        let readable = std::fs::File::open(format!("/proc/{pid}/environ")).is_ok();
+        Ok(Proc::Watched { pid, fd, readable })
     }
 
     pub fn pid(&self) -> u32 {
@@ -89,10 +93,10 @@ impl Proc {
                 Ok(s) => Ending::Status(s),
                 Err(e) => {
                     tracing::warn!(target: "sfc::agent", "cannot wait for the child: {e}");
-                    Ending::Unknown
+                    Ending::Unknown("the agent could not wait for it")
                 }
             },
-            Proc::Watched { pid, fd } => {
+            Proc::Watched { pid, fd, readable } => {
                 let pid = *pid;
                 match fd {
                     // Readable once the process has terminated.
@@ -107,8 +111,9 @@ impl Proc {
                     },
                 }
                 match zombie_status(pid) {
+                    _ if !*readable => Ending::Unknown("another user's process: the kernel does not show the agent its exit status"),
                     Some(Some(s)) => Ending::Status(s),
-                    _ => Ending::Unknown,
+                    _ => Ending::Unknown("not the agent's child, and already reaped by its parent"),
                 }
             }
         }
