@@ -165,7 +165,7 @@ fn resolve(a: AgentArgs) -> Result<Vec<(ServiceSpec, ClientBuilder)>> {
         b = identity(b, a.group.clone(), a.service.clone(), a.instance_id.clone(), &a.endpoints, &a.tags)?;
         let handlers = a.on_command.iter().map(|s| parse_handler(s)).collect::<Result<BTreeMap<_, _>>>()?;
         check_handlers("--on-command", &handlers)?;
-        let label = a.group.clone().or(a.service.clone()).unwrap_or_default();
+        let label = label_of(a.group.as_deref().or(a.service.as_deref()).unwrap_or_default(), a.instance_id.as_deref());
         out.push((ServiceSpec { label, checks: a.checks, target, handlers, kill_timeout: a.kill_timeout }, b));
         return validated(out);
     };
@@ -197,13 +197,23 @@ fn resolve(a: AgentArgs) -> Result<Vec<(ServiceSpec, ClientBuilder)>> {
         let checks = s.checks.iter().map(|c| CheckSpec::parse(c)).collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::invalid(label.clone(), e))?;
         check_handlers(&label, &s.commands)?;
-        let b = identity(base(&connect, interval), s.group.clone(), s.service, s.instance_id, &s.endpoints, &s.tags)
+        let name = s.group.as_deref().or(s.service.as_deref()).map(|g| label_of(g, s.instance_id.as_deref()));
+        let b = identity(base(&connect, interval), s.group, s.service, s.instance_id, &s.endpoints, &s.tags)
             .map_err(in_service)?;
         let kill_timeout = config::duration("kill_timeout", &s.kill_timeout).map_err(in_service)?.unwrap_or(kill_timeout);
-        let label = s.group.unwrap_or(label);
+        let label = name.unwrap_or(label);
         out.push((ServiceSpec { label, checks, target, handlers: s.commands, kill_timeout }, b));
     }
     validated(out)
+}
+
+/// How logs name a service: `group/instance_id`, or the group while the id is the default
+/// (which waits for the process's pid).
+fn label_of(group: &str, instance_id: Option<&str>) -> String {
+    match instance_id {
+        Some(i) => format!("{group}/{i}"),
+        None => group.to_string(),
+    }
 }
 
 fn identity(
