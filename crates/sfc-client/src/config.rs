@@ -62,6 +62,7 @@ pub struct ClientBuilder {
     service: Option<String>,
     instance_id: Option<String>,
     hostname: Option<String>,
+    pid: Option<u32>,
     endpoints: Vec<Endpoint>,
     tags: Vec<String>,
     metadata: std::collections::BTreeMap<String, String>,
@@ -129,6 +130,14 @@ impl ClientBuilder {
     /// Overrides the hostname reported (the legacy `hostName` option).
     pub fn hostname(mut self, v: impl Into<String>) -> Self {
         self.hostname = Some(v.into());
+        self
+    }
+
+    /// The process this instance stands for, when it is not the caller's own (`sfc agent`
+    /// registers a process that embeds no client): reported as the instance's pid, used in the
+    /// default instance id, and the process whose figures are sampled. Default: our own pid.
+    pub fn pid(mut self, pid: u32) -> Self {
+        self.pid = Some(pid);
         self
     }
 
@@ -298,7 +307,7 @@ impl ClientBuilder {
                 .hostname
                 .clone()
                 .unwrap_or_else(crate::metrics::hostname);
-            let pid = std::process::id();
+            let pid = self.pid.unwrap_or_else(std::process::id);
             let instance_id = self
                 .instance_id
                 .clone()
@@ -452,6 +461,19 @@ mod tests {
             split_host_port("[::1]:7480").unwrap(),
             ("::1".to_string(), 7480)
         );
+    }
+
+    #[test]
+    fn pid_of_another_process() {
+        let c = ClientBuilder::new()
+            .ignore_env()
+            .group("g")
+            .pid(4242)
+            .insecure_plaintext(true)
+            .build()
+            .unwrap();
+        assert_eq!(c.registration.pid, 4242);
+        assert!(c.registration.instance_id.ends_with("-4242"), "{}", c.registration.instance_id);
     }
 
     #[test]

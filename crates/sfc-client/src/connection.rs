@@ -79,8 +79,9 @@ enum End {
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Control>) {
+    // The registered pid: ours, or the process an agent stands for (ClientBuilder::pid).
     let sampler = (shared.config.sample_metrics && shared.config.role == Role::Service)
-        .then(crate::metrics::Sampler::new);
+        .then(|| crate::metrics::Sampler::for_pid(shared.config.registration.pid));
     let mut task = Task { shared, watches: HashMap::new(), waiting: Vec::new(), sampler, seq: 0, stop_done: None };
     let n = task.shared.config.registries.len();
     let mut attempt: u32 = 0;

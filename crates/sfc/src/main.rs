@@ -4,8 +4,10 @@
 //! # Layout
 //! - `cli`: the argument definitions (clap) and one module per command.
 //! - `bench`: `sfc bench`, simulated fleets against a registry.
+//! - `agent`: `sfc agent`, the client for a process that embeds none.
 //! - `value`: parsers for flag values that several commands share.
 
+mod agent;
 mod bench;
 mod cli;
 mod value;

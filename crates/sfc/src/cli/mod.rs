@@ -43,6 +43,9 @@ pub enum Command {
     Deregister(admin::DeregisterArgs),
     /// Print the registry's event history (HTTP API).
     Events(admin::EventsArgs),
+    /// Put a process that embeds no client in the fleet: register it, check its health, answer
+    /// its commands (`-- COMMAND` to start it, `--pid` to watch one).
+    Agent(crate::agent::AgentArgs),
 }
 
 #[derive(Subcommand)]
@@ -102,12 +105,19 @@ pub struct ConnectArgs {
 impl ConnectArgs {
     /// An observer client builder with these options.
     pub fn observer(&self) -> sfc_client::ClientBuilder {
-        let mut b = sfc_client::ClientBuilder::observer()
-            .ignore_env()
-            .registries(self.registry.clone())
-            .connect_timeout(self.timeout)
+        let b = sfc_client::ClientBuilder::observer()
             .sample_metrics(false)
             .client_name(format!("sfc-cli/{}", sfc_client::VERSION));
+        self.apply(b)
+    }
+
+    /// These options (addresses, timeout, TLS) on a builder; `SFC_*` variables are read
+    /// here through clap, not again by the builder.
+    pub fn apply(&self, b: sfc_client::ClientBuilder) -> sfc_client::ClientBuilder {
+        let mut b = b
+            .ignore_env()
+            .registries(self.registry.clone())
+            .connect_timeout(self.timeout);
         if self.insecure_plaintext {
             return b.insecure_plaintext(true);
         }
@@ -132,7 +142,7 @@ impl ConnectArgs {
 pub fn init_logging(cli: &Cli) {
     use std::io::IsTerminal;
     let default = match cli.command {
-        Command::Registry(_) => "info",
+        Command::Registry(_) | Command::Agent(_) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -166,6 +176,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Command(a) => admin::command(a),
         Command::Deregister(a) => admin::deregister(a),
         Command::Events(a) => admin::events(a),
+        Command::Agent(a) => crate::agent::run(a),
     }
 }
 
