@@ -5,7 +5,9 @@
 # SECONDS (default 60), samples its VmRSS / RssAnon / RssFile every second (mean) and counts
 # its context switches (all threads). Extra arguments go to the agent, e.g. a check:
 #   bash scripts/agent-footprint.sh 60 --check 'tcp://127.0.0.1:22 interval=10s'
-# Needs an `sfc` binary (SFC_BIN, default target/release/sfc or else target/debug/sfc).
+# Needs an `sfc` binary (SFC_BIN, default target/release/sfc or else target/debug/sfc). With
+# AGENT=sfc-agent the agent is the stand-alone `sfc-agent` binary beside it (no registry code)
+# instead of `sfc agent`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/lib/wait-for-line.sh"
@@ -24,7 +26,12 @@ trap cleanup EXIT
 pids+=($!)
 addr=$(registry_address "$data/registry.stdout" "${pids[0]}")
 [ -n "$addr" ] || { echo "registry did not start"; exit 1; }
-"$sfc" agent --registry "$addr" --ca "$data/tls/ca.pem" --group footprint --instance-id agent "$@" \
+case ${AGENT:-sfc} in
+    sfc) agent_cmd=("$sfc" agent) ;;
+    sfc-agent) agent_cmd=("$(dirname "$sfc")/sfc-agent") ;;
+    *) echo "AGENT must be sfc or sfc-agent, not ${AGENT}" >&2; exit 2 ;;
+esac
+"${agent_cmd[@]}" --registry "$addr" --ca "$data/tls/ca.pem" --group footprint --instance-id agent "$@" \
     -- sleep $((seconds + 60)) 2>"$data/agent.stderr" &
 agent=$!
 pids=("$agent" "${pids[@]}")
@@ -43,6 +50,6 @@ done
 c1=$(cpu); s1=$(switches)
 echo "load average at the end:   $(cat /proc/loadavg)"
 echo "threads: $(ls /proc/$agent/task | wc -l)"
-awk -v c="$((c1 - c0))" -v t="$tck" -v n="$seconds" -v r="$rss" -v a="$anon" -v f="$file" -v s="$((s1 - s0))" 'BEGIN {
-    printf "sfc agent: %.3f ms CPU per second, %.2f MiB resident (mean; anon %.2f + file %.2f), %.1f context switches/s\n",
-        c * 1000 / t / n, r / n / 1024, a / n / 1024, f / n / 1024, s / n }'
+awk -v name="${agent_cmd[*]##*/}" -v c="$((c1 - c0))" -v t="$tck" -v n="$seconds" -v r="$rss" -v a="$anon" -v f="$file" -v s="$((s1 - s0))" 'BEGIN {
+    printf "%s: %.3f ms CPU per second, %.2f MiB resident (mean; anon %.2f + file %.2f), %.1f context switches/s\n",
+        name, c * 1000 / t / n, r / n / 1024, a / n / 1024, f / n / 1024, s / n }'
