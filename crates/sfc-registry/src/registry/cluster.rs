@@ -54,6 +54,9 @@ pub(crate) struct Cluster {
     live: Mutex<HashSet<String>>,
     /// Forwarded commands waiting for their result, by local command id.
     waiting: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    /// Told after each batch of watched records: a planned stop waits on it for its
+    /// instances to move ([`Cluster::hand_over`]).
+    changed: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -85,6 +88,7 @@ pub(crate) fn start(reg: &Registry, etcd: Arc<EtcdInner>) -> Result<Arc<Cluster>
         shared: Arc::downgrade(&reg.shared),
         live: Mutex::new(HashSet::new()),
         waiting: Mutex::new(HashMap::new()),
+        changed: tokio::sync::Notify::new(),
     });
     let e = etcd.clone();
     let first =
@@ -314,6 +318,7 @@ impl Cluster {
             }
         }
         close_superseded(closes);
+        self.changed.notify_one();
         if !reput.is_empty() {
             let etcd = self.etcd.clone();
             self.etcd.handle.spawn(async move {
@@ -472,6 +477,40 @@ impl Cluster {
                     crate::duration::format(timeout)
                 ),
             }),
+        }
+    }
+
+    /// A planned stop (SIGTERM), once every session was told `shutting-down`: waits until the
+    /// instances online here have registered on another registry (their record is then
+    /// written under that registry's lease), for at most one lease TTL. Until then their
+    /// records stay in etcd, online, under this registry's lease, which is kept alive: no
+    /// registry sees them go. Those that did not move in time go when the lease is revoked at
+    /// exit (`evicted`, reason `owner-expired`, as after a crash).
+    pub(crate) async fn hand_over(&self, reg: &Registry) {
+        let window = self.etcd.lease_ttl;
+        let started = tokio::time::Instant::now();
+        let waiting = || {
+            reg.state().instances.values().filter(|i| i.remote.is_none() && i.record.status == Status::Online).count()
+        };
+        let before = waiting();
+        if before == 0 {
+            return;
+        }
+        tracing::info!(target: "sfc::registry", instances = before, window = ?window,
+            "handing sessions over: waiting for their clients to register on another registry");
+        let mut left = before;
+        while left > 0 {
+            if tokio::time::timeout_at(started + window, self.changed.notified()).await.is_err() {
+                break;
+            }
+            left = waiting();
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        if left == 0 {
+            tracing::info!(target: "sfc::registry", instances = before, ms, "handed over every session to another registry");
+        } else {
+            tracing::warn!(target: "sfc::registry", moved = before - left, stayed = left, ms,
+                "handover window passed: the records of clients that did not move go with this registry's lease");
         }
     }
 

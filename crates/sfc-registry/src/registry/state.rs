@@ -380,7 +380,7 @@ impl State {
         session: Option<SessionRef>,
         tls_identity: Option<String>,
         wire: &str,
-        detail: serde_json::Value,
+        mut detail: serde_json::Value,
     ) -> Registered {
         let id = InstanceRecord::make_id(&reg.group, &reg.instance_id);
         let now = now_ms();
@@ -395,7 +395,10 @@ impl State {
                 let was_online = inst.record.status == Status::Online;
                 // `--store etcd`: a client that failed over from another registry; this one
                 // owns it now, and says so (the event writes the record under its lease).
-                let taken_over = inst.remote.take().is_some();
+                let taken_over = inst.remote.take();
+                if let (Some(from), serde_json::Value::Object(o)) = (&taken_over, &mut detail) {
+                    o.insert("moved_from".into(), from.as_str().into());
+                }
                 let r = Arc::make_mut(&mut inst.record);
                 r.service = reg.service;
                 r.hostname = reg.hostname;
@@ -419,7 +422,7 @@ impl State {
                 // Legacy reports carry no session; the caller never lets one replace a live
                 // v1 session.
                 inst.session = session;
-                let quiet = was_online && superseded.is_none() && !taken_over;
+                let quiet = was_online && superseded.is_none() && taken_over.is_none();
                 (if quiet { None } else { Some(EventKind::Online) }, superseded)
             }
             None => {
