@@ -743,3 +743,78 @@ fn sigkill_of_one_of_three_registries_flaps_none_of_the_clients_that_reconnect_e
     eventually(LIMIT, "registry b's fleet after a died", || (b.fleet() == survivors).then_some(()));
     drop((late, doomed, k1, k2, k3));
 }
+
+/// Event cursors are valid fleet-wide: every registry numbers an event by the etcd revision
+/// that wrote it. A watcher that saw events on registry a resumes with its cursor on b, and on
+/// c, and gets exactly the events after it, numbers and all, as a watcher on c that never
+/// left saw them (no gap, no repeat). An observer whose registry stops moves to the next one
+/// of its list and resumes there by itself: its stream is the whole history, once each.
+#[test]
+#[ignore = "needs a real etcd (Debian etcd-server): make test-etcd"]
+fn a_watcher_resumes_its_cursor_on_another_registry_without_gaps_or_repeats() {
+    use sfc_client::model::{EventKind, Health};
+    let rt = rt();
+    let _g = rt.enter();
+    let etcd = Etcd::start(1);
+    let mut a = Reg::start(&etcd.endpoints_flag(), None);
+    let b = Reg::start(&etcd.endpoints_flag(), Some(a.dir()));
+    let c = Reg::start(&etcd.endpoints_flag(), Some(a.dir()));
+    let ca = a.dir().to_path_buf();
+    let key = |e: &sfc_client::model::Event| (e.seq, e.kind, e.id.clone());
+    let joined = |id: &'static str| {
+        move |evs: &[sfc_client::model::Event]| evs.iter().any(|e| e.id == id && e.kind == EventKind::Joined)
+    };
+    // The reference: a watcher on c from the start. And one on a, which stops half way.
+    let (_r, mut reference) = rt.block_on(watcher(&c, &ca, "cur"));
+    let (first_obs, mut first) = rt.block_on(watcher(&a, &ca, "cur"));
+    // One that moves: it knows a, then b.
+    let mover = ClientBuilder::observer()
+        .ignore_env()
+        .registries([a.addr.clone(), b.addr.clone()])
+        .ca(ca.join("tls/ca.pem").display().to_string())
+        .start()
+        .expect("observer");
+    let mut moving = rt.block_on(common::watch_ready(&mover, sfc_client::model::Filter::group("cur"), false));
+
+    // Transitions made on all three registries.
+    let s1 = service(&[&a, &b], &ca, "cur", "s1");
+    let s2 = service(&[&b], &ca, "cur", "s2");
+    rt.block_on(s1.wait_connected(LIMIT)).unwrap();
+    rt.block_on(s2.wait_connected(LIMIT)).unwrap();
+    s1.set_health(Health::Critical, Some("disk".into())).unwrap();
+    let seen = rt.block_on(events_until(&mut first, "s1 critical on a", |evs| {
+        evs.iter().any(|e| e.id == "cur/s1" && e.kind == EventKind::HealthChanged)
+    }));
+    let cursor = seen.last().expect("events").seq;
+    drop((first, first_obs));
+
+    let s3 = service(&[&c], &ca, "cur", "s3");
+    rt.block_on(s3.wait_connected(LIMIT)).unwrap();
+    s2.set_health(Health::Warning, None).unwrap();
+    rt.block_on(s3.stop()).unwrap();
+    // Registry a stops: s1 and the moving observer go to b.
+    assert!(a.terminate().success());
+    let end = service(&[&b], &ca, "cur", "end");
+    let all = rt.block_on(events_until(&mut reference, "cur/end joined on c", joined("cur/end")));
+
+    // Registries agree on the numbers: what a's watcher saw is the reference's beginning.
+    let upto: Vec<_> = all.iter().filter(|e| e.seq <= cursor).map(key).collect();
+    assert_eq!(seen.iter().map(key).collect::<Vec<_>>(), upto, "registries a and c numbered events differently");
+    let after: Vec<_> = all.iter().filter(|e| e.seq > cursor).map(key).collect();
+    assert_eq!(after.len(), 5, "s3 joined and left, s2 warning, s1 moved, end joined: {after:?}");
+    for (name, reg) in [("b", &b), ("c", &c)] {
+        let obs = ClientBuilder::observer()
+            .ignore_env()
+            .registry(&reg.addr)
+            .ca(ca.join("tls/ca.pem").display().to_string())
+            .start()
+            .expect("observer");
+        let mut w = obs.watch_after(sfc_client::model::Filter::group("cur"), false, cursor).expect("watch");
+        let got = rt.block_on(events_until(&mut w, "cur/end joined", joined("cur/end")));
+        assert_eq!(got.iter().map(key).collect::<Vec<_>>(), after, "resumed on registry {name} after {cursor}");
+    }
+    let moved = rt.block_on(events_until(&mut moving, "cur/end joined, on the observer that moved", joined("cur/end")));
+    assert_eq!(moved.iter().map(key).collect::<Vec<_>>(), all.iter().map(key).collect::<Vec<_>>(),
+        "the observer that moved from a to b");
+    drop((end, s1, s2, s3, mover));
+}

@@ -57,6 +57,9 @@ pub(crate) struct Cluster {
     /// Told after each batch of watched records: a planned stop waits on it for its
     /// instances to move ([`Cluster::hand_over`]).
     changed: tokio::sync::Notify,
+    /// The newest etcd revision this registry has applied (its cursor: events are numbered
+    /// by revision), for watchers that resume here with a cursor from another registry.
+    revision: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -89,6 +92,7 @@ pub(crate) fn start(reg: &Registry, etcd: Arc<EtcdInner>) -> Result<Arc<Cluster>
         live: Mutex::new(HashSet::new()),
         waiting: Mutex::new(HashMap::new()),
         changed: tokio::sync::Notify::new(),
+        revision: tokio::sync::watch::Sender::new(0),
     });
     let e = etcd.clone();
     let first =
@@ -130,14 +134,16 @@ impl Cluster {
         match batch {
             Batch::Events(resp) => self.apply(&resp),
             Batch::Load { registries, instances, revision, announce } => {
-                self.load(&registries, &instances, announce);
+                self.load(&registries, &instances, announce, revision);
                 tracing::info!(target: "sfc::store", revision, records = instances.len(), "fleet loaded from etcd");
             }
         }
     }
 
     /// Applies every record and live registry; remote records that are gone are removed.
-    fn load(&self, registries: &[KeyValue], instances: &[KeyValue], announce: bool) {
+    /// The changes found have no revision of their own: they are applied without events
+    /// (watchers learn of them from a query), and the history continues from `revision`.
+    fn load(&self, registries: &[KeyValue], instances: &[KeyValue], announce: bool, revision: i64) {
         {
             let mut live = lock(&self.live);
             live.clear();
@@ -167,7 +173,7 @@ impl Cluster {
                     own.remove(&v.record.id);
                 }
                 let (owner, id) = (v.owner.clone(), v.record.id.clone());
-                if let Some(s) = st.apply_remote(&v.owner, v.record, None, announce) {
+                if let Some(s) = st.apply_remote(&v.owner, v.record, None, announce, None) {
                     closes.push((id, owner, s));
                 }
             }
@@ -178,8 +184,11 @@ impl Cluster {
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in gone {
-                st.remove_remote(&id, serde_json::json!({ "reason": "gone-from-etcd" }));
+                st.remove_remote(&id, serde_json::json!({ "reason": "gone-from-etcd" }), None);
             }
+            let rev = u64::try_from(revision).unwrap_or(0);
+            st.loaded_at(rev);
+            self.revision.send_replace(st.cursor());
         }
         close_superseded(closes);
     }
@@ -243,6 +252,21 @@ impl Cluster {
         self.apply_registries(resp);
         self.apply_instances(resp);
         self.apply_commands(resp);
+        // Everything up to the batch's newest revision is applied: that is the cursor now.
+        let newest = resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max();
+        if let (Some(rev), Some(reg)) = (newest.and_then(|r| u64::try_from(r).ok()), self.registry()) {
+            let mut st = reg.state();
+            st.seen_through(rev);
+            self.revision.send_replace(st.cursor());
+        }
+    }
+
+    /// Waits (at most one etcd operation timeout) until this registry has applied revision
+    /// `cursor`: a watcher resuming here with a cursor another registry gave it then gets
+    /// exactly the events after it.
+    pub(crate) async fn caught_up(&self, cursor: u64) {
+        let mut rx = self.revision.subscribe();
+        let _ = tokio::time::timeout(self.etcd.op_timeout, rx.wait_for(|r| *r >= cursor)).await;
     }
 
     /// Keeps the set of live registries.
@@ -273,6 +297,12 @@ impl Cluster {
                 let Ok(key) = kv.key_str() else { continue };
                 let Some(id) = key.strip_prefix(INSTANCES) else { continue };
                 let rev = kv.mod_revision();
+                let seq = u64::try_from(rev).unwrap_or(0);
+                // A transition of this registry's own, written at this revision: published now,
+                // in revision order with everyone else's.
+                if st.publish_through(seq) {
+                    continue;
+                }
                 match ev.event_type() {
                     EventType::Put => {
                         let Some(v) = parse_value(kv.key(), kv.value()) else { continue };
@@ -281,14 +311,19 @@ impl Cluster {
                         }
                         {
                             let mut own = lock(&self.etcd.own_rev);
-                            // Older than this registry's own write of the key: stale.
+                            // Older than this registry's own write of the key: stale. Its
+                            // event still goes into the history, as on every registry.
                             if own.get(id).is_some_and(|r| *r >= rev) {
+                                drop(own);
+                                if let Some(t) = v.event {
+                                    st.publish_remote_only(&v.owner, &v.record, t, seq);
+                                }
                                 continue;
                             }
                             own.remove(id);
                         }
                         let owner = v.owner.clone();
-                        if let Some(s) = st.apply_remote(&v.owner, v.record, v.event, true) {
+                        if let Some(s) = st.apply_remote(&v.owner, v.record, v.event, true, Some(seq)) {
                             closes.push((id.to_string(), owner, s));
                         }
                     }
@@ -312,7 +347,7 @@ impl Cluster {
                             _ => "evicted",
                         };
                         lock(&self.etcd.own_rev).remove(id);
-                        st.remove_remote(id, serde_json::json!({ "reason": reason, "registry": prev_owner }));
+                        st.remove_remote(id, serde_json::json!({ "reason": reason, "registry": prev_owner }), Some(seq));
                     }
                 }
             }
@@ -639,7 +674,7 @@ mod tests {
     fn remote_records_are_served_and_their_transitions_reach_watchers() {
         let (mut st, mut rx) = state();
         let t = RemoteTransition { kind: EventKind::Joined, at: 7, detail: serde_json::json!({ "session": 3 }) };
-        assert!(st.apply_remote("r2", remote_record("a"), Some(t), true).is_none());
+        assert!(st.apply_remote("r2", remote_record("a"), Some(t), true, None).is_none());
         assert_eq!(st.query(&Filter::default()).len(), 1);
         assert_eq!(st.remote_owner("g/a"), Some(("r2".to_string(), Status::Online)));
         let ev = rx.try_recv().unwrap();
@@ -649,7 +684,7 @@ mod tests {
         // A metric snapshot updates the record without an event.
         let mut r = remote_record("a");
         r.last_report_at = Some(r.last_report_at.unwrap() + 1000);
-        st.apply_remote("r2", r, None, true);
+        st.apply_remote("r2", r, None, true, None);
         assert!(rx.try_recv().is_err());
         assert_eq!(st.instances["g/a"].samples.len(), 2);
         assert!(st.local_records().is_empty());
@@ -661,18 +696,18 @@ mod tests {
         let mut r = remote_record("a");
         r.status = Status::Offline;
         r.status_since = 0;
-        st.apply_remote("r2", r, None, false);
+        st.apply_remote("r2", r, None, false, None);
         assert_eq!(st.evict_expired(Duration::ZERO), 0);
         assert!(st.instances.contains_key("g/a"));
         // Its owner evicted it: it goes here too.
-        assert!(st.remove_remote("g/a", serde_json::json!({ "reason": "evicted" })));
+        assert!(st.remove_remote("g/a", serde_json::json!({ "reason": "evicted" }), None));
         assert!(st.instances.is_empty());
     }
 
     #[test]
     fn a_client_that_fails_over_is_taken_over_with_an_online_event() {
         let (mut st, mut rx) = state();
-        st.apply_remote("r2", remote_record("a"), None, false);
+        st.apply_remote("r2", remote_record("a"), None, false, None);
         assert!(rx.try_recv().is_err(), "the initial load is silent");
         let (tx, _keep) = OutboundTx::channel(4);
         st.register(registration("a"), 1000, Some(SessionRef { id: 9, tx }), None, "v1", serde_json::json!({}));
@@ -680,9 +715,9 @@ mod tests {
         assert_eq!(st.remote_owner("g/a"), None);
         assert_eq!(st.local_records().len(), 1);
         // A record of ours that is online stays when etcd loses it (it is written back).
-        assert!(!st.remove_remote("g/a", serde_json::json!({})));
+        assert!(!st.remove_remote("g/a", serde_json::json!({}), None));
         // The owner's newer write supersedes our session.
-        let superseded = st.apply_remote("r3", remote_record("a"), None, true);
+        let superseded = st.apply_remote("r3", remote_record("a"), None, true, None);
         assert_eq!(superseded.map(|s| s.id), Some(9));
         assert_eq!(st.remote_owner("g/a").map(|o| o.0), Some("r3".to_string()));
     }

@@ -319,6 +319,20 @@ impl Registry {
         }
     }
 
+    /// `--store etcd`: waits (bounded) until this registry has seen everything up to
+    /// `cursor`, a cursor another registry of the fleet may have given (events are numbered
+    /// by etcd revision on every registry). At once otherwise.
+    pub async fn caught_up(&self, cursor: u64) {
+        #[cfg(feature = "etcd")]
+        if let Some(c) = self.shared.cluster.get() {
+            if self.state().cursor() < cursor {
+                c.caught_up(cursor).await;
+            }
+        }
+        #[cfg(not(feature = "etcd"))]
+        let _ = cursor;
+    }
+
     /// Records matching `filter`, sorted by id. Shared, not copied: the state lock is held
     /// only to pick them, and they are sorted (and serialized) after it is released.
     pub fn query(&self, filter: &Filter) -> Vec<Arc<InstanceRecord>> {

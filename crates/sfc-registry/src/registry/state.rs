@@ -133,8 +133,26 @@ pub struct State {
     /// The group commit's writer thread (stores with [`Store::group_commit`]): transitions
     /// are queued to it and broadcast once committed. None: written and broadcast in `emit`.
     writer: Option<super::commit::Writer>,
-    /// Newest event in the history (broadcast); queued transitions come after it.
+    /// Newest event in the history (broadcast); queued transitions come after it. With a
+    /// store that numbers events (`etcd`), the newest revision this registry has seen: its
+    /// state reflects everything up to it.
     published_seq: u64,
+    /// Events after this number may have been dropped from the history (it holds what came
+    /// after it): a resume from an older cursor has a gap.
+    dropped_through: u64,
+    /// The store numbers events for every registry sharing it ([`Store::numbers_events`],
+    /// `--store etcd`): an event's `seq` is the revision that wrote it, and events are
+    /// published in revision order as the cluster's watch sees them (`registry::cluster`).
+    shared_seq: bool,
+    /// Shared numbering: this registry's transitions written to the store, by revision,
+    /// waiting for the watch to reach them.
+    written: BTreeMap<u64, Arc<Event>>,
+    /// Events published since the start (for `/metrics` with shared numbering, where the
+    /// cursor is an etcd revision, not a count).
+    published_count: u64,
+    /// Shared numbering: this registry's transitions the store has not taken yet (it fails),
+    /// oldest first; written (and then numbered and published) once it works again.
+    unwritten: VecDeque<Arc<Event>>,
 }
 
 /// What registering a session did.
@@ -159,12 +177,17 @@ impl State {
             pending: HashMap::new(),
             events_tx,
             reports_tx,
-            store,
             store_error: None,
             persisted_seq: 0,
             remote_seqs: Default::default(),
             writer: None,
             published_seq: 0,
+            dropped_through: 0,
+            shared_seq: store.numbers_events(),
+            written: BTreeMap::new(),
+            published_count: 0,
+            unwritten: VecDeque::new(),
+            store,
         }
     }
 
@@ -192,6 +215,7 @@ impl State {
         self.next_seq = snap.last_seq + 1;
         self.persisted_seq = snap.last_seq;
         self.published_seq = snap.last_seq;
+        self.dropped_through = snap.events.first().map_or(snap.last_seq, |e| e.seq.saturating_sub(1));
         for ev in snap.events {
             self.keep_in_history(Arc::new(ev));
         }
@@ -243,6 +267,16 @@ impl State {
     /// snapshot timer, so a registry with no new transition still recovers.
     pub fn retry_store(&mut self) {
         if self.store_error.is_none() {
+            return;
+        }
+        if self.shared_seq {
+            match self.write_unwritten() {
+                Ok(()) => {
+                    self.store_error = None;
+                    tracing::warn!(target: "sfc::store", "store recovered; writing resumed");
+                }
+                Err(e) => self.store_error = Some(e.to_string()),
+            }
             return;
         }
         if let Some(w) = &self.writer {
@@ -301,13 +335,115 @@ impl State {
             w.write(ev.clone());
             return ev;
         }
+        // Numbered by the store: published when the cluster's watch reaches its revision.
+        if self.shared_seq {
+            self.write_shared(ev.clone());
+            return ev;
+        }
         // The event carries the record after the transition (none once evicted).
         self.persist(&ev, ev.instance.as_deref());
         self.publish(ev)
     }
 
+    /// Shared numbering: writes one transition (after any the store missed), and keeps it
+    /// by its revision for [`State::publish_through`]. While the store fails it waits in
+    /// `unwritten`: watchers hear of it once it is written and numbered.
+    fn write_shared(&mut self, ev: Arc<Event>) {
+        let result = if self.store_error.is_some() { self.write_unwritten() } else { Ok(()) };
+        self.unwritten.push_back(ev);
+        let result = result.and_then(|()| self.write_unwritten());
+        match result {
+            Ok(()) => {
+                if self.store_error.take().is_some() {
+                    tracing::warn!(target: "sfc::store", "store recovered; writing resumed");
+                }
+            }
+            Err(e) => {
+                if self.store_error.is_none() {
+                    tracing::error!(target: "sfc::store", error = %e,
+                        "STORE FAILING: transitions are kept in memory only until it recovers");
+                }
+                self.store_error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Shared numbering: writes what waits in `unwritten`, oldest first, each with the record
+    /// it carries; stops at the first failure.
+    fn write_unwritten(&mut self) -> crate::Result<()> {
+        while let Some(ev) = self.unwritten.front().cloned() {
+            match self.store.transition_numbered(&ev, ev.instance.as_deref())? {
+                Some(rev) => {
+                    self.written.insert(rev, Arc::new(Event { seq: rev, ..Event::clone(&ev) }));
+                }
+                // Nothing written (an eviction whose key was gone already): no number, and no
+                // registry hears of it.
+                None => tracing::debug!(target: "sfc::store", id = %ev.id, kind = ev.kind.as_str(), "transition not numbered by the store"),
+            }
+            self.unwritten.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Shared numbering: publishes this registry's own transitions written at revisions up to
+    /// `rev`, in order. True when one was written at `rev` itself.
+    pub(crate) fn publish_through(&mut self, rev: u64) -> bool {
+        let mut hit = false;
+        while let Some(entry) = self.written.first_entry() {
+            if *entry.key() > rev {
+                break;
+            }
+            hit |= *entry.key() == rev;
+            let ev = entry.remove();
+            self.publish(ev);
+        }
+        hit
+    }
+
+    /// Shared numbering: the cluster's watch has applied everything up to `rev`.
+    pub(crate) fn seen_through(&mut self, rev: u64) {
+        if !self.shared_seq {
+            return;
+        }
+        self.publish_through(rev);
+        self.published_seq = self.published_seq.max(rev);
+    }
+
+    /// Shared numbering: the fleet was loaded at `rev`; this registry's history begins there.
+    pub(crate) fn loaded_at(&mut self, rev: u64) {
+        if !self.shared_seq {
+            return;
+        }
+        self.seen_through(rev);
+        if self.history.is_empty() {
+            self.dropped_through = self.dropped_through.max(rev);
+        }
+    }
+
+    /// Events recorded in the history: the newest number, or with shared numbering (whose
+    /// numbers are etcd revisions) how many this registry has published since it started.
+    pub fn events_total(&self) -> u64 {
+        if self.shared_seq {
+            self.published_count
+        } else {
+            self.published_seq
+        }
+    }
+
+    /// Whether the history still holds every event after `cursor` (none was dropped).
+    pub fn complete_after(&self, cursor: u64) -> bool {
+        cursor >= self.dropped_through
+    }
+
     /// Builds the next event of the history, with the record as it is now.
     fn number_event(&mut self, kind: EventKind, id: &str, at: u64, detail: serde_json::Value) -> Arc<Event> {
+        let ev = self.build_event(self.next_seq, kind, id, at, detail);
+        self.next_seq += 1;
+        ev
+    }
+
+    /// Event number `seq`, with the record as it is now.
+    fn build_event(&self, seq: u64, kind: EventKind, id: &str, at: u64, detail: serde_json::Value) -> Arc<Event> {
         let (group, service, instance) = match self.instances.get(id) {
             Some(i) => (
                 i.record.group.clone(),
@@ -319,9 +455,7 @@ impl State {
                 (g.to_string(), String::new(), None)
             }
         };
-        let ev = Arc::new(Event { seq: self.next_seq, at, kind, id: id.to_string(), group, service, instance, detail });
-        self.next_seq += 1;
-        ev
+        Arc::new(Event { seq, at, kind, id: id.to_string(), group, service, instance, detail })
     }
 
     /// The writer thread: a batch is committed; its events go to the history and watchers.
@@ -333,7 +467,8 @@ impl State {
     fn publish(&mut self, ev: Arc<Event>) -> Arc<Event> {
         let kind = ev.kind;
         let id = ev.id.as_str();
-        self.published_seq = ev.seq;
+        self.published_seq = self.published_seq.max(ev.seq);
+        self.published_count += 1;
         self.keep_in_history(ev.clone());
         // No receivers is fine: nobody is watching.
         let _ = self.events_tx.send(ev.clone());
@@ -349,6 +484,7 @@ impl State {
         self.history.push_back(ev);
         while self.history.len() > 1 && (self.history.len() > self.history_cap || self.history_bytes > self.history_bytes_cap) {
             if let Some(old) = self.history.pop_front() {
+                self.dropped_through = self.dropped_through.max(old.seq);
                 self.history_bytes = self.history_bytes.saturating_sub(super::session::event_size(&old));
             }
         }
@@ -651,6 +787,7 @@ impl State {
         record: InstanceRecord,
         transition: Option<RemoteTransition>,
         announce: bool,
+        rev: Option<u64>,
     ) -> Option<SessionRef> {
         let id = record.id.clone();
         let is_new = !self.instances.contains_key(&id);
@@ -684,15 +821,7 @@ impl State {
         };
         match transition {
             Some(t) => {
-                let mut detail = t.detail;
-                match &mut detail {
-                    serde_json::Value::Object(o) => {
-                        o.insert("registry".into(), owner.into());
-                    }
-                    v @ serde_json::Value::Null => *v = serde_json::json!({ "registry": owner }),
-                    _ => {}
-                }
-                self.emit_remote(t.kind, &id, t.at, detail);
+                self.emit_remote(t.kind, &id, t.at, with_registry(t.detail, owner), rev);
             }
             // A metric snapshot: per-report watchers (dashboards) hear of it.
             None if self.reports_tx.receiver_count() > 0 => {
@@ -718,12 +847,12 @@ impl State {
     /// Removes a record that disappeared from etcd: a remote one (its owner evicted it, or
     /// the owner's lease expired), or one of ours that is not online (deregistered through
     /// another registry). Returns false when the record stays (one of ours, online).
-    pub fn remove_remote(&mut self, id: &str, detail: serde_json::Value) -> bool {
+    pub fn remove_remote(&mut self, id: &str, detail: serde_json::Value, rev: Option<u64>) -> bool {
         match self.instances.get(id) {
             Some(i) if i.remote.is_some() || i.record.status != Status::Online => {}
             _ => return false,
         }
-        self.emit_remote(EventKind::Evicted, id, now_ms(), detail);
+        self.emit_remote(EventKind::Evicted, id, now_ms(), detail, rev);
         self.instances.remove(id);
         true
     }
@@ -739,14 +868,49 @@ impl State {
     }
 
     /// An event another registry already made durable: kept and broadcast, never written.
-    fn emit_remote(&mut self, kind: EventKind, id: &str, at: u64, detail: serde_json::Value) -> Arc<Event> {
+    /// Shared numbering: its number is `rev`, the revision that wrote it; without one (a
+    /// change found by reading the fleet again) there is no event.
+    fn emit_remote(&mut self, kind: EventKind, id: &str, at: u64, detail: serde_json::Value, rev: Option<u64>) {
+        if self.shared_seq {
+            match rev {
+                Some(rev) => {
+                    self.publish_through(rev);
+                    let ev = self.build_event(rev, kind, id, at, detail);
+                    self.publish(ev);
+                }
+                None => tracing::debug!(target: "sfc::registry", id, kind = kind.as_str(),
+                    "a change found by reading the fleet again: applied without an event"),
+            }
+            return;
+        }
         let ev = self.number_event(kind, id, at, detail);
         if self.store_error.is_none() {
             self.persisted_seq = ev.seq;
         } else {
             self.remote_seqs.insert(ev.seq);
         }
-        self.publish(ev)
+        self.publish(ev);
+    }
+
+    /// Shared numbering: a transition another registry wrote at `rev` whose record this
+    /// registry does not take (its own write of the key is newer): kept in the history and
+    /// broadcast like every registry does, with the record as written, the state untouched.
+    pub(crate) fn publish_remote_only(&mut self, owner: &str, record: &InstanceRecord, t: RemoteTransition, rev: u64) {
+        if !self.shared_seq {
+            return;
+        }
+        self.publish_through(rev);
+        let ev = Event {
+            seq: rev,
+            at: t.at,
+            kind: t.kind,
+            id: record.id.clone(),
+            group: record.group.clone(),
+            service: record.service.clone(),
+            instance: Some(Box::new(record.clone())),
+            detail: with_registry(t.detail, owner),
+        };
+        self.publish(Arc::new(ev));
     }
 
     fn fail_pending_for(&mut self, id: &str, why: &str) {
@@ -759,6 +923,18 @@ impl State {
             }
         }
     }
+}
+
+/// A transition's detail with `"registry": owner` added (the registry that made it).
+fn with_registry(mut detail: serde_json::Value, owner: &str) -> serde_json::Value {
+    match &mut detail {
+        serde_json::Value::Object(o) => {
+            o.insert("registry".into(), owner.into());
+        }
+        v @ serde_json::Value::Null => *v = serde_json::json!({ "registry": owner }),
+        _ => {}
+    }
+    detail
 }
 
 /// Sorts records by id (the order every query answers in), once the lock is released.
