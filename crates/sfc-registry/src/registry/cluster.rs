@@ -2,8 +2,12 @@
 //!
 //! - **Reads.** At start the registry loads every instance record from etcd, then an etcd
 //!   watch on `/sfc/v1/` keeps its cache current. Records other registries own live in
-//!   [`State`](super::state::State) as remote instances (no session, no local liveness timer);
-//!   their transitions are emitted to local watchers with local sequence numbers.
+//!   [`State`](super::state::State) as remote instances (no session, no local liveness timer).
+//! - **Events** are numbered by the etcd revision that wrote them and published in revision
+//!   order from the watch, this registry's own included (once the watch reaches them), so a
+//!   cursor is valid on every registry of the fleet.
+//! - **Planned stop.** [`Cluster::hand_over`] keeps the records alive until their clients
+//!   have registered on another registry.
 //! - **Ownership.** Records this registry owns are written under its lease, which a task
 //!   keeps alive. If the lease is lost anyway (etcd unreachable for longer than its TTL), the
 //!   task takes a new one and writes every record it owns again. The newest write of a key

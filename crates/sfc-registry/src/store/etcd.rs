@@ -17,6 +17,8 @@
 //! a probe reaches etcd again, so an unreachable etcd does not hold the registry's lock once per
 //! transition.
 //! The event history stays in each registry's memory: etcd holds the fleet, not the history.
+//! Events are numbered by the revision of the write that made them
+//! ([`Store::transition_numbered`]), the same number on every registry.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
