@@ -349,10 +349,8 @@ impl State {
     /// by its revision for [`State::publish_through`]. While the store fails it waits in
     /// `unwritten`: watchers hear of it once it is written and numbered.
     fn write_shared(&mut self, ev: Arc<Event>) {
-        let result = if self.store_error.is_some() { self.write_unwritten() } else { Ok(()) };
         self.unwritten.push_back(ev);
-        let result = result.and_then(|()| self.write_unwritten());
-        match result {
+        match self.write_unwritten() {
             Ok(()) => {
                 if self.store_error.take().is_some() {
                     tracing::warn!(target: "sfc::store", "store recovered; writing resumed");
@@ -999,5 +997,77 @@ mod tests {
         st.apply_report("g/a", None, report(3.0));
         let last = st.record("g/a").expect("g/a");
         assert_eq!((Arc::as_ptr(&last), last.metrics.process.cpu_percent), (at, Some(3.0)));
+    }
+
+    /// A store that numbers its writes like etcd's revisions (by ten here, to show gaps), and
+    /// that can be made to fail.
+    #[derive(Default)]
+    struct Numbering {
+        rev: std::sync::atomic::AtomicU64,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl Store for Numbering {
+        fn kind(&self) -> &'static str {
+            "numbering"
+        }
+        fn load(&self, _: usize) -> crate::Result<Snapshot> {
+            Ok(Snapshot::default())
+        }
+        fn transition(&self, ev: &Event, r: Option<&InstanceRecord>) -> crate::Result<()> {
+            self.transition_numbered(ev, r).map(|_| ())
+        }
+        fn transition_numbered(&self, _: &Event, _: Option<&InstanceRecord>) -> crate::Result<Option<u64>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.failing.load(SeqCst) {
+                return Err(crate::Error::Unreachable("the store fails".into()));
+            }
+            Ok(Some(self.rev.fetch_add(10, SeqCst) + 10))
+        }
+        fn numbers_events(&self) -> bool {
+            true
+        }
+        fn snapshot(&self, _: &[InstanceRecord]) -> crate::Result<()> {
+            Ok(())
+        }
+        fn prune_events(&self, _: u64) -> crate::Result<usize> {
+            Ok(0)
+        }
+    }
+
+    /// With a store that numbers events (`--store etcd`), a transition is published under the
+    /// store's number once the watch reaches it, in order with the others; while the store
+    /// fails it waits, and once written it is numbered and published like the rest.
+    #[test]
+    fn events_numbered_by_the_store_are_published_when_the_watch_reaches_them() {
+        let (events, mut rx) = broadcast::channel(16);
+        let (reports, _) = broadcast::channel(16);
+        let store = Arc::new(Numbering::default());
+        let mut st = State::new(100, events, reports, store.clone());
+        st.loaded_at(5);
+        assert_eq!(st.cursor(), 5);
+        let reg = |i: &str| -> Registration {
+            serde_json::from_value(serde_json::json!({ "group": "g", "instance_id": i, "service": "svc" })).unwrap()
+        };
+        st.register(reg("a"), 1000, None, None, "v1", serde_json::Value::Null);
+        assert!(rx.try_recv().is_err(), "published before the watch reached it");
+        // Another registry's transition at 7 comes first, ours (10) when the watch gets there.
+        st.seen_through(7);
+        assert!(rx.try_recv().is_err());
+        assert!(st.publish_through(10));
+        assert_eq!((rx.try_recv().unwrap().seq, st.cursor()), (10, 10));
+        store.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        st.register(reg("b"), 1000, None, None, "v1", serde_json::Value::Null);
+        assert!(st.store_error.is_some());
+        st.seen_through(15);
+        assert!(rx.try_recv().is_err(), "an unwritten transition has no number yet");
+        store.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        st.retry_store();
+        assert!(st.store_error.is_none());
+        st.seen_through(20);
+        let ev = rx.try_recv().unwrap();
+        assert_eq!((ev.seq, ev.kind, ev.id.as_str()), (20, EventKind::Joined, "g/b"));
+        assert_eq!(st.events_after(0, 10).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![10, 20]);
+        assert!(!st.complete_after(4) && st.complete_after(5), "the history begins at the load");
     }
 }
