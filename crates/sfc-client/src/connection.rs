@@ -76,6 +76,10 @@ enum End {
     /// Another session took over our identity: reconnecting would take it back, and the two
     /// would flap forever. The client stays down and says so.
     Superseded(String),
+    /// The registry is stopping (`shutting-down`): the client moves to the next registry of
+    /// its list at once, without backing off. With `--store etcd` that registry takes the
+    /// session over while the stopping one still holds the record (no `offline`).
+    Moved(String),
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Control>) {
@@ -160,6 +164,15 @@ pub(crate) async fn run(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Co
                         let _ = task.shared.events.send(ClientEvent::Disconnected { registry: addr.clone(), reason });
                         // Try the same registry once more before failing over.
                         next -= 1;
+                    }
+                    End::Moved(reason) => {
+                        tracing::info!(target: "sfc::client", registry = %addr, %reason, "registry stopping: moving to the next one");
+                        let _ = task.shared.events.send(ClientEvent::Disconnected { registry: addr.clone(), reason });
+                        // Another registry, at once: no backoff (a failed attempt there backs
+                        // off as usual). With one registry only, wait for it to come back.
+                        if n > 1 {
+                            continue;
+                        }
                     }
                 }
             }
@@ -716,6 +729,9 @@ impl Task {
                 });
                 if e.fatal && e.code == ErrorCode::Superseded {
                     return Ok(Some(End::Superseded(format!("{}: {}", e.code, e.message))));
+                }
+                if e.fatal && e.code == ErrorCode::ShuttingDown {
+                    return Ok(Some(End::Moved(format!("registry closed the session: {}: {}", e.code, e.message))));
                 }
                 if e.fatal {
                     return Ok(Some(End::Lost(format!("registry closed the session: {}: {}", e.code, e.message))));

@@ -307,6 +307,11 @@ impl Drop for Reg {
 /// A service client on `regs` (the first is tried first; the others are failover addresses),
 /// trusting the fleet's CA. It answers `echo` commands.
 fn service(regs: &[&Reg], ca: &Path, group: &str, instance: &str) -> Client {
+    service_backoff(regs, ca, group, instance, Duration::from_millis(50))
+}
+
+/// [`service`] whose reconnect backoff starts at `backoff` (and is capped at eight times it).
+fn service_backoff(regs: &[&Reg], ca: &Path, group: &str, instance: &str, backoff: Duration) -> Client {
     let c = Client::builder()
         .ignore_env()
         .registries(regs.iter().map(|r| r.addr.clone()))
@@ -314,7 +319,7 @@ fn service(regs: &[&Reg], ca: &Path, group: &str, instance: &str) -> Client {
         .group(group)
         .instance_id(instance)
         .interval(Duration::from_millis(200))
-        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(400))
+        .reconnect_backoff(backoff, backoff * 8)
         .start()
         .expect("start client");
     let me = format!("{group}/{instance}");
@@ -557,4 +562,259 @@ fn registries_reach_etcd_over_mutual_tls() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("etcd at https://127.0.0.1:") && err.contains("connect failed"), "{err}");
+}
+
+// --- HA without flaps (issue 16 point 7): three registries on one etcd -------------------
+
+impl Reg {
+    /// Stops the registry gracefully (SIGTERM) and waits until it has exited.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        common::signal(self.child.id(), "TERM");
+        self.child.wait().expect("wait for the registry to exit")
+    }
+}
+
+/// An observer on `reg` only, trusting the fleet's CA, with a watch on `group` that the
+/// registry has set up (its snapshot answered) before this returns.
+async fn watcher(reg: &Reg, ca: &Path, group: &str) -> (Client, sfc_client::WatchStream) {
+    let obs = ClientBuilder::observer()
+        .ignore_env()
+        .registry(&reg.addr)
+        .ca(ca.join("tls/ca.pem").display().to_string())
+        .start()
+        .expect("observer");
+    let w = common::watch_ready(&obs, sfc_client::model::Filter::group(group), false).await;
+    (obs, w)
+}
+
+/// Events from `w` until `done` holds on what has arrived (bounded: fails after LIMIT).
+async fn events_until(
+    w: &mut sfc_client::WatchStream,
+    what: &str,
+    done: impl Fn(&[sfc_client::model::Event]) -> bool,
+) -> Vec<sfc_client::model::Event> {
+    let mut out = Vec::new();
+    let start = Instant::now();
+    while !done(&out) {
+        let left = LIMIT.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, w.next()).await {
+            Ok(Some(ev)) => out.push(ev),
+            _ => panic!("timed out after {LIMIT:?} waiting for {what}; got {out:?}"),
+        }
+    }
+    out
+}
+
+/// The registry address a client connects to after `from` told it `shutting-down`, from its
+/// events. Fails when the client reports anything else in between: a failed connection
+/// attempt (an error event), or a second disconnect.
+async fn moved_to(events: &mut tokio::sync::broadcast::Receiver<sfc_client::ClientEvent>, from: &str) -> String {
+    use sfc_client::ClientEvent;
+    tokio::time::timeout(LIMIT, async {
+        let mut seen = Vec::new();
+        loop {
+            let ev = events.recv().await.expect("client events");
+            let expected = match (&ev, seen.len()) {
+                (ClientEvent::Error { code: Some(sfc_client::protocol::ErrorCode::ShuttingDown), .. }, 0) => true,
+                (ClientEvent::Disconnected { registry, .. }, 1) => registry == from,
+                (ClientEvent::Connected { registry, .. }, 2) if registry != from => return registry.clone(),
+                _ => false,
+            };
+            seen.push(format!("{ev:?}"));
+            assert!(expected, "leaving {from}, the client reported {seen:#?}");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the client did not move away from {from} within {LIMIT:?}"))
+}
+
+/// A planned stop (SIGTERM) of one of three registries hands its sessions over: each client
+/// moves to another registry of its list at once (its reconnect backoff is an hour: waiting
+/// it, or trying the stopping registry again first, would not end within the test's bound),
+/// and a watcher on the third registry never hears them go: no `offline`, no `evicted`, no
+/// new `joined`; at most an `online` that names the registry they moved from.
+#[test]
+#[ignore = "needs a real etcd (Debian etcd-server): make test-etcd"]
+fn sigterm_of_one_of_three_registries_hands_its_sessions_over_without_offline() {
+    let rt = rt();
+    let _g = rt.enter();
+    let etcd = Etcd::start(1);
+    let mut a = Reg::start(&etcd.endpoints_flag(), None);
+    let b = Reg::start(&etcd.endpoints_flag(), Some(a.dir()));
+    let c = Reg::start(&etcd.endpoints_flag(), Some(a.dir()));
+    let ca = a.dir().to_path_buf();
+    let ids = ["ha/m1", "ha/m2", "ha/m3"];
+    let hour = Duration::from_secs(3600);
+    let m1 = service_backoff(&[&a, &b, &c], &ca, "ha", "m1", hour);
+    let m2 = service_backoff(&[&a, &c, &b], &ca, "ha", "m2", hour);
+    let m3 = service_backoff(&[&a, &b], &ca, "ha", "m3", hour);
+    let on_b = service(&[&b], &ca, "ha", "on-b");
+    rt.block_on(async {
+        for m in [&m1, &m2, &m3, &on_b] {
+            m.wait_connected(LIMIT).await.unwrap();
+        }
+    });
+    let all = online(&["ha/m1", "ha/m2", "ha/m3", "ha/on-b"]);
+    eventually(LIMIT, "registry c to serve all four", || (c.fleet() == all).then_some(()));
+    let (_obs, mut w) = rt.block_on(watcher(&c, &ca, "ha"));
+    let mut evs: Vec<_> = [&m1, &m2, &m3].iter().map(|m| m.subscribe()).collect();
+
+    let status = a.terminate();
+    assert!(status.success(), "registry a exited with {status}");
+    // Every client went straight to another registry of its list.
+    rt.block_on(async {
+        for (e, others) in evs.iter_mut().zip([[&b.addr, &c.addr], [&c.addr, &b.addr], [&b.addr, &b.addr]]) {
+            let to = moved_to(e, &a.addr).await;
+            assert!(others.contains(&&to), "moved to {to}, not one of {others:?}");
+        }
+    });
+    eventually(LIMIT, "registry c to serve all four after a stopped", || (c.fleet() == all).then_some(()));
+    eventually(LIMIT, "registry b to serve all four after a stopped", || (b.fleet() == all).then_some(()));
+    // A barrier behind everything registry a did, its lease revocation at exit included: a
+    // client that joins now is announced on c after all of it (etcd's watch is in order).
+    let late = service(&[&b], &ca, "ha", "late");
+    let seen = rt.block_on(events_until(&mut w, "ha/late joined on registry c", |evs| {
+        evs.iter().any(|e| e.id == "ha/late" && e.kind == sfc_client::model::EventKind::Joined)
+    }));
+    for e in &seen {
+        if ids.contains(&e.id.as_str()) {
+            assert_eq!(e.kind, sfc_client::model::EventKind::Online, "a moved client flapped: {seen:#?}");
+            assert!(e.detail["moved_from"].is_string(), "an online without the registry it moved from: {e:?}");
+        }
+    }
+    for id in ids {
+        assert!(seen.iter().any(|e| e.id == id), "no owner change for {id} on registry c: {seen:#?}");
+    }
+    drop((late, on_b, m1, m2, m3));
+}
+
+/// SIGKILL of one of three registries: its clients that reach another registry before its
+/// lease expires (3 s here) never go: a watcher on a third registry hears an `online` naming
+/// the dead registry (the owner changed), no `offline`, no `evicted`. The one client that
+/// knows no other registry is evicted when the lease expires (reason `owner-expired`).
+#[test]
+#[ignore = "needs a real etcd (Debian etcd-server): make test-etcd"]
+fn sigkill_of_one_of_three_registries_flaps_none_of_the_clients_that_reconnect_elsewhere() {
+    use sfc_client::model::EventKind;
+    let rt = rt();
+    let _g = rt.enter();
+    let etcd = Etcd::start(1);
+    let mut a = Reg::start(&etcd.endpoints_flag(), None);
+    let b = Reg::start(&etcd.endpoints_flag(), Some(a.dir()));
+    let c = Reg::start(&etcd.endpoints_flag(), Some(a.dir()));
+    let ca = a.dir().to_path_buf();
+    let movers = ["kill/k1", "kill/k2", "kill/k3"];
+    let k1 = service(&[&a, &b, &c], &ca, "kill", "k1");
+    let k2 = service(&[&a, &c, &b], &ca, "kill", "k2");
+    let k3 = service(&[&a, &b], &ca, "kill", "k3");
+    let doomed = service(&[&a], &ca, "kill", "doomed");
+    rt.block_on(async {
+        for k in [&k1, &k2, &k3, &doomed] {
+            k.wait_connected(LIMIT).await.unwrap();
+        }
+    });
+    let all = online(&["kill/doomed", "kill/k1", "kill/k2", "kill/k3"]);
+    eventually(LIMIT, "registry c to serve all four", || (c.fleet() == all).then_some(()));
+    let (_obs, mut w) = rt.block_on(watcher(&c, &ca, "kill"));
+
+    a.kill(); // SIGKILL
+    // The doomed client's record goes with a's lease; by then (one revision deletes all the
+    // lease's keys) whatever a's death did to the others has reached c too.
+    let mut seen = rt.block_on(events_until(&mut w, "kill/doomed evicted on registry c", |evs| {
+        evs.iter().any(|e| e.id == "kill/doomed" && e.kind == EventKind::Evicted)
+    }));
+    let gone = seen.iter().find(|e| e.id == "kill/doomed").expect("doomed");
+    assert_eq!((gone.kind, &gone.detail["reason"]), (EventKind::Evicted, &json!("owner-expired")), "{seen:#?}");
+    // A barrier behind the lease's expiry: a client joining now is announced after it.
+    let late = service(&[&b], &ca, "kill", "late");
+    seen.extend(rt.block_on(events_until(&mut w, "kill/late joined on registry c", |evs| {
+        evs.iter().any(|e| e.id == "kill/late" && e.kind == EventKind::Joined)
+    })));
+    for id in movers {
+        let theirs: Vec<_> = seen.iter().filter(|e| e.id == id).collect();
+        assert!(!theirs.is_empty(), "{id} never moved: {seen:#?}");
+        for e in theirs {
+            assert_eq!(e.kind, EventKind::Online, "{id} flapped: {seen:#?}");
+            assert!(e.detail["moved_from"].is_string(), "{e:?}");
+        }
+    }
+    let survivors = online(&["kill/k1", "kill/k2", "kill/k3", "kill/late"]);
+    eventually(LIMIT, "registry c's fleet after a died", || (c.fleet() == survivors).then_some(()));
+    eventually(LIMIT, "registry b's fleet after a died", || (b.fleet() == survivors).then_some(()));
+    drop((late, doomed, k1, k2, k3));
+}
+
+/// Event cursors are valid fleet-wide: every registry numbers an event by the etcd revision
+/// that wrote it. A watcher that saw events on registry a resumes with its cursor on b, and on
+/// c, and gets exactly the events after it, numbers and all, as a watcher on c that never
+/// left saw them (no gap, no repeat). An observer whose registry stops moves to the next one
+/// of its list and resumes there by itself: its stream is the whole history, once each.
+#[test]
+#[ignore = "needs a real etcd (Debian etcd-server): make test-etcd"]
+fn a_watcher_resumes_its_cursor_on_another_registry_without_gaps_or_repeats() {
+    use sfc_client::model::{EventKind, Health};
+    let rt = rt();
+    let _g = rt.enter();
+    let etcd = Etcd::start(1);
+    let mut a = Reg::start(&etcd.endpoints_flag(), None);
+    let b = Reg::start(&etcd.endpoints_flag(), Some(a.dir()));
+    let c = Reg::start(&etcd.endpoints_flag(), Some(a.dir()));
+    let ca = a.dir().to_path_buf();
+    let key = |e: &sfc_client::model::Event| (e.seq, e.kind, e.id.clone());
+    let joined = |id: &'static str| {
+        move |evs: &[sfc_client::model::Event]| evs.iter().any(|e| e.id == id && e.kind == EventKind::Joined)
+    };
+    // The reference: a watcher on c from the start. And one on a, which stops half way.
+    let (_r, mut reference) = rt.block_on(watcher(&c, &ca, "cur"));
+    let (first_obs, mut first) = rt.block_on(watcher(&a, &ca, "cur"));
+    // One that moves: it knows a, then b.
+    let mover = ClientBuilder::observer()
+        .ignore_env()
+        .registries([a.addr.clone(), b.addr.clone()])
+        .ca(ca.join("tls/ca.pem").display().to_string())
+        .start()
+        .expect("observer");
+    let mut moving = rt.block_on(common::watch_ready(&mover, sfc_client::model::Filter::group("cur"), false));
+
+    // Transitions made on all three registries.
+    let s1 = service(&[&a, &b], &ca, "cur", "s1");
+    let s2 = service(&[&b], &ca, "cur", "s2");
+    rt.block_on(s1.wait_connected(LIMIT)).unwrap();
+    rt.block_on(s2.wait_connected(LIMIT)).unwrap();
+    s1.set_health(Health::Critical, Some("disk".into())).unwrap();
+    let seen = rt.block_on(events_until(&mut first, "s1 critical on a", |evs| {
+        evs.iter().any(|e| e.id == "cur/s1" && e.kind == EventKind::HealthChanged)
+    }));
+    let cursor = seen.last().expect("events").seq;
+    drop((first, first_obs));
+
+    let s3 = service(&[&c], &ca, "cur", "s3");
+    rt.block_on(s3.wait_connected(LIMIT)).unwrap();
+    s2.set_health(Health::Warning, None).unwrap();
+    rt.block_on(s3.stop()).unwrap();
+    // Registry a stops: s1 and the moving observer go to b.
+    assert!(a.terminate().success());
+    let end = service(&[&b], &ca, "cur", "end");
+    let all = rt.block_on(events_until(&mut reference, "cur/end joined on c", joined("cur/end")));
+
+    // Registries agree on the numbers: what a's watcher saw is the reference's beginning.
+    let upto: Vec<_> = all.iter().filter(|e| e.seq <= cursor).map(key).collect();
+    assert_eq!(seen.iter().map(key).collect::<Vec<_>>(), upto, "registries a and c numbered events differently");
+    let after: Vec<_> = all.iter().filter(|e| e.seq > cursor).map(key).collect();
+    assert_eq!(after.len(), 5, "s3 joined and left, s2 warning, s1 moved, end joined: {after:?}");
+    for (name, reg) in [("b", &b), ("c", &c)] {
+        let obs = ClientBuilder::observer()
+            .ignore_env()
+            .registry(&reg.addr)
+            .ca(ca.join("tls/ca.pem").display().to_string())
+            .start()
+            .expect("observer");
+        let mut w = obs.watch_after(sfc_client::model::Filter::group("cur"), false, cursor).expect("watch");
+        let got = rt.block_on(events_until(&mut w, "cur/end joined", joined("cur/end")));
+        assert_eq!(got.iter().map(key).collect::<Vec<_>>(), after, "resumed on registry {name} after {cursor}");
+    }
+    let moved = rt.block_on(events_until(&mut moving, "cur/end joined, on the observer that moved", joined("cur/end")));
+    assert_eq!(moved.iter().map(key).collect::<Vec<_>>(), all.iter().map(key).collect::<Vec<_>>(),
+        "the observer that moved from a to b");
+    drop((end, s1, s2, s3, mover));
 }

@@ -452,7 +452,8 @@ impl Watch {
     /// Returns false when the history no longer holds the event right after `last`.
     fn replay(&mut self) -> bool {
         let (page, _) = self.state.registry.events_after(self.last, usize::MAX);
-        let complete = page.first().is_none_or(|e| e.seq == self.last + 1);
+        // Not `first == last + 1`: with `--store etcd` numbers are etcd revisions, with gaps.
+        let complete = self.state.registry.state().complete_after(self.last);
         self.backlog
             .extend(page.into_iter().filter(|e| event_matches(&self.filter, e)));
         complete
@@ -539,6 +540,11 @@ pub async fn watch(
         ),
         None => q.after,
     };
+    // A cursor from another registry of the fleet (`--store etcd`): wait until this one has
+    // reached it.
+    if let Some(after) = resume {
+        s.registry.caught_up(after).await;
+    }
     // Subscribe before reading the history, so nothing falls between the two.
     let events = s.registry.subscribe();
     let reports = q

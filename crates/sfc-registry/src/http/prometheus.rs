@@ -171,7 +171,7 @@ pub fn render(registry: &Registry, figures: &SelfFigures, instances: MetricsInst
             records
         }
     };
-    let (_, events_total) = registry.events_after(u64::MAX, 0);
+    let events_total = registry.state().events_total();
 
     Family::new(
         &mut out,

@@ -2,8 +2,12 @@
 //!
 //! - **Reads.** At start the registry loads every instance record from etcd, then an etcd
 //!   watch on `/sfc/v1/` keeps its cache current. Records other registries own live in
-//!   [`State`](super::state::State) as remote instances (no session, no local liveness timer);
-//!   their transitions are emitted to local watchers with local sequence numbers.
+//!   [`State`](super::state::State) as remote instances (no session, no local liveness timer).
+//! - **Events** are numbered by the etcd revision that wrote them and published in revision
+//!   order from the watch, this registry's own included (once the watch reaches them), so a
+//!   cursor is valid on every registry of the fleet.
+//! - **Planned stop.** [`Cluster::hand_over`] keeps the records alive until their clients
+//!   have registered on another registry.
 //! - **Ownership.** Records this registry owns are written under its lease, which a task
 //!   keeps alive. If the lease is lost anyway (etcd unreachable for longer than its TTL), the
 //!   task takes a new one and writes every record it owns again. The newest write of a key
@@ -54,6 +58,12 @@ pub(crate) struct Cluster {
     live: Mutex<HashSet<String>>,
     /// Forwarded commands waiting for their result, by local command id.
     waiting: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    /// Told after each batch of watched records: a planned stop waits on it for its
+    /// instances to move ([`Cluster::hand_over`]).
+    changed: tokio::sync::Notify,
+    /// The newest etcd revision this registry has applied (its cursor: events are numbered
+    /// by revision), for watchers that resume here with a cursor from another registry.
+    revision: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -85,6 +95,8 @@ pub(crate) fn start(reg: &Registry, etcd: Arc<EtcdInner>) -> Result<Arc<Cluster>
         shared: Arc::downgrade(&reg.shared),
         live: Mutex::new(HashSet::new()),
         waiting: Mutex::new(HashMap::new()),
+        changed: tokio::sync::Notify::new(),
+        revision: tokio::sync::watch::Sender::new(0),
     });
     let e = etcd.clone();
     let first =
@@ -126,14 +138,16 @@ impl Cluster {
         match batch {
             Batch::Events(resp) => self.apply(&resp),
             Batch::Load { registries, instances, revision, announce } => {
-                self.load(&registries, &instances, announce);
+                self.load(&registries, &instances, announce, revision);
                 tracing::info!(target: "sfc::store", revision, records = instances.len(), "fleet loaded from etcd");
             }
         }
     }
 
     /// Applies every record and live registry; remote records that are gone are removed.
-    fn load(&self, registries: &[KeyValue], instances: &[KeyValue], announce: bool) {
+    /// The changes found have no revision of their own: they are applied without events
+    /// (watchers learn of them from a query), and the history continues from `revision`.
+    fn load(&self, registries: &[KeyValue], instances: &[KeyValue], announce: bool, revision: i64) {
         {
             let mut live = lock(&self.live);
             live.clear();
@@ -163,7 +177,7 @@ impl Cluster {
                     own.remove(&v.record.id);
                 }
                 let (owner, id) = (v.owner.clone(), v.record.id.clone());
-                if let Some(s) = st.apply_remote(&v.owner, v.record, None, announce) {
+                if let Some(s) = st.apply_remote(&v.owner, v.record, None, announce, None) {
                     closes.push((id, owner, s));
                 }
             }
@@ -174,8 +188,11 @@ impl Cluster {
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in gone {
-                st.remove_remote(&id, serde_json::json!({ "reason": "gone-from-etcd" }));
+                st.remove_remote(&id, serde_json::json!({ "reason": "gone-from-etcd" }), None);
             }
+            let rev = u64::try_from(revision).unwrap_or(0);
+            st.loaded_at(rev);
+            self.revision.send_replace(st.cursor());
         }
         close_superseded(closes);
     }
@@ -239,6 +256,21 @@ impl Cluster {
         self.apply_registries(resp);
         self.apply_instances(resp);
         self.apply_commands(resp);
+        // Everything up to the batch's newest revision is applied: that is the cursor now.
+        let newest = resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max();
+        if let (Some(rev), Some(reg)) = (newest.and_then(|r| u64::try_from(r).ok()), self.registry()) {
+            let mut st = reg.state();
+            st.seen_through(rev);
+            self.revision.send_replace(st.cursor());
+        }
+    }
+
+    /// Waits (at most one etcd operation timeout) until this registry has applied revision
+    /// `cursor`: a watcher resuming here with a cursor another registry gave it then gets
+    /// exactly the events after it.
+    pub(crate) async fn caught_up(&self, cursor: u64) {
+        let mut rx = self.revision.subscribe();
+        let _ = tokio::time::timeout(self.etcd.op_timeout, rx.wait_for(|r| *r >= cursor)).await;
     }
 
     /// Keeps the set of live registries.
@@ -269,6 +301,12 @@ impl Cluster {
                 let Ok(key) = kv.key_str() else { continue };
                 let Some(id) = key.strip_prefix(INSTANCES) else { continue };
                 let rev = kv.mod_revision();
+                let seq = u64::try_from(rev).unwrap_or(0);
+                // A transition of this registry's own, written at this revision: published now,
+                // in revision order with everyone else's.
+                if st.publish_through(seq) {
+                    continue;
+                }
                 match ev.event_type() {
                     EventType::Put => {
                         let Some(v) = parse_value(kv.key(), kv.value()) else { continue };
@@ -277,14 +315,19 @@ impl Cluster {
                         }
                         {
                             let mut own = lock(&self.etcd.own_rev);
-                            // Older than this registry's own write of the key: stale.
+                            // Older than this registry's own write of the key: stale. Its
+                            // event still goes into the history, as on every registry.
                             if own.get(id).is_some_and(|r| *r >= rev) {
+                                drop(own);
+                                if let Some(t) = v.event {
+                                    st.publish_remote_only(&v.owner, &v.record, t, seq);
+                                }
                                 continue;
                             }
                             own.remove(id);
                         }
                         let owner = v.owner.clone();
-                        if let Some(s) = st.apply_remote(&v.owner, v.record, v.event, true) {
+                        if let Some(s) = st.apply_remote(&v.owner, v.record, v.event, true, Some(seq)) {
                             closes.push((id.to_string(), owner, s));
                         }
                     }
@@ -308,12 +351,13 @@ impl Cluster {
                             _ => "evicted",
                         };
                         lock(&self.etcd.own_rev).remove(id);
-                        st.remove_remote(id, serde_json::json!({ "reason": reason, "registry": prev_owner }));
+                        st.remove_remote(id, serde_json::json!({ "reason": reason, "registry": prev_owner }), Some(seq));
                     }
                 }
             }
         }
         close_superseded(closes);
+        self.changed.notify_one();
         if !reput.is_empty() {
             let etcd = self.etcd.clone();
             self.etcd.handle.spawn(async move {
@@ -475,6 +519,40 @@ impl Cluster {
         }
     }
 
+    /// A planned stop (SIGTERM), once every session was told `shutting-down`: waits until the
+    /// instances online here have registered on another registry (their record is then
+    /// written under that registry's lease), for at most one lease TTL. Until then their
+    /// records stay in etcd, online, under this registry's lease, which is kept alive: no
+    /// registry sees them go. Those that did not move in time go when the lease is revoked at
+    /// exit (`evicted`, reason `owner-expired`, as after a crash).
+    pub(crate) async fn hand_over(&self, reg: &Registry) {
+        let window = self.etcd.lease_ttl;
+        let started = tokio::time::Instant::now();
+        let waiting = || {
+            reg.state().instances.values().filter(|i| i.remote.is_none() && i.record.status == Status::Online).count()
+        };
+        let before = waiting();
+        if before == 0 {
+            return;
+        }
+        tracing::info!(target: "sfc::registry", instances = before, window = ?window,
+            "handing sessions over: waiting for their clients to register on another registry");
+        let mut left = before;
+        while left > 0 {
+            if tokio::time::timeout_at(started + window, self.changed.notified()).await.is_err() {
+                break;
+            }
+            left = waiting();
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        if left == 0 {
+            tracing::info!(target: "sfc::registry", instances = before, ms, "handed over every session to another registry");
+        } else {
+            tracing::warn!(target: "sfc::registry", moved = before - left, stayed = left, ms,
+                "handover window passed: the records of clients that did not move go with this registry's lease");
+        }
+    }
+
     /// Keeps the lease alive; when it is lost anyway, takes a new one and writes again every
     /// record this registry owns.
     async fn keepalive_loop(self: Arc<Self>) {
@@ -600,7 +678,7 @@ mod tests {
     fn remote_records_are_served_and_their_transitions_reach_watchers() {
         let (mut st, mut rx) = state();
         let t = RemoteTransition { kind: EventKind::Joined, at: 7, detail: serde_json::json!({ "session": 3 }) };
-        assert!(st.apply_remote("r2", remote_record("a"), Some(t), true).is_none());
+        assert!(st.apply_remote("r2", remote_record("a"), Some(t), true, None).is_none());
         assert_eq!(st.query(&Filter::default()).len(), 1);
         assert_eq!(st.remote_owner("g/a"), Some(("r2".to_string(), Status::Online)));
         let ev = rx.try_recv().unwrap();
@@ -610,7 +688,7 @@ mod tests {
         // A metric snapshot updates the record without an event.
         let mut r = remote_record("a");
         r.last_report_at = Some(r.last_report_at.unwrap() + 1000);
-        st.apply_remote("r2", r, None, true);
+        st.apply_remote("r2", r, None, true, None);
         assert!(rx.try_recv().is_err());
         assert_eq!(st.instances["g/a"].samples.len(), 2);
         assert!(st.local_records().is_empty());
@@ -622,18 +700,18 @@ mod tests {
         let mut r = remote_record("a");
         r.status = Status::Offline;
         r.status_since = 0;
-        st.apply_remote("r2", r, None, false);
+        st.apply_remote("r2", r, None, false, None);
         assert_eq!(st.evict_expired(Duration::ZERO), 0);
         assert!(st.instances.contains_key("g/a"));
         // Its owner evicted it: it goes here too.
-        assert!(st.remove_remote("g/a", serde_json::json!({ "reason": "evicted" })));
+        assert!(st.remove_remote("g/a", serde_json::json!({ "reason": "evicted" }), None));
         assert!(st.instances.is_empty());
     }
 
     #[test]
     fn a_client_that_fails_over_is_taken_over_with_an_online_event() {
         let (mut st, mut rx) = state();
-        st.apply_remote("r2", remote_record("a"), None, false);
+        st.apply_remote("r2", remote_record("a"), None, false, None);
         assert!(rx.try_recv().is_err(), "the initial load is silent");
         let (tx, _keep) = OutboundTx::channel(4);
         st.register(registration("a"), 1000, Some(SessionRef { id: 9, tx }), None, "v1", serde_json::json!({}));
@@ -641,9 +719,9 @@ mod tests {
         assert_eq!(st.remote_owner("g/a"), None);
         assert_eq!(st.local_records().len(), 1);
         // A record of ours that is online stays when etcd loses it (it is written back).
-        assert!(!st.remove_remote("g/a", serde_json::json!({})));
+        assert!(!st.remove_remote("g/a", serde_json::json!({}), None));
         // The owner's newer write supersedes our session.
-        let superseded = st.apply_remote("r3", remote_record("a"), None, true);
+        let superseded = st.apply_remote("r3", remote_record("a"), None, true, None);
         assert_eq!(superseded.map(|s| s.id), Some(9));
         assert_eq!(st.remote_owner("g/a").map(|o| o.0), Some("r3".to_string()));
     }

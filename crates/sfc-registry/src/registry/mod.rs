@@ -319,6 +319,20 @@ impl Registry {
         }
     }
 
+    /// `--store etcd`: waits (bounded) until this registry has seen everything up to
+    /// `cursor`, a cursor another registry of the fleet may have given (events are numbered
+    /// by etcd revision on every registry). At once otherwise.
+    pub async fn caught_up(&self, cursor: u64) {
+        #[cfg(feature = "etcd")]
+        if let Some(c) = self.shared.cluster.get() {
+            if self.state().cursor() < cursor {
+                c.caught_up(cursor).await;
+            }
+        }
+        #[cfg(not(feature = "etcd"))]
+        let _ = cursor;
+    }
+
     /// Records matching `filter`, sorted by id. Shared, not copied: the state lock is held
     /// only to pick them, and they are sorted (and serialized) after it is released.
     pub fn query(&self, filter: &Filter) -> Vec<Arc<InstanceRecord>> {
@@ -613,6 +627,9 @@ pub async fn serve(registry: Registry, listener: TcpListener, shutdown: impl Fut
         })
     })
     .await;
+    // From now on a connection is refused at once: a client that moves to another registry
+    // must not wait in this one's accept queue for its connect timeout.
+    drop(listener);
     tracing::info!(target: "sfc::registry", "shutting down: closing sessions");
     let _ = stop_tx.send(());
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
@@ -621,6 +638,13 @@ pub async fn serve(registry: Registry, listener: TcpListener, shutdown: impl Fut
     sweeper.abort();
     // The latest metrics go to the store before we exit.
     registry.flush_snapshots().await;
+    // `--store etcd`: the records stay (under this registry's lease) until their clients have
+    // registered on another registry, so that nobody sees them go (a planned stop hands its
+    // sessions over; PROTOCOL.md §14, RELIABILITY.md).
+    #[cfg(feature = "etcd")]
+    if let Some(cluster) = registry.shared.cluster.get().cloned() {
+        cluster.hand_over(&registry).await;
+    }
 }
 
 /// Binds `addr` and serves; returns the bound address through `on_bound` first.

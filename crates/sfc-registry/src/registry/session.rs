@@ -976,6 +976,11 @@ impl Session {
                     self.error(Some(w.id), ErrorCode::InvalidField, format!("watch id {} is already in use", w.id)).await;
                     return None;
                 }
+                // A cursor from another registry of the fleet (`--store etcd`, where events
+                // are numbered by etcd revision) that this one has not reached yet: wait for it.
+                if let Some(after) = w.after {
+                    self.reg.caught_up(after).await;
+                }
                 // Subscribe and snapshot under the lock that orders events, so the watcher
                 // misses nothing between the two.
                 let (instances, cursor, replay, barrier) = {

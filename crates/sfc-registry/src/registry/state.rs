@@ -133,8 +133,26 @@ pub struct State {
     /// The group commit's writer thread (stores with [`Store::group_commit`]): transitions
     /// are queued to it and broadcast once committed. None: written and broadcast in `emit`.
     writer: Option<super::commit::Writer>,
-    /// Newest event in the history (broadcast); queued transitions come after it.
+    /// Newest event in the history (broadcast); queued transitions come after it. With a
+    /// store that numbers events (`etcd`), the newest revision this registry has seen: its
+    /// state reflects everything up to it.
     published_seq: u64,
+    /// Events after this number may have been dropped from the history (it holds what came
+    /// after it): a resume from an older cursor has a gap.
+    dropped_through: u64,
+    /// The store numbers events for every registry sharing it ([`Store::numbers_events`],
+    /// `--store etcd`): an event's `seq` is the revision that wrote it, and events are
+    /// published in revision order as the cluster's watch sees them (`registry::cluster`).
+    shared_seq: bool,
+    /// Shared numbering: this registry's transitions written to the store, by revision,
+    /// waiting for the watch to reach them.
+    written: BTreeMap<u64, Arc<Event>>,
+    /// Events published since the start (for `/metrics` with shared numbering, where the
+    /// cursor is an etcd revision, not a count).
+    published_count: u64,
+    /// Shared numbering: this registry's transitions the store has not taken yet (it fails),
+    /// oldest first; written (and then numbered and published) once it works again.
+    unwritten: VecDeque<Arc<Event>>,
 }
 
 /// What registering a session did.
@@ -159,12 +177,17 @@ impl State {
             pending: HashMap::new(),
             events_tx,
             reports_tx,
-            store,
             store_error: None,
             persisted_seq: 0,
             remote_seqs: Default::default(),
             writer: None,
             published_seq: 0,
+            dropped_through: 0,
+            shared_seq: store.numbers_events(),
+            written: BTreeMap::new(),
+            published_count: 0,
+            unwritten: VecDeque::new(),
+            store,
         }
     }
 
@@ -192,6 +215,7 @@ impl State {
         self.next_seq = snap.last_seq + 1;
         self.persisted_seq = snap.last_seq;
         self.published_seq = snap.last_seq;
+        self.dropped_through = snap.events.first().map_or(snap.last_seq, |e| e.seq.saturating_sub(1));
         for ev in snap.events {
             self.keep_in_history(Arc::new(ev));
         }
@@ -243,6 +267,16 @@ impl State {
     /// snapshot timer, so a registry with no new transition still recovers.
     pub fn retry_store(&mut self) {
         if self.store_error.is_none() {
+            return;
+        }
+        if self.shared_seq {
+            match self.write_unwritten() {
+                Ok(()) => {
+                    self.store_error = None;
+                    tracing::warn!(target: "sfc::store", "store recovered; writing resumed");
+                }
+                Err(e) => self.store_error = Some(e.to_string()),
+            }
             return;
         }
         if let Some(w) = &self.writer {
@@ -301,13 +335,113 @@ impl State {
             w.write(ev.clone());
             return ev;
         }
+        // Numbered by the store: published when the cluster's watch reaches its revision.
+        if self.shared_seq {
+            self.write_shared(ev.clone());
+            return ev;
+        }
         // The event carries the record after the transition (none once evicted).
         self.persist(&ev, ev.instance.as_deref());
         self.publish(ev)
     }
 
+    /// Shared numbering: writes one transition (after any the store missed), and keeps it
+    /// by its revision for [`State::publish_through`]. While the store fails it waits in
+    /// `unwritten`: watchers hear of it once it is written and numbered.
+    fn write_shared(&mut self, ev: Arc<Event>) {
+        self.unwritten.push_back(ev);
+        match self.write_unwritten() {
+            Ok(()) => {
+                if self.store_error.take().is_some() {
+                    tracing::warn!(target: "sfc::store", "store recovered; writing resumed");
+                }
+            }
+            Err(e) => {
+                if self.store_error.is_none() {
+                    tracing::error!(target: "sfc::store", error = %e,
+                        "STORE FAILING: transitions are kept in memory only until it recovers");
+                }
+                self.store_error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Shared numbering: writes what waits in `unwritten`, oldest first, each with the record
+    /// it carries; stops at the first failure.
+    fn write_unwritten(&mut self) -> crate::Result<()> {
+        while let Some(ev) = self.unwritten.front().cloned() {
+            match self.store.transition_numbered(&ev, ev.instance.as_deref())? {
+                Some(rev) => {
+                    self.written.insert(rev, Arc::new(Event { seq: rev, ..Event::clone(&ev) }));
+                }
+                // Nothing written (an eviction whose key was gone already): no number, and no
+                // registry hears of it.
+                None => tracing::debug!(target: "sfc::store", id = %ev.id, kind = ev.kind.as_str(), "transition not numbered by the store"),
+            }
+            self.unwritten.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Shared numbering: publishes this registry's own transitions written at revisions up to
+    /// `rev`, in order. True when one was written at `rev` itself.
+    pub(crate) fn publish_through(&mut self, rev: u64) -> bool {
+        let mut hit = false;
+        while let Some(entry) = self.written.first_entry() {
+            if *entry.key() > rev {
+                break;
+            }
+            hit |= *entry.key() == rev;
+            let ev = entry.remove();
+            self.publish(ev);
+        }
+        hit
+    }
+
+    /// Shared numbering: the cluster's watch has applied everything up to `rev`.
+    pub(crate) fn seen_through(&mut self, rev: u64) {
+        if !self.shared_seq {
+            return;
+        }
+        self.publish_through(rev);
+        self.published_seq = self.published_seq.max(rev);
+    }
+
+    /// Shared numbering: the fleet was loaded at `rev`; this registry's history begins there.
+    pub(crate) fn loaded_at(&mut self, rev: u64) {
+        if !self.shared_seq {
+            return;
+        }
+        self.seen_through(rev);
+        if self.history.is_empty() {
+            self.dropped_through = self.dropped_through.max(rev);
+        }
+    }
+
+    /// Events recorded in the history: the newest number, or with shared numbering (whose
+    /// numbers are etcd revisions) how many this registry has published since it started.
+    pub fn events_total(&self) -> u64 {
+        if self.shared_seq {
+            self.published_count
+        } else {
+            self.published_seq
+        }
+    }
+
+    /// Whether the history still holds every event after `cursor` (none was dropped).
+    pub fn complete_after(&self, cursor: u64) -> bool {
+        cursor >= self.dropped_through
+    }
+
     /// Builds the next event of the history, with the record as it is now.
     fn number_event(&mut self, kind: EventKind, id: &str, at: u64, detail: serde_json::Value) -> Arc<Event> {
+        let ev = self.build_event(self.next_seq, kind, id, at, detail);
+        self.next_seq += 1;
+        ev
+    }
+
+    /// Event number `seq`, with the record as it is now.
+    fn build_event(&self, seq: u64, kind: EventKind, id: &str, at: u64, detail: serde_json::Value) -> Arc<Event> {
         let (group, service, instance) = match self.instances.get(id) {
             Some(i) => (
                 i.record.group.clone(),
@@ -319,9 +453,7 @@ impl State {
                 (g.to_string(), String::new(), None)
             }
         };
-        let ev = Arc::new(Event { seq: self.next_seq, at, kind, id: id.to_string(), group, service, instance, detail });
-        self.next_seq += 1;
-        ev
+        Arc::new(Event { seq, at, kind, id: id.to_string(), group, service, instance, detail })
     }
 
     /// The writer thread: a batch is committed; its events go to the history and watchers.
@@ -333,7 +465,8 @@ impl State {
     fn publish(&mut self, ev: Arc<Event>) -> Arc<Event> {
         let kind = ev.kind;
         let id = ev.id.as_str();
-        self.published_seq = ev.seq;
+        self.published_seq = self.published_seq.max(ev.seq);
+        self.published_count += 1;
         self.keep_in_history(ev.clone());
         // No receivers is fine: nobody is watching.
         let _ = self.events_tx.send(ev.clone());
@@ -349,6 +482,7 @@ impl State {
         self.history.push_back(ev);
         while self.history.len() > 1 && (self.history.len() > self.history_cap || self.history_bytes > self.history_bytes_cap) {
             if let Some(old) = self.history.pop_front() {
+                self.dropped_through = self.dropped_through.max(old.seq);
                 self.history_bytes = self.history_bytes.saturating_sub(super::session::event_size(&old));
             }
         }
@@ -380,7 +514,7 @@ impl State {
         session: Option<SessionRef>,
         tls_identity: Option<String>,
         wire: &str,
-        detail: serde_json::Value,
+        mut detail: serde_json::Value,
     ) -> Registered {
         let id = InstanceRecord::make_id(&reg.group, &reg.instance_id);
         let now = now_ms();
@@ -395,7 +529,10 @@ impl State {
                 let was_online = inst.record.status == Status::Online;
                 // `--store etcd`: a client that failed over from another registry; this one
                 // owns it now, and says so (the event writes the record under its lease).
-                let taken_over = inst.remote.take().is_some();
+                let taken_over = inst.remote.take();
+                if let (Some(from), serde_json::Value::Object(o)) = (&taken_over, &mut detail) {
+                    o.insert("moved_from".into(), from.as_str().into());
+                }
                 let r = Arc::make_mut(&mut inst.record);
                 r.service = reg.service;
                 r.hostname = reg.hostname;
@@ -419,7 +556,7 @@ impl State {
                 // Legacy reports carry no session; the caller never lets one replace a live
                 // v1 session.
                 inst.session = session;
-                let quiet = was_online && superseded.is_none() && !taken_over;
+                let quiet = was_online && superseded.is_none() && taken_over.is_none();
                 (if quiet { None } else { Some(EventKind::Online) }, superseded)
             }
             None => {
@@ -648,6 +785,7 @@ impl State {
         record: InstanceRecord,
         transition: Option<RemoteTransition>,
         announce: bool,
+        rev: Option<u64>,
     ) -> Option<SessionRef> {
         let id = record.id.clone();
         let is_new = !self.instances.contains_key(&id);
@@ -681,15 +819,7 @@ impl State {
         };
         match transition {
             Some(t) => {
-                let mut detail = t.detail;
-                match &mut detail {
-                    serde_json::Value::Object(o) => {
-                        o.insert("registry".into(), owner.into());
-                    }
-                    v @ serde_json::Value::Null => *v = serde_json::json!({ "registry": owner }),
-                    _ => {}
-                }
-                self.emit_remote(t.kind, &id, t.at, detail);
+                self.emit_remote(t.kind, &id, t.at, with_registry(t.detail, owner), rev);
             }
             // A metric snapshot: per-report watchers (dashboards) hear of it.
             None if self.reports_tx.receiver_count() > 0 => {
@@ -715,12 +845,12 @@ impl State {
     /// Removes a record that disappeared from etcd: a remote one (its owner evicted it, or
     /// the owner's lease expired), or one of ours that is not online (deregistered through
     /// another registry). Returns false when the record stays (one of ours, online).
-    pub fn remove_remote(&mut self, id: &str, detail: serde_json::Value) -> bool {
+    pub fn remove_remote(&mut self, id: &str, detail: serde_json::Value, rev: Option<u64>) -> bool {
         match self.instances.get(id) {
             Some(i) if i.remote.is_some() || i.record.status != Status::Online => {}
             _ => return false,
         }
-        self.emit_remote(EventKind::Evicted, id, now_ms(), detail);
+        self.emit_remote(EventKind::Evicted, id, now_ms(), detail, rev);
         self.instances.remove(id);
         true
     }
@@ -736,14 +866,49 @@ impl State {
     }
 
     /// An event another registry already made durable: kept and broadcast, never written.
-    fn emit_remote(&mut self, kind: EventKind, id: &str, at: u64, detail: serde_json::Value) -> Arc<Event> {
+    /// Shared numbering: its number is `rev`, the revision that wrote it; without one (a
+    /// change found by reading the fleet again) there is no event.
+    fn emit_remote(&mut self, kind: EventKind, id: &str, at: u64, detail: serde_json::Value, rev: Option<u64>) {
+        if self.shared_seq {
+            match rev {
+                Some(rev) => {
+                    self.publish_through(rev);
+                    let ev = self.build_event(rev, kind, id, at, detail);
+                    self.publish(ev);
+                }
+                None => tracing::debug!(target: "sfc::registry", id, kind = kind.as_str(),
+                    "a change found by reading the fleet again: applied without an event"),
+            }
+            return;
+        }
         let ev = self.number_event(kind, id, at, detail);
         if self.store_error.is_none() {
             self.persisted_seq = ev.seq;
         } else {
             self.remote_seqs.insert(ev.seq);
         }
-        self.publish(ev)
+        self.publish(ev);
+    }
+
+    /// Shared numbering: a transition another registry wrote at `rev` whose record this
+    /// registry does not take (its own write of the key is newer): kept in the history and
+    /// broadcast like every registry does, with the record as written, the state untouched.
+    pub(crate) fn publish_remote_only(&mut self, owner: &str, record: &InstanceRecord, t: RemoteTransition, rev: u64) {
+        if !self.shared_seq {
+            return;
+        }
+        self.publish_through(rev);
+        let ev = Event {
+            seq: rev,
+            at: t.at,
+            kind: t.kind,
+            id: record.id.clone(),
+            group: record.group.clone(),
+            service: record.service.clone(),
+            instance: Some(Box::new(record.clone())),
+            detail: with_registry(t.detail, owner),
+        };
+        self.publish(Arc::new(ev));
     }
 
     fn fail_pending_for(&mut self, id: &str, why: &str) {
@@ -756,6 +921,18 @@ impl State {
             }
         }
     }
+}
+
+/// A transition's detail with `"registry": owner` added (the registry that made it).
+fn with_registry(mut detail: serde_json::Value, owner: &str) -> serde_json::Value {
+    match &mut detail {
+        serde_json::Value::Object(o) => {
+            o.insert("registry".into(), owner.into());
+        }
+        v @ serde_json::Value::Null => *v = serde_json::json!({ "registry": owner }),
+        _ => {}
+    }
+    detail
 }
 
 /// Sorts records by id (the order every query answers in), once the lock is released.
@@ -820,5 +997,77 @@ mod tests {
         st.apply_report("g/a", None, report(3.0));
         let last = st.record("g/a").expect("g/a");
         assert_eq!((Arc::as_ptr(&last), last.metrics.process.cpu_percent), (at, Some(3.0)));
+    }
+
+    /// A store that numbers its writes like etcd's revisions (by ten here, to show gaps), and
+    /// that can be made to fail.
+    #[derive(Default)]
+    struct Numbering {
+        rev: std::sync::atomic::AtomicU64,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl Store for Numbering {
+        fn kind(&self) -> &'static str {
+            "numbering"
+        }
+        fn load(&self, _: usize) -> crate::Result<Snapshot> {
+            Ok(Snapshot::default())
+        }
+        fn transition(&self, ev: &Event, r: Option<&InstanceRecord>) -> crate::Result<()> {
+            self.transition_numbered(ev, r).map(|_| ())
+        }
+        fn transition_numbered(&self, _: &Event, _: Option<&InstanceRecord>) -> crate::Result<Option<u64>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.failing.load(SeqCst) {
+                return Err(crate::Error::Unreachable("the store fails".into()));
+            }
+            Ok(Some(self.rev.fetch_add(10, SeqCst) + 10))
+        }
+        fn numbers_events(&self) -> bool {
+            true
+        }
+        fn snapshot(&self, _: &[InstanceRecord]) -> crate::Result<()> {
+            Ok(())
+        }
+        fn prune_events(&self, _: u64) -> crate::Result<usize> {
+            Ok(0)
+        }
+    }
+
+    /// With a store that numbers events (`--store etcd`), a transition is published under the
+    /// store's number once the watch reaches it, in order with the others; while the store
+    /// fails it waits, and once written it is numbered and published like the rest.
+    #[test]
+    fn events_numbered_by_the_store_are_published_when_the_watch_reaches_them() {
+        let (events, mut rx) = broadcast::channel(16);
+        let (reports, _) = broadcast::channel(16);
+        let store = Arc::new(Numbering::default());
+        let mut st = State::new(100, events, reports, store.clone());
+        st.loaded_at(5);
+        assert_eq!(st.cursor(), 5);
+        let reg = |i: &str| -> Registration {
+            serde_json::from_value(serde_json::json!({ "group": "g", "instance_id": i, "service": "svc" })).unwrap()
+        };
+        st.register(reg("a"), 1000, None, None, "v1", serde_json::Value::Null);
+        assert!(rx.try_recv().is_err(), "published before the watch reached it");
+        // Another registry's transition at 7 comes first, ours (10) when the watch gets there.
+        st.seen_through(7);
+        assert!(rx.try_recv().is_err());
+        assert!(st.publish_through(10));
+        assert_eq!((rx.try_recv().unwrap().seq, st.cursor()), (10, 10));
+        store.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        st.register(reg("b"), 1000, None, None, "v1", serde_json::Value::Null);
+        assert!(st.store_error.is_some());
+        st.seen_through(15);
+        assert!(rx.try_recv().is_err(), "an unwritten transition has no number yet");
+        store.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        st.retry_store();
+        assert!(st.store_error.is_none());
+        st.seen_through(20);
+        let ev = rx.try_recv().unwrap();
+        assert_eq!((ev.seq, ev.kind, ev.id.as_str()), (20, EventKind::Joined, "g/b"));
+        assert_eq!(st.events_after(0, 10).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![10, 20]);
+        assert!(!st.complete_after(4) && st.complete_after(5), "the history begins at the load");
     }
 }

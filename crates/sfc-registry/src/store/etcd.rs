@@ -17,6 +17,8 @@
 //! a probe reaches etcd again, so an unreachable etcd does not hold the registry's lock once per
 //! transition.
 //! The event history stays in each registry's memory: etcd holds the fleet, not the history.
+//! Events are numbered by the revision of the write that made them
+//! ([`Store::transition_numbered`]), the same number on every registry.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -403,12 +405,12 @@ impl EtcdInner {
         Ok(())
     }
 
-    /// Puts one record under this registry's lease and remembers the revision.
+    /// Puts one record under this registry's lease and remembers the revision; returns it.
     pub async fn put_record(
         &self,
         record: &InstanceRecord,
         event: Option<RemoteTransition>,
-    ) -> Result<(), etcd_client::Error> {
+    ) -> Result<i64, etcd_client::Error> {
         let value = self.instance_value(record, event);
         self.count(1, value.len());
         let key = instance_key(&record.id);
@@ -419,10 +421,11 @@ impl EtcdInner {
                 async move { c.put(key, value, Some(PutOptions::new().with_lease(lease_id))).await }
             })
             .await?;
-        if let Some(h) = resp.header() {
-            self.own_rev.lock().unwrap_or_else(|e| e.into_inner()).insert(record.id.clone(), h.revision());
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        if rev > 0 {
+            self.own_rev.lock().unwrap_or_else(|e| e.into_inner()).insert(record.id.clone(), rev);
         }
-        Ok(())
+        Ok(rev)
     }
 
     /// Writes metric snapshots of records this registry still owns, in transactions of at
@@ -514,20 +517,25 @@ impl Store for EtcdStore {
     }
 
     fn transition(&self, event: &Event, record: Option<&InstanceRecord>) -> Result<()> {
+        self.transition_numbered(event, record).map(|_| ())
+    }
+
+    /// The revision of the put (or delete) is the event's number on every registry.
+    fn transition_numbered(&self, event: &Event, record: Option<&InstanceRecord>) -> Result<Option<u64>> {
         let inner = self.inner.clone();
-        match record {
+        let rev = match record {
             Some(r) => {
                 let r = r.clone();
                 let t = RemoteTransition { kind: event.kind, at: event.at, detail: event.detail.clone() };
                 inner.last_event_at.lock().unwrap_or_else(|e| e.into_inner()).insert(r.id.clone(), event.at);
-                self.call("put instance", async move { inner.put_record(&r, Some(t)).await })
+                self.call("put instance", async move { inner.put_record(&r, Some(t)).await })?
             }
             None => {
                 let id = event.id.clone();
                 self.call("delete instance", async move {
                     inner.count(0, 0);
                     let key = instance_key(&id);
-                    inner
+                    let resp = inner
                         .retry(|mut c| {
                             let key = key.clone();
                             async move { c.delete(key, None).await }
@@ -535,10 +543,16 @@ impl Store for EtcdStore {
                         .await?;
                     inner.own_rev.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                     inner.last_event_at.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                    Ok(())
-                })
+                    // Nothing deleted (the key was gone already): no revision of its own.
+                    Ok(if resp.deleted() > 0 { resp.header().map(|h| h.revision()).unwrap_or(0) } else { 0 })
+                })?
             }
-        }
+        };
+        Ok(u64::try_from(rev).ok().filter(|r| *r > 0))
+    }
+
+    fn numbers_events(&self) -> bool {
+        true
     }
 
     fn snapshot(&self, records: &[InstanceRecord]) -> Result<()> {

@@ -63,6 +63,19 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(())
     }
+    /// Like [`Store::transition`], and returns the number the store gave the write when it
+    /// numbers writes for every registry sharing it (`etcd`: the revision). Such a store
+    /// numbers the events ([`Store::numbers_events`]).
+    fn transition_numbered(&self, event: &Event, record: Option<&InstanceRecord>) -> Result<Option<u64>> {
+        self.transition(event, record).map(|()| None)
+    }
+    /// True when every registry sharing the store numbers events alike, by the store's own
+    /// numbering (`etcd`: an event's `seq` is the etcd revision that wrote it), so that a
+    /// cursor is valid on each of them. Events are then published in that order, once the
+    /// registry sees them come back from the store (`registry::cluster`).
+    fn numbers_events(&self) -> bool {
+        false
+    }
     /// True when transitions go through the group commit (a writer thread that writes them in
     /// batches, off the state lock, and broadcasts them once committed). False: each is
     /// written under the state lock, one at a time (`memory`, which writes nothing, and `etcd`,
