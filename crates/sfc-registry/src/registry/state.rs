@@ -905,7 +905,7 @@ impl State {
             id: record.id.clone(),
             group: record.group.clone(),
             service: record.service.clone(),
-            instance: Some(Box::new(record.clone())),
+            instance: Some(Arc::new(record.clone())),
             detail: with_registry(t.detail, owner),
         };
         self.publish(Arc::new(ev));
