@@ -124,6 +124,20 @@ pub fn server_config(opts: &ServerTlsOptions) -> Result<Arc<ServerConfig>> {
     // ALPN answer takes the registry for the original, legacy-only one). Clients that offer no
     // ALPN (legacy clients, older sfc clients) are served as before.
     config.alpn_protocols = vec![ALPN_V1.to_vec()];
+    // TLS 1.3 session tickets, so that a client reconnecting to this registry resumes its
+    // session instead of a full handshake (no certificate sent or verified, no signature):
+    // stateless, nothing kept per client. rustls' ticketer encrypts tickets with a random key
+    // made in this process, rotated every 6 hours (tickets live 12 hours at most), so a
+    // restarted registry, or another registry, answers a ticket with a full handshake. With
+    // --mtls the client's verified certificate chain travels inside the ticket and is
+    // restored on resumption (rustls), so the identity and policy checks see the same chain.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| Error::Tls(format!("cannot make the session ticket key: {e}")))?;
+    // Tickets only: no session cache in the registry (rustls' default keeps 256 sessions, too
+    // few for a fleet to matter, and memory held per client).
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    // Early data (0-RTT) stays off: it could be replayed.
+    config.max_early_data_size = 0;
     Ok(Arc::new(config))
 }
 
