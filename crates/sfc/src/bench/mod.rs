@@ -322,8 +322,8 @@ impl Joins {
             last = last.max(*w);
         }
         let c = &fleet.counters;
-        let resumed_now = c.resumed.load(Ordering::Relaxed) - resumed;
-        let all = c.handshakes.load(Ordering::Relaxed) - handshakes;
+        let resumed_now = c.resumed.load(Ordering::Relaxed).saturating_sub(resumed);
+        let all = c.handshakes.load(Ordering::Relaxed).saturating_sub(handshakes);
         let secs = last.duration_since(from).as_secs_f64();
         Joins {
             joins,
