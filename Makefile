@@ -28,10 +28,11 @@ test-rust: build
 	# `cargo test`, which lists them as ignored; here they run, and fail without root.
 	$(CARGO) test $(WS) --test disk --test partition -- --ignored
 
-# `sfc bench` keeps working: three few-second runs against a spawned registry, each with
+# `sfc bench` keeps working: four few-second runs against a spawned registry, each with
 # --json. Each must exit 0 and its JSON must show: the scenario, codec and compression asked
 # for, reports accepted (confirmed by the registry) > 0, 0 false offline, and for the crash
-# run the whole crashed batch (a tenth of the 40 clients: 4) detected offline. No timing is
+# run the whole crashed batch (a tenth of the 40 clients: 4) detected offline, for the rejoin
+# run every client back with a resumed TLS session. No timing is
 # asserted. BENCH_SMOKE_CHECK (python3) reads one run's JSON on stdin; its arguments are the
 # expected scenario, codec, compression and crash batch (0: no crash figures expected).
 define BENCH_SMOKE_CHECK
@@ -58,6 +59,10 @@ if batch:
     want(got == (batch, batch), f"crash batch/detected {got}, expected {batch}/{batch}")
 else:
     want(crash is None, f"crash figures {crash} in a run without a crash")
+if scenario == "rejoin":
+    j = r.get("rejoin") or {}
+    got = j.get("joins"), j.get("resumed_handshakes")
+    want(got == (r.get("clients"),) * 2, f"rejoin joins/resumed {got}, expected every client back with a resumed TLS session")
 if bad:
     sys.exit("; ".join(bad))
 print(f"{accepted} reports accepted, 0 false offline" + (f", {batch} of {batch} crashed detected" if batch else ""))
@@ -79,6 +84,7 @@ test-bench-smoke: build
 	smoke "--scenario steady --json" steady json none 0 --scenario steady; \
 	smoke "--scenario crash --json" crash json none 4 --scenario crash; \
 	smoke "--codec protobuf --compression zstd --json" steady protobuf zstd 0 --codec protobuf --compression zstd; \
+	smoke "--scenario rejoin --json" rejoin json none 0 --scenario rejoin; \
 	echo "$$pass passed, $$fail failed"; test $$fail -eq 0
 
 # Node.js binding (bindings/node): `npm test` rebuilds the addon, fails if the committed

@@ -208,9 +208,10 @@ async fn connect(shared: &Shared, addr: &str) -> Result<Connected> {
         .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?;
     let _ = tcp.set_nodelay(true);
     let handshake = async {
-        let mut stream: Stream = match &cfg.tls {
-            Some(opts) => {
-                let tls = crate::tls::client_config(opts)?;
+        let mut stream: Stream = match &shared.tls {
+            Some(tls) => {
+                // One config for every connection: its session store resumes this one.
+                let tls = tls.clone();
                 let name = sfc_proto::tls::server_name(&host)?;
                 // ALPN tells a v1 registry from one that predates v1, before our last
                 // handshake flight: see `crate::tls::connect`.

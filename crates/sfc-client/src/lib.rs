@@ -119,6 +119,10 @@ pub(crate) struct GroupCache {
 
 pub(crate) struct Shared {
     pub config: ClientConfig,
+    /// The rustls config of every connection this client makes, built once: its session
+    /// store keeps the registries' TLS 1.3 tickets, so a reconnect resumes the session (no
+    /// certificate chain sent or verified, no signature) instead of a full handshake.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub health: Mutex<(Health, Option<String>)>,
     pub gauges: Mutex<BTreeMap<String, f64>>,
     pub runtime_metrics: Mutex<BTreeMap<String, f64>>,
@@ -228,12 +232,14 @@ impl Client {
         if config.tls.is_none() {
             tracing::warn!(target: "sfc::client", "insecure plaintext: reports and commands are not encrypted");
         }
+        let tls = config.tls.as_ref().map(crate::tls::client_config).transpose()?;
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let shared_for_task;
         let (events, _) = broadcast::channel(1024);
         let (connected, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             config,
+            tls,
             health: Mutex::new((Health::Passing, None)),
             gauges: Mutex::new(BTreeMap::new()),
             runtime_metrics: Mutex::new(BTreeMap::new()),

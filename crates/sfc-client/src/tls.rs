@@ -35,6 +35,11 @@ pub struct ClientTlsOptions {
 }
 
 /// Builds a client rustls config that trusts `opts.ca` when given, otherwise the system roots.
+///
+/// Build it once and use it for every connection: its session store (rustls' default, in
+/// memory, 256 server names) keeps the TLS 1.3 tickets registries send, so a reconnect to the
+/// same registry resumes the session, an abbreviated handshake without certificates or
+/// signatures (it still makes a fresh ECDHE key exchange). Early data (0-RTT) stays off.
 pub fn client_config(opts: &ClientTlsOptions) -> Result<Arc<ClientConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
 
@@ -95,6 +100,8 @@ pub fn client_config(opts: &ClientTlsOptions) -> Result<Arc<ClientConfig>> {
     };
     let mut config = config;
     config.alpn_protocols = vec![ALPN_V1.to_vec()];
+    // 0-RTT data can be replayed; the protocol's first flight (preamble, hello) must not be.
+    config.enable_early_data = false;
     Ok(Arc::new(config))
 }
 

@@ -312,6 +312,21 @@ pub fn render(registry: &Registry, figures: &SelfFigures, instances: MetricsInst
         }
     }
     {
+        let name = "sfc_registry_tls_handshakes_total";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "counter",
+            "TLS handshakes completed on the protocol port, by kind: full, or resumed with a session ticket.",
+        );
+        for (kind, n) in [
+            ("full", &stats.tls_handshakes_full_total),
+            ("resumed", &stats.tls_handshakes_resumed_total),
+        ] {
+            f.sample(name, &[("kind", kind)], n.load(Relaxed) as f64);
+        }
+    }
+    {
         let mut f = Family::new(
             &mut out,
             "sfc_registry_instances",

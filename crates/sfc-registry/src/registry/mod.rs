@@ -157,6 +157,10 @@ pub struct Stats {
     pub slow_consumers_total: AtomicU64,
     /// Registrations (hello or legacy) refused by `--max-instances` and the group caps.
     pub refused_instances_total: AtomicU64,
+    /// TLS handshakes completed on the protocol port: full ones, and resumed ones (a client
+    /// presenting a session ticket from this registry process).
+    pub tls_handshakes_full_total: AtomicU64,
+    pub tls_handshakes_resumed_total: AtomicU64,
 }
 
 /// Where a TLS handshake was refused.

@@ -135,6 +135,11 @@ async fn accept_tls(
     match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => {
             let conn = s.get_ref().1;
+            let kind = match conn.handshake_kind() {
+                Some(rustls::HandshakeKind::Resumed) => &reg.shared.stats.tls_handshakes_resumed_total,
+                _ => &reg.shared.stats.tls_handshakes_full_total,
+            };
+            kind.fetch_add(1, Ordering::Relaxed);
             let who = PeerIdentity { subject: crate::tls::peer_subject(conn), uris: crate::tls::peer_san_uris(conn) };
             Some((Either::Left(s), who))
         }

@@ -44,6 +44,9 @@ pub enum Scenario {
     Hang,
     /// The spawned registry is killed and restarted a third of the way through.
     Storm,
+    /// Every client drops its connection a third of the way through and joins again at once,
+    /// resuming its TLS session: re-joins per second with abbreviated handshakes.
+    Rejoin,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -117,6 +120,7 @@ impl Scenario {
             Scenario::Crash => "crash",
             Scenario::Hang => "hang",
             Scenario::Storm => "storm",
+            Scenario::Rejoin => "rejoin",
         }
     }
 }
@@ -183,6 +187,7 @@ impl BenchArgs {
     fn batch(&self) -> usize {
         match self.scenario {
             Scenario::Crash | Scenario::Hang => (self.clients / 10).clamp(1, 1000),
+            Scenario::Rejoin => self.clients,
             _ => 0,
         }
     }
@@ -282,6 +287,86 @@ pub struct Storm {
     pub connect_errors: u64,
     /// Online in the registry's view (the observer's) at the end.
     pub online_at_end: u64,
+    /// The re-joins, from the new registry listening: their handshakes are full, since the
+    /// new process has new ticket keys.
+    pub joins: Joins,
+}
+
+/// Joins the simulated clients made in one part of the run: counted at the clients (a
+/// welcome), with their TLS handshakes by kind as rustls reports it on the client side (the
+/// registry's `sfc_registry_tls_handshakes_total{kind}` counts the same handshakes).
+#[derive(Debug, Serialize)]
+pub struct Joins {
+    pub joins: usize,
+    pub full_handshakes: u64,
+    pub resumed_handshakes: u64,
+    /// From the start (of the ramp, of the drop, of the new registry listening) to the last
+    /// welcome.
+    pub ms: u64,
+    pub per_s: f64,
+    /// CPU time the registry and the load generator spent over the same span, per join: what
+    /// a join costs each side, whatever else the shared machine was doing.
+    pub registry_cpu_us_per_join: Option<f64>,
+    pub bench_cpu_us_per_join: Option<f64>,
+}
+
+impl Joins {
+    /// Welcomes since `from`, and the handshakes counted since `(handshakes, resumed)` were
+    /// read from the counters.
+    fn since(fleet: &Fleet, from: Instant, (handshakes, resumed): (u64, u64)) -> Joins {
+        let welcomes = fleet.marks.welcomes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut joins = 0;
+        let mut last = from;
+        for w in welcomes.iter().filter(|w| **w >= from) {
+            joins += 1;
+            last = last.max(*w);
+        }
+        let c = &fleet.counters;
+        let resumed_now = c.resumed.load(Ordering::Relaxed).saturating_sub(resumed);
+        let all = c.handshakes.load(Ordering::Relaxed).saturating_sub(handshakes);
+        let secs = last.duration_since(from).as_secs_f64();
+        Joins {
+            joins,
+            full_handshakes: all.saturating_sub(resumed_now),
+            resumed_handshakes: resumed_now,
+            ms: (secs * 1000.0) as u64,
+            per_s: if secs > 0.0 { joins as f64 / secs } else { 0.0 },
+            registry_cpu_us_per_join: None,
+            bench_cpu_us_per_join: None,
+        }
+    }
+
+    /// Sets the CPU per join from samples of the registry and of this process taken before
+    /// and after the joins.
+    fn with_cpu(mut self, registry: [Option<ProcSample>; 2], bench: [Option<ProcSample>; 2]) -> Joins {
+        let per_join = |[a, b]: [Option<ProcSample>; 2]| {
+            let ms = b?.cpu_ms.checked_sub(a?.cpu_ms)?;
+            (self.joins > 0).then(|| ms as f64 * 1000.0 / self.joins as f64)
+        };
+        self.registry_cpu_us_per_join = per_join(registry);
+        self.bench_cpu_us_per_join = per_join(bench);
+        self
+    }
+
+    /// The counters `since` starts from.
+    fn mark(fleet: &Fleet) -> (u64, u64) {
+        let c = &fleet.counters;
+        (c.handshakes.load(Ordering::Relaxed), c.resumed.load(Ordering::Relaxed))
+    }
+
+    fn render(&self) -> String {
+        let us = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.0} µs"));
+        format!(
+            "{} in {:.2} s: {:.0}/s ({} full TLS handshakes, {} resumed); CPU per join: registry {}, load generator {}",
+            self.joins,
+            self.ms as f64 / 1000.0,
+            self.per_s,
+            self.full_handshakes,
+            self.resumed_handshakes,
+            us(self.registry_cpu_us_per_join),
+            us(self.bench_cpu_us_per_join),
+        )
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -305,6 +390,9 @@ pub struct Results {
     pub connected_at_end: u64,
     pub connect_errors: u64,
     pub ramp_ms: u64,
+    /// The ramp's joins: fresh ones (full handshakes), at most `--connect-rate` a second.
+    pub ramp_joins: Joins,
+    pub connect_rate: u32,
     pub online_seen: u64,
     pub reports_offered: u64,
     pub offered_per_s: f64,
@@ -331,6 +419,9 @@ pub struct Results {
     pub hang: Option<Detection>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storm: Option<Storm>,
+    /// `rejoin`: the whole fleet dropping its connections at once and joining again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejoin: Option<Joins>,
 }
 
 fn mib(b: u64) -> f64 {
@@ -365,6 +456,8 @@ impl Results {
             self.load_average[0], self.load_average[1], std::thread::available_parallelism().map_or(0, |n| n.get()));
         let _ = writeln!(s, "  connected            {}/{} in {:.2} s, {} connect errors; at the end {} connected, {} online as watched",
             self.connected, self.clients, self.ramp_ms as f64 / 1000.0, self.connect_errors, self.connected_at_end, self.online_seen);
+        let _ = writeln!(s, "  joins                {} from the ramp's start, --connect-rate {}",
+            self.ramp_joins.render(), self.connect_rate);
         let _ = writeln!(
             s,
             "  reports/s offered    {:.0} ({} reports)",
@@ -445,6 +538,10 @@ impl Results {
                 st.restart_ms, st.reconnected,
                 st.all_online_ms.map_or("never".into(), |ms| format!("{:.2} s", ms as f64 / 1000.0)),
                 st.peak_connects_per_s, st.connect_errors, st.online_at_end);
+            let _ = writeln!(s, "  storm re-joins       {} from the new registry listening", st.joins.render());
+        }
+        if let Some(r) = &self.rejoin {
+            let _ = writeln!(s, "  re-joins             {} from the whole fleet dropping its connections", r.render());
         }
         s
     }
@@ -587,6 +684,7 @@ async fn fleet_for(a: &BenchArgs, target: &Target, epoch: Instant) -> Result<(Ar
         action: match a.scenario {
             Scenario::Crash => Action::Crash,
             Scenario::Hang => Action::Hang,
+            Scenario::Rejoin => Action::Rejoin,
             _ => Action::None,
         },
         batch: a.clients - batch..a.clients,
@@ -648,6 +746,7 @@ async fn restart_storm(
         .take()
         .ok_or_else(|| Error::invalid("--scenario", "storm needs --spawn"))?;
     let kill_at = Instant::now();
+    let joins0 = Joins::mark(fleet);
     let (s, restarted) = tokio::task::spawn_blocking(move || {
         let r = s.restart();
         (s, r)
@@ -656,7 +755,10 @@ async fn restart_storm(
     .map_err(|e| Error::Io(std::io::Error::other(e)))?;
     restarted?;
     let ready_at = Instant::now();
-    let watch = ProcWatch::new(s.pid());
+    let mut watch = ProcWatch::new(s.pid());
+    let reg0 = watch.sample();
+    let mut own = ProcWatch::new(std::process::id());
+    let own0 = own.sample();
     *spawned = Some(s);
     let storm_errors0 = c.connect_errors.load(Ordering::Relaxed);
     let limit =
@@ -673,6 +775,7 @@ async fn restart_storm(
             .count()
     };
     wait_until(limit, || back() >= a.clients).await;
+    let joins = Joins::since(fleet, ready_at, joins0).with_cpu([reg0, watch.sample()], [own0, own.sample()]);
     let mut welcomes: Vec<Instant> = fleet
         .marks
         .welcomes
@@ -709,6 +812,7 @@ async fn restart_storm(
         peak_connects_per_s: peak,
         connect_errors: c.connect_errors.load(Ordering::Relaxed) - storm_errors0,
         online_at_end: seen.online.load(Ordering::Relaxed),
+        joins,
     };
     Ok((storm, watch))
 }
@@ -798,7 +902,13 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     }
     let baseline = proc_watch.as_mut().and_then(ProcWatch::sample);
 
+    let own_ramp0 = own.sample();
+    let ramp_start = Instant::now();
     let (tasks, ramp_ms, connected_after_ramp) = ramp(a, &fleet, &phase_rx).await;
+    let ramp_joins = Joins::since(&fleet, ramp_start, (0, 0)).with_cpu(
+        [baseline, proc_watch.as_mut().and_then(ProcWatch::sample)],
+        [own_ramp0, own.sample()],
+    );
     let c = &fleet.counters;
     // One interval so every client is on its own schedule before measuring.
     tokio::time::sleep(a.interval).await;
@@ -813,7 +923,7 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     let act_at = match a.scenario {
         Scenario::Crash => Some(a.duration / 2),
         Scenario::Hang => Some(a.duration / 4),
-        Scenario::Storm => Some(a.duration / 3),
+        Scenario::Storm | Scenario::Rejoin => Some(a.duration / 3),
         _ => None,
     };
     if a.scenario == Scenario::Hang {
@@ -829,6 +939,7 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
     let sent0 = c.sent_in_phase.load(Ordering::Relaxed);
     let errors0 = c.connect_errors.load(Ordering::Relaxed);
     let mut storm = None;
+    let mut rejoin = None;
     if let Some(at) = act_at {
         tokio::time::sleep_until(t0 + at).await;
         if a.scenario == Scenario::Storm {
@@ -836,6 +947,22 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
             proc_watch = Some(watch);
             storm = Some(s);
             // The new registry's CPU is measured from here.
+            measured = measured.max(t0.elapsed() + Duration::from_secs(1));
+        } else if a.scenario == Scenario::Rejoin {
+            let reg0 = proc_watch.as_mut().and_then(ProcWatch::sample);
+            let own0 = own.sample();
+            let (from, joins0) = (Instant::now(), Joins::mark(&fleet));
+            let _ = phase_tx.send(Phase::Act);
+            let back = || {
+                let w = fleet.marks.welcomes.lock().unwrap_or_else(|e| e.into_inner());
+                w.iter().filter(|w| **w >= from).count()
+            };
+            let limit = Duration::from_secs(60).max(Duration::from_secs_f64(a.clients as f64 / 500.0));
+            wait_until(limit, || back() >= a.clients).await;
+            rejoin = Some(Joins::since(&fleet, from, joins0).with_cpu(
+                [reg0, proc_watch.as_mut().and_then(ProcWatch::sample)],
+                [own0, own.sample()],
+            ));
             measured = measured.max(t0.elapsed() + Duration::from_secs(1));
         } else {
             let _ = phase_tx.send(Phase::Act);
@@ -926,6 +1053,8 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
         connected_at_end,
         connect_errors: errors0,
         ramp_ms,
+        ramp_joins,
+        connect_rate: a.connect_rate,
         online_seen,
         reports_offered: sent_in_phase,
         offered_per_s: sent_in_phase as f64 / measured_s,
@@ -948,6 +1077,7 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
         crash,
         hang,
         storm,
+        rejoin,
     };
     drop(spawned);
     Ok(results)

@@ -62,6 +62,9 @@ pub(super) enum Action {
     Crash,
     /// Stop sending, keep the socket open.
     Hang,
+    /// Drop the connection without a leave and join again at once (with the reconnect
+    /// backoff's first jitter), resuming the TLS session: a re-join storm.
+    Rejoin,
 }
 
 /// Settings and counters shared by every simulated client.
@@ -92,6 +95,8 @@ pub(super) struct Counters {
     /// Connections up right now.
     pub connected: AtomicU64,
     pub handshakes: AtomicU64,
+    /// Of `handshakes`, those whose TLS handshake resumed a session (rustls' `handshake_kind`).
+    pub resumed: AtomicU64,
     pub connect_errors: AtomicU64,
     /// Connections that ended without the bench asking.
     pub lost: AtomicU64,
@@ -229,8 +234,23 @@ type Reader = FrameReader<ReadHalf<Tls>>;
 /// The protocol's own frame codec; reports are encoded by the client, as a real client does.
 type Writer = FramedWrite<WriteHalf<Tls>, LengthDelimitedCodec>;
 
-/// TCP (from this client's source address), TLS, preamble, hello and welcome.
-async fn connect(fleet: &Fleet, index: usize, hello: &Bytes) -> Result<(Reader, Writer, Welcome)> {
+/// This client's own rustls config, kept across its reconnects as `sfc_client` keeps one: its
+/// session store holds the registry's tickets, so a re-join resumes. Sharing the fleet's config
+/// would share one store (8 tickets per server name) among all the clients.
+fn own_tls(fleet: &Fleet) -> Arc<rustls::ClientConfig> {
+    let mut tls = (*fleet.tls).clone();
+    tls.resumption = rustls::client::Resumption::in_memory_sessions(1);
+    Arc::new(tls)
+}
+
+/// TCP (from this client's source address), TLS, preamble, hello and welcome. The bool: the
+/// TLS handshake resumed a session.
+async fn connect(
+    fleet: &Fleet,
+    tls: &Arc<rustls::ClientConfig>,
+    index: usize,
+    hello: &Bytes,
+) -> Result<(Reader, Writer, Welcome, bool)> {
     let addr = fleet.addr;
     let handshake = async {
         let sock = TcpSocket::new_v4()?;
@@ -249,10 +269,11 @@ async fn connect(fleet: &Fleet, index: usize, hello: &Bytes) -> Result<(Reader, 
             inner: tcp,
             written: fleet.counters.bytes_written.clone(),
         };
-        let mut tls = tokio_rustls::TlsConnector::from(fleet.tls.clone())
+        let mut tls = tokio_rustls::TlsConnector::from(tls.clone())
             .connect(fleet.server_name.clone(), counted)
             .await
             .map_err(|e| Error::Tls(format!("handshake with {addr} failed: {e}")))?;
+        let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         client_preamble(&mut tls, MAX_FRAME).await?;
         let (r, w) = tokio::io::split(tls);
         let mut reader = FrameReader::new(r, MAX_FRAME);
@@ -274,7 +295,7 @@ async fn connect(fleet: &Fleet, index: usize, hello: &Bytes) -> Result<(Reader, 
                 }
                 reader.set_codec(fleet.wire.codec);
                 reader.set_compression(fleet.wire.compression);
-                Ok((reader, writer, w))
+                Ok((reader, writer, w, resumed))
             }
             Some(Ok(Message::Error(e))) => Err(Error::Remote {
                 code: e.code,
@@ -303,6 +324,8 @@ enum End {
     Lost,
     /// This client crashed or hung on purpose: stay down.
     Down,
+    /// This client dropped its connection on purpose: join again.
+    Rejoin,
 }
 
 /// Runs client `index` until the bench stops: connect, report, reconnect when the connection
@@ -338,19 +361,25 @@ pub(super) async fn run(fleet: Arc<Fleet>, index: usize, mut phase: watch::Recei
         metrics: fleet.metrics.clone(),
     };
     let mut attempt: u32 = 0;
+    let tls = own_tls(&fleet);
+    // Whether this client has done the scenario's action (a re-join happens once).
+    let mut acted = false;
     loop {
         if *phase.borrow() == Phase::Stop {
             return;
         }
         let connected = tokio::select! {
-            c = connect(&fleet, index, &hello) => c,
+            c = connect(&fleet, &tls, index, &hello) => c,
             _ = stopped(&mut phase) => return,
         };
         let end = match connected {
-            Ok((reader, writer, welcome)) => {
+            Ok((reader, writer, welcome, resumed)) => {
                 attempt = 0;
                 let c = &fleet.counters;
                 c.handshakes.fetch_add(1, Ordering::Relaxed);
+                if resumed {
+                    c.resumed.fetch_add(1, Ordering::Relaxed);
+                }
                 c.connected.fetch_add(1, Ordering::Relaxed);
                 c.liveness_ms.store(welcome.liveness_ms, Ordering::Relaxed);
                 fleet
@@ -359,7 +388,7 @@ pub(super) async fn run(fleet: Arc<Fleet>, index: usize, mut phase: watch::Recei
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(Instant::now());
-                let end = session(&fleet, index, &mut report, reader, writer, &mut phase).await;
+                let end = session(&fleet, index, &mut report, reader, writer, &mut phase, &mut acted).await;
                 c.connected.fetch_sub(1, Ordering::Relaxed);
                 if matches!(end, End::Lost) {
                     c.lost.fetch_add(1, Ordering::Relaxed);
@@ -381,7 +410,7 @@ pub(super) async fn run(fleet: Arc<Fleet>, index: usize, mut phase: watch::Recei
                 stopped(&mut phase).await;
                 return;
             }
-            End::Lost => {}
+            End::Lost | End::Rejoin => {}
         }
         let cap = BACKOFF_MAX.min(BACKOFF_MIN.saturating_mul(1u32 << attempt.min(16)));
         attempt = attempt.saturating_add(1);
@@ -406,6 +435,7 @@ async fn session(
     mut reader: Reader,
     mut writer: Writer,
     phase: &mut watch::Receiver<Phase>,
+    acted: &mut bool,
 ) -> End {
     let c = &fleet.counters;
     let in_batch = fleet.batch.contains(&index);
@@ -444,6 +474,12 @@ async fn session(
                     drop(reader);
                     drop(writer);
                     return End::Down;
+                }
+                Action::Rejoin if !*acted => {
+                    *acted = true;
+                    drop(reader);
+                    drop(writer);
+                    return End::Rejoin;
                 }
                 Action::Hang if !hung => {
                     hung = true;
