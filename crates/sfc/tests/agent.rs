@@ -22,6 +22,15 @@ fn free_port() -> u16 {
 fn agent(reg: Option<&RegistryProc>, args: &[&str]) -> Child {
     let mut cmd = Command::new(common::sfc_bin());
     cmd.arg("agent");
+    start_agent(cmd, reg, args)
+}
+
+/// The stand-alone `sfc-agent` binary (the agent without registry code), same flags.
+fn standalone_agent(reg: Option<&RegistryProc>, args: &[&str]) -> Child {
+    start_agent(Command::new(env!("CARGO_BIN_EXE_sfc-agent")), reg, args)
+}
+
+fn start_agent(mut cmd: Command, reg: Option<&RegistryProc>, args: &[&str]) -> Child {
     if let Some(reg) = reg {
         cmd.args(["--registry", &reg.addr, "--ca"]).arg(reg.ca());
     }
@@ -247,9 +256,19 @@ command = ["sh", "-c", "while [ ! -e {stop} ]; do sleep 0.1; done"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_to_the_agent_is_forwarded_and_the_record_ends_left() {
+    sigterm_is_forwarded(agent).await;
+}
+
+/// The same with the stand-alone `sfc-agent` binary that the operator tarball ships.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standalone_sfc_agent_binary_forwards_sigterm_and_the_record_ends_left() {
+    sigterm_is_forwarded(standalone_agent).await;
+}
+
+async fn sigterm_is_forwarded(start: fn(Option<&RegistryProc>, &[&str]) -> Child) {
     let reg = RegistryProc::start(&[]);
     let obs = reg.observer();
-    let mut a = agent(Some(&reg), &["--group", "agent-sig", "--instance-id", "s", "--interval", "200ms", "--", "sleep", "600"]);
+    let mut a = start(Some(&reg), &["--group", "agent-sig", "--instance-id", "s", "--interval", "200ms", "--", "sleep", "600"]);
     let r = wait_record(&obs, "agent-sig/s", Duration::from_secs(30), "online", |r| r.status == Status::Online).await;
     assert!(cmdline(r.pid).starts_with("sleep 600"), "{:?}", cmdline(r.pid));
     common::signal(a.id(), "TERM");
