@@ -8,6 +8,8 @@
 //! action part way through), then every client confirms what the registry processed with a
 //! ping. Timings are printed, never asserted.
 
+mod etcd_server;
+mod multi;
 pub mod observer;
 #[cfg(feature = "etcd")]
 pub mod peer;
@@ -84,7 +86,7 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "registry")]
     pub spawn: bool,
     /// Address of a running registry (host:port).
-    #[arg(long, required_unless_present = "spawn")]
+    #[arg(long, required_unless_present_any = ["spawn", "worker"])]
     pub registry: Option<String>,
     /// CA that signed the running registry's certificate (PEM file).
     #[arg(long, requires = "registry")]
@@ -111,6 +113,21 @@ pub struct BenchArgs {
     /// side (steady and crash; etcd needs the `etcd` build feature and etcd on PATH).
     #[arg(long, value_enum)]
     pub peer: Option<Peer>,
+    /// Spawn this many registries sharing one store (with --spawn, scenario steady or crash):
+    /// with --registry-arg=--store=etcd the bench also starts a real etcd (Debian's
+    /// etcd-server, on PATH) for them. Clients are spread round-robin; figures per registry
+    /// and for the fleet, etcd's CPU and writes/s, and with crash how soon a watcher on
+    /// another registry hears of it.
+    #[arg(long, default_value_t = 1)]
+    pub registries: usize,
+    /// Load-generator processes (this binary re-executed) driving the clients: auto (one per
+    /// 18,000 clients, under a process's 20,000 open files) or a number. Implies the
+    /// several-registry mode (also with --registries 1).
+    #[arg(long)]
+    pub workers: Option<String>,
+    /// Internal: run as one of those load-generator processes (spec and phases on stdin).
+    #[arg(long, hide = true)]
+    pub worker: bool,
 }
 
 fn parse_codec(s: &str) -> std::result::Result<Codec, String> {
@@ -200,6 +217,27 @@ impl BenchArgs {
                 "etcd needs an sfc built with the etcd feature (cargo build --features sfc/etcd)",
             ));
         }
+        if self.registries == 0 || self.registries > 16 {
+            return Err(Error::invalid(
+                "--registries",
+                format!("{} is outside 1 ..= 16", self.registries),
+            ));
+        }
+        if self.multi() {
+            if !self.spawn {
+                return Err(Error::invalid("--registries", "needs --spawn (the bench starts them)"));
+            }
+            if !matches!(self.scenario, Scenario::Steady | Scenario::Crash) {
+                return Err(Error::invalid(
+                    "--registries",
+                    format!("runs with --scenario steady or crash, not {}", self.scenario.name()),
+                ));
+            }
+            if self.peer.is_some() {
+                return Err(Error::invalid("--peer", "runs with one registry, not with --registries or --workers"));
+            }
+            multi::workers_for(self)?;
+        }
         if self.scenario == Scenario::Storm && !self.spawn {
             return Err(Error::invalid(
                 "--scenario",
@@ -207,6 +245,11 @@ impl BenchArgs {
             ));
         }
         Ok(())
+    }
+
+    /// Several registries or worker processes (`multi`).
+    fn multi(&self) -> bool {
+        self.registries > 1 || self.workers.is_some()
     }
 
     /// Clients that crash or hang: a tenth of the fleet, at most 1,000.
@@ -232,7 +275,13 @@ fn raise_nofile(want: u64) -> u64 {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.worker {
+        return multi::worker();
+    }
     a.check()?;
+    if a.multi() {
+        return multi::run(&a);
+    }
     // Each client is one socket here and one in the registry; leave room for the rest.
     let nofile = raise_nofile(a.clients as u64 + 4096);
     if nofile < a.clients as u64 + 64 {

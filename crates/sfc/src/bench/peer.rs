@@ -9,8 +9,6 @@
 //! share of the fleet at once and measures from that moment to each DELETE at the watcher.
 //! etcd's CPU and memory come from /proc; etcd is stopped by PID at the end.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +20,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
+use super::etcd_server::EtcdProcess;
 use super::target::{cpu_percent, ProcWatch};
 use super::{wait_until, BenchArgs, Detection, Latency, Scenario};
 use sfc_client::error::{Error, Result};
@@ -97,100 +96,8 @@ pub struct PeerResults {
     pub crash: Option<Detection>,
 }
 
-/// etcd started by the bench, stopped by PID when dropped.
-struct EtcdProcess {
-    child: Child,
-    dir: PathBuf,
-    endpoint: String,
-}
-
-impl Drop for EtcdProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn etcd_error(what: &str, e: etcd_client::Error) -> Error {
     Error::Io(std::io::Error::other(format!("etcd {what}: {e}")))
-}
-
-fn which_etcd() -> Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("etcd"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            Error::invalid(
-                "--peer",
-                "etcd is not on PATH (Debian package etcd-server; tests/setup.sh installs it)",
-            )
-        })
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-impl EtcdProcess {
-    async fn start() -> Result<EtcdProcess> {
-        let bin = which_etcd()?;
-        let dir = std::env::temp_dir().join(format!(
-            "sfc-bench-etcd-{}-{}",
-            std::process::id(),
-            sfc_client::model::now_ms()
-        ));
-        std::fs::create_dir_all(&dir)?;
-        let (client, peer) = (free_port()?, free_port()?);
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = dir.join("etcd.log");
-        let child = Command::new(&bin)
-            .args(["--name", "bench", "--data-dir"])
-            .arg(dir.join("data"))
-            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("bench={peer_url}")])
-            .args(["--initial-cluster-state", "new", "--initial-cluster-token", "sfc-bench"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .map_err(|e| {
-                Error::Io(std::io::Error::other(format!(
-                    "cannot start {}: {e}",
-                    bin.display()
-                )))
-            })?;
-        let mut p = EtcdProcess { child, dir, endpoint };
-        // Healthy: a status request answered. Bounded; an exited etcd ends the wait.
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: String = tail.lines().rev().take(5).collect::<Vec<_>>().join("\n");
-                return Err(Error::Io(std::io::Error::other(format!(
-                    "etcd exited ({status}) before answering: {tail}"
-                ))));
-            }
-            let probe = async {
-                let mut c = Client::connect([p.endpoint.clone()], Some(options())).await?;
-                c.status().await
-            };
-            if bounded("status", Duration::from_secs(2), probe).await.is_ok() {
-                return Ok(p);
-            }
-            if Instant::now() >= end {
-                return Err(Error::Timeout(format!(
-                    "etcd at {} not answering within 30 s (log: {})",
-                    p.endpoint,
-                    log.display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 fn options() -> ConnectOptions {
@@ -320,8 +227,10 @@ async fn lease_client(
 /// Runs the peer with `a`'s clients, interval, duration and scenario; `liveness` is the sfc
 /// registry's window (missed-reports x interval), `value_bytes` the size of one report frame.
 pub async fn run(a: &BenchArgs, liveness: Duration, value_bytes: usize) -> Result<PeerResults> {
-    let etcd = EtcdProcess::start().await?;
-    let pid = etcd.child.id();
+    let etcd = tokio::task::spawn_blocking(|| EtcdProcess::start("--peer"))
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    let pid = etcd.pid();
     let mut proc = ProcWatch::new(pid);
     let mut own = ProcWatch::new(std::process::id());
     let ttl = (liveness.as_millis() as i64 + 999) / 1000;
