@@ -42,7 +42,9 @@ fn which_etcd(flag: &str) -> Result<PathBuf> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn agent(timeout: Duration) -> ureq::Agent {
@@ -78,8 +80,12 @@ impl EtcdCounters {
     fn parse(text: &str) -> EtcdCounters {
         let mut c = EtcdCounters::default();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some((name, value)) = line.rsplit_once(' ') else { continue };
-            let Ok(v) = value.parse::<f64>() else { continue };
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(v) = value.parse::<f64>() else {
+                continue;
+            };
             match name {
                 "etcd_mvcc_put_total" => c.puts = v,
                 "etcd_mvcc_delete_total" => c.deletes = v,
@@ -112,18 +118,40 @@ impl EtcdProcess {
         let child = Command::new(&bin)
             .args(["--name", "bench", "--data-dir"])
             .arg(dir.join("data"))
-            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
             .args(["--initial-cluster", &format!("bench={peer_url}")])
-            .args(["--initial-cluster-state", "new", "--initial-cluster-token", "sfc-bench"])
+            .args([
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "sfc-bench",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .map_err(|e| {
-                Error::Io(std::io::Error::other(format!("cannot start {}: {e}", bin.display())))
+                Error::Io(std::io::Error::other(format!(
+                    "cannot start {}: {e}",
+                    bin.display()
+                )))
             })?;
-        let mut p = EtcdProcess { child, dir, endpoint };
+        let mut p = EtcdProcess {
+            child,
+            dir,
+            endpoint,
+        };
         let end = Instant::now() + READY_TIMEOUT;
         loop {
             if let Ok(Some(status)) = p.child.try_wait() {
@@ -156,8 +184,11 @@ impl EtcdProcess {
 
     /// etcd's counters now (bounded; None if /metrics does not answer).
     pub fn counters(&self) -> Option<EtcdCounters> {
-        http_get(&format!("{}/metrics", self.endpoint), Duration::from_secs(5))
-            .map(|t| EtcdCounters::parse(&t))
+        http_get(
+            &format!("{}/metrics", self.endpoint),
+            Duration::from_secs(5),
+        )
+        .map(|t| EtcdCounters::parse(&t))
     }
 }
 

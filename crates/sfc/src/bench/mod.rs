@@ -1153,5 +1153,13 @@ mod tests {
             .to_string();
         assert!(e.contains("--peer") && e.contains("max"), "{e}");
         assert!(parse(&["--spawn", "--peer", "consul"]).is_err());
+        let err = |args: &[&str]| parse(args).unwrap().check().unwrap_err().to_string();
+        assert!(err(&["--registry", "h:1", "--registries", "2"]).contains("needs --spawn"));
+        assert!(err(&["--spawn", "--registries", "2", "--scenario", "max"]).contains("max"));
+        assert!(err(&["--spawn", "--workers", "none"]).contains("--workers"));
+        assert!(err(&["--spawn", "--registries", "17"]).contains("1 ..= 16"));
+        let ok = parse(&["--spawn", "--clients", "51000", "--registries", "3"]).unwrap();
+        assert!(ok.check().is_ok());
+        assert_eq!(multi::workers_for(&ok).unwrap(), 3);
     }
 }

@@ -132,7 +132,10 @@ pub(super) fn worker() -> Result<()> {
     let spec: WorkerSpec = serde_json::from_str(&line)
         .map_err(|e| Error::invalid("worker spec (stdin)", e.to_string()))?;
     if spec.registries.is_empty() || spec.first >= spec.end || spec.end > spec.total {
-        return Err(Error::invalid("worker spec (stdin)", "no registries or an empty slice"));
+        return Err(Error::invalid(
+            "worker spec (stdin)",
+            "no registries or an empty slice",
+        ));
     }
     raise_nofile((spec.end - spec.first) as u64 + 1024);
     let (phase_tx, phase_rx) = watch::channel(Phase::Ramp);
@@ -173,7 +176,9 @@ async fn worker_run(spec: WorkerSpec, mut phase: watch::Receiver<Phase>) -> Resu
     let interval = Duration::from_millis(spec.interval_ms);
     let metrics = {
         let bytes = spec.payload_bytes;
-        tokio::task::spawn_blocking(move || super::payload(bytes)).await.map_err(io_err)?
+        tokio::task::spawn_blocking(move || super::payload(bytes))
+            .await
+            .map_err(io_err)?
     };
     // Source addresses by global index, as one process would use them.
     let sources: Vec<std::net::IpAddr> = (0..spec.sources.min(250))
@@ -190,7 +195,11 @@ async fn worker_run(spec: WorkerSpec, mut phase: watch::Receiver<Phase>) -> Resu
                 sources: sources.clone(),
                 interval,
                 blast: false,
-                action: if spec.crash { Action::Crash } else { Action::None },
+                action: if spec.crash {
+                    Action::Crash
+                } else {
+                    Action::None
+                },
                 batch: spec.batch_start..spec.total,
                 // Report latency is not timed here (no observer in the worker).
                 lat_stride: spec.total + 1,
@@ -199,7 +208,7 @@ async fn worker_run(spec: WorkerSpec, mut phase: watch::Receiver<Phase>) -> Resu
                 epoch,
                 counters: Default::default(),
                 marks: Default::default(),
-                wire: wire.clone(),
+                wire,
             })
         })
         .collect();
@@ -219,17 +228,29 @@ async fn worker_run(spec: WorkerSpec, mut phase: watch::Receiver<Phase>) -> Resu
         budget += per_tick;
         while budget >= 1.0 && i < spec.end {
             budget -= 1.0;
-            tasks.push(tokio::spawn(sim::run(fleets[i % n].clone(), i, phase.clone())));
+            tasks.push(tokio::spawn(sim::run(
+                fleets[i % n].clone(),
+                i,
+                phase.clone(),
+            )));
             i += 1;
         }
     }
     let connected = || -> u64 {
-        fleets.iter().map(|f| f.counters.connected.load(Ordering::Relaxed)).sum()
+        fleets
+            .iter()
+            .map(|f| f.counters.connected.load(Ordering::Relaxed))
+            .sum()
     };
     let limit = Duration::from_secs_f64(count as f64 / spec.connect_rate.max(1) as f64 + 30.0);
-    wait_until(limit, || connected() >= count as u64).await;
-    let after_ramp: Vec<u64> =
-        fleets.iter().map(|f| f.counters.connected.load(Ordering::Relaxed)).collect();
+    wait_until(limit.saturating_sub(start.elapsed()), || {
+        connected() >= count as u64
+    })
+    .await;
+    let after_ramp: Vec<u64> = fleets
+        .iter()
+        .map(|f| f.counters.connected.load(Ordering::Relaxed))
+        .collect();
     say(&WorkerLine::Ready {
         connected: connected(),
         ramp_ms: start.elapsed().as_millis() as u64,
@@ -237,12 +258,18 @@ async fn worker_run(spec: WorkerSpec, mut phase: watch::Receiver<Phase>) -> Resu
 
     let _ = phase.wait_for(|p| *p != Phase::Ramp).await;
     let cpu0 = own.sample();
-    let sent0: Vec<u64> =
-        fleets.iter().map(|f| f.counters.sent_in_phase.load(Ordering::Relaxed)).collect();
-    let _ = phase.wait_for(|p| matches!(p, Phase::Drain | Phase::Stop)).await;
+    let sent0: Vec<u64> = fleets
+        .iter()
+        .map(|f| f.counters.sent_in_phase.load(Ordering::Relaxed))
+        .collect();
+    let _ = phase
+        .wait_for(|p| matches!(p, Phase::Drain | Phase::Stop))
+        .await;
     let cpu1 = own.sample();
-    let at_end: Vec<u64> =
-        fleets.iter().map(|f| f.counters.connected.load(Ordering::Relaxed)).collect();
+    let at_end: Vec<u64> = fleets
+        .iter()
+        .map(|f| f.counters.connected.load(Ordering::Relaxed))
+        .collect();
     let drained = || -> bool {
         fleets.iter().all(|f| {
             let c = &f.counters;
@@ -256,7 +283,13 @@ async fn worker_run(spec: WorkerSpec, mut phase: watch::Receiver<Phase>) -> Resu
     let mut per_registry = Vec::with_capacity(n);
     for (r, f) in fleets.iter().enumerate() {
         let c = &f.counters;
-        for (idx, at) in f.marks.crashed_at.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (idx, at) in f
+            .marks
+            .crashed_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             crashed.push((*idx, now_u - now_i.duration_since(*at).as_micros() as u64));
         }
         per_registry.push(Counts {
@@ -278,7 +311,11 @@ async fn worker_run(spec: WorkerSpec, mut phase: watch::Receiver<Phase>) -> Resu
             _ => None,
         },
     })?;
-    let _ = tokio::time::timeout(Duration::from_secs(30), phase.wait_for(|p| *p == Phase::Stop)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        phase.wait_for(|p| *p == Phase::Stop),
+    )
+    .await;
     let finish = async {
         for t in tasks {
             let _ = t.await;
@@ -319,7 +356,14 @@ impl Registry {
         let log = dir.join("registry.log");
         let log_file = std::fs::File::create(&log).map_err(|e| Error::write_file(&log, e))?;
         let mut child = Command::new(&exe)
-            .args(["registry", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "registry",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(&dir)
             .args(args)
             .env(
@@ -331,7 +375,10 @@ impl Registry {
             .stderr(log_file)
             .spawn()
             .map_err(|e| io_err(format!("cannot start {} registry: {e}", exe.display())))?;
-        let stdout = child.stdout.take().ok_or_else(|| io_err("registry stdout is not piped"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| io_err("registry stdout is not piped"))?;
         let (tx, rx) = std::sync::mpsc::channel();
         // Keeps draining stdout so the registry never blocks on a full pipe.
         std::thread::spawn(move || {
@@ -371,7 +418,10 @@ impl Registry {
 
 /// Instances the registry at `http` reports online (`GET /v1/summary`, totals.online).
 fn online_of(http: SocketAddr) -> Option<u64> {
-    let body = http_get(&format!("http://{http}/v1/summary"), Duration::from_secs(10))?;
+    let body = http_get(
+        &format!("http://{http}/v1/summary"),
+        Duration::from_secs(10),
+    )?;
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     v.get("totals")?.get("online")?.as_u64()
 }
@@ -489,14 +539,19 @@ pub(super) fn run(a: &BenchArgs) -> Result<()> {
     let rt = crate::cli::runtime()?;
     let results = rt.block_on(parent(a, workers))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&results).map_err(io_err)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&results).map_err(io_err)?
+        );
     } else {
         print!("{}", render(&results));
     }
     Ok(())
 }
 
-fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> impl std::future::Future<Output = Result<T>> {
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> impl std::future::Future<Output = Result<T>> {
     let h = tokio::task::spawn_blocking(f);
     async move { h.await.map_err(io_err) }
 }
@@ -505,7 +560,10 @@ async fn parent(a: &BenchArgs, n_workers: usize) -> Result<MultiResults> {
     let load_start = sysinfo::System::load_average().map_or(0.0, |l| l.one);
     let n = a.registries;
     let etcd = if wants_etcd(&a.registry_args)
-        && !a.registry_args.iter().any(|x| x.starts_with("--etcd-endpoints"))
+        && !a
+            .registry_args
+            .iter()
+            .any(|x| x.starts_with("--etcd-endpoints"))
     {
         Some(blocking(|| EtcdProcess::start("--registries")).await??)
     } else {
@@ -521,14 +579,27 @@ async fn parent(a: &BenchArgs, n_workers: usize) -> Result<MultiResults> {
         if let Some(first) = regs.first() {
             // One certificate (and so one CA) for the whole fleet.
             args.push("--tls-cert".into());
-            args.push(first.tls_file(sfc_registry::certs::SERVER).display().to_string());
+            args.push(
+                first
+                    .tls_file(sfc_registry::certs::SERVER)
+                    .display()
+                    .to_string(),
+            );
             args.push("--tls-key".into());
-            args.push(first.tls_file(sfc_registry::certs::SERVER_KEY).display().to_string());
+            args.push(
+                first
+                    .tls_file(sfc_registry::certs::SERVER_KEY)
+                    .display()
+                    .to_string(),
+            );
         }
         let dir = std::env::temp_dir().join(format!("sfc-bench-{stamp}-r{r}"));
         regs.push(blocking(move || Registry::start(dir, &args)).await??);
     }
-    let ca = regs[0].tls_file(sfc_registry::certs::CA).display().to_string();
+    let ca = regs[0]
+        .tls_file(sfc_registry::certs::CA)
+        .display()
+        .to_string();
     let tls = tls_for(&ca)?;
     let server_name = sfc_proto::tls::server_name("127.0.0.1")?;
     let epoch = Instant::now();
@@ -557,11 +628,22 @@ async fn parent(a: &BenchArgs, n_workers: usize) -> Result<MultiResults> {
         });
         let s = Arc::new(observer::Observed::default());
         let (ready_tx, ready_rx) = oneshot::channel();
-        observers.push(tokio::spawn(observer::run(fleet, s.clone(), false, phase_rx.clone(), ready_tx)));
+        observers.push(tokio::spawn(observer::run(
+            fleet,
+            s.clone(),
+            false,
+            phase_rx.clone(),
+            ready_tx,
+        )));
         match tokio::time::timeout(Duration::from_secs(15), ready_rx).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => return Err(e),
-            _ => return Err(Error::Timeout(format!("observer could not watch {}", reg.addr))),
+            _ => {
+                return Err(Error::Timeout(format!(
+                    "observer could not watch {}",
+                    reg.addr
+                )))
+            }
         }
         seen.push(s);
     }
@@ -590,7 +672,11 @@ async fn parent(a: &BenchArgs, n_workers: usize) -> Result<MultiResults> {
             payload_bytes: a.payload_bytes,
             crash: a.scenario == Scenario::Crash,
             batch_start,
-            sources: if a.source_addrs > 0 { a.source_addrs } else { a.clients.div_ceil(CLIENTS_PER_SOURCE) },
+            sources: if a.source_addrs > 0 {
+                a.source_addrs
+            } else {
+                a.clients.div_ceil(CLIENTS_PER_SOURCE)
+            },
         };
         let mut child = Command::new(&exe)
             .args(["bench", "--worker"])
@@ -599,7 +685,10 @@ async fn parent(a: &BenchArgs, n_workers: usize) -> Result<MultiResults> {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| io_err(format!("cannot start worker {}: {e}", exe.display())))?;
-        let stdout = child.stdout.take().ok_or_else(|| io_err("worker stdout is not piped"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| io_err("worker stdout is not piped"))?;
         let tx = line_tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -608,7 +697,10 @@ async fn parent(a: &BenchArgs, n_workers: usize) -> Result<MultiResults> {
             }
             let _ = tx.send((w, None));
         });
-        let mut wk = Worker { stdin: child.stdin.take(), child };
+        let mut wk = Worker {
+            stdin: child.stdin.take(),
+            child,
+        };
         wk.tell(&serde_json::to_string(&spec).map_err(io_err)?);
         workers.push(wk);
     }
@@ -620,9 +712,8 @@ async fn parent(a: &BenchArgs, n_workers: usize) -> Result<MultiResults> {
             let next = tokio::time::timeout_at(end, line_rx.recv()).await;
             match next {
                 Ok(Some((w, Some(line)))) => {
-                    let l: WorkerLine = serde_json::from_str(&line).map_err(|e| {
-                        Error::invalid("worker output", format!("{line:?}: {e}"))
-                    })?;
+                    let l: WorkerLine = serde_json::from_str(&line)
+                        .map_err(|e| Error::invalid("worker output", format!("{line:?}: {e}")))?;
                     got[w] = Some(l);
                 }
                 Ok(Some((w, None))) if got[w].is_none() => {
@@ -647,12 +738,16 @@ async fn parent(a: &BenchArgs, n_workers: usize) -> Result<MultiResults> {
     tokio::time::sleep(a.interval).await;
 
     // Measure.
-    let tell = |workers: &mut Vec<Worker>, what: &str| workers.iter_mut().for_each(|w| w.tell(what));
+    let tell =
+        |workers: &mut Vec<Worker>, what: &str| workers.iter_mut().for_each(|w| w.tell(what));
     tell(&mut workers, "run");
     let _ = phase_tx.send(Phase::Run);
     let t0 = Instant::now();
     let cpu0: Vec<Option<ProcSample>> = reg_watch.iter_mut().map(ProcWatch::sample).collect();
-    let etcd0 = (etcd_watch.as_mut().and_then(ProcWatch::sample), etcd.as_ref().and_then(EtcdProcess::counters));
+    let etcd0 = (
+        etcd_watch.as_mut().and_then(ProcWatch::sample),
+        etcd.as_ref().and_then(EtcdProcess::counters),
+    );
     if a.scenario == Scenario::Crash {
         tokio::time::sleep_until(t0 + a.duration / 2).await;
         tell(&mut workers, "act");
@@ -661,11 +756,17 @@ async fn parent(a: &BenchArgs, n_workers: usize) -> Result<MultiResults> {
     tokio::time::sleep_until(t0 + a.duration).await;
     let t1 = Instant::now();
     let cpu1: Vec<Option<ProcSample>> = reg_watch.iter_mut().map(ProcWatch::sample).collect();
-    let etcd1 = (etcd_watch.as_mut().and_then(ProcWatch::sample), etcd.as_ref().and_then(EtcdProcess::counters));
+    let etcd1 = (
+        etcd_watch.as_mut().and_then(ProcWatch::sample),
+        etcd.as_ref().and_then(EtcdProcess::counters),
+    );
     let https: Vec<SocketAddr> = regs.iter().map(|r| r.http).collect();
     let online_summary: Vec<Option<u64>> =
         blocking(move || https.into_iter().map(online_of).collect()).await?;
-    let online_watch: Vec<u64> = seen.iter().map(|s| s.online.load(Ordering::Relaxed)).collect();
+    let online_watch: Vec<u64> = seen
+        .iter()
+        .map(|s| s.online.load(Ordering::Relaxed))
+        .collect();
     tell(&mut workers, "drain");
     let _ = phase_tx.send(Phase::Drain);
     let done = collect(
@@ -702,7 +803,12 @@ async fn parent(a: &BenchArgs, n_workers: usize) -> Result<MultiResults> {
     let mut crashed: Vec<(usize, u64)> = Vec::new();
     let mut worker_cpu = Vec::with_capacity(n_workers);
     for l in done {
-        if let WorkerLine::Done { per_registry, crashed: c, cpu_percent } = l {
+        if let WorkerLine::Done {
+            per_registry,
+            crashed: c,
+            cpu_percent,
+        } = l
+        {
             for (r, x) in per_registry.into_iter().enumerate().take(n) {
                 let t = &mut counts[r];
                 t.clients += x.clients;
@@ -766,7 +872,11 @@ async fn parent(a: &BenchArgs, n_workers: usize) -> Result<MultiResults> {
     }
     let crash = (a.scenario == Scenario::Crash).then(|| {
         let first_seen = |r: usize, i: usize, at: u64| {
-            offline[r].iter().filter(|(j, t)| *j == i && *t >= at).map(|(_, t)| *t).min()
+            offline[r]
+                .iter()
+                .filter(|(j, t)| *j == i && *t >= at)
+                .map(|(_, t)| *t)
+                .min()
         };
         let (mut home, mut other, mut everywhere) = (Vec::new(), Vec::new(), 0);
         for (i, at) in &crashed {
@@ -824,12 +934,19 @@ async fn parent(a: &BenchArgs, n_workers: usize) -> Result<MultiResults> {
         interval_ms: a.interval.as_millis() as u64,
         measured_ms: (measured_s * 1000.0) as u64,
         ramp_ms,
-        load_average: [load_start, sysinfo::System::load_average().map_or(0.0, |l| l.one)],
+        load_average: [
+            load_start,
+            sysinfo::System::load_average().map_or(0.0, |l| l.one),
+        ],
         store_args: a.registry_args.clone(),
         connected_at_end,
         accepted_per_s: per_registry.iter().map(|r| r.accepted_per_s).sum(),
         false_offline: per_registry.iter().map(|r| r.false_offline).sum(),
-        min_online_summary: per_registry.iter().map(|r| r.online_summary).min().flatten(),
+        min_online_summary: per_registry
+            .iter()
+            .map(|r| r.online_summary)
+            .min()
+            .flatten(),
         memory_per_instance_bytes: grown
             .filter(|_| connected_at_end > 0)
             .map(|g| g as f64 / connected_at_end as f64),
@@ -857,23 +974,44 @@ fn render(r: &MultiResults) -> String {
     let _ = writeln!(
         s,
         "  {:<22} {:>8} {:>9} {:>11} {:>8} {:>12} {:>10} {:>10} {:>8}",
-        "registry", "clients", "connected", "accepted/s", "CPU %", "KiB/instance", "online", "(watch)", "false off"
+        "registry",
+        "clients",
+        "connected",
+        "accepted/s",
+        "CPU %",
+        "KiB/instance",
+        "online",
+        "(watch)",
+        "false off"
     );
     for g in &r.per_registry {
         let _ = writeln!(
             s,
             "  {:<22} {:>8} {:>9} {:>11.0} {:>8} {:>12} {:>10} {:>10} {:>8}",
-            g.addr, g.clients, g.connected_at_end, g.accepted_per_s, opt(g.cpu_percent, ""),
+            g.addr,
+            g.clients,
+            g.connected_at_end,
+            g.accepted_per_s,
+            opt(g.cpu_percent, ""),
             opt(g.memory_per_instance_bytes.map(|b| b / 1024.0), ""),
-            g.online_summary.map_or("n/a".into(), |o| o.to_string()), g.online_watch, g.false_offline
+            g.online_summary.map_or("n/a".into(), |o| o.to_string()),
+            g.online_watch,
+            g.false_offline
         );
     }
     let _ = writeln!(
         s,
         "  {:<22} {:>8} {:>9} {:>11.0} {:>8} {:>12} {:>10} {:>10} {:>8}",
-        "fleet", r.clients, r.connected_at_end, r.accepted_per_s, "",
+        "fleet",
+        r.clients,
+        r.connected_at_end,
+        r.accepted_per_s,
+        "",
         opt(r.memory_per_instance_bytes.map(|b| b / 1024.0), ""),
-        r.min_online_summary.map_or("n/a".into(), |o| format!("min {o}")), "", r.false_offline
+        r.min_online_summary
+            .map_or("n/a".into(), |o| format!("min {o}")),
+        "",
+        r.false_offline
     );
     if let Some(e) = &r.etcd {
         let _ = writeln!(
@@ -903,14 +1041,22 @@ mod tests {
     fn finds_the_etcd_store_flag() {
         let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(wants_etcd(&v(&["--store=etcd"])));
-        assert!(wants_etcd(&v(&["--missed-reports", "3", "--store", "etcd"])));
+        assert!(wants_etcd(&v(&[
+            "--missed-reports",
+            "3",
+            "--store",
+            "etcd"
+        ])));
         assert!(!wants_etcd(&v(&["--store=memory"])));
     }
 
     #[test]
     fn reads_listening_lines() {
         assert_eq!(
-            addr_after("sfc http listening on 127.0.0.1:80 (plaintext)", "sfc http listening on "),
+            addr_after(
+                "sfc http listening on 127.0.0.1:80 (plaintext)",
+                "sfc http listening on "
+            ),
             Some("127.0.0.1:80".parse().unwrap())
         );
         assert_eq!(addr_after("hello", "sfc http listening on "), None);

@@ -139,13 +139,25 @@ async fn setup(
     k: &Counters,
     slots: &Semaphore,
 ) -> Result<(i64, LeaseKeeper, LeaseKeepAliveStream)> {
-    let _slot = slots.acquire().await.map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    let _slot = slots
+        .acquire()
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
     let lease = bounded("lease grant", ETCD_WAIT, c.lease_grant(ttl, None)).await?;
     k.granted_ttl.store(lease.ttl() as u64, Ordering::Relaxed);
     let opts = PutOptions::new().with_lease(lease.id());
-    bounded("put", ETCD_WAIT, c.put(format!("{PREFIX}{i}"), value, Some(opts))).await?;
-    let (keeper, stream) =
-        bounded("lease keep-alive stream", ETCD_WAIT, c.lease_keep_alive(lease.id())).await?;
+    bounded(
+        "put",
+        ETCD_WAIT,
+        c.put(format!("{PREFIX}{i}"), value, Some(opts)),
+    )
+    .await?;
+    let (keeper, stream) = bounded(
+        "lease keep-alive stream",
+        ETCD_WAIT,
+        c.lease_keep_alive(lease.id()),
+    )
+    .await?;
     Ok((lease.id(), keeper, stream))
 }
 
@@ -213,7 +225,13 @@ async fn lease_client(
             if *stage.borrow() >= 2 {
                 return;
             }
-            match bounded("lease keep-alive stream", ETCD_WAIT, c.lease_keep_alive(lease)).await {
+            match bounded(
+                "lease keep-alive stream",
+                ETCD_WAIT,
+                c.lease_keep_alive(lease),
+            )
+            .await
+            {
                 Ok((kp, st)) => (keeper, stream) = (kp, st),
                 Err(e) => {
                     k.error(false, e.to_string());
@@ -236,13 +254,28 @@ pub async fn run(a: &BenchArgs, liveness: Duration, value_bytes: usize) -> Resul
     let ttl = (liveness.as_millis() as i64 + 999) / 1000;
 
     // The watcher first, on its own connection, so it hears every DELETE.
-    let mut wc = bounded("connect", ETCD_WAIT, Client::connect([etcd.endpoint.clone()], Some(options()))).await?;
-    let mut ws = bounded("watch", ETCD_WAIT, wc.watch(PREFIX, Some(WatchOptions::new().with_prefix()))).await?;
+    let mut wc = bounded(
+        "connect",
+        ETCD_WAIT,
+        Client::connect([etcd.endpoint.clone()], Some(options())),
+    )
+    .await?;
+    let mut ws = bounded(
+        "watch",
+        ETCD_WAIT,
+        wc.watch(PREFIX, Some(WatchOptions::new().with_prefix())),
+    )
+    .await?;
     // The first response confirms the watch is in place.
     match tokio::time::timeout(Duration::from_secs(15), ws.message()).await {
         Ok(Ok(Some(r))) if r.created() => {}
         Ok(Err(e)) => return Err(etcd_error("watch", e)),
-        _ => return Err(Error::Timeout(format!("etcd at {} did not confirm the watch", etcd.endpoint))),
+        _ => {
+            return Err(Error::Timeout(format!(
+                "etcd at {} did not confirm the watch",
+                etcd.endpoint
+            )))
+        }
     }
     let deletes: Arc<Mutex<Vec<(usize, Instant)>>> = Arc::default();
     let watcher = {
@@ -261,7 +294,10 @@ pub async fn run(a: &BenchArgs, liveness: Duration, value_bytes: usize) -> Resul
                         .and_then(|k| k.strip_prefix(PREFIX))
                         .and_then(|n| n.parse::<usize>().ok());
                     if let Some(i) = i {
-                        deletes.lock().unwrap_or_else(|e| e.into_inner()).push((i, now));
+                        deletes
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((i, now));
                     }
                 }
             }
@@ -272,7 +308,14 @@ pub async fn run(a: &BenchArgs, liveness: Duration, value_bytes: usize) -> Resul
     let connections = a.clients.div_ceil(LEASES_PER_CONNECTION).max(1);
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections {
-        conns.push(bounded("connect", ETCD_WAIT, Client::connect([etcd.endpoint.clone()], Some(options()))).await?);
+        conns.push(
+            bounded(
+                "connect",
+                ETCD_WAIT,
+                Client::connect([etcd.endpoint.clone()], Some(options())),
+            )
+            .await?,
+        );
     }
     let batch = a.batch();
     // Spread over the fleet: every step-th client, `batch` of them.
@@ -409,7 +452,9 @@ pub async fn run(a: &BenchArgs, liveness: Duration, value_bytes: usize) -> Resul
         keepalives_acked: acked,
         keepalives_per_s,
         etcd_cpu_percent: cpu,
-        keepalives_per_core_s: cpu.filter(|c| *c > 0.0).map(|c| keepalives_per_s / (c / 100.0)),
+        keepalives_per_core_s: cpu
+            .filter(|c| *c > 0.0)
+            .map(|c| keepalives_per_s / (c / 100.0)),
         etcd_rss_bytes: rss,
         etcd_rss_baseline_bytes: base,
         memory_per_lease_bytes: match (rss, base) {
