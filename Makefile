@@ -28,13 +28,16 @@ test-rust: build
 	# `cargo test`, which lists them as ignored; here they run, and fail without root.
 	$(CARGO) test $(WS) --test disk --test partition -- --ignored
 
-# `sfc bench` keeps working: four few-second runs against a spawned registry, each with
+# `sfc bench` keeps working: few-second runs against spawned registries, each with
 # --json. Each must exit 0 and its JSON must show: the scenario, codec and compression asked
 # for, reports accepted (confirmed by the registry) > 0, 0 false offline, and for the crash
-# run the whole crashed batch (a tenth of the 40 clients: 4) detected offline, for the rejoin
-# run every client back with a resumed TLS session. No timing is
-# asserted. BENCH_SMOKE_CHECK (python3) reads one run's JSON on stdin; its arguments are the
-# expected scenario, codec, compression and crash batch (0: no crash figures expected).
+# runs the whole crashed batch (a tenth of the 40 clients: 4) detected offline, for the rejoin
+# run every client back with a resumed TLS session. The `--peer etcd` run (issue 16 point 4;
+# etcd from tests/setup.sh, as for test-etcd) also drives a real etcd with the same 40 clients
+# as leases: keep-alives acknowledged > 0, no lease expired outside the batch, and the whole
+# batch's keys deleted at the watcher. No timing is asserted. BENCH_SMOKE_CHECK (python3)
+# reads one run's JSON on stdin; its arguments are the expected scenario, codec, compression,
+# crash batch (0: no crash figures expected) and the peer ("" for none).
 define BENCH_SMOKE_CHECK
 import json, sys
 scenario, codec, compression, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -63,28 +66,78 @@ if scenario == "rejoin":
     j = r.get("rejoin") or {}
     got = j.get("joins"), j.get("resumed_handshakes")
     want(got == (r.get("clients"),) * 2, f"rejoin joins/resumed {got}, expected every client back with a resumed TLS session")
+peer = sys.argv[5] if len(sys.argv) > 5 else None
+p = r.get("peer") or {}
+if peer:
+    want(p.get("peer") == peer, f"peer {p.get('peer')!r}, expected {peer!r}")
+    acked = p.get("keepalives_acked")
+    want(isinstance(acked, int) and acked > 0, f"peer keepalives_acked {acked!r}, expected > 0")
+    want(p.get("false_expired") == 0, f"peer false_expired {p.get('false_expired')!r}, expected 0")
+    if batch:
+        got = (p.get("crash") or {}).get("batch"), (p.get("crash") or {}).get("detected")
+        want(got == (batch, batch), f"peer crash batch/detected {got}, expected {batch}/{batch}")
+else:
+    want(not p, f"peer figures {p} in a run without --peer")
 if bad:
     sys.exit("; ".join(bad))
-print(f"{accepted} reports accepted, 0 false offline" + (f", {batch} of {batch} crashed detected" if batch else ""))
+print(f"{accepted} reports accepted, 0 false offline" + (f", {batch} of {batch} crashed detected" if batch else "")
+      + (f"; {peer}: {p.get('keepalives_acked')} keep-alives, 0 expired" + (f", {batch} of {batch} crashed detected" if batch else "") if peer else ""))
 endef
 export BENCH_SMOKE_CHECK
+# The several-registry mode (issue 16 point 3): 40 clients from 2 worker processes over 2
+# registries sharing a real etcd (from tests/setup.sh, as for test-etcd), a tenth crashed.
+# BENCH_MULTI_CHECK reads its JSON on stdin; its arguments are the registries, workers and
+# crash batch. Each registry must have accepted reports, seen every client not crashed online
+# (/v1/summary) and no false offline; etcd's writes were read; the whole batch was heard
+# offline by the watcher of every registry other than the crashed client's. No timing.
+define BENCH_MULTI_CHECK
+import json, sys
+registries, workers, batch = (int(x) for x in sys.argv[1:4])
+r = json.load(sys.stdin)
+bad = []
+def want(ok, what):
+    if not ok:
+        bad.append(what)
+want(r.get("registries") == registries and len(r.get("per_registry") or []) == registries, f"registries {r.get('registries')!r}, expected {registries}")
+want(r.get("workers") == workers, f"workers {r.get('workers')!r}, expected {workers}")
+alive = r.get("clients", 0) - batch
+for g in r.get("per_registry") or []:
+    want(g.get("reports_accepted", 0) > 0, f"registry {g.get('addr')}: reports_accepted {g.get('reports_accepted')!r}, expected > 0")
+    want(g.get("online_summary") == alive, f"registry {g.get('addr')}: online {g.get('online_summary')!r}, expected {alive}")
+    want(g.get("false_offline") == 0, f"registry {g.get('addr')}: false_offline {g.get('false_offline')!r}, expected 0")
+want((r.get("etcd") or {}).get("puts_per_s") is not None, f"etcd figures {r.get('etcd')!r} without puts_per_s")
+got = (r.get("crash") or {}).get("batch"), (r.get("crash") or {}).get("detected_elsewhere")
+want(got == (batch, batch), f"crash batch/detected on other registries {got}, expected {batch}/{batch}")
+if bad:
+    sys.exit("; ".join(bad))
+print(f"{registries} registries each saw {alive} online, 0 false offline, {batch} of {batch} crashed heard on the other registries")
+endef
+export BENCH_MULTI_CHECK
 SFC_BIN ?= $(CURDIR)/target/debug/sfc
 test-bench-smoke: build
 	@pass=0; fail=0; err=$$(mktemp); trap 'rm -f "$$err"' EXIT; \
 	smoke() { \
-		local name=$$1 scenario=$$2 codec=$$3 compression=$$4 batch=$$5 out rc verdict=; shift 5; \
+		local name=$$1 scenario=$$2 codec=$$3 compression=$$4 batch=$$5 peer=$$6 out rc verdict=; shift 6; \
 		out=$$(timeout 120 $(SFC_BIN) bench --spawn --clients 40 --interval 200ms --duration 2s --json "$$@" 2>"$$err"); rc=$$?; \
-		if [ $$rc -eq 0 ] && verdict=$$(python3 -c "$$BENCH_SMOKE_CHECK" $$scenario $$codec $$compression $$batch <<<"$$out" 2>&1); then \
+		if [ $$rc -eq 0 ] && verdict=$$(python3 -c "$$BENCH_SMOKE_CHECK" $$scenario $$codec $$compression $$batch $$peer <<<"$$out" 2>&1); then \
 			pass=$$((pass+1)); echo "ok: sfc bench $$name ($$verdict)"; \
 		else \
 			fail=$$((fail+1)); echo "FAILED: sfc bench $$name (exit status $$rc) $$verdict"; \
 			echo "$$out"; cat "$$err"; \
 		fi; \
 	}; \
-	smoke "--scenario steady --json" steady json none 0 --scenario steady; \
-	smoke "--scenario crash --json" crash json none 4 --scenario crash; \
-	smoke "--codec protobuf --compression zstd --json" steady protobuf zstd 0 --codec protobuf --compression zstd; \
-	smoke "--scenario rejoin --json" rejoin json none 0 --scenario rejoin; \
+	smoke "--scenario steady --json" steady json none 0 "" --scenario steady; \
+	smoke "--scenario crash --json" crash json none 4 "" --scenario crash; \
+	smoke "--codec protobuf --compression zstd --json" steady protobuf zstd 0 "" --codec protobuf --compression zstd; \
+	smoke "--scenario rejoin --json" rejoin json none 0 "" --scenario rejoin; \
+	smoke "--peer etcd --scenario crash --json" crash json none 4 etcd --peer etcd --scenario crash; \
+	out=$$(timeout 180 $(SFC_BIN) bench --spawn --clients 40 --interval 200ms --duration 2s --json --registries 2 --workers 2 --registry-arg=--store=etcd --scenario crash 2>"$$err"); rc=$$?; \
+	if [ $$rc -eq 0 ] && verdict=$$(python3 -c "$$BENCH_MULTI_CHECK" 2 2 4 <<<"$$out" 2>&1); then \
+		pass=$$((pass+1)); echo "ok: sfc bench --registries 2 --workers 2 --store=etcd --scenario crash ($$verdict)"; \
+	else \
+		fail=$$((fail+1)); echo "FAILED: sfc bench --registries 2 --workers 2 --store=etcd --scenario crash (exit status $$rc) $$verdict"; \
+		echo "$$out"; cat "$$err"; \
+	fi; \
 	echo "$$pass passed, $$fail failed"; test $$fail -eq 0
 
 # Node.js binding (bindings/node): `npm test` rebuilds the addon, fails if the committed

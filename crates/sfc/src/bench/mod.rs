@@ -8,7 +8,11 @@
 //! action part way through), then every client confirms what the registry processed with a
 //! ping. Timings are printed, never asserted.
 
+mod etcd_server;
+mod multi;
 pub mod observer;
+#[cfg(feature = "etcd")]
+pub mod peer;
 pub mod sim;
 pub mod target;
 
@@ -49,6 +53,15 @@ pub enum Scenario {
     Rejoin,
 }
 
+/// Another system driven with the same fleet in the same run (`--peer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Peer {
+    /// A real etcd on this machine (Debian's etcd-server): one lease with a keep-alive stream
+    /// and one key per client.
+    Etcd,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Simulated clients, one connection each.
@@ -76,7 +89,7 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "registry")]
     pub spawn: bool,
     /// Address of a running registry (host:port).
-    #[arg(long, required_unless_present = "spawn")]
+    #[arg(long, required_unless_present_any = ["spawn", "worker"])]
     pub registry: Option<String>,
     /// CA that signed the running registry's certificate (PEM file).
     #[arg(long, requires = "registry")]
@@ -99,6 +112,25 @@ pub struct BenchArgs {
     /// 0: one per 1,000 clients.
     #[arg(long, default_value_t = 0)]
     pub source_addrs: usize,
+    /// After the sfc run, drive the same clients against this system and print both side by
+    /// side (steady and crash; etcd needs the `etcd` build feature and etcd on PATH).
+    #[arg(long, value_enum)]
+    pub peer: Option<Peer>,
+    /// Spawn this many registries sharing one store (with --spawn, scenario steady or crash):
+    /// with --registry-arg=--store=etcd the bench also starts a real etcd (Debian's
+    /// etcd-server, on PATH) for them. Clients are spread round-robin; figures per registry
+    /// and for the fleet, etcd's CPU and writes/s, and with crash how soon a watcher on
+    /// another registry hears of it.
+    #[arg(long, default_value_t = 1)]
+    pub registries: usize,
+    /// Load-generator processes (this binary re-executed) driving the clients: auto (one per
+    /// 18,000 clients, under a process's 20,000 open files) or a number. Implies the
+    /// several-registry mode (also with --registries 1).
+    #[arg(long)]
+    pub workers: Option<String>,
+    /// Internal: run as one of those load-generator processes (spec and phases on stdin).
+    #[arg(long, hide = true)]
+    pub worker: bool,
 }
 
 fn parse_codec(s: &str) -> std::result::Result<Codec, String> {
@@ -174,6 +206,42 @@ impl BenchArgs {
                 ),
             ));
         }
+        if self.peer.is_some() && !matches!(self.scenario, Scenario::Steady | Scenario::Crash) {
+            return Err(Error::invalid(
+                "--peer",
+                format!(
+                    "runs with --scenario steady or crash, not {}",
+                    self.scenario.name()
+                ),
+            ));
+        }
+        if self.peer == Some(Peer::Etcd) && !cfg!(feature = "etcd") {
+            return Err(Error::invalid(
+                "--peer",
+                "etcd needs an sfc built with the etcd feature (cargo build --features sfc/etcd)",
+            ));
+        }
+        if self.registries == 0 || self.registries > 16 {
+            return Err(Error::invalid(
+                "--registries",
+                format!("{} is outside 1 ..= 16", self.registries),
+            ));
+        }
+        if self.multi() {
+            if !self.spawn {
+                return Err(Error::invalid("--registries", "needs --spawn (the bench starts them)"));
+            }
+            if !matches!(self.scenario, Scenario::Steady | Scenario::Crash) {
+                return Err(Error::invalid(
+                    "--registries",
+                    format!("runs with --scenario steady or crash, not {}", self.scenario.name()),
+                ));
+            }
+            if self.peer.is_some() {
+                return Err(Error::invalid("--peer", "runs with one registry, not with --registries or --workers"));
+            }
+            multi::workers_for(self)?;
+        }
         if self.scenario == Scenario::Storm && !self.spawn {
             return Err(Error::invalid(
                 "--scenario",
@@ -181,6 +249,11 @@ impl BenchArgs {
             ));
         }
         Ok(())
+    }
+
+    /// Several registries or worker processes (`multi`).
+    fn multi(&self) -> bool {
+        self.registries > 1 || self.workers.is_some()
     }
 
     /// Clients that crash or hang: a tenth of the fleet, at most 1,000.
@@ -207,7 +280,13 @@ fn raise_nofile(want: u64) -> u64 {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.worker {
+        return multi::worker();
+    }
     a.check()?;
+    if a.multi() {
+        return multi::run(&a);
+    }
     // Each client is one socket here and one in the registry; leave room for the rest.
     let nofile = raise_nofile(a.clients as u64 + 4096);
     if nofile < a.clients as u64 + 64 {
@@ -377,6 +456,8 @@ pub struct Results {
     pub compression: &'static str,
     pub clients: usize,
     pub interval_ms: u64,
+    /// Missed-reports x interval, from the registry's welcome.
+    pub liveness_ms: u64,
     pub measured_ms: u64,
     pub registry: String,
     pub registry_pid: Option<u32>,
@@ -422,6 +503,10 @@ pub struct Results {
     /// `rejoin`: the whole fleet dropping its connections at once and joining again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rejoin: Option<Joins>,
+    /// `--peer etcd`: the same fleet as etcd leases, measured after the sfc run.
+    #[cfg(feature = "etcd")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<peer::PeerResults>,
 }
 
 fn mib(b: u64) -> f64 {
@@ -542,6 +627,55 @@ impl Results {
         }
         if let Some(r) = &self.rejoin {
             let _ = writeln!(s, "  re-joins             {} from the whole fleet dropping its connections", r.render());
+        }
+        #[cfg(feature = "etcd")]
+        if let Some(p) = &self.peer {
+            s.push_str(&self.render_beside(p));
+        }
+        s
+    }
+
+    /// The sfc figures beside the peer's, one row per figure.
+    #[cfg(feature = "etcd")]
+    fn render_beside(&self, p: &peer::PeerResults) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("n/a".into(), f);
+        let per_core = |rate: f64, cpu: Option<f64>| {
+            cpu.filter(|c| *c > 0.0).map(|c| rate / (c / 100.0))
+        };
+        let det = |d: &Option<Detection>| {
+            d.as_ref().map_or("-".into(), |d| {
+                format!(
+                    "{}/{}{}",
+                    d.detected,
+                    d.batch,
+                    d.latency.as_ref().map_or(String::new(), |l| format!(
+                        ", p50 {:.0} ms, p99 {:.0} ms",
+                        l.p50_ms, l.p99_ms
+                    ))
+                )
+            })
+        };
+        let _ = writeln!(s, "beside etcd (pid {}, {}, {} connection(s), one keep-alive stream per lease):", p.etcd_pid, p.endpoint, p.connections);
+        let _ = writeln!(s, "  {:<34} {:>28} {:>28}", "", "sfc registry", "etcd");
+        let mut row = |name: &str, a: String, b: String| {
+            let _ = writeln!(s, "  {name:<34} {a:>28} {b:>28}");
+        };
+        row("instances / leases", format!("{}", self.connected_at_end), format!("{} ({} setup errors)", p.leases, p.setup_errors));
+        row("liveness / lease TTL", format!("{} ms", self.liveness_ms), format!("{} s asked, {} s granted", p.ttl_s, p.ttl_granted_s));
+        row("report / key value bytes", format!("{}", self.report_frame_bytes), format!("{}", p.value_bytes));
+        row("reports / keep-alives per s", format!("{:.0}", self.accepted_per_s), format!("{:.0}", p.keepalives_per_s));
+        row("server CPU, % of one core", opt(self.registry_cpu_percent, &|c| format!("{c:.1}")), opt(p.etcd_cpu_percent, &|c| format!("{c:.1}")));
+        row("per s per core", opt(per_core(self.accepted_per_s, self.registry_cpu_percent), &|r| format!("{r:.0}")), opt(p.keepalives_per_core_s, &|r| format!("{r:.0}")));
+        row("memory per instance / lease", opt(self.memory_per_instance_bytes, &|b| format!("{:.1} KiB", b / 1024.0)), opt(p.memory_per_lease_bytes, &|b| format!("{:.1} KiB", b / 1024.0)));
+        row("false offline / expired", format!("{}", self.false_offline), format!("{} ({} streams lost)", p.false_expired, p.lost_streams));
+        row("crash -> watcher hears", det(&self.crash), det(&p.crash));
+        row("bench CPU, % of one core", opt(self.bench_cpu_percent, &|c| format!("{c:.1}")), opt(p.bench_cpu_percent, &|c| format!("{c:.1}")));
+        for (what, e) in [("first etcd setup error", &p.first_setup_error), ("first keep-alive stream error", &p.first_stream_error)] {
+            if let Some(e) = e {
+                let _ = writeln!(s, "  {what}: {e}");
+            }
         }
         s
     }
@@ -1040,6 +1174,7 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
         compression: a.compression().map_or("none", |c| c.name()),
         clients: a.clients,
         interval_ms: a.interval.as_millis() as u64,
+        liveness_ms: liveness.as_millis() as u64,
         measured_ms: (measured_s * 1000.0) as u64,
         registry: addr.to_string(),
         registry_pid: spawned.as_ref().map(Spawned::pid).or(pid),
@@ -1078,8 +1213,18 @@ async fn bench(a: &BenchArgs, nofile: u64) -> Result<Results> {
         hang,
         storm,
         rejoin,
+        #[cfg(feature = "etcd")]
+        peer: None,
     };
     drop(spawned);
+    #[cfg(feature = "etcd")]
+    let results = match a.peer {
+        Some(Peer::Etcd) => Results {
+            peer: Some(peer::run(a, liveness, report_frame_bytes).await?),
+            ..results
+        },
+        None => results,
+    };
     Ok(results)
 }
 
@@ -1131,5 +1276,20 @@ mod tests {
             "needs --spawn or --registry"
         );
         assert!(parse(&["--spawn", "--duration", "soon"]).is_err());
+        let e = parse(&["--spawn", "--peer", "etcd", "--scenario", "max"])
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--peer") && e.contains("max"), "{e}");
+        assert!(parse(&["--spawn", "--peer", "consul"]).is_err());
+        let err = |args: &[&str]| parse(args).unwrap().check().unwrap_err().to_string();
+        assert!(err(&["--registry", "h:1", "--registries", "2"]).contains("needs --spawn"));
+        assert!(err(&["--spawn", "--registries", "2", "--scenario", "max"]).contains("max"));
+        assert!(err(&["--spawn", "--workers", "none"]).contains("--workers"));
+        assert!(err(&["--spawn", "--registries", "17"]).contains("1 ..= 16"));
+        let ok = parse(&["--spawn", "--clients", "51000", "--registries", "3"]).unwrap();
+        assert!(ok.check().is_ok());
+        assert_eq!(multi::workers_for(&ok).unwrap(), 3);
     }
 }
