@@ -157,6 +157,8 @@ pub struct Stats {
     pub slow_consumers_total: AtomicU64,
     /// Registrations (hello or legacy) refused by `--max-instances` and the group caps.
     pub refused_instances_total: AtomicU64,
+    /// DNS queries (`--dns`) by type and answer code, and those over the rate limit.
+    pub dns: crate::dns::DnsStats,
 }
 
 /// Where a TLS handshake was refused.
