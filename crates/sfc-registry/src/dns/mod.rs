@@ -265,10 +265,7 @@ fn fqdn(name: &str) -> Option<Name> {
 impl Handler {
     fn new(registry: Registry, opts: &DnsOptions) -> Result<Handler> {
         let zone = parse_zone(&opts.domain)?;
-        let limiter = NonZeroU32::new(opts.rate_limit).map(|rate| {
-            let burst = NonZeroU32::new(rate.get().saturating_mul(2)).unwrap_or(rate);
-            Arc::new(RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)))
-        });
+        let limiter = limiter(opts.rate_limit);
         let ns = Name::from_ascii("ns").and_then(|n| n.append_domain(&zone));
         let hostmaster = Name::from_ascii("hostmaster").and_then(|n| n.append_domain(&zone));
         let (Ok(ns), Ok(hostmaster)) = (ns, hostmaster) else {
@@ -470,6 +467,15 @@ impl Handler {
     }
 }
 
+/// The per-source limiter of `--dns-rate-limit`: `rate` queries a second, twice that as a
+/// burst; None for 0 (no limit).
+fn limiter(rate: u32) -> Option<Arc<DefaultKeyedRateLimiter<IpAddr>>> {
+    NonZeroU32::new(rate).map(|rate| {
+        let burst = NonZeroU32::new(rate.get().saturating_mul(2)).unwrap_or(rate);
+        Arc::new(RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)))
+    })
+}
+
 fn no_response(request: &Request, rcode: ResponseCode) -> ResponseInfo {
     let mut metadata = Metadata::response_from_request(&request.metadata);
     metadata.response_code = rcode;
@@ -528,5 +534,51 @@ impl RequestHandler for Handler {
                 no_response(request, ResponseCode::ServFail)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zone_names_are_checked() {
+        assert_eq!(parse_zone("sfc.").unwrap().to_ascii(), "sfc.");
+        assert_eq!(parse_zone("Fleet.Example").unwrap().to_ascii(), "fleet.example.");
+        for bad in ["", ".", "a..b", "with space.", "ünï.", &"x".repeat(64)] {
+            let e = parse_zone(bad).unwrap_err().to_string();
+            assert!(e.contains("--dns-domain"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn only_dns_labels_are_mapped() {
+        for ok in ["billing", "b-1", "_x", "A9"] {
+            assert!(is_label(ok), "{ok}");
+        }
+        for no in ["", "a.b", "a b", "café", &"x".repeat(64)] {
+            assert!(!is_label(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn endpoint_hosts() {
+        assert!(matches!(host_of("10.0.0.1"), Some(Host::Ip(_))));
+        assert!(matches!(host_of("[::1]"), Some(Host::Ip(_))));
+        assert!(matches!(host_of("db.internal"), Some(Host::Name("db.internal"))));
+        for none in ["", "0.0.0.0", "::", "a..b", "has space"] {
+            assert!(host_of(none).is_none(), "{none:?}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_is_per_source_with_a_burst_of_twice_the_rate() {
+        assert!(limiter(0).is_none());
+        let l = limiter(2).unwrap();
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+        let allowed = (0..10).filter(|_| l.check_key(&a).is_ok()).count();
+        // 4 at once (the burst); fewer than 10 unless the loop took seconds.
+        assert!((4..10).contains(&allowed), "{allowed} allowed: a burst of 2 x 2 queries, then refused");
+        assert!(l.check_key(&b).is_ok(), "another source has its own budget");
     }
 }
