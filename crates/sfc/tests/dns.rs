@@ -10,8 +10,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
 use sfc_client::model::{Endpoint, EventKind, Filter, Health};
@@ -24,21 +22,8 @@ fn registry() -> (RegistryProc, SocketAddr) {
     (reg, dns)
 }
 
-/// A hickory resolver that asks only `dns`: over UDP then TCP (a truncated UDP answer is
-/// asked again over TCP), or over TCP alone. No cache, so every lookup reaches the registry.
 fn resolver(dns: SocketAddr, tcp_only: bool) -> TokioResolver {
-    let mut ns = if tcp_only { NameServerConfig::tcp(dns.ip()) } else { NameServerConfig::udp_and_tcp(dns.ip()) };
-    for c in &mut ns.connections {
-        c.port = dns.port();
-    }
-    let mut opts = ResolverOpts::default();
-    opts.cache_size = 0;
-    opts.recursion_desired = false;
-    opts.timeout = Duration::from_secs(3);
-    TokioResolver::builder_with_config(ResolverConfig::from_name_servers(vec![ns]), TokioRuntimeProvider::default())
-        .with_options(opts)
-        .build()
-        .expect("resolver")
+    common::dns_resolver::resolver(dns, tcp_only, Duration::from_secs(3))
 }
 
 /// `(priority, weight, port, target)` of every SRV answer, sorted.

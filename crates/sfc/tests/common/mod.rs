@@ -3,6 +3,8 @@
 //! by PID.
 #![allow(dead_code)]
 
+pub mod dns_resolver;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
