@@ -13,7 +13,6 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::rr::RecordType;
@@ -88,7 +87,7 @@ async fn main() {
     for c in &clients {
         c.wait_connected(Duration::from_secs(30)).await.expect("client connected");
     }
-    let r = Arc::new(dns_resolver::resolver(a.dns, false, Duration::from_secs(2)));
+    let r = dns_resolver::resolver(a.dns, false, Duration::from_secs(2));
     // Wait (bounded) until the group answers with every instance.
     let start = Instant::now();
     loop {
@@ -107,7 +106,9 @@ async fn main() {
     let began = Instant::now();
     let tasks: Vec<_> = (0..a.concurrency)
         .map(|t| {
-            let r = r.clone();
+            // One resolver per task: a resolver shares one in-flight query among concurrent
+            // lookups of the same name, which would hide queries from the registry.
+            let r = dns_resolver::resolver(a.dns, false, Duration::from_secs(2));
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut errors = 0u64;
