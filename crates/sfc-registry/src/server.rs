@@ -422,8 +422,12 @@ pub async fn run(a: &RegistryOptions, shutdown: impl Future<Output = ()>) -> Res
         tokio::spawn(crate::http::serve(registry.clone(), listener, hcfg, stop.clone().cancelled_owned()))
     });
     let dns_task = dns.map(|(udp, tcp, daddr)| {
-        // The third line: where the DNS interface answers (UDP and TCP).
-        println!("sfc dns listening on {daddr} (udp, tcp; zone {})", a.dns_options.domain);
+        // The third line: where the DNS interface answers (UDP and TCP). Not `println!`: a
+        // supervisor that read the first two lines and closed the pipe must not stop the registry.
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stdout(),
+            format_args!("sfc dns listening on {daddr} (udp, tcp; zone {})\n", a.dns_options.domain),
+        );
         let (r, o, s) = (registry.clone(), a.dns_options.clone(), stop.clone());
         tokio::spawn(async move {
             if let Err(e) = crate::dns::serve(r, udp, tcp, &o, s.cancelled_owned()).await {
