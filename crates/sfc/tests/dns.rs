@@ -251,6 +251,35 @@ async fn large_group_over_tcp_after_truncation() {
     drop(clients);
 }
 
+/// The per-source rate limit: over TCP, queries beyond the burst are refused and counted, while
+/// another source address is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_is_per_source() {
+    let reg = RegistryProc::start(&["--dns", "127.0.0.1:0", "--dns-rate-limit", "1"]);
+    let dns = reg.dns.expect("DNS address");
+    let obs = reg.observer();
+    let a = reg.service("web", "w-1").endpoint(endpoint("http", "127.0.0.9", 80)).start().unwrap();
+    wait_record(&obs, "web/w-1", LIMIT, "online", |r| r.status == sfc_client::model::Status::Online).await;
+    // 1 query/s, a burst of 2: of 20 queries sent back to back, most are refused (all but the
+    // burst and what refills meanwhile).
+    let loud = common::dns_resolver::resolver(dns, true, Duration::from_secs(3));
+    let mut refused = 0;
+    for _ in 0..20 {
+        if loud.lookup("web.sfc.", RecordType::A).await.is_err() {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "no query refused");
+    let m = metrics_text(&reg);
+    let counted = metric(&m, "sfc_registry_dns_rate_limited_total").unwrap_or(0.0);
+    // hickory tries a refused query again (attempts), each try refused and counted.
+    assert!(counted as usize >= refused, "{refused} lookups refused, {counted} counted");
+    // Another source has its own budget.
+    let quiet = common::dns_resolver::resolver_from(dns, true, Duration::from_secs(3), Some("127.0.0.2:0".parse().unwrap()));
+    assert_eq!(a_records(&quiet, "web.sfc.").await, vec!["127.0.0.9".parse::<IpAddr>().unwrap()]);
+    drop(a);
+}
+
 async fn next_kind(w: &mut sfc_client::WatchStream, kind: EventKind) -> sfc_client::model::Event {
     let deadline = Instant::now() + LIMIT;
     loop {
