@@ -1,5 +1,5 @@
 # `make test` builds everything and runs every suite. Each suite prints its runner's summary
-# line. Tools that are missing (Chromium, etcd, ...) are installed by tests/setup.sh.
+# line. Tools that are missing (Chromium, etcd, dig, ...) are installed by tests/setup.sh.
 SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR := never

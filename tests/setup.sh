@@ -22,6 +22,11 @@ if ! command -v etcd >/dev/null; then
     apt_install etcd-server
 fi
 
+# --- DNS interface (crates/sfc/tests/dns.rs): Debian's dig asks the registry's DNS port ---
+if ! command -v dig >/dev/null; then
+    apt_install dnsutils
+fi
+
 # --- browser suite (tests/browser): Debian's chromium driven by playwright-core ---
 if [ ! -x /usr/bin/chromium ]; then
     apt_install chromium

@@ -11,6 +11,7 @@
 //! - [`server`]: [`RegistryOptions`], what `sfc registry` and the Node.js `Registry` accept, and
 //!   [`server::run`], which binds both listeners and serves until shut down.
 //! - `listener`: the one accept loop that the protocol port and the HTTP API share.
+//! - [`dns`]: the DNS interface (`--dns`, hickory-server): names of healthy instances.
 //! - [`certs`]: development certificates (rcgen).
 //! - [`tls`]: the registry's rustls configuration and client-certificate checks.
 //!
@@ -23,6 +24,7 @@
 //! Plain reports reach only watchers that asked for them.
 
 pub mod certs;
+pub mod dns;
 pub mod http;
 mod listener;
 pub mod registry;

@@ -70,6 +70,13 @@ pub struct RegistryOptions {
     /// Address of the HTTP API, /metrics and the dashboard (default 127.0.0.1:7481), or `off`.
     /// When the default address is taken, the registry runs without HTTP and says so.
     pub http: Option<String>,
+    /// Address of the DNS interface, UDP and TCP (default 127.0.0.1:7482), or `off`. When the
+    /// default address is taken, the registry runs without DNS and says so.
+    pub dns: Option<String>,
+    /// What the DNS interface answers: its zone (--dns-domain), TTL (--dns-ttl), whether
+    /// warning instances count (--dns-include-warning) and the per-source rate limit
+    /// (--dns-rate-limit).
+    pub dns_options: crate::dns::DnsOptions,
     /// Serve the HTTP API over TLS with the registry's certificates (and its --mtls setting).
     pub http_tls: bool,
     /// Token that operators send as `Authorization: Bearer <token>` to send commands and
@@ -126,6 +133,8 @@ impl Default for RegistryOptions {
             snapshot_interval: c.snapshot_interval,
             history_retention: c.history_retention,
             http: None,
+            dns: None,
+            dns_options: crate::dns::DnsOptions::default(),
             http_tls: false,
             admin_token: None,
             admin_subject: Vec::new(),
@@ -189,6 +198,9 @@ impl RegistryOptions {
         }
         if self.etcd_cert.is_some() != self.etcd_key.is_some() {
             return Err(Error::invalid("--etcd-cert", "--etcd-cert and --etcd-key go together"));
+        }
+        if self.dns.as_deref() != Some("off") {
+            crate::dns::parse_zone(&self.dns_options.domain)?;
         }
         if self.codecs.is_empty() {
             return Err(Error::invalid("--codecs", "name at least one codec (protobuf, json)"));
@@ -352,6 +364,23 @@ async fn http_listener(a: &RegistryOptions, tls: bool) -> Result<Option<(tokio::
     }
 }
 
+/// Binds the DNS interface's address (UDP and TCP). As with the HTTP API, an explicit address
+/// that cannot be bound is an error; the default one (127.0.0.1:7482) only a warning.
+async fn dns_listener(a: &RegistryOptions) -> Result<Option<(tokio::net::UdpSocket, tokio::net::TcpListener, std::net::SocketAddr)>> {
+    match a.dns.as_deref() {
+        Some("off") => Ok(None),
+        Some(addr) => crate::dns::bind(addr).await.map(Some),
+        None => match crate::dns::bind(crate::dns::DEFAULT_DNS_ADDR).await {
+            Ok(l) => Ok(Some(l)),
+            Err(e) => {
+                tracing::warn!(target: "sfc::dns", error = %e,
+                    "the DNS interface is off: pass --dns ADDR (127.0.0.1:0 picks a free port) to serve it");
+                Ok(None)
+            }
+        },
+    }
+}
+
 fn http_config(a: &RegistryOptions, tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> crate::http::HttpConfig {
     crate::http::HttpConfig {
         tls: if a.http_tls { tls } else { None },
@@ -366,7 +395,8 @@ fn http_config(a: &RegistryOptions, tls: Option<std::sync::Arc<rustls::ServerCon
 
 /// Serves the registry described by `a` until `shutdown` resolves: binds the protocol listener
 /// and (unless off) the HTTP API, prints the two lines scripts wait for
-/// (`sfc registry listening on ADDR (tls)`, `sfc http listening on ADDR (tls)`), then closes
+/// (`sfc registry listening on ADDR (tls)`, `sfc http listening on ADDR (tls)`, `sfc dns
+/// listening on ADDR ...`), then closes
 /// every session and the HTTP server when `shutdown` completes.
 pub async fn run(a: &RegistryOptions, shutdown: impl Future<Output = ()>) -> Result<()> {
     std::fs::create_dir_all(&a.data_dir).map_err(|e| Error::write_file(&a.data_dir, e))?;
@@ -379,6 +409,7 @@ pub async fn run(a: &RegistryOptions, shutdown: impl Future<Output = ()>) -> Res
     let secure = cfg.tls.is_some();
     let (listener, addr) = crate::registry::bind(&a.listen).await?;
     let http = http_listener(a, secure).await?;
+    let dns = dns_listener(a).await?;
     let registry = Registry::open(cfg)?;
     // This line is the contract tests and scripts wait for.
     println!("sfc registry listening on {addr} ({})", if secure { "tls" } else { "plaintext" });
@@ -390,6 +421,20 @@ pub async fn run(a: &RegistryOptions, shutdown: impl Future<Output = ()>) -> Res
         println!("sfc http listening on {haddr} ({})", if hcfg.tls.is_some() { "tls" } else { "plaintext" });
         tokio::spawn(crate::http::serve(registry.clone(), listener, hcfg, stop.clone().cancelled_owned()))
     });
+    let dns_task = dns.map(|(udp, tcp, daddr)| {
+        // The third line: where the DNS interface answers (UDP and TCP). Not `println!`: a
+        // supervisor that read the first two lines and closed the pipe must not stop the registry.
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stdout(),
+            format_args!("sfc dns listening on {daddr} (udp, tcp; zone {})\n", a.dns_options.domain),
+        );
+        let (r, o, s) = (registry.clone(), a.dns_options.clone(), stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::dns::serve(r, udp, tcp, &o, s.cancelled_owned()).await {
+                tracing::error!(target: "sfc::dns", error = %e, "the DNS interface stopped");
+            }
+        })
+    });
     let signalled = stop.clone();
     crate::registry::serve(registry, listener, async move {
         shutdown.await;
@@ -399,6 +444,9 @@ pub async fn run(a: &RegistryOptions, shutdown: impl Future<Output = ()>) -> Res
     stop.cancel();
     if let Some(t) = http_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    if let Some(t) = dns_task {
+        let _ = tokio::time::timeout(Duration::from_secs(6), t).await;
     }
     Ok(())
 }

@@ -327,6 +327,17 @@ pub fn render(registry: &Registry, figures: &SelfFigures, instances: MetricsInst
         }
     }
     {
+        // The DNS interface (--dns): only the (type, rcode) pairs seen so far.
+        let name = "sfc_registry_dns_queries_total";
+        let mut f = Family::new(&mut out, name, "counter", "DNS queries answered (--dns), by query type and answer code.");
+        for (qtype, rcode, n) in stats.dns.queries() {
+            f.sample(name, &[("type", qtype), ("rcode", rcode)], n as f64);
+        }
+        let name = "sfc_registry_dns_rate_limited_total";
+        Family::new(&mut out, name, "counter", "DNS queries over the per-source rate limit (--dns-rate-limit): UDP dropped, TCP refused.")
+            .sample(name, &[], stats.dns.rate_limited() as f64);
+    }
+    {
         let mut f = Family::new(
             &mut out,
             "sfc_registry_instances",

@@ -161,6 +161,8 @@ pub struct Stats {
     /// presenting a session ticket from this registry process).
     pub tls_handshakes_full_total: AtomicU64,
     pub tls_handshakes_resumed_total: AtomicU64,
+    /// DNS queries (`--dns`) by type and answer code, and those over the rate limit.
+    pub dns: crate::dns::DnsStats,
 }
 
 /// Where a TLS handshake was refused.

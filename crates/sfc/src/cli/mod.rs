@@ -83,7 +83,9 @@ pub enum CertsCommand {
 pub fn init_logging(cli: &Cli) {
     use std::io::IsTerminal;
     let default = match cli.command {
-        Command::Registry(_) | Command::Agent(_) => "info",
+        // hickory-server logs every DNS query at info: its warnings only.
+        Command::Registry(_) => "info,hickory_server=warn",
+        Command::Agent(_) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

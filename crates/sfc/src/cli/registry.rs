@@ -95,6 +95,24 @@ pub struct RegistryArgs {
     /// When the default address is taken, the registry runs without HTTP and says so.
     #[arg(long, env = "SFC_HTTP_LISTEN", value_name = "ADDR")]
     pub http: Option<String>,
+    /// Address of the DNS interface, UDP and TCP (default 127.0.0.1:7482), or `off`. When the
+    /// default address is taken, the registry runs without DNS and says so. DNS.md.
+    #[arg(long, env = "SFC_DNS_LISTEN", value_name = "ADDR")]
+    pub dns: Option<String>,
+    /// The DNS zone every name lives under: <group>.<zone>, _<endpoint>._<proto>.<group>.<zone>,
+    /// <instance_id>.<group>.<zone>.
+    #[arg(long, env = "SFC_DNS_DOMAIN", default_value = "sfc.")]
+    pub dns_domain: String,
+    /// TTL of DNS answers, in seconds (0: resolvers do not cache, answers follow the fleet live).
+    #[arg(long, env = "SFC_DNS_TTL", default_value_t = 0)]
+    pub dns_ttl: u32,
+    /// DNS answers include online instances whose health is warning (passing ones always).
+    #[arg(long, env = "SFC_DNS_INCLUDE_WARNING")]
+    pub dns_include_warning: bool,
+    /// DNS queries per second one source address may send (twice that as a burst); beyond it
+    /// UDP queries are dropped and TCP ones refused. 0 turns the limit off.
+    #[arg(long, env = "SFC_DNS_RATE_LIMIT", default_value_t = 1000, value_name = "QPS")]
+    pub dns_rate_limit: u32,
     /// Serve the HTTP API over TLS with the registry's certificates (and its --mtls setting).
     #[arg(long, env = "SFC_HTTP_TLS")]
     pub http_tls: bool,
@@ -171,6 +189,13 @@ impl From<RegistryArgs> for RegistryOptions {
             snapshot_interval: a.snapshot_interval,
             history_retention: a.history_retention,
             http: a.http,
+            dns: a.dns,
+            dns_options: sfc_registry::dns::DnsOptions {
+                domain: a.dns_domain,
+                ttl: a.dns_ttl,
+                include_warning: a.dns_include_warning,
+                rate_limit: a.dns_rate_limit,
+            },
             http_tls: a.http_tls,
             admin_token: a.admin_token,
             admin_subject: a.admin_subject,

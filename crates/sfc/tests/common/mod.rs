@@ -3,6 +3,8 @@
 //! by PID.
 #![allow(dead_code)]
 
+pub mod dns_resolver;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,6 +34,9 @@ pub struct RegistryProc {
     pub addr: String,
     /// The HTTP API's address (always bound, on a port the OS assigns).
     pub http: String,
+    /// The DNS interface's address, when the test asked for one with `--dns ADDR` (otherwise
+    /// the harness passes `--dns off`).
+    pub dns: Option<std::net::SocketAddr>,
     pub data_dir: PathBuf,
     /// Everything the registry wrote to stderr (its log), also echoed to ours.
     log: std::sync::Arc<std::sync::Mutex<String>>,
@@ -55,10 +60,14 @@ impl RegistryProc {
         } else {
             &["--http", "127.0.0.1:0"]
         };
+        let dns_value = extra.iter().position(|a| *a == "--dns").and_then(|i| extra.get(i + 1));
+        let dns_flags: &[&str] = if dns_value.is_some() { &[] } else { &["--dns", "off"] };
+        let http_off = extra.windows(2).any(|w| w == ["--http", "off"]);
         let mut child = Command::new(sfc_bin())
             .args(["registry", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(http_flags)
+            .args(dns_flags)
             .args(extra)
             .env_remove("SFC_ADMIN_TOKEN")
             .env("RUST_LOG", "sfc=info")
@@ -91,10 +100,14 @@ impl RegistryProc {
                 .to_string()
         };
         let addr = next("sfc registry listening on ");
-        let http = if extra.contains(&"off") {
+        let http = if http_off {
             String::new()
         } else {
             next("sfc http listening on ")
+        };
+        let dns = match dns_value {
+            Some(&v) if v != "off" => Some(next("sfc dns listening on ").parse().expect("DNS address")),
+            _ => None,
         };
         // Keep draining stdout so the registry never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
@@ -102,6 +115,7 @@ impl RegistryProc {
             child,
             addr,
             http,
+            dns,
             data_dir: data_dir.to_path_buf(),
             log,
             _tmp: None,
