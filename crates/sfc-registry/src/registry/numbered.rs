@@ -260,9 +260,13 @@ mod tests {
         let mut rx = reg.subscribe();
         // A join on another thread (with the old behaviour it would hold the lock until the
         // store answers).
-        let r = reg.clone();
-        std::thread::spawn(move || join(&r, "a"));
+        let (r, (joined_tx, joined)) = (reg.clone(), mpsc::channel());
+        std::thread::spawn(move || {
+            join(&r, "a");
+            let _ = joined_tx.send(());
+        });
         assert_eq!(entered.recv_timeout(WAIT).unwrap(), vec![(1, EventKind::Joined)]);
+        joined.recv_timeout(WAIT).expect("the join returned only once the store had written it");
         // The writer is inside the store's write now, and the state lock is free.
         assert!(reg.shared.state.try_lock().is_ok(), "the state lock is held across the store's write");
         assert_eq!(reg.query(&Filter::default()).len(), 1);
