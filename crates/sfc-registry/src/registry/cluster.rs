@@ -108,8 +108,14 @@ pub(crate) fn start(reg: &Registry, etcd: Arc<EtcdInner>) -> Result<Arc<Cluster>
     cluster.apply_batch(first);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let c = cluster.clone();
+    // This registry's writes that etcd may have shown to the watch are recorded (with their
+    // revisions) before a batch is applied (registry::numbered).
+    let gate = reg.state().numbered_gate();
     cluster.main.spawn(async move {
         while let Some(batch) = rx.recv().await {
+            if let Some(g) = &gate {
+                g.settled().await;
+            }
             c.apply_batch(batch);
         }
     });
@@ -171,7 +177,7 @@ impl Cluster {
                 }
                 {
                     let mut own = lock(&self.etcd.own_rev);
-                    if own.get(&v.record.id).is_some_and(|r| *r >= kv.mod_revision()) {
+                    if own.get(&v.record.id).is_some_and(|r| *r >= kv.mod_revision()) || st.writing(&v.record.id) {
                         continue;
                     }
                     own.remove(&v.record.id);
@@ -315,9 +321,10 @@ impl Cluster {
                         }
                         {
                             let mut own = lock(&self.etcd.own_rev);
-                            // Older than this registry's own write of the key: stale. Its
-                            // event still goes into the history, as on every registry.
-                            if own.get(id).is_some_and(|r| *r >= rev) {
+                            // Older than this registry's own write of the key (written, or
+                            // queued: it lands later): stale. Its event still goes into the
+                            // history, as on every registry.
+                            if own.get(id).is_some_and(|r| *r >= rev) || st.writing(id) {
                                 drop(own);
                                 if let Some(t) = v.event {
                                     st.publish_remote_only(&v.owner, &v.record, t, seq);
@@ -332,7 +339,7 @@ impl Cluster {
                         }
                     }
                     EventType::Delete => {
-                        if lock(&self.etcd.own_rev).get(id).is_some_and(|r| *r > rev) {
+                        if lock(&self.etcd.own_rev).get(id).is_some_and(|r| *r > rev) || st.writing(id) {
                             continue;
                         }
                         // Who owned it, from the cache (asking etcd for previous values

@@ -10,6 +10,7 @@
 #[cfg(feature = "etcd")]
 pub(crate) mod cluster;
 pub(crate) mod commit;
+pub(crate) mod numbered;
 pub mod policy;
 pub mod session;
 pub mod state;
@@ -277,6 +278,10 @@ impl Registry {
                 // Group commit (commit.rs): a writer thread writes transitions in batches.
                 if config.store.group_commit() {
                     state.set_writer(commit::Writer::start(shared.clone(), config.store.clone(), config.event_history.max(1)));
+                }
+                // A store that numbers events (etcd): written off the lock too (numbered.rs).
+                if config.store.numbers_events() {
+                    state.set_numbered(numbered::Writer::start(shared.clone(), config.store.clone()));
                 }
                 Shared {
                     config,
@@ -642,7 +647,9 @@ pub async fn serve(registry: Registry, listener: TcpListener, shutdown: impl Fut
         tracing::warn!(target: "sfc::registry", "some sessions did not close within 5s");
     }
     sweeper.abort();
-    // The latest metrics go to the store before we exit.
+    // The transitions of the closing sessions, then the latest metrics, go to the store
+    // before we exit.
+    registry.durable().await;
     registry.flush_snapshots().await;
     // `--store etcd`: the records stay (under this registry's lease) until their clients have
     // registered on another registry, so that nobody sees them go (a planned stop hands its

@@ -150,9 +150,10 @@ pub struct State {
     /// Events published since the start (for `/metrics` with shared numbering, where the
     /// cursor is an etcd revision, not a count).
     published_count: u64,
-    /// Shared numbering: this registry's transitions the store has not taken yet (it fails),
-    /// oldest first; written (and then numbered and published) once it works again.
-    unwritten: VecDeque<Arc<Event>>,
+    /// Shared numbering: the writer thread (numbered.rs) that writes transitions off the lock.
+    numbered: Option<super::numbered::Writer>,
+    /// Shared numbering: transitions per instance queued to the writer and not yet written.
+    writing: HashMap<String, usize>,
 }
 
 /// What registering a session did.
@@ -186,7 +187,8 @@ impl State {
             shared_seq: store.numbers_events(),
             written: BTreeMap::new(),
             published_count: 0,
-            unwritten: VecDeque::new(),
+            numbered: None,
+            writing: HashMap::new(),
             store,
         }
     }
@@ -201,11 +203,26 @@ impl State {
         self.writer = Some(writer);
     }
 
+    /// Shared numbering: hands transitions to the writer thread of numbered.rs.
+    pub(crate) fn set_numbered(&mut self, writer: super::numbered::Writer) {
+        self.numbered = Some(writer);
+    }
+
+    /// Shared numbering: the writer's gate, which the cluster's watch waits on.
+    pub(crate) fn numbered_gate(&self) -> Option<Arc<super::numbered::Gate>> {
+        self.numbered.as_ref().map(|w| w.gate())
+    }
+
     /// Completes once every transition emitted before is committed (or, while the store
-    /// fails, kept for later) and broadcast. None: there is nothing to wait for (no writer
+    /// fails, kept for later) and broadcast (with shared numbering: written, and published
+    /// when the watch reaches its revision). None: there is nothing to wait for (no writer
     /// thread: `emit` wrote and broadcast it already).
     pub fn barrier(&self) -> Option<oneshot::Receiver<()>> {
-        self.writer.as_ref().map(|w| w.barrier())
+        match (&self.writer, &self.numbered) {
+            (Some(w), _) => Some(w.barrier()),
+            (None, Some(w)) => Some(w.barrier()),
+            (None, None) => None,
+        }
     }
 
     /// Restores what the store had. Records that were online are held online, without a
@@ -269,14 +286,8 @@ impl State {
         if self.store_error.is_none() {
             return;
         }
-        if self.shared_seq {
-            match self.write_unwritten() {
-                Ok(()) => {
-                    self.store_error = None;
-                    tracing::warn!(target: "sfc::store", "store recovered; writing resumed");
-                }
-                Err(e) => self.store_error = Some(e.to_string()),
-            }
+        if let Some(w) = &self.numbered {
+            w.retry();
             return;
         }
         if let Some(w) = &self.writer {
@@ -335,9 +346,11 @@ impl State {
             w.write(ev.clone());
             return ev;
         }
-        // Numbered by the store: published when the cluster's watch reaches its revision.
-        if self.shared_seq {
-            self.write_shared(ev.clone());
+        // Numbered by the store: written off the lock (numbered.rs), published when the
+        // cluster's watch reaches its revision.
+        if let Some(w) = &self.numbered {
+            *self.writing.entry(id.to_string()).or_default() += 1;
+            w.write(ev.clone());
             return ev;
         }
         // The event carries the record after the transition (none once evicted).
@@ -345,42 +358,28 @@ impl State {
         self.publish(ev)
     }
 
-    /// Shared numbering: writes one transition (after any the store missed), and keeps it
-    /// by its revision for [`State::publish_through`]. While the store fails it waits in
-    /// `unwritten`: watchers hear of it once it is written and numbered.
-    fn write_shared(&mut self, ev: Arc<Event>) {
-        self.unwritten.push_back(ev);
-        match self.write_unwritten() {
-            Ok(()) => {
-                if self.store_error.take().is_some() {
-                    tracing::warn!(target: "sfc::store", "store recovered; writing resumed");
-                }
+    /// Shared numbering: the writer wrote `ev` at revision `rev` (None: nothing written, an
+    /// eviction whose key was gone already: no number, and no registry hears of it). Kept by
+    /// its revision for [`State::publish_through`].
+    pub(crate) fn written_at(&mut self, ev: &Event, rev: Option<u64>) {
+        match rev {
+            Some(rev) => {
+                self.written.insert(rev, Arc::new(Event { seq: rev, ..ev.clone() }));
             }
-            Err(e) => {
-                if self.store_error.is_none() {
-                    tracing::error!(target: "sfc::store", error = %e,
-                        "STORE FAILING: transitions are kept in memory only until it recovers");
-                }
-                self.store_error = Some(e.to_string());
+            None => tracing::debug!(target: "sfc::store", id = %ev.id, kind = ev.kind.as_str(), "transition not numbered by the store"),
+        }
+        if let std::collections::hash_map::Entry::Occupied(mut n) = self.writing.entry(ev.id.clone()) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
             }
         }
     }
 
-    /// Shared numbering: writes what waits in `unwritten`, oldest first, each with the record
-    /// it carries; stops at the first failure.
-    fn write_unwritten(&mut self) -> crate::Result<()> {
-        while let Some(ev) = self.unwritten.front().cloned() {
-            match self.store.transition_numbered(&ev, ev.instance.as_deref())? {
-                Some(rev) => {
-                    self.written.insert(rev, Arc::new(Event { seq: rev, ..Event::clone(&ev) }));
-                }
-                // Nothing written (an eviction whose key was gone already): no number, and no
-                // registry hears of it.
-                None => tracing::debug!(target: "sfc::store", id = %ev.id, kind = ev.kind.as_str(), "transition not numbered by the store"),
-            }
-            self.unwritten.pop_front();
-        }
-        Ok(())
+    /// Shared numbering: whether a transition of `id` is queued or being written here. A
+    /// change of its key seen by the watch meanwhile is older than that write.
+    pub(crate) fn writing(&self, id: &str) -> bool {
+        self.writing.contains_key(id)
     }
 
     /// Shared numbering: publishes this registry's own transitions written at revisions up to
@@ -997,77 +996,5 @@ mod tests {
         st.apply_report("g/a", None, report(3.0));
         let last = st.record("g/a").expect("g/a");
         assert_eq!((Arc::as_ptr(&last), last.metrics.process.cpu_percent), (at, Some(3.0)));
-    }
-
-    /// A store that numbers its writes like etcd's revisions (by ten here, to show gaps), and
-    /// that can be made to fail.
-    #[derive(Default)]
-    struct Numbering {
-        rev: std::sync::atomic::AtomicU64,
-        failing: std::sync::atomic::AtomicBool,
-    }
-
-    impl Store for Numbering {
-        fn kind(&self) -> &'static str {
-            "numbering"
-        }
-        fn load(&self, _: usize) -> crate::Result<Snapshot> {
-            Ok(Snapshot::default())
-        }
-        fn transition(&self, ev: &Event, r: Option<&InstanceRecord>) -> crate::Result<()> {
-            self.transition_numbered(ev, r).map(|_| ())
-        }
-        fn transition_numbered(&self, _: &Event, _: Option<&InstanceRecord>) -> crate::Result<Option<u64>> {
-            use std::sync::atomic::Ordering::SeqCst;
-            if self.failing.load(SeqCst) {
-                return Err(crate::Error::Unreachable("the store fails".into()));
-            }
-            Ok(Some(self.rev.fetch_add(10, SeqCst) + 10))
-        }
-        fn numbers_events(&self) -> bool {
-            true
-        }
-        fn snapshot(&self, _: &[InstanceRecord]) -> crate::Result<()> {
-            Ok(())
-        }
-        fn prune_events(&self, _: u64) -> crate::Result<usize> {
-            Ok(0)
-        }
-    }
-
-    /// With a store that numbers events (`--store etcd`), a transition is published under the
-    /// store's number once the watch reaches it, in order with the others; while the store
-    /// fails it waits, and once written it is numbered and published like the rest.
-    #[test]
-    fn events_numbered_by_the_store_are_published_when_the_watch_reaches_them() {
-        let (events, mut rx) = broadcast::channel(16);
-        let (reports, _) = broadcast::channel(16);
-        let store = Arc::new(Numbering::default());
-        let mut st = State::new(100, events, reports, store.clone());
-        st.loaded_at(5);
-        assert_eq!(st.cursor(), 5);
-        let reg = |i: &str| -> Registration {
-            serde_json::from_value(serde_json::json!({ "group": "g", "instance_id": i, "service": "svc" })).unwrap()
-        };
-        st.register(reg("a"), 1000, None, None, "v1", serde_json::Value::Null);
-        assert!(rx.try_recv().is_err(), "published before the watch reached it");
-        // Another registry's transition at 7 comes first, ours (10) when the watch gets there.
-        st.seen_through(7);
-        assert!(rx.try_recv().is_err());
-        assert!(st.publish_through(10));
-        assert_eq!((rx.try_recv().unwrap().seq, st.cursor()), (10, 10));
-        store.failing.store(true, std::sync::atomic::Ordering::SeqCst);
-        st.register(reg("b"), 1000, None, None, "v1", serde_json::Value::Null);
-        assert!(st.store_error.is_some());
-        st.seen_through(15);
-        assert!(rx.try_recv().is_err(), "an unwritten transition has no number yet");
-        store.failing.store(false, std::sync::atomic::Ordering::SeqCst);
-        st.retry_store();
-        assert!(st.store_error.is_none());
-        st.seen_through(20);
-        let ev = rx.try_recv().unwrap();
-        assert_eq!((ev.seq, ev.kind, ev.id.as_str()), (20, EventKind::Joined, "g/b"));
-        assert_eq!(st.events_after(0, 10).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![10, 20]);
-        assert!(!st.complete_after(4) && st.complete_after(5), "the history begins at the load");
     }
 }

@@ -297,26 +297,74 @@ impl EtcdStore {
     ) -> Result<T> {
         let inner = &self.inner;
         if inner.failing.load(Ordering::Acquire) {
-            return Err(etcd_err(&inner.endpoints, what, "etcd is not answering (checking again every 500ms)"));
+            return Err(self.not_answering(what));
         }
         let r = wait(&inner.handle, inner.op_timeout, &inner.endpoints, what, f);
-        if r.is_err() && !inner.failing.swap(true, Ordering::AcqRel) {
-            let probe = inner.clone();
-            inner.handle.spawn(async move {
-                let key = format!("{REGISTRIES}{}", probe.id);
-                loop {
-                    tokio::time::sleep(PROBE_EVERY).await;
-                    let mut c = probe.client.clone();
-                    if let Ok(Ok(_)) = tokio::time::timeout(probe.op_timeout, c.get(key.clone(), None)).await {
-                        probe.failing.store(false, Ordering::Release);
-                        tracing::info!(target: "sfc::store", "etcd answers again");
-                        return;
-                    }
-                }
-            });
+        if r.is_err() {
+            self.failed();
         }
         r
     }
+
+    fn not_answering(&self, what: &str) -> Error {
+        etcd_err(&self.inner.endpoints, what, "etcd is not answering (checking again every 500ms)")
+    }
+
+    /// An operation failed: fail at once from now on, until a background probe reaches etcd.
+    fn failed(&self) {
+        let inner = &self.inner;
+        if inner.failing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let probe = inner.clone();
+        inner.handle.spawn(async move {
+            let key = format!("{REGISTRIES}{}", probe.id);
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                let mut c = probe.client.clone();
+                if let Ok(Ok(_)) = tokio::time::timeout(probe.op_timeout, c.get(key.clone(), None)).await {
+                    probe.failing.store(false, Ordering::Release);
+                    tracing::info!(target: "sfc::store", "etcd answers again");
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Writes one transition: a put of the record it carries, or a delete once evicted.
+/// Returns the revision of the write (0: nothing deleted, the key was gone already).
+fn write_transition(
+    inner: Arc<EtcdInner>,
+    event: &Event,
+) -> impl std::future::Future<Output = Result<i64, etcd_client::Error>> + Send + 'static {
+    let id = event.id.clone();
+    let put = event.instance.clone().map(|r| {
+        let t = RemoteTransition { kind: event.kind, at: event.at, detail: event.detail.clone() };
+        inner.last_event_at.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), event.at);
+        (r, t)
+    });
+    async move {
+        if let Some((r, t)) = put {
+            return inner.put_record(&r, Some(t)).await;
+        }
+        inner.count(0, 0);
+        let key = instance_key(&id);
+        let resp = inner
+            .retry(|mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
+            })
+            .await?;
+        inner.own_rev.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        inner.last_event_at.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        // Nothing deleted (the key was gone already): no revision of its own.
+        Ok(if resp.deleted() > 0 { resp.header().map(|h| h.revision()).unwrap_or(0) } else { 0 })
+    }
+}
+
+fn revision(rev: i64) -> Option<u64> {
+    u64::try_from(rev).ok().filter(|r| *r > 0)
 }
 
 /// Runs a future on `handle` and waits for it from a plain thread or a worker of another
@@ -520,35 +568,36 @@ impl Store for EtcdStore {
         self.transition_numbered(event, record).map(|_| ())
     }
 
-    /// The revision of the put (or delete) is the event's number on every registry.
-    fn transition_numbered(&self, event: &Event, record: Option<&InstanceRecord>) -> Result<Option<u64>> {
-        let inner = self.inner.clone();
-        let rev = match record {
-            Some(r) => {
-                let r = r.clone();
-                let t = RemoteTransition { kind: event.kind, at: event.at, detail: event.detail.clone() };
-                inner.last_event_at.lock().unwrap_or_else(|e| e.into_inner()).insert(r.id.clone(), event.at);
-                self.call("put instance", async move { inner.put_record(&r, Some(t)).await })?
-            }
-            None => {
-                let id = event.id.clone();
-                self.call("delete instance", async move {
-                    inner.count(0, 0);
-                    let key = instance_key(&id);
-                    let resp = inner
-                        .retry(|mut c| {
-                            let key = key.clone();
-                            async move { c.delete(key, None).await }
-                        })
-                        .await?;
-                    inner.own_rev.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                    inner.last_event_at.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                    // Nothing deleted (the key was gone already): no revision of its own.
-                    Ok(if resp.deleted() > 0 { resp.header().map(|h| h.revision()).unwrap_or(0) } else { 0 })
-                })?
-            }
+    /// The revision of the put (or delete) is the event's number on every registry. The
+    /// event carries its record (none once evicted: the key is deleted).
+    fn transition_numbered(&self, event: &Event, _record: Option<&InstanceRecord>) -> Result<Option<u64>> {
+        let what = if event.instance.is_some() { "put instance" } else { "delete instance" };
+        self.call(what, write_transition(self.inner.clone(), event)).map(revision)
+    }
+
+    /// One wave of transitions of different instances, written concurrently (etcd's raft
+    /// batches them into few proposals and fsyncs).
+    fn transitions_numbered(&self, events: &[Arc<Event>]) -> Vec<Result<Option<u64>>> {
+        const WHAT: &str = "write transitions";
+        if self.inner.failing.load(Ordering::Acquire) {
+            return events.iter().map(|_| Err(self.not_answering(WHAT))).collect();
+        }
+        let writes: Vec<_> = events.iter().map(|ev| write_transition(self.inner.clone(), ev)).collect();
+        let inner = &self.inner;
+        let all = wait(&inner.handle, inner.op_timeout, &inner.endpoints, WHAT, async move {
+            Ok(futures_util::future::join_all(writes).await)
+        });
+        let out: Vec<Result<Option<u64>>> = match all {
+            Ok(results) => results
+                .into_iter()
+                .map(|r| r.map(revision).map_err(|e| etcd_err(&inner.endpoints, WHAT, e)))
+                .collect(),
+            Err(e) => events.iter().map(|_| Err(Error::Timeout(e.to_string()))).collect(),
         };
-        Ok(u64::try_from(rev).ok().filter(|r| *r > 0))
+        if out.iter().any(|r| r.is_err()) {
+            self.failed();
+        }
+        out
     }
 
     fn numbers_events(&self) -> bool {

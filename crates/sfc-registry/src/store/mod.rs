@@ -69,6 +69,12 @@ pub trait Store: Send + Sync + 'static {
     fn transition_numbered(&self, event: &Event, record: Option<&InstanceRecord>) -> Result<Option<u64>> {
         self.transition(event, record).map(|()| None)
     }
+    /// [`Store::transition_numbered`] for transitions of different instances at once (one
+    /// each), in no particular order: one result per event. The writer of a store that
+    /// numbers events (`registry::numbered`) calls it with a wave of what queued up.
+    fn transitions_numbered(&self, events: &[std::sync::Arc<Event>]) -> Vec<Result<Option<u64>>> {
+        events.iter().map(|ev| self.transition_numbered(ev, ev.instance.as_deref())).collect()
+    }
     /// True when every registry sharing the store numbers events alike, by the store's own
     /// numbering (`etcd`: an event's `seq` is the etcd revision that wrote it), so that a
     /// cursor is valid on each of them. Events are then published in that order, once the
@@ -78,8 +84,8 @@ pub trait Store: Send + Sync + 'static {
     }
     /// True when transitions go through the group commit (a writer thread that writes them in
     /// batches, off the state lock, and broadcasts them once committed). False: each is
-    /// written under the state lock, one at a time (`memory`, which writes nothing, and `etcd`,
-    /// whose ownership checks rely on a record's write landing before the lock is released).
+    /// written under the state lock, one at a time (`memory`, which writes nothing). A store
+    /// that numbers events (`etcd`) has its own writer thread (`registry::numbered`).
     fn group_commit(&self) -> bool {
         false
     }

@@ -1,0 +1,306 @@
+//! The writer of a store that numbers events (`--store etcd`): transitions reach etcd from
+//! one writer thread, off the state lock, and each gets the revision of its write as its
+//! number.
+//!
+//! [`State::emit`](super::state::State::emit) applies a transition to the in-memory record
+//! under the state lock, queues the event here and returns. The writer thread takes what
+//! queued up and writes it in waves: a wave holds the oldest waiting transition of each
+//! instance (so two transitions of one instance are written in the order they happened),
+//! written concurrently (etcd's raft batches them). Then, under the state lock for a moment,
+//! it keeps each written event by its revision ([`State::written_at`]); the cluster's watch
+//! publishes them in revision order when it reaches them (`State::publish_through`), as
+//! before. Nothing is published that was not written.
+//!
+//! Two orderings the watch relies on, which used to come from writing under the lock:
+//! - **The gate.** The cluster applies a watch batch only once every wave issued before the
+//!   batch arrived is recorded ([`Gate::settled`]): a revision of ours the watch reaches is
+//!   then known, and published in its place.
+//! - **Pending writes own their key.** While this registry has a transition of an instance
+//!   queued or being written ([`State::writing`]), a change of its key the watch shows is
+//!   older than that write (which lands at a later revision): it is handled as stale, as
+//!   when this registry's newest write of the key is newer.
+//!
+//! While etcd fails, the transitions stay queued in order and are written once it answers
+//! again: on the next transition, or when the sweeper asks ([`Writer::retry`]).
+//! A barrier ([`Writer::barrier`]) completes once everything queued before it is written and
+//! recorded (or failed and kept): sessions wait for one before answering a query or a watch.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Weak};
+
+use tokio::sync::oneshot;
+
+use crate::model::Event;
+use crate::store::Store;
+
+/// Most transitions written concurrently in one wave.
+const MAX_WAVE: usize = 512;
+
+enum Item {
+    Write(Arc<Event>),
+    Barrier(oneshot::Sender<()>),
+    Retry,
+}
+
+/// Waves issued and recorded, for the cluster's watch ([`Gate::settled`]).
+pub struct Gate {
+    issued: AtomicU64,
+    recorded: tokio::sync::watch::Sender<u64>,
+}
+
+impl Gate {
+    /// Completes once every wave issued before the call is recorded: each of this registry's
+    /// writes that etcd may already have shown to the watch has its revision kept.
+    pub async fn settled(&self) {
+        let issued = self.issued.load(Ordering::SeqCst);
+        let mut rx = self.recorded.subscribe();
+        let _ = rx.wait_for(|r| *r >= issued).await;
+    }
+}
+
+/// The state's handle on the writer thread. The thread ends when this is dropped.
+pub struct Writer {
+    tx: mpsc::Sender<Item>,
+    gate: Arc<Gate>,
+}
+
+impl Writer {
+    pub(crate) fn start(state: Weak<super::Shared>, store: Arc<dyn Store>) -> Writer {
+        let (tx, rx) = mpsc::channel();
+        let gate = Arc::new(Gate { issued: AtomicU64::new(0), recorded: tokio::sync::watch::Sender::new(0) });
+        let g = gate.clone();
+        std::thread::Builder::new()
+            .name("sfc-etcd-writer".into())
+            .spawn(move || run(rx, state, store, g))
+            .expect("start the store's writer thread");
+        Writer { tx, gate }
+    }
+
+    pub fn write(&self, ev: Arc<Event>) {
+        let _ = self.tx.send(Item::Write(ev));
+    }
+
+    pub fn barrier(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Item::Barrier(tx));
+        rx
+    }
+
+    pub fn retry(&self) {
+        let _ = self.tx.send(Item::Retry);
+    }
+
+    pub fn gate(&self) -> Arc<Gate> {
+        self.gate.clone()
+    }
+}
+
+/// Takes the oldest transition of each instance (at most [`MAX_WAVE`]) out of `queue`.
+fn next_wave(queue: &mut VecDeque<Arc<Event>>) -> Vec<Arc<Event>> {
+    let mut ids = HashSet::new();
+    let mut wave = Vec::new();
+    let mut rest = VecDeque::with_capacity(queue.len());
+    for ev in queue.drain(..) {
+        // Once an instance is in this wave or left for the next, so are its later transitions.
+        if ids.insert(ev.id.clone()) && wave.len() < MAX_WAVE {
+            wave.push(ev);
+        } else {
+            rest.push_back(ev);
+        }
+    }
+    *queue = rest;
+    wave
+}
+
+fn run(rx: mpsc::Receiver<Item>, state: Weak<super::Shared>, store: Arc<dyn Store>, gate: Arc<Gate>) {
+    let mut queue: VecDeque<Arc<Event>> = VecDeque::new();
+    let mut failing = false;
+    while let Ok(first) = rx.recv() {
+        let mut barriers = Vec::new();
+        let mut attempt = false;
+        for item in std::iter::once(first).chain(rx.try_iter()) {
+            match item {
+                Item::Write(ev) => {
+                    queue.push_back(ev);
+                    attempt = true;
+                }
+                Item::Barrier(b) => barriers.push(b),
+                Item::Retry => attempt |= failing,
+            }
+        }
+        while attempt && !queue.is_empty() {
+            let wave = next_wave(&mut queue);
+            let issued = gate.issued.fetch_add(1, Ordering::SeqCst) + 1;
+            let results = store.transitions_numbered(&wave);
+            let mut failed = VecDeque::new();
+            let mut error = None;
+            {
+                let Some(shared) = state.upgrade() else { return };
+                let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+                for (ev, r) in wave.into_iter().zip(results) {
+                    match r {
+                        Ok(rev) => st.written_at(&ev, rev),
+                        Err(e) => {
+                            error.get_or_insert(e.to_string());
+                            failed.push_back(ev);
+                        }
+                    }
+                }
+                match &error {
+                    None if failing => {
+                        failing = false;
+                        st.store_error = None;
+                        tracing::warn!(target: "sfc::store", "store recovered; writing resumed");
+                    }
+                    Some(e) => {
+                        if !failing {
+                            tracing::error!(target: "sfc::store", error = %e,
+                                "STORE FAILING: transitions are kept in memory only until it recovers");
+                        }
+                        failing = true;
+                        st.store_error = Some(e.clone());
+                    }
+                    None => {}
+                }
+            }
+            gate.recorded.send_replace(issued);
+            if !failed.is_empty() {
+                // Kept first, in order, before the later transitions of their instances.
+                failed.extend(queue.drain(..));
+                queue = failed;
+                break;
+            }
+        }
+        for b in barriers {
+            let _ = b.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The writer against a store that numbers writes like etcd's revisions (by ten) and
+    //! whose writes the test holds and releases. (The real-etcd side: crates/sfc/tests/etcd.rs.)
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::time::Duration;
+
+    use crate::model::{Event, EventKind, Filter, InstanceRecord, Registration};
+    use crate::registry::{Registry, RegistryConfig};
+    use crate::store::{Snapshot, Store};
+
+    struct HeldNumbering {
+        /// Each wave as it enters the store: (the registry's own sequence, kind) per event.
+        entered: Mutex<mpsc::Sender<Vec<(u64, EventKind)>>>,
+        /// true: written; false: fails like an etcd that does not answer.
+        release: Mutex<mpsc::Receiver<bool>>,
+        rev: Mutex<u64>,
+    }
+
+    impl Store for HeldNumbering {
+        fn kind(&self) -> &'static str {
+            "held-numbering"
+        }
+        fn load(&self, _: usize) -> crate::Result<Snapshot> {
+            Ok(Snapshot::default())
+        }
+        fn transition(&self, _: &Event, _: Option<&InstanceRecord>) -> crate::Result<()> {
+            unreachable!("the writer writes waves")
+        }
+        fn transitions_numbered(&self, events: &[Arc<Event>]) -> Vec<crate::Result<Option<u64>>> {
+            self.entered.lock().unwrap().send(events.iter().map(|e| (e.seq, e.kind)).collect()).unwrap();
+            let ok = self.release.lock().unwrap().recv().unwrap();
+            let mut rev = self.rev.lock().unwrap();
+            events
+                .iter()
+                .map(|_| {
+                    if !ok {
+                        return Err(crate::Error::Unreachable("etcd does not answer".into()));
+                    }
+                    *rev += 10;
+                    Ok(Some(*rev))
+                })
+                .collect()
+        }
+        fn numbers_events(&self) -> bool {
+            true
+        }
+        fn snapshot(&self, _: &[InstanceRecord]) -> crate::Result<()> {
+            Ok(())
+        }
+        fn prune_events(&self, _: u64) -> crate::Result<usize> {
+            Ok(0)
+        }
+    }
+
+    fn join(reg: &Registry, instance: &str) {
+        let r: Registration =
+            serde_json::from_value(serde_json::json!({ "group": "g", "instance_id": instance, "service": "s" })).unwrap();
+        reg.state().register(r, 1000, None, None, "v1", serde_json::json!({}));
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// The state lock is free while etcd writes: queries and other sessions' transitions go
+    /// on. A wave takes one transition per instance, in order; events are numbered by the
+    /// store and published in that order once the watch reaches them; what a failing store
+    /// did not take is kept, in order, and written on the retry.
+    #[tokio::test]
+    async fn etcd_writes_are_made_off_the_lock_in_order_and_published_by_revision() {
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let store = Arc::new(HeldNumbering {
+            entered: Mutex::new(entered_tx),
+            release: Mutex::new(release_rx),
+            rev: Mutex::new(0),
+        });
+        let reg = Registry::new(RegistryConfig { store, ..Default::default() });
+        reg.state().loaded_at(5);
+        let mut rx = reg.subscribe();
+        // A join on another thread (with the old behaviour it would hold the lock until the
+        // store answers).
+        let (r, (joined_tx, joined)) = (reg.clone(), mpsc::channel());
+        std::thread::spawn(move || {
+            join(&r, "a");
+            let _ = joined_tx.send(());
+        });
+        assert_eq!(entered.recv_timeout(WAIT).unwrap(), vec![(1, EventKind::Joined)]);
+        joined.recv_timeout(WAIT).expect("the join returned only once the store had written it");
+        // The writer is inside the store's write now, and the state lock is free.
+        assert!(reg.shared.state.try_lock().is_ok(), "the state lock is held across the store's write");
+        assert_eq!(reg.query(&Filter::default()).len(), 1);
+        join(&reg, "b");
+        reg.state().mark_left("g/b", None, None);
+        join(&reg, "c");
+        assert!(reg.state().writing("g/b"));
+        release.send(true).unwrap();
+        // One transition of each instance per wave: b's second waits for its first.
+        assert_eq!(entered.recv_timeout(WAIT).unwrap(), vec![(2, EventKind::Joined), (4, EventKind::Joined)]);
+        release.send(true).unwrap();
+        assert_eq!(entered.recv_timeout(WAIT).unwrap(), vec![(3, EventKind::Left)]);
+        // etcd does not answer: kept, said, and nothing published.
+        release.send(false).unwrap();
+        tokio::time::timeout(WAIT, reg.durable()).await.unwrap();
+        assert!(reg.store_status().1.is_some());
+        assert!(reg.state().writing("g/b"));
+        // Numbered 10, 20, 30 (a, b, c); published when the watch reaches them, in order.
+        assert!(rx.try_recv().is_err(), "published before the watch reached it");
+        reg.state().seen_through(30);
+        let seqs: Vec<(u64, String)> = (0..3).map(|_| rx.try_recv().unwrap()).map(|e| (e.seq, e.id.clone())).collect();
+        assert_eq!(seqs, [(10, "g/a".into()), (20, "g/b".into()), (30, "g/c".into())]);
+        assert!(rx.try_recv().is_err(), "the unwritten transition has no number");
+        // Retried once etcd answers: written at 40, published like the rest.
+        reg.state().retry_store();
+        assert_eq!(entered.recv_timeout(WAIT).unwrap(), vec![(3, EventKind::Left)]);
+        release.send(true).unwrap();
+        tokio::time::timeout(WAIT, reg.durable()).await.unwrap();
+        assert!(reg.store_status().1.is_none());
+        assert!(!reg.state().writing("g/b"));
+        reg.state().seen_through(40);
+        let ev = rx.try_recv().unwrap();
+        assert_eq!((ev.seq, ev.kind, ev.id.as_str()), (40, EventKind::Left, "g/b"));
+        assert_eq!(reg.state().events_after(0, 10).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![10, 20, 30, 40]);
+        assert!(!reg.state().complete_after(4) && reg.state().complete_after(5), "the history begins at the load");
+    }
+}
