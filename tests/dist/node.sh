@@ -82,14 +82,15 @@ tarball_layout() {
 sfc-$version-$target/LICENSE
 sfc-$version-$target/README.md
 sfc-$version-$target/bin/
-sfc-$version-$target/bin/sfc"
+sfc-$version-$target/bin/sfc
+sfc-$version-$target/bin/sfc-agent"
 	local got
 	got=$(tar -tzf "$sfc_tgz" | sort)
 	[ "$got" = "$want" ] || { echo "tarball holds:"; echo "$got"; echo "expected:"; echo "$want"; return 1; }
 	mkdir -p sfc && tar -xzf "$sfc_tgz" -C sfc --strip-components=1 &&
 		grep -q 'Apache License' sfc/LICENSE && grep -q 'Version 2.0' sfc/LICENSE
 }
-check "$(basename "$sfc_tgz") holds bin/sfc, LICENSE (Apache-2.0) and README.md in sfc-$version-$target/" tarball_layout
+check "$(basename "$sfc_tgz") holds bin/sfc, bin/sfc-agent, LICENSE (Apache-2.0) and README.md in sfc-$version-$target/" tarball_layout
 
 version_line() {
 	local got
@@ -98,6 +99,14 @@ version_line() {
 	[ "$got" = "sfc $version" ]
 }
 check "bin/sfc --version says 'sfc $version'" version_line
+
+agent_version_line() {
+	local got
+	got=$(sfc/bin/sfc-agent --version) || return 1
+	echo "$got"
+	[ "$got" = "sfc-agent $version" ]
+}
+check "bin/sfc-agent --version says 'sfc-agent $version'" agent_version_line
 
 stripped() {
 	local sections
