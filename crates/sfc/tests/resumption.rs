@@ -93,20 +93,24 @@ async fn cut_and_expect_resumed(reg: &RegistryProc, relay: &Relay, client: &sfc_
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_cut_off_resumes_its_tls_session() {
-    let reg = RegistryProc::start(&[]);
-    let relay = Relay::start(&reg.addr).await;
-    let client = sfc_client::Client::builder()
+/// A service `g/<instance_id>` that reaches the registry through the relay, reporting every
+/// 200 ms and reconnecting within 20-200 ms after a cut.
+fn through_relay(reg: &RegistryProc, relay: &Relay, instance_id: &str) -> sfc_client::ClientBuilder {
+    sfc_client::Client::builder()
         .ignore_env()
         .registry(&relay.addr)
         .ca(reg.ca().display().to_string())
         .group("g")
-        .instance_id("resume-1")
+        .instance_id(instance_id)
         .interval(Duration::from_millis(200))
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .start()
-        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cut_off_resumes_its_tls_session() {
+    let reg = RegistryProc::start(&[]);
+    let relay = Relay::start(&reg.addr).await;
+    let client = through_relay(&reg, &relay, "resume-1").start().unwrap();
     client.wait_connected(LIMIT).await.expect("the client connects");
     assert_eq!(handshakes(&reg), (1.0, 0.0), "the first connection is a full handshake");
     cut_and_expect_resumed(&reg, &relay, &client, 3).await;
@@ -130,16 +134,9 @@ async fn a_resumed_session_keeps_the_client_certificate_identity() {
     let reg = RegistryProc::start(&["--mtls", "optional", "--policy", policy.to_str().unwrap()]);
     let relay = Relay::start(&reg.addr).await;
     let (cert, key) = reg.client_cert();
-    let client = sfc_client::Client::builder()
-        .ignore_env()
-        .registry(&relay.addr)
-        .ca(reg.ca().display().to_string())
+    let client = through_relay(&reg, &relay, "resume-mtls")
         .cert(cert.display().to_string())
         .key(key.display().to_string())
-        .group("g")
-        .instance_id("resume-mtls")
-        .interval(Duration::from_millis(200))
-        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
         .start()
         .unwrap();
     client.wait_connected(LIMIT).await.expect("the client connects");

@@ -205,7 +205,7 @@ fn run(rx: mpsc::Receiver<Item>, state: Weak<super::Shared>, store: Arc<dyn Stor
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! The group commit against a store whose writes the test holds and releases: a watcher
     //! hears of a transition only once its batch is committed, the state lock is free while
     //! the store writes, and what a failing store missed is written first, in order, on
@@ -272,13 +272,14 @@ mod tests {
         (reg, store, entered, release)
     }
 
-    fn join(reg: &Registry, instance: &str) {
+    /// Registers `g/<instance>` as a session would (also used by `numbered`'s tests).
+    pub(in crate::registry) fn join(reg: &Registry, instance: &str) {
         let r: Registration =
             serde_json::from_value(serde_json::json!({ "group": "g", "instance_id": instance, "service": "s" })).unwrap();
         reg.state().register(r, 1000, None, None, "v1", serde_json::json!({}));
     }
 
-    const WAIT: Duration = Duration::from_secs(10);
+    pub(in crate::registry) const WAIT: Duration = Duration::from_secs(10);
 
     #[tokio::test]
     async fn a_transition_is_broadcast_only_once_committed_and_never_written_under_the_lock() {

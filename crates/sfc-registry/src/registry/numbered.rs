@@ -184,9 +184,8 @@ mod tests {
     //! The writer against a store that numbers writes like etcd's revisions (by ten) and
     //! whose writes the test holds and releases. (The real-etcd side: crates/sfc/tests/etcd.rs.)
     use std::sync::{mpsc, Arc, Mutex};
-    use std::time::Duration;
 
-    use crate::model::{Event, EventKind, Filter, InstanceRecord, Registration};
+    use crate::model::{Event, EventKind, Filter, InstanceRecord};
     use crate::registry::{Registry, RegistryConfig};
     use crate::store::{Snapshot, Store};
 
@@ -234,13 +233,7 @@ mod tests {
         }
     }
 
-    fn join(reg: &Registry, instance: &str) {
-        let r: Registration =
-            serde_json::from_value(serde_json::json!({ "group": "g", "instance_id": instance, "service": "s" })).unwrap();
-        reg.state().register(r, 1000, None, None, "v1", serde_json::json!({}));
-    }
-
-    const WAIT: Duration = Duration::from_secs(10);
+    use crate::registry::commit::tests::{join, WAIT};
 
     /// The state lock is free while etcd writes: queries and other sessions' transitions go
     /// on. A wave takes one transition per instance, in order; events are numbered by the
