@@ -158,7 +158,11 @@ async fn srv_follows_health_and_liveness() {
     // TXT of one instance: its service, health, version and tags.
     let txt = dig(dns, &["+short", "b-1.billing.sfc.", "TXT"]);
     assert!(txt.contains("\"health=passing\""), "{txt}");
-    drop(a);
+    // Names registered in mixed case answer to any case (the lookup is lowercase).
+    let mixed = reg.service("Billing", "B-9").endpoint(endpoint("http", "127.0.0.4", 8082)).start().unwrap();
+    wait_record(&obs, "Billing/B-9", LIMIT, "online", |r| r.status == sfc_client::model::Status::Online).await;
+    assert_eq!(a_records(&udp, "b-9.BILLING.sfc.").await, vec!["127.0.0.4".parse::<IpAddr>().unwrap()]);
+    drop((a, mixed));
 }
 
 /// NXDOMAIN for an unknown group or instance, REFUSED outside the zone (no recursion), NODATA

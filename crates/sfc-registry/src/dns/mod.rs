@@ -296,14 +296,21 @@ impl Handler {
     }
 
     /// Records of the group named `label` (ASCII case-insensitive), shared: the lock is held
-    /// only to pick them.
+    /// only to pick them, from the state's index by group (not a walk of the fleet).
     fn group(&self, label: &str) -> Vec<Arc<InstanceRecord>> {
         let st = self.registry.state();
-        st.instances
-            .values()
-            .filter(|i| i.record.group.eq_ignore_ascii_case(label))
-            .map(|i| i.record.clone())
-            .collect()
+        st.instances.group_ignore_case(label).map(|i| i.record.clone()).collect()
+    }
+
+    /// The record of `instance` in group `group` (both ASCII case-insensitive): first by its
+    /// id (the names as asked, lowercase, match most fleets' names), else a walk of the group.
+    fn instance(&self, group: &str, instance: &str) -> Option<Arc<InstanceRecord>> {
+        let st = self.registry.state();
+        if let Some(i) = st.instances.get(&InstanceRecord::make_id(group, instance)) {
+            return Some(i.record.clone());
+        }
+        let found = st.instances.group_ignore_case(group).find(|i| i.record.instance_id.eq_ignore_ascii_case(instance));
+        found.map(|i| i.record.clone())
     }
 
     fn name(&self, labels: &[&str]) -> Option<Name> {
@@ -415,10 +422,10 @@ impl Handler {
                 Answer::records(answers, extra)
             }
             [instance, group] => {
-                let records = self.group(group);
-                let Some(r) = records.iter().find(|r| r.instance_id.eq_ignore_ascii_case(instance)) else {
+                let Some(r) = self.instance(group, instance) else {
                     return Answer::nxdomain();
                 };
+                let r = &r;
                 if !self.serves(r) {
                     return Answer::nodata();
                 }

@@ -3,7 +3,7 @@
 //! Each transition goes through [`State::emit`], which numbers the event, keeps it in the
 //! history and broadcasts it while the lock is held, so watchers see transitions in order.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +87,73 @@ pub struct Instance {
     pub remote: Option<String>,
 }
 
+/// The records by id, and the ids of each group (keyed by the group's name in ASCII lowercase:
+/// DNS names are case-insensitive). Reads go through `Deref` to the map; every insertion and
+/// removal goes through this type, so the index cannot miss one. A lookup of one group (a
+/// client's query by group, a DNS question) walks that group, not the fleet.
+#[derive(Default)]
+pub struct Instances {
+    map: HashMap<String, Instance>,
+    by_group: HashMap<String, HashSet<String>>,
+}
+
+impl std::ops::Deref for Instances {
+    type Target = HashMap<String, Instance>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl Instances {
+    pub fn insert(&mut self, id: String, inst: Instance) -> Option<Instance> {
+        let group = inst.record.group.to_ascii_lowercase();
+        let old = self.map.insert(id.clone(), inst);
+        if let Some(old) = &old {
+            // A record keeps its group (the id starts with it); drop a stale entry anyway.
+            self.unindex(&old.record.group, &id);
+        }
+        self.by_group.entry(group).or_default().insert(id);
+        old
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<Instance> {
+        let old = self.map.remove(id)?;
+        self.unindex(&old.record.group, id);
+        Some(old)
+    }
+
+    fn unindex(&mut self, group: &str, id: &str) {
+        let key = group.to_ascii_lowercase();
+        if let Some(ids) = self.by_group.get_mut(&key) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_group.remove(&key);
+            }
+        }
+    }
+
+    /// Mutable access to a record's instance. Callers may change the record but not its id
+    /// or group (both are the map's and the index's keys).
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Instance> {
+        self.map.get_mut(id)
+    }
+
+    pub fn values_mut(&mut self) -> std::collections::hash_map::ValuesMut<'_, String, Instance> {
+        self.map.values_mut()
+    }
+
+    /// The instances of the group named `group`, compared ASCII case-insensitively.
+    pub fn group_ignore_case<'a>(&'a self, group: &str) -> impl Iterator<Item = &'a Instance> + 'a {
+        let ids = self.by_group.get(&group.to_ascii_lowercase());
+        ids.into_iter().flatten().filter_map(|id| self.map.get(id))
+    }
+
+    /// The instances of the group named exactly `group`.
+    pub fn group<'a>(&'a self, group: &'a str) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.group_ignore_case(group).filter(move |i| i.record.group == group)
+    }
+}
+
 impl Instance {
     fn new(record: Arc<InstanceRecord>, session: Option<SessionRef>) -> Self {
         Instance {
@@ -111,7 +178,7 @@ struct PendingCommand {
 }
 
 pub struct State {
-    pub instances: HashMap<String, Instance>,
+    pub instances: Instances,
     history: VecDeque<Arc<Event>>,
     history_cap: usize,
     /// What the history holds, estimated (`session::event_size`); kept under
@@ -169,7 +236,7 @@ impl State {
         store: Arc<dyn Store>,
     ) -> Self {
         State {
-            instances: HashMap::new(),
+            instances: Instances::default(),
             history: VecDeque::with_capacity(history_cap.min(4096)),
             history_cap,
             history_bytes: 0,
@@ -496,7 +563,11 @@ impl State {
     /// Records matching `filter`, unsorted: shared, not copied, so the lock is held only
     /// for the walk. [`sort_by_id`] and [`by_group`] order them once the lock is released.
     pub fn query(&self, filter: &Filter) -> Vec<Arc<InstanceRecord>> {
-        self.instances.values().filter(|i| filter.matches(&i.record)).map(|i| i.record.clone()).collect()
+        let pick = |i: &Instance| filter.matches(&i.record).then(|| i.record.clone());
+        match filter.group.as_deref() {
+            Some(group) => self.instances.group(group).filter_map(pick).collect(),
+            None => self.instances.values().filter_map(pick).collect(),
+        }
     }
 
     /// The current record of `id`, shared.
@@ -789,7 +860,10 @@ impl State {
         let id = record.id.clone();
         let is_new = !self.instances.contains_key(&id);
         let record = Arc::new(record);
-        let inst = self.instances.entry(id.clone()).or_insert_with(|| Instance::new(record.clone(), None));
+        if is_new {
+            self.instances.insert(id.clone(), Instance::new(record.clone(), None));
+        }
+        let inst = self.instances.get_mut(&id)?;
         let superseded = inst.session.take();
         inst.deadline = None;
         inst.dirty = false;
@@ -969,6 +1043,54 @@ mod tests {
         let mut metrics = crate::model::Metrics::default();
         metrics.process.cpu_percent = Some(cpu);
         Report { seq: 1, sent_at: None, health: None, health_note: None, metrics }
+    }
+
+    /// The index by group follows every way a record enters or leaves the state: a query by
+    /// group (exact) and a DNS lookup (case-insensitive) find exactly what a walk of the whole
+    /// fleet finds.
+    #[test]
+    fn the_group_index_follows_joins_evictions_and_remote_records() {
+        let mut st = state();
+        let join = |st: &mut State, group: &str, id: &str| {
+            let reg: Registration = serde_json::from_value(
+                serde_json::json!({ "group": group, "instance_id": id, "service": "svc" }),
+            )
+            .unwrap();
+            st.register(reg, 1000, None, None, "v1", serde_json::Value::Null);
+        };
+        let ids = |mut v: Vec<Arc<InstanceRecord>>| {
+            v.sort_by(|a, b| a.id.cmp(&b.id));
+            v.iter().map(|r| r.id.clone()).collect::<Vec<_>>()
+        };
+        let walk = |st: &State, group: &str| {
+            ids(st.instances.values().filter(|i| i.record.group.eq_ignore_ascii_case(group)).map(|i| i.record.clone()).collect())
+        };
+        let lookup = |st: &State, group: &str| ids(st.instances.group_ignore_case(group).map(|i| i.record.clone()).collect());
+        join(&mut st, "Pay", "a");
+        join(&mut st, "pay", "b");
+        join(&mut st, "other", "c");
+        assert_eq!(ids(st.query(&Filter::group("Pay"))), ["Pay/a"]);
+        assert_eq!(ids(st.query(&Filter::group("pay"))), ["pay/b"]);
+        assert_eq!(lookup(&st, "PAY"), ["Pay/a", "pay/b"]);
+        assert_eq!(lookup(&st, "PAY"), walk(&st, "PAY"));
+        // Offline, then evicted or deregistered: gone from the index too.
+        st.mark_offline("Pay/a", None, OfflineReason::ConnectionLost);
+        st.deregister("Pay/a", "test").expect("deregister");
+        assert_eq!(lookup(&st, "pay"), ["pay/b"]);
+        st.mark_offline("pay/b", None, OfflineReason::ConnectionLost);
+        assert_eq!(st.evict_expired(Duration::ZERO), 1);
+        assert!(lookup(&st, "pay").is_empty());
+        assert!(!st.instances.by_group.contains_key("pay"), "an empty group stays in the index");
+        // A record another registry owns (etcd) enters and leaves the index as well.
+        let mut remote = InstanceRecord::clone(&st.record("other/c").expect("other/c"));
+        remote.group = "Remote".into();
+        remote.id = InstanceRecord::make_id("Remote", "r");
+        st.apply_remote("elsewhere", remote, None, true, None);
+        assert_eq!(ids(st.query(&Filter::group("Remote"))), ["Remote/r"]);
+        assert_eq!(lookup(&st, "remote"), walk(&st, "remote"));
+        assert!(st.remove_remote("Remote/r", serde_json::Value::Null, None));
+        assert!(lookup(&st, "remote").is_empty());
+        assert_eq!(lookup(&st, "other"), ["other/c"]);
     }
 
     /// Queries and per-report watchers share the record instead of copying it; a reader that
