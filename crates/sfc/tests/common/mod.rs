@@ -173,6 +173,23 @@ impl RegistryProc {
     }
 
     /// How many lines of the registry's log so far contain `needle`.
+    /// The log once `done` holds on it, for at most 20 s (blocking; async tests use
+    /// [`log_lines_at_least`] or [`eventually`]): the log reaches the test through a pipe and
+    /// a reader thread, so a line written before an answer the test has read may still be on
+    /// its way.
+    pub fn wait_log(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let limit = Duration::from_secs(20);
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if done(&log) {
+                return log;
+            }
+            assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what} in:\n{log}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     pub fn log_count(&self, needle: &str) -> usize {
         self.log().lines().filter(|l| l.contains(needle)).count()
     }
