@@ -19,6 +19,7 @@
 # (the default 200) so that no handshake reaches the bench's 10 s connect timeout; the script
 # says so if one did (connect errors in the bench's output).
 #
+# CLIENT_SIDE=0 runs the bench natively (the registry's figures only, faster).
 # KEEP=DIR copies the callgrind files there (for callgrind_annotate --tree=caller and such).
 # Build first: nice cargo build --release --features sfc/etcd -p sfc
 set -euo pipefail
