@@ -264,6 +264,53 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+/// An event as `to_json(event)` writes it, byte for byte, but with its instance record given
+/// already serialized: the group commit serializes a transition's record once, for its
+/// `instances` row, and puts the same text in the event's row (it was serialized twice, a
+/// tenth of a re-join's registry instructions; scripts/profile-join-path.sh). The fields and
+/// their order are `model::Event`'s (a test compares the two).
+#[derive(serde::Serialize)]
+struct EventRow<'a> {
+    seq: u64,
+    at: u64,
+    kind: &'a crate::model::EventKind,
+    id: &'a str,
+    group: &'a str,
+    service: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance: Option<&'a serde_json::value::RawValue>,
+    #[serde(skip_serializing_if = "is_null")]
+    detail: &'a serde_json::Value,
+}
+
+fn is_null(v: &&serde_json::Value) -> bool {
+    v.is_null()
+}
+
+/// The event's JSON and its record's JSON (None when the event has no record), the record
+/// serialized once.
+fn event_and_record_json(event: &Event) -> (String, Option<String>) {
+    let Some(record) = event.instance.as_deref() else {
+        return (to_json(event), None);
+    };
+    let Ok(raw) = serde_json::value::to_raw_value(record) else {
+        // Never seen (a record always serializes): the plain path, as before.
+        return (to_json(event), Some(to_json(record)));
+    };
+    let row = EventRow {
+        seq: event.seq,
+        at: event.at,
+        kind: &event.kind,
+        id: &event.id,
+        group: &event.group,
+        service: &event.service,
+        instance: Some(&raw),
+        detail: &event.detail,
+    };
+    let json = to_json(&row);
+    (json, Some(Box::<str>::from(raw).into()))
+}
+
 impl Store for SqliteStore {
     fn kind(&self) -> &'static str {
         "sqlite"
@@ -389,13 +436,13 @@ impl SqliteStore {
             let mut delete_record =
                 tx.prepare_cached("DELETE FROM instances WHERE id = ?1").map_err(|e| self.err("write instance", e))?;
             for event in events {
-                let json = to_json(&**event);
+                let (json, record_json) = event_and_record_json(event);
                 bytes += json.len() as u64;
                 put_event
                     .execute(params![event.seq as i64, event.at as i64, event.kind.as_str(), event.id, json, json.len() as i64])
                     .map_err(|e| self.err("write event", e))?;
                 match event.instance.as_deref() {
-                    Some(r) => put_record.execute(params![r.id, to_json(r), event.at as i64, state_key(r)]),
+                    Some(r) => put_record.execute(params![r.id, record_json.unwrap_or_default(), event.at as i64, state_key(r)]),
                     None => delete_record.execute(params![event.id]),
                 }
                 .map_err(|e| self.err("write instance", e))?;
@@ -481,6 +528,38 @@ mod tests {
         assert_eq!(snap.last_seq, 3);
         assert_eq!(s.load(2).unwrap().events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(s.prune_events(25).unwrap(), 2);
+    }
+
+    /// The group commit serializes a transition's record once and writes the event's row with
+    /// it: the rows hold exactly what serializing the event and the record writes (with and
+    /// without a record and a detail), and load back as the same event and record.
+    #[test]
+    fn group_commit_rows_are_the_plain_serialization() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("registry.db"), HistoryBudget::default()).unwrap();
+        let mut joined = event(1, EventKind::Joined, "g/a");
+        joined.instance = Some(std::sync::Arc::new(record("g/a")));
+        let mut offline = event(2, EventKind::Offline, "g/a");
+        offline.instance = Some(std::sync::Arc::new(record("g/a")));
+        offline.detail = serde_json::json!({"reason": "connection-lost"});
+        let evicted = event(3, EventKind::Evicted, "g/b");
+        let events: Vec<_> = [joined, offline, evicted].into_iter().map(std::sync::Arc::new).collect();
+        s.transitions(&events).unwrap();
+        let rows: Vec<(i64, String)> = s.with(|c| {
+            let mut q = c.prepare("SELECT seq, event FROM events ORDER BY seq").unwrap();
+            let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(|r| r.unwrap()).collect();
+            Ok(rows)
+        }).unwrap();
+        let want: Vec<(i64, String)> = events.iter().map(|e| (e.seq as i64, to_json(&**e))).collect();
+        assert_eq!(rows, want);
+        let record: String = s.with(|c| Ok(c.query_row("SELECT record FROM instances WHERE id = 'g/a'", [], |r| r.get(0)).unwrap())).unwrap();
+        assert_eq!(record, to_json(&record_of(&events[1])));
+        let snap = s.load(10).unwrap();
+        assert_eq!(snap.events, events.iter().map(|e| (**e).clone()).collect::<Vec<_>>());
+    }
+
+    fn record_of(e: &Event) -> InstanceRecord {
+        (**e.instance.as_ref().unwrap()).clone()
     }
 
     fn big_event(seq: u64, kib: usize) -> Event {

@@ -58,7 +58,11 @@ async fn connect(fleet: &Fleet, reports: bool) -> Result<Conn> {
             .send(&Message::Hello(Hello {
                 id: 1,
                 role: Role::Observer,
-                codecs: vec!["json".into()],
+                // The fleet's codec (protobuf with --codec protobuf): the observer decodes
+                // every transition and, with `reports`, every report of the latency group,
+                // and in JSON that was a sixth of the load generator's instructions per
+                // re-join (scripts/profile-join-path.sh).
+                codecs: vec![fleet.wire.codec.name().into()],
                 interval_ms: None,
                 registration: None,
                 client: Some(format!("sfc-bench/{}", sfc_client::VERSION)),
@@ -66,7 +70,14 @@ async fn connect(fleet: &Fleet, reports: bool) -> Result<Conn> {
             }))
             .await?;
         match conn.reader.next().await {
-            Some(Ok(Message::Welcome(_))) => {}
+            Some(Ok(Message::Welcome(w))) => {
+                let codec = frame::Codec::from_name(&w.codec).ok_or_else(|| Error::Protocol {
+                    code: sfc_client::protocol::ErrorCode::UnsupportedCodec,
+                    message: format!("registry picked codec {:?} for the observer, which offered only {:?}",
+                        w.codec, fleet.wire.codec.name()),
+                })?;
+                conn.set_wire(codec, None);
+            }
             Some(Ok(Message::Error(e))) => {
                 return Err(Error::Remote {
                     code: e.code,
