@@ -32,6 +32,9 @@ use crate::model::Status;
 use crate::protocol::{Command, CommandResult, ErrorCode, Message};
 use crate::store::etcd::{EtcdInner, InstanceValue, COMMANDS, INSTANCES, PREFIX, REGISTRIES, RESULTS};
 
+/// Records written back at once after the lease was lost.
+const WRITE_BACK_AT_ONCE: usize = 512;
+
 /// A command on its way to the registry that owns the instance.
 #[derive(Debug, Serialize, Deserialize)]
 struct CommandValue {
@@ -587,6 +590,10 @@ impl Cluster {
                     false
                 }
             };
+            // A keep-alive that failed or timed out (etcd slow, or unreachable for a while)
+            // may have let the lease expire: renewing it then fails for ever ("lease not
+            // found"), and every write under it too. Ask etcd.
+            let lost = lost || self.etcd.lease_gone(lease).await;
             if lost {
                 tracing::error!(target: "sfc::store", lease,
                     "etcd lease expired: this registry's records were removed from etcd; writing them again");
@@ -618,11 +625,21 @@ impl Cluster {
         let Some(reg) = self.registry() else { return };
         // The state lock is taken on the registry's runtime, never on this one.
         let Ok(records) = self.main.spawn(async move { reg.state().local_records() }).await else { return };
-        for r in records {
-            if let Err(e) = self.etcd.put_record(&r, None).await {
-                tracing::warn!(target: "sfc::store", id = %r.id, error = %e, "cannot write a record back to etcd");
+        // Concurrently, a bounded number at a time (etcd batches them): one by one, 17,000
+        // records take about a minute here.
+        let mut failed = 0usize;
+        for chunk in records.chunks(WRITE_BACK_AT_ONCE) {
+            let puts = chunk.iter().map(|r| self.etcd.put_record(r, None));
+            for (r, res) in chunk.iter().zip(futures_util::future::join_all(puts).await) {
+                if let Err(e) = res {
+                    failed += 1;
+                    if failed <= 5 {
+                        tracing::warn!(target: "sfc::store", id = %r.id, error = %e, "cannot write a record back to etcd");
+                    }
+                }
             }
         }
+        tracing::warn!(target: "sfc::store", records = records.len(), failed, "records written back to etcd under the new lease");
     }
 }
 
