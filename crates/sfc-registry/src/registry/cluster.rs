@@ -32,6 +32,9 @@ use crate::model::Status;
 use crate::protocol::{Command, CommandResult, ErrorCode, Message};
 use crate::store::etcd::{EtcdInner, InstanceValue, COMMANDS, INSTANCES, PREFIX, REGISTRIES, RESULTS};
 
+/// Most watch batches applied after one wait for this registry's own writes.
+const MAX_BATCHES_AT_ONCE: usize = 64;
+
 /// Records written back at once after the lease was lost.
 const WRITE_BACK_AT_ONCE: usize = 512;
 
@@ -114,15 +117,29 @@ pub(crate) fn start(reg: &Registry, etcd: Arc<EtcdInner>) -> Result<Arc<Cluster>
     // This registry's writes that etcd may have shown to the watch are recorded (with their
     // revisions) before a batch is applied (registry::numbered).
     let gate = reg.state().numbered_gate();
+    let issued = gate.clone();
     cluster.main.spawn(async move {
-        while let Some(batch) = rx.recv().await {
-            if let Some(g) = &gate {
-                g.settled().await;
+        // Every batch that queued up meanwhile is applied after one wait: applying one batch
+        // per wave written would bound the watch by the writer's pace.
+        while let Some(first) = rx.recv().await {
+            let mut batches = vec![first];
+            while batches.len() < MAX_BATCHES_AT_ONCE {
+                match rx.try_recv() {
+                    Ok(b) => batches.push(b),
+                    Err(_) => break,
+                }
             }
-            c.apply_batch(batch);
+            if let Some(g) = &gate {
+                let through = batches.iter().map(|(issued, _)| *issued).max().unwrap_or(0);
+                g.settled_through(through).await;
+            }
+            for (_, batch) in batches {
+                c.apply_batch(batch);
+            }
         }
     });
-    etcd.handle.spawn(cluster.clone().watch_loop(from, tx));
+    let issued_now = move || issued.as_ref().map_or(0, |g| g.issued());
+    etcd.handle.spawn(cluster.clone().watch_loop(from, tx, issued_now));
     etcd.handle.spawn(cluster.clone().keepalive_loop());
     Ok(cluster)
 }
@@ -206,7 +223,14 @@ impl Cluster {
         close_superseded(closes);
     }
 
-    async fn watch_loop(self: Arc<Self>, mut from: i64, tx: mpsc::UnboundedSender<Batch>) {
+    /// Sends each batch with the number of this registry's transition waves issued when it
+    /// arrived (`issued_now`): the writes of ours it can show.
+    async fn watch_loop(
+        self: Arc<Self>,
+        mut from: i64,
+        tx: mpsc::UnboundedSender<(u64, Batch)>,
+        issued_now: impl Fn() -> u64 + Send + 'static,
+    ) {
         let mut backoff = Duration::from_millis(100);
         while self.shared.strong_count() > 0 {
             let mut c = self.etcd.client.clone();
@@ -226,7 +250,7 @@ impl Cluster {
                                         if let Batch::Load { revision, .. } = &batch {
                                             from = revision + 1;
                                         }
-                                        if tx.send(batch).is_err() {
+                                        if tx.send((issued_now(), batch)).is_err() {
                                             return;
                                         }
                                     }
@@ -241,7 +265,7 @@ impl Cluster {
                             {
                                 from = from.max(last + 1);
                             }
-                            if tx.send(Batch::Events(resp)).is_err() {
+                            if tx.send((issued_now(), Batch::Events(resp))).is_err() {
                                 return;
                             }
                         }

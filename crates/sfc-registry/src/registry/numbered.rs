@@ -13,7 +13,7 @@
 //!
 //! Two orderings the watch relies on, which used to come from writing under the lock:
 //! - **The gate.** The cluster applies a watch batch only once every wave issued before the
-//!   batch arrived is recorded ([`Gate::settled`]): a revision of ours the watch reaches is
+//!   batch arrived is recorded ([`Gate::settled_through`]): a revision of ours the watch reaches is
 //!   then known, and published in its place.
 //! - **Pending writes own their key.** While this registry has a transition of an instance
 //!   queued or being written ([`State::writing`]), a change of its key the watch shows is
@@ -67,7 +67,7 @@ enum Item {
     Retry,
 }
 
-/// Waves issued and recorded, for the cluster's watch ([`Gate::settled`]).
+/// Waves issued and recorded, for the cluster's watch ([`Gate::settled_through`]).
 pub struct Gate {
     /// Transitions handed to the writer and not yet written (or kept after a failure).
     pending: AtomicUsize,
@@ -78,8 +78,15 @@ pub struct Gate {
 impl Gate {
     /// Completes once every wave issued before the call is recorded: each of this registry's
     /// writes that etcd may already have shown to the watch has its revision kept.
-    pub async fn settled(&self) {
-        let issued = self.issued.load(Ordering::SeqCst);
+    /// Waves issued so far: taken when a watch batch arrives, for [`Gate::settled_through`].
+    pub fn issued(&self) -> u64 {
+        self.issued.load(Ordering::SeqCst)
+    }
+
+    /// Completes once the first `issued` waves are recorded. A batch the watch received
+    /// shows only writes issued before it arrived: it waits for those waves, not for the
+    /// ones issued since (under steady writing that would be one more wave per batch).
+    pub async fn settled_through(&self, issued: u64) {
         let mut rx = self.recorded.subscribe();
         let _ = rx.wait_for(|r| *r >= issued).await;
     }
