@@ -62,6 +62,8 @@ pub struct RegistryOptions {
     pub etcd_key: Option<String>,
     /// With --store etcd: how long this registry's records outlive it in etcd when it dies.
     pub etcd_lease_ttl: Duration,
+    /// With --store etcd: most metric snapshot records written to etcd per second.
+    pub etcd_snapshot_rate: u32,
     /// How often metric snapshots are written to the store (never once per report).
     pub snapshot_interval: Duration,
     /// How long the event history is kept in the store (it also keeps at most 10,000 events
@@ -130,6 +132,7 @@ impl Default for RegistryOptions {
             etcd_cert: None,
             etcd_key: None,
             etcd_lease_ttl: Duration::from_secs(10),
+            etcd_snapshot_rate: 500,
             snapshot_interval: c.snapshot_interval,
             history_retention: c.history_retention,
             http: None,
@@ -330,6 +333,7 @@ fn open_store(a: &RegistryOptions, cfg: &mut RegistryConfig) -> Result<()> {
             cert: a.etcd_cert.as_deref().map(PemSource::parse),
             key: a.etcd_key.as_deref().map(PemSource::parse),
             lease_ttl: a.etcd_lease_ttl,
+            snapshot_rate: a.etcd_snapshot_rate,
             ..Default::default()
         };
         let store = crate::store::etcd::EtcdStore::connect(&opts)?;

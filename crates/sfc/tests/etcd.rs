@@ -818,3 +818,60 @@ fn a_watcher_resumes_its_cursor_on_another_registry_without_gaps_or_repeats() {
         "the observer that moved from a to b");
     drop((end, s1, s2, s3, mover));
 }
+
+/// etcd stalls (SIGSTOP) for longer than a registry's lease TTL: the lease expires, and with
+/// it the records in etcd. The registry's keep-alive then fails ("lease not found") instead
+/// of renewing; it must take that for a lost lease, take a new one and write its records
+/// back, so that the other registries hear them again (before, it retried the dead lease for
+/// ever and every write under it failed: issue 16 point 3, at 51,000 instances).
+#[test]
+#[ignore = "needs a real etcd (Debian etcd-server): make test-etcd"]
+fn a_registry_whose_lease_expired_while_etcd_stalled_writes_its_records_back() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let rt = rt();
+    let _g = rt.enter();
+    let etcd = Etcd::start(1);
+    let a = Reg::start(&etcd.endpoints_flag(), None);
+    let b = Reg::start(&etcd.endpoints_flag(), Some(a.dir()));
+    let on_a = service(&[&a], a.dir(), "shop", "on-a");
+    rt.block_on(on_a.wait_connected(LIMIT)).unwrap();
+    eventually(LIMIT, "registry b to serve shop/on-a", || (b.fleet() == online(&["shop/on-a"])).then_some(()));
+    let url = etcd.members[0].client_url.clone();
+    // The lease shop/on-a's key is under (0: no key).
+    let lease_of_key = || {
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([url.clone()], None).await.ok()?;
+            let r = c.get("/sfc/v1/instances/shop/on-a", None).await.ok()?;
+            Some(r.kvs().first().map_or(0, |kv| kv.lease()))
+        })
+    };
+    let old = eventually(LIMIT, "shop/on-a's key in etcd", || lease_of_key().filter(|l| *l != 0));
+
+    // The stall: longer than the 3 s lease TTL and the registry's 3 s etcd call timeout.
+    let pid = Pid::from_raw(etcd.members[0].child.as_ref().expect("etcd runs").id() as i32);
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP etcd");
+    std::thread::sleep(Duration::from_secs(5));
+    kill(pid, Signal::SIGCONT).expect("SIGCONT etcd");
+
+    // Registry b heard the record go with the expired lease, then come back.
+    eventually(LIMIT, "shop/on-a evicted and then joined again on registry b", || {
+        let mut r = http_agent().get(&b.url("/v1/events?after=0&limit=1000")).call().ok()?;
+        let v: Value = serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()?;
+        let list = v.as_array().cloned().or_else(|| v["events"].as_array().cloned()).unwrap_or_default();
+        let kinds: Vec<&str> =
+            list.iter().filter(|e| e["id"] == "shop/on-a").map(|e| e["kind"].as_str().unwrap_or("")).collect();
+        let gone = kinds.iter().position(|k| *k == "evicted")?;
+        kinds[gone..].iter().any(|k| *k == "joined" || *k == "online").then_some(())
+    });
+    // ... under a new lease that etcd keeps alive.
+    let new = eventually(LIMIT, "shop/on-a's key under a new lease", || lease_of_key().filter(|l| *l != 0 && *l != old));
+    let alive = rt.block_on(async {
+        let mut c = etcd_client::Client::connect([url.clone()], None).await.expect("etcd client");
+        c.lease_time_to_live(new, None).await.expect("lease time to live").ttl()
+    });
+    assert!(alive > 0, "the new lease {new} is not alive (ttl {alive})");
+    assert_eq!(b.fleet(), online(&["shop/on-a"]));
+    drop(on_a);
+}

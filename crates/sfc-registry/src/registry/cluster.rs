@@ -32,6 +32,12 @@ use crate::model::Status;
 use crate::protocol::{Command, CommandResult, ErrorCode, Message};
 use crate::store::etcd::{EtcdInner, InstanceValue, COMMANDS, INSTANCES, PREFIX, REGISTRIES, RESULTS};
 
+/// Most watch batches applied after one wait for this registry's own writes.
+const MAX_BATCHES_AT_ONCE: usize = 64;
+
+/// Records written back at once after the lease was lost.
+const WRITE_BACK_AT_ONCE: usize = 512;
+
 /// A command on its way to the registry that owns the instance.
 #[derive(Debug, Serialize, Deserialize)]
 struct CommandValue {
@@ -111,15 +117,29 @@ pub(crate) fn start(reg: &Registry, etcd: Arc<EtcdInner>) -> Result<Arc<Cluster>
     // This registry's writes that etcd may have shown to the watch are recorded (with their
     // revisions) before a batch is applied (registry::numbered).
     let gate = reg.state().numbered_gate();
+    let issued = gate.clone();
     cluster.main.spawn(async move {
-        while let Some(batch) = rx.recv().await {
-            if let Some(g) = &gate {
-                g.settled().await;
+        // Every batch that queued up meanwhile is applied after one wait: applying one batch
+        // per wave written would bound the watch by the writer's pace.
+        while let Some(first) = rx.recv().await {
+            let mut batches = vec![first];
+            while batches.len() < MAX_BATCHES_AT_ONCE {
+                match rx.try_recv() {
+                    Ok(b) => batches.push(b),
+                    Err(_) => break,
+                }
             }
-            c.apply_batch(batch);
+            if let Some(g) = &gate {
+                let through = batches.iter().map(|(issued, _)| *issued).max().unwrap_or(0);
+                g.settled_through(through).await;
+            }
+            for (_, batch) in batches {
+                c.apply_batch(batch);
+            }
         }
     });
-    etcd.handle.spawn(cluster.clone().watch_loop(from, tx));
+    let issued_now = move || issued.as_ref().map_or(0, |g| g.issued());
+    etcd.handle.spawn(cluster.clone().watch_loop(from, tx, issued_now));
     etcd.handle.spawn(cluster.clone().keepalive_loop());
     Ok(cluster)
 }
@@ -203,7 +223,14 @@ impl Cluster {
         close_superseded(closes);
     }
 
-    async fn watch_loop(self: Arc<Self>, mut from: i64, tx: mpsc::UnboundedSender<Batch>) {
+    /// Sends each batch with the number of this registry's transition waves issued when it
+    /// arrived (`issued_now`): the writes of ours it can show.
+    async fn watch_loop(
+        self: Arc<Self>,
+        mut from: i64,
+        tx: mpsc::UnboundedSender<(u64, Batch)>,
+        issued_now: impl Fn() -> u64 + Send + 'static,
+    ) {
         let mut backoff = Duration::from_millis(100);
         while self.shared.strong_count() > 0 {
             let mut c = self.etcd.client.clone();
@@ -223,7 +250,7 @@ impl Cluster {
                                         if let Batch::Load { revision, .. } = &batch {
                                             from = revision + 1;
                                         }
-                                        if tx.send(batch).is_err() {
+                                        if tx.send((issued_now(), batch)).is_err() {
                                             return;
                                         }
                                     }
@@ -238,7 +265,7 @@ impl Cluster {
                             {
                                 from = from.max(last + 1);
                             }
-                            if tx.send(Batch::Events(resp)).is_err() {
+                            if tx.send((issued_now(), Batch::Events(resp))).is_err() {
                                 return;
                             }
                         }
@@ -587,6 +614,10 @@ impl Cluster {
                     false
                 }
             };
+            // A keep-alive that failed or timed out (etcd slow, or unreachable for a while)
+            // may have let the lease expire: renewing it then fails for ever ("lease not
+            // found"), and every write under it too. Ask etcd.
+            let lost = lost || self.etcd.lease_gone(lease).await;
             if lost {
                 tracing::error!(target: "sfc::store", lease,
                     "etcd lease expired: this registry's records were removed from etcd; writing them again");
@@ -618,11 +649,21 @@ impl Cluster {
         let Some(reg) = self.registry() else { return };
         // The state lock is taken on the registry's runtime, never on this one.
         let Ok(records) = self.main.spawn(async move { reg.state().local_records() }).await else { return };
-        for r in records {
-            if let Err(e) = self.etcd.put_record(&r, None).await {
-                tracing::warn!(target: "sfc::store", id = %r.id, error = %e, "cannot write a record back to etcd");
+        // Concurrently, a bounded number at a time (etcd batches them): one by one, 17,000
+        // records take about a minute here.
+        let mut failed = 0usize;
+        for chunk in records.chunks(WRITE_BACK_AT_ONCE) {
+            let puts = chunk.iter().map(|r| self.etcd.put_record(r, None));
+            for (r, res) in chunk.iter().zip(futures_util::future::join_all(puts).await) {
+                if let Err(e) = res {
+                    failed += 1;
+                    if failed <= 5 {
+                        tracing::warn!(target: "sfc::store", id = %r.id, error = %e, "cannot write a record back to etcd");
+                    }
+                }
             }
         }
+        tracing::warn!(target: "sfc::store", records = records.len(), failed, "records written back to etcd under the new lease");
     }
 }
 

@@ -509,8 +509,13 @@ impl Registry {
             let mut clock = tokio::time::interval(session::lateness::TICK);
             clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_tick = tokio::time::Instant::now();
+            // The snapshot being written, polled beside the other timers: a slow store (etcd
+            // writing 17,000 records) must not hold up the liveness clock and the retention
+            // sweep, or the registry would take itself for starved. One at a time.
+            let mut flushing: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = None;
             loop {
                 tokio::select! {
+                    _ = async { if let Some(f) = flushing.as_mut() { f.await } }, if flushing.is_some() => flushing = None,
                     _ = clock.tick() => {
                         let now = tokio::time::Instant::now();
                         session::lateness::observe_tick(last_tick, now);
@@ -522,7 +527,10 @@ impl Registry {
                             tracing::info!(target: "sfc::registry", evicted = n, "evicted records past retention");
                         }
                     }
-                    _ = snap.tick() => reg.flush_snapshots().await,
+                    _ = snap.tick(), if flushing.is_none() => {
+                        let reg = reg.clone();
+                        flushing = Some(Box::pin(async move { reg.flush_snapshots().await }));
+                    }
                     _ = prune.tick() => {
                         let store = reg.state().store();
                         let before = crate::model::now_ms().saturating_sub(history_retention.as_millis() as u64);
@@ -593,6 +601,12 @@ impl Registry {
         let (dirty, store) = {
             let mut st = self.state();
             st.retry_store();
+            // `--store etcd`: transitions first. The records stay marked, for a later tick.
+            let pending = st.transitions_pending();
+            if pending > 0 {
+                tracing::debug!(target: "sfc::store", pending, "metric snapshot put off: transitions are being written");
+                return;
+            }
             (st.take_dirty(), st.store())
         };
         if dirty.is_empty() {

@@ -13,7 +13,7 @@
 //!
 //! Two orderings the watch relies on, which used to come from writing under the lock:
 //! - **The gate.** The cluster applies a watch batch only once every wave issued before the
-//!   batch arrived is recorded ([`Gate::settled`]): a revision of ours the watch reaches is
+//!   batch arrived is recorded ([`Gate::settled_through`]): a revision of ours the watch reaches is
 //!   then known, and published in its place.
 //! - **Pending writes own their key.** While this registry has a transition of an instance
 //!   queued or being written ([`State::writing`]), a change of its key the watch shows is
@@ -26,9 +26,10 @@
 //! recorded (or failed and kept): sessions wait for one before answering a query or a watch.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -37,6 +38,28 @@ use crate::store::Store;
 
 /// Most transitions written concurrently in one wave.
 const MAX_WAVE: usize = 512;
+/// Fewest transitions a wave may be cut down to.
+const MIN_WAVE: usize = 16;
+/// A wave that takes longer than this means etcd is queueing: the next wave is halved. etcd
+/// renews leases only once it has applied what it committed, and gives up after a second;
+/// waves that keep its queue longer than that let this registry's lease (and every record
+/// under it) expire.
+const SLOW_WAVE: Duration = Duration::from_millis(600);
+
+/// How many transitions the next wave may hold: halved after a slow wave, grown after a
+/// fast full one (additive increase, multiplicative decrease, as TCP does).
+#[derive(Debug)]
+struct WaveSize(usize);
+
+impl WaveSize {
+    fn next(&mut self, written: usize, took: Duration) {
+        if took > SLOW_WAVE {
+            self.0 = (self.0 / 2).max(MIN_WAVE);
+        } else if written >= self.0 && took < SLOW_WAVE / 2 {
+            self.0 = (self.0 + MIN_WAVE).min(MAX_WAVE);
+        }
+    }
+}
 
 enum Item {
     Write(Arc<Event>),
@@ -44,8 +67,10 @@ enum Item {
     Retry,
 }
 
-/// Waves issued and recorded, for the cluster's watch ([`Gate::settled`]).
+/// Waves issued and recorded, for the cluster's watch ([`Gate::settled_through`]).
 pub struct Gate {
+    /// Transitions handed to the writer and not yet written (or kept after a failure).
+    pending: AtomicUsize,
     issued: AtomicU64,
     recorded: tokio::sync::watch::Sender<u64>,
 }
@@ -53,8 +78,15 @@ pub struct Gate {
 impl Gate {
     /// Completes once every wave issued before the call is recorded: each of this registry's
     /// writes that etcd may already have shown to the watch has its revision kept.
-    pub async fn settled(&self) {
-        let issued = self.issued.load(Ordering::SeqCst);
+    /// Waves issued so far: taken when a watch batch arrives, for [`Gate::settled_through`].
+    pub fn issued(&self) -> u64 {
+        self.issued.load(Ordering::SeqCst)
+    }
+
+    /// Completes once the first `issued` waves are recorded. A batch the watch received
+    /// shows only writes issued before it arrived: it waits for those waves, not for the
+    /// ones issued since (under steady writing that would be one more wave per batch).
+    pub async fn settled_through(&self, issued: u64) {
         let mut rx = self.recorded.subscribe();
         let _ = rx.wait_for(|r| *r >= issued).await;
     }
@@ -69,7 +101,11 @@ pub struct Writer {
 impl Writer {
     pub(crate) fn start(state: Weak<super::Shared>, store: Arc<dyn Store>) -> Writer {
         let (tx, rx) = mpsc::channel();
-        let gate = Arc::new(Gate { issued: AtomicU64::new(0), recorded: tokio::sync::watch::Sender::new(0) });
+        let gate = Arc::new(Gate {
+            pending: AtomicUsize::new(0),
+            issued: AtomicU64::new(0),
+            recorded: tokio::sync::watch::Sender::new(0),
+        });
         let g = gate.clone();
         std::thread::Builder::new()
             .name("sfc-etcd-writer".into())
@@ -79,7 +115,14 @@ impl Writer {
     }
 
     pub fn write(&self, ev: Arc<Event>) {
+        self.gate.pending.fetch_add(1, Ordering::SeqCst);
         let _ = self.tx.send(Item::Write(ev));
+    }
+
+    /// Transitions queued or being written: metric snapshots wait while there are any, so
+    /// that transitions never queue in etcd behind them.
+    pub fn pending(&self) -> usize {
+        self.gate.pending.load(Ordering::SeqCst)
     }
 
     pub fn barrier(&self) -> oneshot::Receiver<()> {
@@ -97,14 +140,14 @@ impl Writer {
     }
 }
 
-/// Takes the oldest transition of each instance (at most [`MAX_WAVE`]) out of `queue`.
-fn next_wave(queue: &mut VecDeque<Arc<Event>>) -> Vec<Arc<Event>> {
+/// Takes the oldest transition of each instance (at most `max`) out of `queue`.
+fn next_wave(queue: &mut VecDeque<Arc<Event>>, max: usize) -> Vec<Arc<Event>> {
     let mut ids = HashSet::new();
     let mut wave = Vec::new();
     let mut rest = VecDeque::with_capacity(queue.len());
     for ev in queue.drain(..) {
         // Once an instance is in this wave or left for the next, so are its later transitions.
-        if ids.insert(ev.id.clone()) && wave.len() < MAX_WAVE {
+        if ids.insert(ev.id.clone()) && wave.len() < max {
             wave.push(ev);
         } else {
             rest.push_back(ev);
@@ -117,6 +160,7 @@ fn next_wave(queue: &mut VecDeque<Arc<Event>>) -> Vec<Arc<Event>> {
 fn run(rx: mpsc::Receiver<Item>, state: Weak<super::Shared>, store: Arc<dyn Store>, gate: Arc<Gate>) {
     let mut queue: VecDeque<Arc<Event>> = VecDeque::new();
     let mut failing = false;
+    let mut size = WaveSize(MAX_WAVE / 4);
     while let Ok(first) = rx.recv() {
         let mut barriers = Vec::new();
         let mut attempt = false;
@@ -131,17 +175,23 @@ fn run(rx: mpsc::Receiver<Item>, state: Weak<super::Shared>, store: Arc<dyn Stor
             }
         }
         while attempt && !queue.is_empty() {
-            let wave = next_wave(&mut queue);
+            let wave = next_wave(&mut queue, size.0);
             let issued = gate.issued.fetch_add(1, Ordering::SeqCst) + 1;
+            let started = Instant::now();
             let results = store.transitions_numbered(&wave);
+            size.next(wave.len(), started.elapsed());
             let mut failed = VecDeque::new();
             let mut error = None;
+            let mut written = 0usize;
             {
                 let Some(shared) = state.upgrade() else { return };
                 let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
                 for (ev, r) in wave.into_iter().zip(results) {
                     match r {
-                        Ok(rev) => st.written_at(&ev, rev),
+                        Ok(rev) => {
+                            st.written_at(&ev, rev);
+                            written += 1;
+                        }
                         Err(e) => {
                             error.get_or_insert(e.to_string());
                             failed.push_back(ev);
@@ -166,6 +216,7 @@ fn run(rx: mpsc::Receiver<Item>, state: Weak<super::Shared>, store: Arc<dyn Stor
                 }
             }
             gate.recorded.send_replace(issued);
+            gate.pending.fetch_sub(written, Ordering::SeqCst);
             if !failed.is_empty() {
                 // Kept first, in order, before the later transitions of their instances.
                 failed.extend(queue.drain(..));
@@ -195,6 +246,8 @@ mod tests {
         /// true: written; false: fails like an etcd that does not answer.
         release: Mutex<mpsc::Receiver<bool>>,
         rev: Mutex<u64>,
+        /// How many records each metric snapshot held.
+        snapshots: Mutex<Vec<usize>>,
     }
 
     impl Store for HeldNumbering {
@@ -225,7 +278,8 @@ mod tests {
         fn numbers_events(&self) -> bool {
             true
         }
-        fn snapshot(&self, _: &[InstanceRecord]) -> crate::Result<()> {
+        fn snapshot(&self, records: &[InstanceRecord]) -> crate::Result<()> {
+            self.snapshots.lock().unwrap().push(records.len());
             Ok(())
         }
         fn prune_events(&self, _: u64) -> crate::Result<usize> {
@@ -247,6 +301,7 @@ mod tests {
             entered: Mutex::new(entered_tx),
             release: Mutex::new(release_rx),
             rev: Mutex::new(0),
+            snapshots: Mutex::new(Vec::new()),
         });
         let reg = Registry::new(RegistryConfig { store, ..Default::default() });
         reg.state().loaded_at(5);
@@ -295,5 +350,58 @@ mod tests {
         assert_eq!((ev.seq, ev.kind, ev.id.as_str()), (40, EventKind::Left, "g/b"));
         assert_eq!(reg.state().events_after(0, 10).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![10, 20, 30, 40]);
         assert!(!reg.state().complete_after(4) && reg.state().complete_after(5), "the history begins at the load");
+    }
+
+    /// Metric snapshots wait while transitions are queued or being written (in etcd they
+    /// would queue ahead of them); the records stay marked and go on a later tick.
+    #[tokio::test]
+    async fn metric_snapshots_wait_for_the_transitions_being_written() {
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let store = Arc::new(HeldNumbering {
+            entered: Mutex::new(entered_tx),
+            release: Mutex::new(release_rx),
+            rev: Mutex::new(0),
+            snapshots: Mutex::new(Vec::new()),
+        });
+        let reg = Registry::new(RegistryConfig { store: store.clone(), ..Default::default() });
+        reg.state().loaded_at(5);
+        join(&reg, "a");
+        assert_eq!(entered.recv_timeout(WAIT).unwrap(), vec![(1, EventKind::Joined)]);
+        release.send(true).unwrap();
+        tokio::time::timeout(WAIT, reg.durable()).await.unwrap();
+        let mut metrics = crate::model::Metrics::default();
+        metrics.process.cpu_percent = Some(3.0);
+        let report = crate::protocol::Report { seq: 1, sent_at: None, health: None, health_note: None, metrics };
+        assert!(reg.state().apply_report("g/a", None, report));
+        // b's join is inside the store's write: the snapshot of a waits.
+        join(&reg, "b");
+        assert_eq!(entered.recv_timeout(WAIT).unwrap(), vec![(2, EventKind::Joined)]);
+        reg.flush_snapshots().await;
+        assert!(store.snapshots.lock().unwrap().is_empty(), "a snapshot went to the store ahead of a transition");
+        release.send(true).unwrap();
+        tokio::time::timeout(WAIT, reg.durable()).await.unwrap();
+        reg.flush_snapshots().await;
+        assert_eq!(*store.snapshots.lock().unwrap(), vec![1], "the record reported meanwhile was not written");
+    }
+
+    /// Waves shrink when etcd queues (a slow wave) and grow back when it keeps up.
+    #[test]
+    fn waves_halve_when_slow_and_grow_when_fast() {
+        use std::time::Duration;
+
+        use super::{WaveSize, MAX_WAVE, MIN_WAVE, SLOW_WAVE};
+        let mut w = WaveSize(128);
+        w.next(128, SLOW_WAVE * 2);
+        assert_eq!(w.0, 64);
+        (0..10).for_each(|_| w.next(w.0, SLOW_WAVE * 2));
+        assert_eq!(w.0, MIN_WAVE);
+        // A fast wave that was not full (nothing more was queued) does not grow it.
+        w.next(1, Duration::ZERO);
+        assert_eq!(w.0, MIN_WAVE);
+        w.next(w.0, Duration::ZERO);
+        assert_eq!(w.0, 2 * MIN_WAVE);
+        (0..100).for_each(|_| w.next(w.0, Duration::ZERO));
+        assert_eq!(w.0, MAX_WAVE);
     }
 }

@@ -276,6 +276,11 @@ impl State {
     }
 
     /// Shared numbering: the writer's gate, which the cluster's watch waits on.
+    /// Transitions the numbering writer has not written yet (0 without one).
+    pub(crate) fn transitions_pending(&self) -> usize {
+        self.numbered.as_ref().map_or(0, |w| w.pending())
+    }
+
     pub(crate) fn numbered_gate(&self) -> Option<Arc<super::numbered::Gate>> {
         self.numbered.as_ref().map(|w| w.gate())
     }

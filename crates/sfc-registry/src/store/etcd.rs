@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
@@ -59,6 +59,10 @@ pub struct EtcdOptions {
     pub lease_ttl: Duration,
     /// Longest wait for one etcd call.
     pub op_timeout: Duration,
+    /// Most metric snapshot records this registry writes to etcd per second (on average);
+    /// the records that reported longest ago in etcd go first, the others wait for a later
+    /// tick. Transitions are never held back by it.
+    pub snapshot_rate: u32,
 }
 
 impl Default for EtcdOptions {
@@ -70,6 +74,7 @@ impl Default for EtcdOptions {
             key: None,
             lease_ttl: Duration::from_secs(10),
             op_timeout: Duration::from_secs(3),
+            snapshot_rate: 500,
         }
     }
 }
@@ -92,6 +97,50 @@ pub struct EtcdStats {
     pub writes: AtomicU64,
     /// Bytes of values written.
     pub bytes: AtomicU64,
+    /// Metric snapshot records written, and those left for a later tick by the rate bound.
+    pub snapshots_written: AtomicU64,
+    pub snapshots_deferred: AtomicU64,
+    /// Snapshot transactions whose guard failed (a key changed meanwhile), so that their
+    /// records were written one by one.
+    pub snapshot_txns_failed: AtomicU64,
+}
+
+/// A token bucket of snapshot records: `rate` a second, at most [`SnapshotBudget::BURST`]
+/// seconds' worth saved up.
+#[derive(Debug)]
+pub struct SnapshotBudget {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl SnapshotBudget {
+    const BURST: f64 = 10.0;
+
+    pub fn new(rate: u32, now: Instant) -> SnapshotBudget {
+        SnapshotBudget { rate: f64::from(rate.max(1)), tokens: 0.0, last: now }
+    }
+
+    /// How many of `wanted` records may be written now; takes them from the bucket.
+    pub fn take(&mut self, wanted: usize, now: Instant) -> usize {
+        let earned = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
+        self.last = now;
+        self.tokens = (self.tokens + earned).min(self.rate * Self::BURST);
+        // (The epsilon: ten 0.3 s ticks add up to 2.999... records' worth, not 3.)
+        let n = ((self.tokens + 1e-9).floor() as usize).min(wanted);
+        self.tokens -= n as f64;
+        n
+    }
+}
+
+/// The `n` records whose newest write to etcd is oldest (lowest revision): with a bounded
+/// rate every reporting record gets its turn.
+fn oldest_first<T>(mut candidates: Vec<(T, i64)>, n: usize) -> Vec<(T, i64)> {
+    if candidates.len() > n {
+        candidates.sort_by_key(|(_, rev)| *rev);
+        candidates.truncate(n);
+    }
+    candidates
 }
 
 /// What the store and the cluster tasks share.
@@ -114,6 +163,8 @@ pub struct EtcdInner {
     failing: std::sync::atomic::AtomicBool,
     /// Revision to compact etcd to on the next prune tick (the current one from a tick ago).
     compact_next: Mutex<Option<i64>>,
+    /// Bounds the metric snapshot records written per second (`--etcd-snapshot-rate`).
+    snapshot_budget: Mutex<SnapshotBudget>,
     pub endpoints: String,
     pub stats: EtcdStats,
 }
@@ -212,6 +263,9 @@ impl EtcdStore {
         if !(2..=3600).contains(&ttl_secs) {
             return Err(Error::invalid("--etcd-lease-ttl", format!("{ttl_secs}s is outside 2s..=1h")));
         }
+        if opts.snapshot_rate == 0 {
+            return Err(Error::invalid("--etcd-snapshot-rate", "must be at least 1 record per second"));
+        }
         let tls = opts.endpoints.iter().any(|e| e.starts_with("https://"));
         let mut options = ConnectOptions::new()
             .with_connect_timeout(opts.op_timeout)
@@ -271,6 +325,7 @@ impl EtcdStore {
             last_event_at: Mutex::new(HashMap::new()),
             failing: Default::default(),
             compact_next: Mutex::new(None),
+            snapshot_budget: Mutex::new(SnapshotBudget::new(opts.snapshot_rate, Instant::now())),
             endpoints,
             stats: EtcdStats::default(),
         });
@@ -433,6 +488,14 @@ impl EtcdInner {
         self.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    /// Whether etcd says `lease` is gone (expired or revoked). A keep-alive that fails may mean
+    /// either that etcd is slow or that the lease expired meanwhile: only this tells them apart.
+    pub async fn lease_gone(&self, lease: i64) -> bool {
+        let mut c = self.client.clone();
+        matches!(tokio::time::timeout(self.op_timeout, c.lease_time_to_live(lease, None)).await,
+            Ok(Ok(r)) if r.ttl() <= 0)
+    }
+
     /// Writes `registries/<id>` under the current lease.
     pub async fn announce(&self) -> Result<(), etcd_client::Error> {
         let v = serde_json::json!({
@@ -496,6 +559,14 @@ impl EtcdInner {
                 .filter_map(|r| own.get(&r.id).map(|rev| (r, *rev)))
                 .collect()
         };
+        let wanted = current.len();
+        let n = self.snapshot_budget.lock().unwrap_or_else(|e| e.into_inner()).take(wanted, Instant::now());
+        let current = oldest_first(current, n);
+        self.stats.snapshots_deferred.fetch_add((wanted - n) as u64, Ordering::Relaxed);
+        self.stats.snapshots_written.fetch_add(n as u64, Ordering::Relaxed);
+        if wanted > n {
+            tracing::debug!(target: "sfc::store", wanted, written = n, "metric snapshots bounded by --etcd-snapshot-rate");
+        }
         for chunk in current.chunks(TXN_OPS) {
             let mut compares = Vec::with_capacity(chunk.len());
             let mut ops = Vec::with_capacity(chunk.len());
@@ -525,6 +596,7 @@ impl EtcdInner {
                 }
                 continue;
             }
+            self.stats.snapshot_txns_failed.fetch_add(1, Ordering::Relaxed);
             // Some key changed meanwhile: write the others one by one.
             for (r, rev) in chunk {
                 let key = instance_key(&r.id);
@@ -664,5 +736,38 @@ impl Drop for EtcdStore {
             // Dropping a runtime inside another runtime's task would panic.
             rt.shutdown_background();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{oldest_first, SnapshotBudget};
+
+    /// `--etcd-snapshot-rate`: records a second on average, fractions carried over, at most
+    /// ten seconds' worth saved up.
+    #[test]
+    fn the_snapshot_budget_bounds_records_per_second() {
+        let t0 = Instant::now();
+        let mut b = SnapshotBudget::new(1000, t0);
+        assert_eq!(b.take(17_000, t0 + Duration::from_secs(5)), 5000);
+        // Nothing earned since.
+        assert_eq!(b.take(17_000, t0 + Duration::from_secs(5)), 0);
+        // Fewer wanted than allowed: the rest is saved, up to ten seconds' worth.
+        assert_eq!(b.take(10, t0 + Duration::from_secs(6)), 10);
+        assert_eq!(b.take(100_000, t0 + Duration::from_secs(60)), 10_000);
+        // A slow rate on a fast timer: one record every third tick of 300 ms or so.
+        let mut slow = SnapshotBudget::new(1, t0);
+        let written: usize = (1..=10).map(|i| slow.take(2, t0 + Duration::from_millis(300 * i))).sum();
+        assert_eq!(written, 3);
+    }
+
+    /// The records whose newest write is oldest go first, so that every record gets its turn.
+    #[test]
+    fn bounded_snapshots_take_the_longest_unwritten_records_first() {
+        let candidates = vec![("c", 30), ("a", 10), ("d", 40), ("b", 20)];
+        assert_eq!(oldest_first(candidates.clone(), 2), vec![("a", 10), ("b", 20)]);
+        assert_eq!(oldest_first(candidates.clone(), 9), candidates);
     }
 }

@@ -80,6 +80,10 @@ pub struct RegistryArgs {
     /// With --store etcd: how long this registry's records outlive it in etcd when it dies.
     #[arg(long, env = "SFC_ETCD_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub etcd_lease_ttl: Duration,
+    /// With --store etcd: most metric snapshot records this registry writes to etcd per
+    /// second (on average; the longest unwritten go first). Transitions are not bounded by it.
+    #[arg(long, env = "SFC_ETCD_SNAPSHOT_RATE", default_value_t = 500, value_name = "RECORDS")]
+    pub etcd_snapshot_rate: u32,
     /// How often metric snapshots are written to the store (never once per report).
     #[arg(long, env = "SFC_SNAPSHOT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub snapshot_interval: Duration,
@@ -186,6 +190,7 @@ impl From<RegistryArgs> for RegistryOptions {
             etcd_cert: a.etcd_cert,
             etcd_key: a.etcd_key,
             etcd_lease_ttl: a.etcd_lease_ttl,
+            etcd_snapshot_rate: a.etcd_snapshot_rate,
             snapshot_interval: a.snapshot_interval,
             history_retention: a.history_retention,
             http: a.http,
