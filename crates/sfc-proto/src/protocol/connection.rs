@@ -4,7 +4,7 @@
 
 use std::io;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
@@ -12,8 +12,13 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDel
 use super::frame::{self, Codec, Compression, Wire, PREAMBLE_LEN};
 use super::message::{ErrorCode, Message, ProtocolError};
 
-/// Initial size of each direction's frame buffer.
-const INITIAL_BUFFER: usize = 1024;
+/// Each direction's frame buffer holds memory only while a frame is in it: it starts empty,
+/// grows to the frame being read or written (the length prefix says how much), and is given
+/// back once the frame is through. A registry holds a reader and a writer per connection, and
+/// a connection is idle nearly all the time (one report every few seconds): kept, the buffers
+/// were 2 KiB of every connected instance (BENCHMARKS.md, "Memory per connected instance").
+/// What it costs: an allocation or two per frame.
+const IDLE_BUFFER: usize = 0;
 
 /// Why reading the next message failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,15 +38,15 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(read: R, max_frame: usize) -> Self {
-        // Start small (tokio-util's default is 8 KiB): a registry holds one reader per
-        // connection, and the buffer grows when a larger frame arrives.
-        let inner = FramedRead::with_capacity(read, frame::length_codec(max_frame), INITIAL_BUFFER);
+        // Start empty (tokio-util's default is 8 KiB): [`IDLE_BUFFER`].
+        let inner = FramedRead::with_capacity(read, frame::length_codec(max_frame), IDLE_BUFFER);
         FrameReader { inner, wire: Wire::JSON, max_frame }
     }
 
     /// The next message; `None` when the peer closed the connection cleanly. Cancel-safe.
     pub async fn next(&mut self) -> Option<Result<Message, ReadError>> {
         let item = self.inner.next().await?;
+        release_if_empty(self.inner.read_buffer_mut());
         Some(match item {
             Ok(bytes) => self.wire.decode(&bytes, self.max_frame).map_err(ReadError::from),
             Err(e) if e.get_ref().is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) => {
@@ -74,16 +79,19 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(write: W, max_frame: usize) -> Self {
         // Our own outgoing frames (query results over a large fleet) may exceed the peer's
         // inbound limit; the writer allows 64x the limit and the peer decides.
-        // Start small, as the reader does, but still batch up to 8 KiB before writing.
+        // Start empty, as the reader does ([`IDLE_BUFFER`]), but still batch up to 8 KiB
+        // before writing.
         let mut inner =
-            FramedWrite::with_capacity(write, frame::length_codec(max_frame.saturating_mul(64)), INITIAL_BUFFER);
+            FramedWrite::with_capacity(write, frame::length_codec(max_frame.saturating_mul(64)), IDLE_BUFFER);
         inner.set_backpressure_boundary(8 * 1024);
         FrameWriter { inner, wire: Wire::JSON }
     }
 
     /// Encodes and sends one message, flushing it.
     pub async fn send(&mut self, msg: &Message) -> io::Result<()> {
-        self.inner.send(self.wire.encode(msg)).await
+        self.inner.send(self.wire.encode(msg)).await?;
+        release_if_empty(self.inner.write_buffer_mut());
+        Ok(())
     }
 
     /// Queues a message without flushing; call `flush` after a batch.
@@ -92,12 +100,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {
-        SinkExt::<Bytes>::flush(&mut self.inner).await
+        SinkExt::<Bytes>::flush(&mut self.inner).await?;
+        release_if_empty(self.inner.write_buffer_mut());
+        Ok(())
     }
 
     /// Flushes and shuts down the write side (TLS close_notify, then FIN).
     pub async fn shutdown(&mut self) -> io::Result<()> {
-        SinkExt::<Bytes>::flush(&mut self.inner).await?;
+        self.flush().await?;
         self.inner.get_mut().shutdown().await
     }
 
@@ -113,6 +123,15 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Only frames whose body exceeds `bytes` are compressed.
     pub fn set_compress_threshold(&mut self, bytes: usize) {
         self.wire.threshold = bytes;
+    }
+}
+
+/// Gives back a frame buffer's memory once no frame is in it ([`IDLE_BUFFER`]). An empty
+/// buffer holds no bytes, so nothing read or queued is lost. Its capacity is not the test: an
+/// empty buffer left after a frame was split off may still share that frame's allocation.
+fn release_if_empty(buffer: &mut BytesMut) {
+    if buffer.is_empty() {
+        *buffer = BytesMut::new();
     }
 }
 
@@ -162,4 +181,37 @@ pub async fn client_preamble<S: AsyncRead + AsyncWrite + Unpin>(
         .into());
     }
     Ok(picked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::message::Ping;
+
+    /// Both frame buffers give their memory back once a frame is through, and frames still
+    /// arrive whole and in order, one at a time or several in one read.
+    #[tokio::test]
+    async fn frame_buffers_hold_no_memory_between_frames() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let mut writer = FrameWriter::new(a, 1 << 20);
+        let mut reader = FrameReader::new(b, 1 << 20);
+        let idle = |r: &FrameReader<_>, w: &FrameWriter<_>| {
+            (r.inner.read_buffer().capacity(), w.inner.write_buffer().capacity())
+        };
+        assert_eq!(idle(&reader, &writer), (0, 0), "new buffers hold nothing");
+        writer.send(&Message::Ping(Ping { id: 1 })).await.expect("send");
+        assert_eq!(idle(&reader, &writer).1, 0, "the writer's buffer after a frame is sent");
+        for id in 2..=4 {
+            writer.feed(&Message::Ping(Ping { id })).await.expect("feed");
+        }
+        writer.flush().await.expect("flush");
+        assert_eq!(idle(&reader, &writer).1, 0, "the writer's buffer after a batch is flushed");
+        for id in 1..=4 {
+            match reader.next().await {
+                Some(Ok(Message::Ping(p))) => assert_eq!(p.id, id),
+                other => panic!("expected ping {id}, got {other:?}"),
+            }
+        }
+        assert_eq!(idle(&reader, &writer).0, 0, "the reader's buffer after the last frame");
+    }
 }

@@ -265,8 +265,8 @@ pub fn samples(s: &AppState, headers: &HeaderMap, q: SamplesQuery) -> ApiResult<
                 i.record.id.clone(),
                 i.samples
                     .iter()
-                    .filter(|x| x.at > since)
-                    .copied()
+                    .filter(|x| x.at() > since)
+                    .map(|x| x.get())
                     .collect::<Vec<_>>(),
             )
         };
@@ -350,7 +350,7 @@ pub fn summary(s: &AppState, headers: &HeaderMap) -> Response {
             if g.cpu.is_empty() {
                 g.cpu = vec![(0.0, 0); SPARK_POINTS as usize];
             }
-            for x in i.samples.iter().rev() {
+            for x in i.samples.iter().rev().map(|x| x.get()) {
                 if x.at < start {
                     break;
                 }

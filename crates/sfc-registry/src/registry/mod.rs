@@ -378,7 +378,7 @@ impl Registry {
 
     /// Recent samples of one instance, oldest first.
     pub fn samples(&self, id: &str) -> Option<Vec<Sample>> {
-        self.state().instances.get(id).map(|i| i.samples.iter().copied().collect())
+        self.state().instances.get(id).map(|i| i.samples.iter().map(|x| x.get()).collect())
     }
 
     /// Transitions, as they happen.

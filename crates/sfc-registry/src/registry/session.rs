@@ -39,13 +39,19 @@ pub(crate) async fn run(reg: Registry, tcp: TcpStream, peer: SocketAddr, stop: b
     // future took) lives in its own allocation, freed once the session starts: the task, which
     // holds the connection for as long as it lasts, keeps only what the session loop needs
     // (BENCHMARKS.md, "Memory per connected instance").
-    let opened = Box::pin(async {
-        let (stream, who) = accept_tls(&reg, tcp, peer, deadline).await?;
-        open_stream(&reg, stream, peer, who, deadline).await
-    })
-    .await;
-    let Some((Connection { reader, writer }, opened)) = opened else { return };
-    run_session(&reg, reader, writer, opened, peer, stop).await;
+    // The session's future is made in a block: what moves into it (the connection's reader
+    // and writer) then has no second place in this future. A binding that was moved from
+    // still takes room in an async fn's future until its scope ends, here past the await.
+    let session = {
+        let opened = Box::pin(async {
+            let (stream, who) = accept_tls(&reg, tcp, peer, deadline).await?;
+            open_stream(&reg, stream, peer, who, deadline).await
+        })
+        .await;
+        let Some((Connection { reader, writer }, opened)) = opened else { return };
+        run_session(&reg, reader, writer, opened, peer, stop)
+    };
+    session.await;
 }
 
 /// Answers a connection over `--max-connections` with an error frame, then closes it.
@@ -411,14 +417,19 @@ async fn open_session<W: AsyncWrite + Unpin>(
 
 /// Runs the session loop beside its writer task until the session ends, then settles the
 /// instance's state by how it ended and lets the writer flush its last frames.
-async fn run_session<R, W>(
-    reg: &Registry,
-    reader: FrameReader<R>,
+///
+/// Not an `async fn`: its arguments would stay in its future for as long as the connection
+/// lasts, the writer (moved to its task) and the reader (then passed on) included. The
+/// future returned holds each part once (BENCHMARKS.md, "Memory per connected instance").
+fn run_session<'a, R, W>(
+    reg: &'a Registry,
+    mut reader: FrameReader<R>,
     writer: FrameWriter<W>,
     opened: Opened,
     peer: SocketAddr,
-    stop: broadcast::Receiver<()>,
-) where
+    mut stop: broadcast::Receiver<()>,
+) -> impl std::future::Future<Output = ()> + Send + 'a
+where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -441,34 +452,37 @@ async fn run_session<R, W>(
         reports_rx: None,
         limit: RateLimit::new(reg.shared.config.max_frame_rate),
     };
-    let end = session.run(reader, liveness, stop, writer_done).await;
-    let Session { instance, tx, watches, events_rx, reports_rx, .. } = session;
-    drop((watches, events_rx, reports_rx));
-    if let End::SlowConsumer = end {
-        // The writer drops what is queued (the memory goes now, not when the peer reads),
-        // sends `slow-consumer` if the socket takes it within a second, and closes.
-        reg.shared.stats.slow_consumers_total.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(target: "sfc::audit", session = session_id, %peer, instance = ?instance,
-            queued = outq.queued.load(Ordering::Relaxed), budget = outq.budget,
-            "slow consumer: its outbound queue went over --max-outbound; closing");
-        outq.slow.cancel();
-    }
-    if let Some(id) = &instance {
-        let mut st = reg.state();
-        match end {
-            End::Lost | End::SlowConsumer => st.mark_offline(id, Some(session_id), OfflineReason::ConnectionLost),
-            End::Missed => st.mark_offline(id, Some(session_id), OfflineReason::MissedReports),
-            End::Left | End::Shutdown => {}
+    async move {
+        let end = session.run(&mut reader, liveness, &mut stop, &writer_done).await;
+        drop((reader, stop, writer_done));
+        let Session { instance, tx, watches, events_rx, reports_rx, .. } = session;
+        drop((watches, events_rx, reports_rx));
+        if let End::SlowConsumer = end {
+            // The writer drops what is queued (the memory goes now, not when the peer reads),
+            // sends `slow-consumer` if the socket takes it within a second, and closes.
+            reg.shared.stats.slow_consumers_total.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target: "sfc::audit", session = session_id, %peer, instance = ?instance,
+                queued = outq.queued.load(Ordering::Relaxed), budget = outq.budget,
+                "slow consumer: its outbound queue went over --max-outbound; closing");
+            outq.slow.cancel();
         }
+        if let Some(id) = &instance {
+            let mut st = reg.state();
+            match end {
+                End::Lost | End::SlowConsumer => st.mark_offline(id, Some(session_id), OfflineReason::ConnectionLost),
+                End::Missed => st.mark_offline(id, Some(session_id), OfflineReason::MissedReports),
+                End::Left | End::Shutdown => {}
+            }
+        }
+        drop(tx);
+        reg.shared.stats.sessions_current.fetch_sub(1, Ordering::Relaxed);
+        // The writer ends once it has sent its last frame; don't let a stuck peer keep it forever.
+        let abort = writer_task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), writer_task).await.is_err() {
+            abort.abort();
+        }
+        tracing::debug!(target: "sfc::registry", session = session_id, %peer, end = ?end, "session closed");
     }
-    drop(tx);
-    reg.shared.stats.sessions_current.fetch_sub(1, Ordering::Relaxed);
-    // The writer ends once it has sent its last frame; don't let a stuck peer keep it forever.
-    let abort = writer_task.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(2), writer_task).await.is_err() {
-        abort.abort();
-    }
-    tracing::debug!(target: "sfc::registry", session = session_id, %peer, end = ?end, "session closed");
 }
 
 /// Validates hello; returns it with the chosen codec and interval. Public only for the fuzz
@@ -795,10 +809,10 @@ async fn recv_opt(rx: &mut Option<broadcast::Receiver<Arc<Event>>>) -> Result<Ar
 impl Session {
     async fn run<R: AsyncRead + Unpin>(
         &mut self,
-        mut reader: crate::protocol::connection::FrameReader<R>,
+        reader: &mut crate::protocol::connection::FrameReader<R>,
         liveness: Duration,
-        mut stop: broadcast::Receiver<()>,
-        writer_done: CancellationToken,
+        stop: &mut broadcast::Receiver<()>,
+        writer_done: &CancellationToken,
     ) -> End {
         let sleep = tokio::time::sleep(liveness);
         tokio::pin!(sleep);
@@ -855,7 +869,9 @@ impl Session {
                         return end;
                     }
                 }
-                Step::Deliver(ev, reports) => self.deliver(ev, reports).await,
+                // Boxed: delivering (events to watchers, not a service's steady traffic) holds
+                // its event, frames and ids across awaits, ~300 bytes the task would keep.
+                Step::Deliver(ev, reports) => Box::pin(self.deliver(ev, reports)).await,
                 Step::Close(q, end) => {
                     q.await;
                     return end;
@@ -1291,14 +1307,16 @@ mod tests {
 
     /// The task that holds a connection keeps only what its session loop needs: the
     /// handshake's state (rustls mid-handshake, hello, welcome) is boxed and freed once the
-    /// session starts, the loop never holds a frame across an await, and the writer keeps
-    /// queued frames in their boxes (BENCHMARKS.md, "Memory per connected instance"). Future
-    /// sizes are the compiler's; the bounds leave room for it to vary, and sit far below what
-    /// the code took before (debug build: the connection's future was 14,184 bytes, the
-    /// writer's 1,072).
+    /// session starts, the loop never holds a frame across an await, the writer keeps
+    /// queued frames in their boxes, the reader and writer have one place each in the futures
+    /// (not one per async fn they pass through) and delivering events to watches is boxed
+    /// (BENCHMARKS.md, "Memory per connected instance"). Future sizes are the compiler's; the
+    /// bounds leave room for it to vary, and sit below what the code took before (debug
+    /// build: the connection's future was 14,184 bytes, then 2,416, now 1,224; the writer's
+    /// 1,072, now 536).
     #[tokio::test]
     async fn a_connection_task_stays_small() {
-        const BOUND_RUN: usize = 4 * 1024;
+        const BOUND_RUN: usize = 1400;
         const BOUND_REFUSE: usize = 256;
         const BOUND_WRITER: usize = 768;
         let reg = Registry::new(RegistryConfig::default());

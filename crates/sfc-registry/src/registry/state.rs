@@ -59,6 +59,45 @@ pub struct Sample {
     pub resident_bytes: Option<u64>,
 }
 
+/// A [`Sample`] as an instance keeps it: 25 bytes instead of 40 (`Option<f64>` and
+/// `Option<u64>` take 16 bytes each), the same values. An instance keeps up to
+/// [`SAMPLES_KEPT`] in a `VecDeque` that grows to 128 slots: 3.2 KiB instead of 5 KiB per
+/// instance once a registry has run that long (BENCHMARKS.md, "Memory per connected instance").
+/// Packed: its fields are only ever copied out, never borrowed.
+#[derive(Clone, Copy)]
+#[repr(C, packed)]
+pub struct PackedSample {
+    at: u64,
+    cpu_percent: f64,
+    resident_bytes: u64,
+    /// Bit 0: `cpu_percent` is there; bit 1: `resident_bytes` is.
+    present: u8,
+}
+
+impl PackedSample {
+    pub fn new(s: Sample) -> Self {
+        PackedSample {
+            at: s.at,
+            cpu_percent: s.cpu_percent.unwrap_or_default(),
+            resident_bytes: s.resident_bytes.unwrap_or_default(),
+            present: u8::from(s.cpu_percent.is_some()) | u8::from(s.resident_bytes.is_some()) << 1,
+        }
+    }
+
+    pub fn get(self) -> Sample {
+        let present = self.present;
+        Sample {
+            at: self.at,
+            cpu_percent: (present & 1 != 0).then_some(self.cpu_percent),
+            resident_bytes: (present & 2 != 0).then_some(self.resident_bytes),
+        }
+    }
+
+    pub fn at(self) -> u64 {
+        self.at
+    }
+}
+
 /// The most the in-memory event history holds, in bytes (estimated), besides its count
 /// (`event_history`, 10,000). RELIABILITY.md "Budgets".
 pub const HISTORY_BYTES: usize = 256 * 1024 * 1024;
@@ -79,7 +118,7 @@ pub struct Instance {
     /// Which deadline task is current: a legacy document that shortens the deadline starts
     /// a new task and bumps this; an older task then ends when it wakes.
     pub timer_gen: u64,
-    pub samples: VecDeque<Sample>,
+    pub samples: VecDeque<PackedSample>,
     /// Reported since the last metric snapshot was written.
     pub dirty: bool,
     /// `--store etcd`: the registry that owns this record (its session is connected there).
@@ -698,11 +737,11 @@ impl State {
         if inst.samples.len() == SAMPLES_KEPT {
             inst.samples.pop_front();
         }
-        inst.samples.push_back(Sample {
+        inst.samples.push_back(PackedSample::new(Sample {
             at: now,
             cpu_percent: r.metrics.process.cpu_percent,
             resident_bytes: r.metrics.process.resident_bytes,
-        });
+        }));
         if health_changed {
             let detail = serde_json::json!({ "health": r.health, "note": r.health_note });
             self.emit(EventKind::HealthChanged, id, detail);
@@ -879,11 +918,11 @@ impl State {
             if inst.samples.len() == SAMPLES_KEPT {
                 inst.samples.pop_front();
             }
-            inst.samples.push_back(Sample {
+            inst.samples.push_back(PackedSample::new(Sample {
                 at,
                 cpu_percent: inst.record.metrics.process.cpu_percent,
                 resident_bytes: inst.record.metrics.process.resident_bytes,
-            });
+            }));
         }
         if superseded.is_some() {
             self.fail_pending_for(&id, "the instance moved to another registry");
@@ -1037,6 +1076,26 @@ pub fn by_group(mut records: Vec<Arc<InstanceRecord>>) -> BTreeMap<String, Vec<A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An instance's samples are kept in 25 bytes each, and give back exactly what was put
+    /// in, present or absent, NaN included (BENCHMARKS.md, "Memory per connected instance").
+    #[test]
+    fn samples_are_kept_small_and_whole() {
+        assert!(std::mem::size_of::<PackedSample>() <= 25, "PackedSample is {} bytes", std::mem::size_of::<PackedSample>());
+        let cases = [
+            Sample { at: 1, cpu_percent: Some(12.3), resident_bytes: Some(u64::MAX) },
+            Sample { at: u64::MAX, cpu_percent: None, resident_bytes: Some(0) },
+            Sample { at: 0, cpu_percent: Some(0.0), resident_bytes: None },
+            Sample { at: 7, cpu_percent: None, resident_bytes: None },
+            Sample { at: 8, cpu_percent: Some(f64::NAN), resident_bytes: Some(42) },
+        ];
+        for s in cases {
+            let back = PackedSample::new(s).get();
+            assert_eq!((back.at, back.resident_bytes), (s.at, s.resident_bytes));
+            assert_eq!(back.cpu_percent.map(f64::to_bits), s.cpu_percent.map(f64::to_bits), "{s:?}");
+            assert_eq!(PackedSample::new(s).at(), s.at);
+        }
+    }
 
     fn state() -> State {
         let (events, _) = broadcast::channel(16);
