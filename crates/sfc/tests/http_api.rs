@@ -378,12 +378,18 @@ fn metrics_stay_parseable_with_quotes_backslashes_and_newlines_in_labels() {
     c.set_runtime_metrics(BTreeMap::from([("heap_used_bytes".to_string(), 1234.0)]))
         .unwrap();
 
-    let text = eventually(Duration::from_secs(10), "the gauge in /metrics", || {
+    // The join's event is counted once the group commit has written it, which may come after
+    // the welcome and the first report: wait for both.
+    let text = eventually(Duration::from_secs(10), "the gauge and the join's event in /metrics", || {
         let mut r = http_agent().get(&reg.url("/metrics")).call().ok()?;
         let ct = r.headers().get("content-type")?.to_str().ok()?.to_string();
         assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
         let text = r.body_mut().read_to_string().ok()?;
-        text.contains("sfc_instance_heap_used_bytes")
+        let events = text
+            .lines()
+            .find_map(|l| l.strip_prefix("sfc_registry_events_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        (text.contains("sfc_instance_heap_used_bytes") && events.is_some_and(|n| n >= 1.0))
             .then_some(text)
     });
     let parsed = openmetrics_parser::prometheus::parse_prometheus(&text)
