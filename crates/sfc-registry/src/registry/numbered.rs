@@ -250,6 +250,22 @@ mod tests {
         snapshots: Mutex<Vec<usize>>,
     }
 
+    impl HeldNumbering {
+        /// The store, the waves as they enter it, and the switch that lets each one through.
+        #[allow(clippy::type_complexity)]
+        fn new() -> (Arc<Self>, mpsc::Receiver<Vec<(u64, EventKind)>>, mpsc::Sender<bool>) {
+            let (entered_tx, entered) = mpsc::channel();
+            let (release, release_rx) = mpsc::channel();
+            let store = Arc::new(HeldNumbering {
+                entered: Mutex::new(entered_tx),
+                release: Mutex::new(release_rx),
+                rev: Mutex::new(0),
+                snapshots: Mutex::new(Vec::new()),
+            });
+            (store, entered, release)
+        }
+    }
+
     impl Store for HeldNumbering {
         fn kind(&self) -> &'static str {
             "held-numbering"
@@ -295,14 +311,7 @@ mod tests {
     /// did not take is kept, in order, and written on the retry.
     #[tokio::test]
     async fn etcd_writes_are_made_off_the_lock_in_order_and_published_by_revision() {
-        let (entered_tx, entered) = mpsc::channel();
-        let (release, release_rx) = mpsc::channel();
-        let store = Arc::new(HeldNumbering {
-            entered: Mutex::new(entered_tx),
-            release: Mutex::new(release_rx),
-            rev: Mutex::new(0),
-            snapshots: Mutex::new(Vec::new()),
-        });
+        let (store, entered, release) = HeldNumbering::new();
         let reg = Registry::new(RegistryConfig { store, ..Default::default() });
         reg.state().loaded_at(5);
         let mut rx = reg.subscribe();
@@ -356,14 +365,7 @@ mod tests {
     /// would queue ahead of them); the records stay marked and go on a later tick.
     #[tokio::test]
     async fn metric_snapshots_wait_for_the_transitions_being_written() {
-        let (entered_tx, entered) = mpsc::channel();
-        let (release, release_rx) = mpsc::channel();
-        let store = Arc::new(HeldNumbering {
-            entered: Mutex::new(entered_tx),
-            release: Mutex::new(release_rx),
-            rev: Mutex::new(0),
-            snapshots: Mutex::new(Vec::new()),
-        });
+        let (store, entered, release) = HeldNumbering::new();
         let reg = Registry::new(RegistryConfig { store: store.clone(), ..Default::default() });
         reg.state().loaded_at(5);
         join(&reg, "a");
