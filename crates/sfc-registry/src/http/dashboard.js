@@ -287,7 +287,13 @@ function render() {
 }
 function renderNow() { renderSummary(); renderCrumbs(); renderFleet(); renderDetail(); renderFeed(); }
 
+// Rebuilt only when what it says changes: every event and sample poll renders, and a link
+// replaced between a mouse press and its release takes no click.
 function renderCrumbs() {
+  const key = JSON.stringify([state.view, state.view === 'instances' ? state.f.group : '', state.view === 'instances' && !state.f.group && filtering(), state.selected || '']);
+  const crumbs = $('#crumbs');
+  if (crumbs.dataset.key === key) return;
+  crumbs.dataset.key = key;
   const bits = [h('a', { href: '?', id: 'crumb-groups', onclick: (e) => { e.preventDefault(); go('groups'); } }, 'groups')];
   if (state.view === 'instances') {
     bits.push(' › ', state.f.group
@@ -295,7 +301,7 @@ function renderCrumbs() {
       : h('span', {}, filtering() ? 'matching instances' : 'all instances'));
   }
   if (state.selected) bits.push(' › ', h('span', {}, state.selected));
-  $('#crumbs').replaceChildren(...bits);
+  crumbs.replaceChildren(...bits);
 }
 
 // A virtualized table: thead, a spacer row, the rows in view (plus OVERSCAN), a spacer row.
